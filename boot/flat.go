@@ -161,6 +161,9 @@ func loadLong64(mem []byte, cfg FlatConfig) (*Entry, error) {
 	writeGDT(mem)
 	writeIdentityMap(mem, max(memBytes, 4<<30))
 
+	// The status page starts zeroed: guests read each other's slots in it,
+	// and a stale "done" from an earlier boot must not be seen.
+	clear(mem[StatusPageGPA : StatusPageGPA+4096])
 	p := mem[ParamPageGPA : ParamPageGPA+4096]
 	clear(p)
 	le := binary.LittleEndian
