@@ -1,0 +1,94 @@
+package vmm
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tandemvm/tandem/boot"
+	"github.com/tandemvm/tandem/images"
+	"github.com/tandemvm/tandem/kvm/kvmtest"
+)
+
+// BenchmarkPauseResume measures one Pause plus Resume of a 2-vCPU guest that
+// is busy dirtying memory, and reports the median and 99th percentile.
+func BenchmarkPauseResume(b *testing.B) {
+	const mem = 64 << 20
+	p, err := images.ParseDirtyParams("pattern=sequential,pages=4096,passes=0", mem, 2)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tv := newTestVM(b, Config{VCPUs: 2, Memory: MemoryConfig{Bytes: mem}}, "dirty", p.Args())
+	tv.start(b)
+	ram := tv.Memory().Bytes()
+	poll(b, "the guest to start", 10*time.Second, func() bool { n, _ := dirtyStatus(ram, 1); return n > 0 })
+	lat := make([]time.Duration, 0, b.N)
+	last := [2]uint64{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		// Time only the pause and resume, with both vCPUs in the guest.
+		b.StopTimer()
+		poll(b, "both vCPUs to run", 10*time.Second, func() bool {
+			for c := range last {
+				if n, _ := dirtyStatus(ram, c); n <= last[c] {
+					return false
+				}
+			}
+			return true
+		})
+		b.StartTimer()
+		start := time.Now()
+		if err := tv.Pause(); err != nil {
+			b.Fatal(err)
+		}
+		tv.Resume()
+		lat = append(lat, time.Since(start))
+		for c := range last {
+			last[c], _ = dirtyStatus(ram, c)
+		}
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+}
+
+// firstByte records when the guest's first serial byte arrives.
+type firstByte chan time.Time
+
+func (f firstByte) Write(p []byte) (int, error) {
+	select {
+	case f <- time.Now():
+	default:
+	}
+	return len(p), nil
+}
+
+// BenchmarkStartToFirstInstruction measures creating a 64 MiB VM, loading a
+// guest and running it until its first instruction has executed: the guest's
+// first instruction writes COM1, so the time to that exit bounds it from
+// above by one instruction.
+func BenchmarkStartToFirstInstruction(b *testing.B) {
+	kvmtest.Open(b)
+	// mov dx, 0x3f8; mov al, '!'; out dx, al; mov al, 0; out 0xf4, al
+	image := []byte{0x66, 0xBA, 0xF8, 0x03, 0xB0, '!', 0xEE, 0xB0, 0x00, 0xE6, 0xF4}
+	for i := 0; i < b.N; i++ {
+		out := make(firstByte, 1)
+		start := time.Now()
+		vm, err := New(Config{Memory: MemoryConfig{Bytes: 64 << 20}, VCPUs: 1, SerialOut: out})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := vm.LoadFlat(image, boot.ModeLong64, nil); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := vm.Run(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64((<-out).Sub(start).Microseconds()), "µs-to-first-insn")
+		b.StopTimer()
+		vm.Close()
+		b.StartTimer()
+	}
+}

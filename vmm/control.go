@@ -1,0 +1,179 @@
+package vmm
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The control socket speaks one JSON object per line in each direction: a
+// ControlRequest, answered by one ControlResponse. It is how `tandem
+// snapshot` reaches a running `tandem run`.
+
+// ControlRequest is one command to a running VM.
+type ControlRequest struct {
+	// Op is "status", "pause", "resume", "snapshot" or "stop".
+	Op string `json:"op"`
+	// Path is the snapshot file to write (snapshot).
+	Path string `json:"path,omitempty"`
+	// Stop stops the VM after the snapshot instead of resuming it, so the
+	// snapshot is the VM's last state (snapshot).
+	Stop bool `json:"stop,omitempty"`
+}
+
+// ControlResponse answers a ControlRequest.
+type ControlResponse struct {
+	OK     bool           `json:"ok"`
+	Error  string         `json:"error,omitempty"`
+	Status *ControlStatus `json:"status,omitempty"`
+}
+
+// ControlStatus describes the VM.
+type ControlStatus struct {
+	MemBytes uint64 `json:"mem_bytes"`
+	VCPUs    int    `json:"vcpus"`
+	Paused   bool   `json:"paused"`
+}
+
+// Controller serves control requests for one VM.
+type Controller struct {
+	VM *VM
+	// Meta is written into snapshots (guest name, Tandem version).
+	Meta SnapshotMeta
+	Log  *slog.Logger
+
+	mu     sync.Mutex
+	pauses int // pauses taken through the control socket and not yet resumed
+}
+
+// Serve accepts connections on ln until ctx is done or ln fails.
+func (c *Controller) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("vmm: control: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.serveConn(ctx, conn)
+		}()
+	}
+}
+
+const maxControlLine = 64 << 10
+
+func (c *Controller) serveConn(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	sc := bufio.NewScanner(conn)
+	sc.Buffer(make([]byte, 4096), maxControlLine)
+	enc := json.NewEncoder(conn)
+	for sc.Scan() {
+		var req ControlRequest
+		resp := ControlResponse{OK: true}
+		if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
+			resp = ControlResponse{Error: "malformed request: " + err.Error()}
+		} else if st, err := c.Handle(req); err != nil {
+			resp = ControlResponse{Error: err.Error()}
+		} else {
+			resp.Status = st
+		}
+		if err := enc.Encode(resp); err != nil {
+			return
+		}
+	}
+	if err := sc.Err(); err != nil && c.Log != nil {
+		c.Log.Warn("control connection", "peer", conn.RemoteAddr(), "err", err)
+	}
+}
+
+// Handle carries out one request.
+func (c *Controller) Handle(req ControlRequest) (*ControlStatus, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch req.Op {
+	case "status":
+	case "pause":
+		if err := c.VM.Pause(); err != nil {
+			return nil, err
+		}
+		c.pauses++
+	case "resume":
+		if c.pauses == 0 {
+			return nil, errors.New("not paused through the control socket")
+		}
+		c.pauses--
+		c.VM.Resume()
+	case "snapshot":
+		if req.Path == "" {
+			return nil, errors.New("snapshot needs a path")
+		}
+		err := c.VM.Pause()
+		if err != nil && !errors.Is(err, ErrNotRunning) {
+			return nil, err
+		}
+		if err == nil {
+			defer c.VM.Resume()
+		}
+		meta := c.Meta
+		meta.Created = time.Now().UTC()
+		if err := c.VM.WriteSnapshot(req.Path, meta); err != nil {
+			return nil, err
+		}
+		if req.Stop {
+			c.VM.Stop()
+		}
+	case "stop":
+		c.VM.Stop()
+	default:
+		return nil, fmt.Errorf("unknown op %q (want status, pause, resume, snapshot or stop)", req.Op)
+	}
+	return &ControlStatus{MemBytes: c.VM.mem.Size(), VCPUs: len(c.VM.vcpus), Paused: c.VM.Paused()}, nil
+}
+
+// ControlCall sends one request to the control socket at addr ("unix:PATH",
+// "tcp:HOST:PORT", or a bare Unix socket path) and returns the response.
+func ControlCall(ctx context.Context, addr string, req ControlRequest) (*ControlStatus, error) {
+	network, address := "unix", addr
+	if rest, ok := strings.CutPrefix(addr, "unix:"); ok {
+		address = rest
+	} else if rest, ok := strings.CutPrefix(addr, "tcp:"); ok {
+		network, address = "tcp", rest
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, fmt.Errorf("vmm: control %s: %w", addr, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return nil, fmt.Errorf("vmm: control %s: %w", addr, err)
+	}
+	var resp ControlResponse
+	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&resp); err != nil {
+		return nil, fmt.Errorf("vmm: control %s: no answer: %w", addr, err)
+	}
+	if !resp.OK {
+		return nil, fmt.Errorf("vmm: control %s: %s", addr, resp.Error)
+	}
+	return resp.Status, nil
+}
