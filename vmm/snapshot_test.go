@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -176,4 +177,21 @@ func FuzzStateUnmarshal(f *testing.F) {
 			t.Fatal("encoding is not stable")
 		}
 	})
+}
+
+func TestCanonicalXSaveIgnoresInitOptimization(t *testing.T) {
+	written := make([]byte, 4096)
+	binary.LittleEndian.PutUint16(written[0:], 0x037F)  // FCW in its initial value
+	binary.LittleEndian.PutUint32(written[24:], 0x1F80) // MXCSR
+	binary.LittleEndian.PutUint64(written[512:], 0b11)  // x87 and SSE written out
+	skipped := make([]byte, 4096)                       // components left in init state
+	binary.LittleEndian.PutUint32(skipped[24:], 0x1F80) // MXCSR is always saved
+	if !bytes.Equal(canonicalXSave(written, nil), canonicalXSave(skipped, nil)) {
+		t.Error("an initial-state SSE component differs from a cleared XSTATE_BV bit")
+	}
+	changed := bytes.Clone(written)
+	changed[160] = 1 // XMM0 no longer zero
+	if bytes.Equal(canonicalXSave(changed, nil), canonicalXSave(skipped, nil)) {
+		t.Error("a live XMM register compares equal to the initial state")
+	}
 }

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 
 	"github.com/tandemvm/tandem/kvm"
@@ -48,7 +49,7 @@ func DiffStates(a, b *State) []string {
 		if x.XCRs != y.XCRs {
 			add("vCPU %d XCRs differ", i)
 		}
-		if !bytes.Equal(x.XSave, y.XSave) {
+		if !bytes.Equal(canonicalXSave(x.XSave, x.CPUID), canonicalXSave(y.XSave, y.CPUID)) {
 			add("vCPU %d XSAVE area differs", i)
 		}
 		diffs = append(diffs, diffMSRs(i, x.MSRs, y.MSRs)...)
@@ -96,6 +97,53 @@ func DiffStates(a, b *State) []string {
 		}
 	}
 	return diffs
+}
+
+// XSAVE area layout (standard format, Intel SDM vol. 1 ch. 13).
+const (
+	xsaveFCW       = 0
+	xsaveMXCSR     = 24
+	xsaveST0       = 32
+	xsaveXMM0      = 160
+	xsaveXMMEnd    = 416
+	xsaveHeader    = 512 // XSTATE_BV, the components the area holds
+	xsaveX87Bit    = 1 << 0
+	xsaveSSEBit    = 1 << 1
+	fpuInitFCW     = 0x037F
+	cpuidXSaveLeaf = 0xD
+)
+
+// canonicalXSave rewrites an XSAVE area so that a component held in its
+// initial configuration looks the same whether the CPU wrote it out or only
+// cleared its XSTATE_BV bit (the init optimization): KVM may return either
+// for one and the same machine state.
+func canonicalXSave(area []byte, cpuid []kvm.CPUIDEntry) []byte {
+	if len(area) < xsaveHeader+8 {
+		return area
+	}
+	a := bytes.Clone(area)
+	le := binary.LittleEndian
+	bv := le.Uint64(a[xsaveHeader:])
+	if bv&xsaveX87Bit == 0 {
+		clear(a[0:xsaveMXCSR])
+		clear(a[xsaveST0:xsaveXMM0])
+		le.PutUint16(a[xsaveFCW:], fpuInitFCW)
+	}
+	if bv&xsaveSSEBit == 0 {
+		clear(a[xsaveXMM0:xsaveXMMEnd])
+	}
+	// Extended components: CPUID leaf 0xD sub-leaf i gives size (EAX) and
+	// offset (EBX) of component i; their initial configuration is zeros.
+	for _, e := range cpuid {
+		if e.Function != cpuidXSaveLeaf || e.Index < 2 || e.Index > 63 || bv&(1<<e.Index) != 0 {
+			continue
+		}
+		if end := uint64(e.EBX) + uint64(e.EAX); e.EBX != 0 && end <= uint64(len(a)) {
+			clear(a[e.EBX:end])
+		}
+	}
+	le.PutUint64(a[xsaveHeader:], bv|xsaveX87Bit|xsaveSSEBit)
+	return a
 }
 
 func diffMSRs(vcpu int, a, b []kvm.MSREntry) []string {

@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/tandemvm/tandem/boot"
+	"github.com/tandemvm/tandem/devices"
+	"github.com/tandemvm/tandem/images"
+	"github.com/tandemvm/tandem/kvm"
+	"github.com/tandemvm/tandem/vmm"
+)
+
+func cmdRun(ctx context.Context, args []string) error {
+	fs := newFlagSet("run", "(--guest NAME|PATH | --restore FILE) [flags]")
+	guest := fs.String("guest", "", "built-in guest ("+strings.Join(images.Names(), ", ")+") or the path of a flat image")
+	entry := fs.String("entry", "long64", "CPU mode a flat image given by path is entered in: long64 or real16")
+	guestArgs := fs.String("args", "", "guest arguments as key=value[,key=value...] (e.g. for dirty: pattern=scattered,pages=4096)")
+	memFlag := fs.String("mem", "64M", "guest RAM (e.g. 64M, 1G)")
+	vcpus := fs.Int("vcpus", 1, "number of vCPUs")
+	serial := fs.String("serial", "stdio", "COM1: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
+	memFile := fs.String("mem-file", "", "back guest RAM with this file (MAP_SHARED) instead of anonymous memory")
+	dirty := fs.String("dirty", "off", "dirty page tracking: off, bitmap or ring")
+	control := fs.String("control", "", "serve the control socket (for tandem snapshot) at unix:PATH or tcp:ADDR")
+	restore := fs.String("restore", "", "restore the VM from this snapshot file instead of booting a guest")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(*logLevel)
+	if err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	spec := vmSpec{serial: *serial, control: *control, memFile: *memFile, log: log}
+	if spec.dirty, err = vmm.ParseDirtyTracking(*dirty); err != nil {
+		return usagef("--dirty: %v", err)
+	}
+	switch {
+	case *restore != "" && *guest != "":
+		return usagef("--guest and --restore exclude each other: a snapshot already holds its guest")
+	case *restore != "":
+		for _, name := range []string{"entry", "args"} {
+			if set[name] {
+				return usagef("--%s does not apply to --restore", name)
+			}
+		}
+		snap, err := vmm.OpenSnapshot(*restore)
+		if err != nil {
+			return err
+		}
+		defer snap.Close()
+		if set["mem"] {
+			if m, err := vmm.ParseMemSize(*memFlag); err != nil || m != snap.Meta.MemBytes {
+				return usagef("--mem %s disagrees with the snapshot's %d MiB; leave --mem out", *memFlag, snap.Meta.MemBytes>>20)
+			}
+		}
+		if set["vcpus"] && *vcpus != snap.Meta.VCPUs {
+			return usagef("--vcpus %d disagrees with the snapshot's %d vCPUs; leave --vcpus out", *vcpus, snap.Meta.VCPUs)
+		}
+		spec.memBytes, spec.vcpus, spec.snapshot, spec.guestName = snap.Meta.MemBytes, snap.Meta.VCPUs, snap, snap.Meta.Guest
+	case *guest != "":
+		if spec.memBytes, err = vmm.ParseMemSize(*memFlag); err != nil {
+			return usagef("--mem: %v", err)
+		}
+		if *vcpus < 1 || *vcpus > boot.MaxFlatVCPUs {
+			return usagef("--vcpus %d: want 1 to %d", *vcpus, boot.MaxFlatVCPUs)
+		}
+		spec.vcpus = *vcpus
+		if spec.guest, err = resolveGuest(*guest, *entry, set["entry"]); err != nil {
+			return err
+		}
+		spec.guestName = spec.guest.Name
+		if spec.guest.Args != nil {
+			if spec.args, err = spec.guest.Args(*guestArgs, spec.memBytes, spec.vcpus); err != nil {
+				return usagef("--args: %v", err)
+			}
+		} else if *guestArgs != "" {
+			return usagef("--args: guest %s takes no arguments", spec.guest.Name)
+		}
+	default:
+		return usagef("say what to run: --guest NAME|PATH or --restore FILE")
+	}
+	res, err := runVM(ctx, spec)
+	if err != nil {
+		return err
+	}
+	switch res.Kind {
+	case vmm.ExitGuest:
+		log.Info("guest exited", "status", res.Code)
+		if res.Code != 0 {
+			return exitStatus(min(res.Code, 125))
+		}
+	default:
+		log.Info("VM stopped", "reason", res.Kind)
+	}
+	return nil
+}
+
+// resolveGuest finds a built-in guest by name, or reads a flat image file.
+func resolveGuest(name, entry string, entrySet bool) (images.Guest, error) {
+	if g, ok := images.Lookup(name); ok {
+		if entrySet {
+			return images.Guest{}, usagef("--entry does not apply to the built-in guest %s", name)
+		}
+		return g, nil
+	}
+	data, err := os.ReadFile(name)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return images.Guest{}, usagef("--guest %s: no built-in guest of that name (%s) and no such file", name, strings.Join(images.Names(), ", "))
+		}
+		return images.Guest{}, usagef("--guest %s: %v", name, err)
+	}
+	if len(data) == 0 {
+		return images.Guest{}, usagef("--guest %s: the file is empty", name)
+	}
+	g := images.Guest{Name: name, Image: data}
+	switch entry {
+	case "long64":
+		g.Mode = boot.ModeLong64
+	case "real16":
+		g.Mode = boot.ModeReal16
+	default:
+		return images.Guest{}, usagef("--entry %q: want long64 or real16", entry)
+	}
+	return g, nil
+}
+
+// vmSpec is everything runVM needs to build and run one VM.
+type vmSpec struct {
+	memBytes  uint64
+	vcpus     int
+	memFile   string
+	dirty     vmm.DirtyTracking
+	serial    string
+	control   string
+	guest     images.Guest
+	guestName string
+	args      []uint64
+	snapshot  *vmm.Snapshot
+	log       *slog.Logger
+	// ready, when set, is called once the VM is about to run.
+	ready func(*vmm.VM)
+}
+
+func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
+	console, err := devices.OpenConsole(spec.serial)
+	if err != nil {
+		return vmm.Result{}, usagef("--serial: %v", err)
+	}
+	defer console.Close()
+	if a, ok := console.(interface{ Addr() net.Addr }); ok {
+		spec.log.Info("serial console listening", "addr", a.Addr())
+	}
+	vm, err := vmm.New(vmm.Config{
+		Memory:    vmm.MemoryConfig{Bytes: spec.memBytes, File: spec.memFile},
+		VCPUs:     spec.vcpus,
+		Dirty:     spec.dirty,
+		SerialOut: console,
+		Logger:    spec.log,
+	})
+	if err != nil {
+		return vmm.Result{}, err
+	}
+	defer vm.Close()
+	start := time.Now()
+	if spec.snapshot != nil {
+		if err := spec.snapshot.Restore(vm); err != nil {
+			return vmm.Result{}, err
+		}
+		spec.log.Info("restored snapshot", "guest", spec.guestName, "took", time.Since(start).Round(time.Microsecond))
+	} else if err := vm.LoadFlat(spec.guest.Image, spec.guest.Mode, spec.args); err != nil {
+		return vmm.Result{}, err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if spec.control != "" {
+		ln, err := listenControl(spec.control)
+		if err != nil {
+			return vmm.Result{}, usagef("--control: %v", err)
+		}
+		c := &vmm.Controller{VM: vm, Meta: vmm.SnapshotMeta{Tandem: version(), Guest: spec.guestName}, Log: spec.log}
+		go func() {
+			if err := c.Serve(ctx, ln); err != nil {
+				spec.log.Error("control socket", "err", err)
+			}
+		}()
+		spec.log.Info("control socket listening", "addr", spec.control)
+	}
+	// Host input to the guest. A console's Read ends only when the user
+	// quits (Ctrl-A x on a terminal) or the console is closed: stop then.
+	go func() {
+		io.Copy(vm.Serial(), console)
+		vm.Stop()
+	}()
+	if spec.ready != nil {
+		spec.ready(vm)
+	}
+	return vm.Run(ctx)
+}
+
+func listenControl(addr string) (net.Listener, error) {
+	if rest, ok := strings.CutPrefix(addr, "tcp:"); ok {
+		return net.Listen("tcp", rest)
+	}
+	path := strings.TrimPrefix(addr, "unix:")
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		os.Remove(path) // a stale socket from an earlier run
+	}
+	return net.Listen("unix", path)
+}
+
+func cmdSnapshot(ctx context.Context, args []string) error {
+	fs := newFlagSet("snapshot", "--control ADDR --out FILE [--stop]")
+	control := fs.String("control", "", "control socket of the running VM (unix:PATH or tcp:ADDR)")
+	out := fs.String("out", "", "snapshot file to write")
+	stop := fs.Bool("stop", false, "stop the VM after the snapshot instead of resuming it")
+	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *control == "" || *out == "" {
+		return usagef("--control and --out are required")
+	}
+	path, err := filepath.Abs(*out) // the VM process may run in another directory
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	start := time.Now()
+	if _, err := vmm.ControlCall(ctx, *control, vmm.ControlRequest{Op: "snapshot", Path: path, Stop: *stop}); err != nil {
+		return err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("wrote %s (%d KiB) in %v\n", path, fi.Size()>>10, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func cmdVersion(ctx context.Context, args []string) error {
+	fs := newFlagSet("version", "")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	fmt.Printf("tandem %s\n", version())
+	sys, err := kvm.Open()
+	if err != nil {
+		fmt.Printf("kvm: unavailable: %v\n", err)
+		return nil
+	}
+	defer sys.Close()
+	api, _ := sys.APIVersion()
+	fmt.Printf("kvm: API %d", api)
+	for _, c := range []kvm.Cap{kvm.CapDirtyLogRing, kvm.CapManualDirtyLogProtect2, kvm.CapImmediateExit, kvm.CapNrVCPUs} {
+		n, _ := sys.CheckExtension(c)
+		fmt.Printf(", %v=%d", c, n)
+	}
+	fmt.Println()
+	return nil
+}
