@@ -46,6 +46,7 @@ type command struct {
 
 var commands = []command{
 	{"run", "boot a guest: a built-in test guest, a flat image, or a snapshot", cmdRun},
+	{"replica", "keep a copy of a replicated VM; with --leader, take over when the primary fails", cmdReplica},
 	{"snapshot", "write a snapshot of a running VM through its control socket", cmdSnapshot},
 	{"demo", "boot the built-in counter guest and talk to it", cmdDemo},
 	{"version", "print the version of tandem and of the KVM it finds", cmdVersion},

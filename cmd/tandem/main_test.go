@@ -327,8 +327,8 @@ func readSnapshot(t *testing.T, path string) (*vmm.State, []byte) {
 
 func TestDemo(t *testing.T) {
 	kvmtest.Open(t)
-	stdout, stderr, status := runTandem(t, "demo", "--incs", "3")
-	if status != 0 || !strings.Contains(stdout, "guest> OK demo-3 3") || !strings.Contains(stdout, "3 increments acknowledged, counter reads 3") {
+	stdout, stderr, status := runTandem(t, "demo", "--incs", "10")
+	if status != 0 || !strings.Contains(stdout, "increments were acknowledged and none were lost") || !strings.Contains(stdout, "leader: recovered epoch") {
 		t.Errorf("status %d\nstdout:\n%s\nstderr:\n%s", status, stdout, stderr)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/tandemvm/tandem/devices"
 	"github.com/tandemvm/tandem/images"
 	"github.com/tandemvm/tandem/kvm"
+	"github.com/tandemvm/tandem/replicate"
 	"github.com/tandemvm/tandem/vmm"
 )
 
@@ -29,10 +30,11 @@ func cmdRun(ctx context.Context, args []string) error {
 	vcpus := fs.Int("vcpus", 1, "number of vCPUs")
 	serial := fs.String("serial", "stdio", "COM1: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
 	memFile := fs.String("mem-file", "", "back guest RAM with this file (MAP_SHARED) instead of anonymous memory")
-	dirty := fs.String("dirty", "off", "dirty page tracking: off, bitmap or ring")
+	dirty := fs.String("dirty", "off", "dirty page tracking: off, bitmap or ring (--ha: bitmap unless set)")
 	control := fs.String("control", "", "serve the control socket (for tandem snapshot) at unix:PATH or tcp:ADDR")
 	restore := fs.String("restore", "", "restore the VM from this snapshot file instead of booting a guest")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	ha := addHAFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -91,6 +93,16 @@ func cmdRun(ctx context.Context, args []string) error {
 		}
 	default:
 		return usagef("say what to run: --guest NAME|PATH or --restore FILE")
+	}
+	if spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log); err != nil {
+		return err
+	}
+	if spec.ha != nil && spec.dirty == vmm.DirtyOff {
+		if set["dirty"] {
+			return usagef("--ha needs dirty page tracking: --dirty bitmap or ring")
+		}
+		// The bitmap: PVM's emulator overfills dirty rings (see README).
+		spec.dirty = vmm.DirtyBitmap
 	}
 	res, err := runVM(ctx, spec)
 	if err != nil {
@@ -151,6 +163,10 @@ type vmSpec struct {
 	args      []uint64
 	snapshot  *vmm.Snapshot
 	log       *slog.Logger
+	// load fills a new VM before it runs; nil loads guest or snapshot.
+	load func(*vmm.VM) error
+	// ha, when set, replicates the VM (see ha.go).
+	ha *replicate.PrimaryConfig
 	// ready, when set, is called once the VM is about to run.
 	ready func(*vmm.VM)
 }
@@ -164,11 +180,19 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	if a, ok := console.(interface{ Addr() net.Addr }); ok {
 		spec.log.Info("serial console listening", "addr", a.Addr())
 	}
+	var serialOut io.Writer = console
+	var gate *replicate.OutputGate
+	if spec.ha != nil {
+		// Guest output leaves only once the epoch that produced it commits.
+		gate = replicate.NewOutputGate(console, haOutputLimit)
+		defer gate.Close()
+		serialOut = gate
+	}
 	vm, err := vmm.New(vmm.Config{
 		Memory:    vmm.MemoryConfig{Bytes: spec.memBytes, File: spec.memFile},
 		VCPUs:     spec.vcpus,
 		Dirty:     spec.dirty,
-		SerialOut: console,
+		SerialOut: serialOut,
 		Logger:    spec.log,
 	})
 	if err != nil {
@@ -176,17 +200,28 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	}
 	defer vm.Close()
 	start := time.Now()
-	if spec.snapshot != nil {
-		if err := spec.snapshot.Restore(vm); err != nil {
-			return vmm.Result{}, err
+	switch {
+	case spec.load != nil:
+		err = spec.load(vm)
+	case spec.snapshot != nil:
+		if err = spec.snapshot.Restore(vm); err == nil {
+			spec.log.Info("restored snapshot", "guest", spec.guestName, "took", time.Since(start).Round(time.Microsecond))
 		}
-		spec.log.Info("restored snapshot", "guest", spec.guestName, "took", time.Since(start).Round(time.Microsecond))
-	} else if err := vm.LoadFlat(spec.guest.Image, spec.guest.Mode, spec.args); err != nil {
+	default:
+		err = vm.LoadFlat(spec.guest.Image, spec.guest.Mode, spec.args)
+	}
+	if err != nil {
 		return vmm.Result{}, err
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var primary *replicate.Primary
+	if spec.ha != nil {
+		if primary, err = startPrimary(ctx, vm, gate, *spec.ha); err != nil {
+			return vmm.Result{}, err
+		}
+	}
 	if spec.control != "" {
 		ln, err := listenControl(spec.control)
 		if err != nil {
@@ -209,7 +244,10 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	if spec.ready != nil {
 		spec.ready(vm)
 	}
-	return vm.Run(ctx)
+	if primary == nil {
+		return vm.Run(ctx)
+	}
+	return runReplicated(ctx, vm, primary, spec.log)
 }
 
 func listenControl(addr string) (net.Listener, error) {

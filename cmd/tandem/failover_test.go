@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tandemvm/tandem/kvm/kvmtest"
+)
+
+// netLab is a set of network namespaces joined by veth links to a bridge
+// in a switch namespace: one host per role, 10.77.0.0/24.
+type netLab struct {
+	t      *testing.T
+	prefix string
+	hosts  map[string]string // role → namespace
+	addrs  map[string]string // role → IPv4 address
+}
+
+func (l *netLab) ip(args ...string) {
+	l.t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		l.t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+func newNetLab(t *testing.T, roles ...string) *netLab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("TANDEM_REQUIRE_KVM") != "" {
+			t.Fatal("the failover test needs root for network namespaces")
+		}
+		t.Skip("the failover test needs root for network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatal("the failover test needs iproute2 (ip)")
+	}
+	l := &netLab{t: t, prefix: fmt.Sprintf("tdm%04x", rand.IntN(0x10000)), hosts: map[string]string{}, addrs: map[string]string{}}
+	sw := l.prefix + "-sw"
+	l.ip("netns", "add", sw)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", sw).Run() })
+	l.ip("-n", sw, "link", "add", "br0", "type", "bridge")
+	l.ip("-n", sw, "link", "set", "br0", "up")
+	for i, role := range roles {
+		ns := l.prefix + "-" + role
+		l.ip("netns", "add", ns)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		host, port := fmt.Sprintf("%s-h%d", l.prefix, i), fmt.Sprintf("%s-s%d", l.prefix, i)
+		l.ip("link", "add", host, "type", "veth", "peer", "name", port)
+		l.ip("link", "set", host, "netns", ns)
+		l.ip("link", "set", port, "netns", sw)
+		l.ip("-n", sw, "link", "set", port, "master", "br0")
+		l.ip("-n", sw, "link", "set", port, "up")
+		addr := fmt.Sprintf("10.77.0.%d", i+1)
+		l.ip("-n", ns, "link", "set", host, "name", "eth0")
+		l.ip("-n", ns, "addr", "add", addr+"/24", "dev", "eth0")
+		l.ip("-n", ns, "link", "set", "eth0", "up")
+		l.ip("-n", ns, "link", "set", "lo", "up")
+		l.hosts[role], l.addrs[role] = ns, addr
+	}
+	return l
+}
+
+// start runs tandem inside a role's namespace.
+func (l *netLab) start(role string, env []string, args ...string) *process {
+	l.t.Helper()
+	p := &process{
+		cmd:    exec.Command("ip", append([]string{"netns", "exec", l.hosts[role], tandemBin}, args...)...),
+		stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan error, 1),
+	}
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	return p
+}
+
+func (p *process) kill() {
+	p.cmd.Process.Kill()
+	err := <-p.done
+	p.done <- err
+}
+
+// counterClient pipelines INCs to the counter guest and counts replies.
+type counterClient struct {
+	sent, acked atomic.Int64
+	done        chan struct{}
+}
+
+func runCounterClient(conn net.Conn, window int) *counterClient {
+	c := &counterClient{done: make(chan struct{})}
+	slots := make(chan struct{}, window)
+	go func() {
+		defer close(c.done)
+		r := bufio.NewReader(conn)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if strings.HasPrefix(line, "OK ") {
+				c.acked.Add(1)
+				<-slots
+			}
+		}
+	}()
+	go func() {
+		for i := 1; ; i++ {
+			select {
+			case slots <- struct{}{}:
+			case <-c.done:
+				return
+			}
+			c.sent.Add(1)
+			if _, err := fmt.Fprintf(conn, "INC r%d\n", i); err != nil {
+				c.sent.Add(-1) // never left this host
+				return
+			}
+		}
+	}()
+	return c
+}
+
+// TestFailoverLosesNoAcknowledgedIncrement runs primary, two replicas and a
+// leader as separate processes in their own network namespaces, drives the
+// counter guest, kills the primary with SIGKILL at random moments (some in
+// the middle of an epoch's transfer), and checks after every failover that
+// the leader's counter holds every acknowledged increment and nothing that
+// was never sent.
+func TestFailoverLosesNoAcknowledgedIncrement(t *testing.T) {
+	kvmtest.Open(t)
+	lab := newNetLab(t, "primary", "r1", "r2", "leader")
+	rounds := 32
+	if s := os.Getenv("TANDEM_FAILOVER_ROUNDS"); s != "" {
+		rounds, _ = strconv.Atoi(s)
+	}
+	type config struct{ policy, mode, dirty string }
+	var configs []config
+	for _, policy := range []string{"fast", "ft"} {
+		for _, mode := range []string{"sync", "async"} {
+			for _, dirty := range []string{"bitmap", "ring"} {
+				configs = append(configs, config{policy, mode, dirty})
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	for round := 0; round < rounds; round++ {
+		cfg := configs[round%len(configs)]
+		// Every other pass over the configurations kills mid-transfer.
+		midTransfer := (round/len(configs))%2 == 1
+		name := fmt.Sprintf("round%02d/%s/%s/%s", round, cfg.policy, cfg.mode, cfg.dirty)
+		if midTransfer {
+			name += "/mid-transfer"
+		}
+		ok := t.Run(name, func(t *testing.T) {
+			failoverRound(t, lab, rng, cfg.policy, cfg.mode, cfg.dirty, midTransfer)
+		})
+		if !ok {
+			break
+		}
+	}
+}
+
+func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, policy, mode, dirty string, midTransfer bool) {
+	dir := t.TempDir()
+	port := ":7070"
+	var procs []*process
+	defer func() {
+		for _, p := range procs {
+			p.kill()
+		}
+		if t.Failed() {
+			for i, p := range procs {
+				t.Logf("process %d (%v) stderr:\n%s", i, p.cmd.Args[3:], p.stderr.String())
+			}
+		}
+	}()
+	r1, r2 := lab.addrs["r1"]+port, lab.addrs["r2"]+port
+	procs = append(procs,
+		lab.start("r1", nil, "replica", "--listen", r1),
+		lab.start("r2", nil, "replica", "--listen", r2),
+		lab.start("leader", nil, "replica", "--listen", lab.addrs["leader"]+port, "--leader",
+			"--replicas", r1+","+r2, "--heartbeat-timeout", "2s", "--serial", "unix:"+dir+"/leader.sock"))
+	for _, p := range procs {
+		waitStderr(t, p, "replica listening")
+	}
+	var env []string
+	if midTransfer {
+		// Die while epoch K's pages are on the wire, after B bytes.
+		env = append(env, fmt.Sprintf("%s=%d:%d", faultEnv, 5+rng.IntN(20), 1+rng.IntN(3*4096)))
+	}
+	// Links: r1 twice (two links to one host) and r2 once.
+	primary := lab.start("primary", env, "run", "--guest", "counter", "--mem", "16M", "--ha",
+		"--replicas", r1+","+r2+","+r1, "--leader", lab.addrs["leader"]+port,
+		"--policy", policy, "--mode", mode, "--dirty", dirty, "--epoch", "10ms",
+		"--serial", "unix:"+dir+"/primary.sock")
+	procs = append(procs, primary)
+	conn := dialWhenReady(t, primary, dir+"/primary.sock")
+	client := runCounterClient(conn, 4)
+	if !midTransfer {
+		// Let some increments through, then kill at a random moment.
+		deadline := time.Now().Add(30 * time.Second)
+		for client.acked.Load() < 3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("no increments acknowledged in 30s; primary stderr:\n%s", primary.stderr.String())
+			}
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
+		primary.cmd.Process.Kill()
+	}
+	select {
+	case <-primary.done:
+		primary.done <- nil
+	case <-time.After(60 * time.Second):
+		t.Fatal("the primary did not die")
+	}
+	conn.Close()
+	<-client.done
+	sent, acked := client.sent.Load(), client.acked.Load()
+
+	lconn := dialWhenReady(t, procs[2], dir+"/leader.sock")
+	defer lconn.Close()
+	lconn.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(lconn, "GET\n")
+	r := bufio.NewReader(lconn)
+	var value int64 = -1
+	for value < 0 {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("no VALUE from the leader: %v", err)
+		}
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "VALUE "); ok {
+			value, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	t.Logf("sent %d, acknowledged %d, leader counts %d", sent, acked, value)
+	if value < acked {
+		t.Errorf("LOST INCREMENTS: %d acknowledged, the leader's counter is %d", acked, value)
+	}
+	if value > sent {
+		t.Errorf("the leader's counter %d exceeds the %d increments sent", value, sent)
+	}
+	if !strings.Contains(procs[2].stdout.String(), "leader: recovered epoch") {
+		t.Errorf("the leader did not report its recovery; stdout %q", procs[2].stdout.String())
+	}
+}
+
+// waitStderr polls until a process has logged want.
+func waitStderr(t *testing.T, p *process, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.stderr.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v did not log %q in 30s; stderr:\n%s", p.cmd.Args[3:], want, p.stderr.String())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}

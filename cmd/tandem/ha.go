@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/tandemvm/tandem/replicate"
+	"github.com/tandemvm/tandem/vmm"
+)
+
+// haOutputLimit bounds the guest output held while epochs commit; beyond it
+// the vCPU writing output waits.
+const haOutputLimit = 16 << 20
+
+// haFlags are the replication flags of tandem run.
+type haFlags struct {
+	enabled    *bool
+	replicas   *string
+	leader     *string
+	epoch      *time.Duration
+	policy     *string
+	mode       *string
+	sgMax      *int
+	trace      *string
+	ackTimeout *time.Duration
+	heartbeat  *time.Duration
+}
+
+func addHAFlags(fs *flag.FlagSet) *haFlags {
+	return &haFlags{
+		enabled:    fs.Bool("ha", false, "replicate the VM to --replicas, with --leader ready to take over"),
+		replicas:   fs.String("replicas", "", "replica addresses, one per link (HOST:PORT[,HOST:PORT...]); a replica may appear more than once"),
+		leader:     fs.String("leader", "", "the leader's address (HOST:PORT): it receives the VM state and takes over"),
+		epoch:      fs.Duration("epoch", 50*time.Millisecond, "replication epoch interval"),
+		policy:     fs.String("policy", "fast", "link policy: fast (pages split across links) or ft (every page on every link)"),
+		mode:       fs.String("mode", "sync", "sync (VM paused until the epoch commits) or async (stop-copy-resume baseline)"),
+		sgMax:      fs.Int("sg-max", 32, "at most this many scatter-gather regions per epoch"),
+		trace:      fs.String("trace", "", "write one JSON line per epoch to this file"),
+		ackTimeout: fs.Duration("ack-timeout", 2*time.Second, "a link that does not acknowledge an epoch within this time (plus transfer time) has failed"),
+		heartbeat:  fs.Duration("heartbeat", 100*time.Millisecond, "interval of heartbeats to the leader"),
+	}
+}
+
+// configure validates the flags and returns the primary's configuration,
+// or nil when --ha is off.
+func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *slog.Logger) (*replicate.PrimaryConfig, error) {
+	if !*h.enabled {
+		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "trace", "ack-timeout", "heartbeat"} {
+			if set[name] {
+				return nil, usagef("--%s needs --ha", name)
+			}
+		}
+		return nil, nil
+	}
+	cfg := &replicate.PrimaryConfig{
+		Leader: *h.leader, Guest: guest, VCPUs: vcpus, Epoch: *h.epoch, SGMax: *h.sgMax,
+		AckTimeout: *h.ackTimeout, Heartbeat: *h.heartbeat, Log: log,
+		Summary: func(line string) { log.Info(line) },
+	}
+	for _, a := range strings.Split(*h.replicas, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			cfg.Links = append(cfg.Links, a)
+		}
+	}
+	var err error
+	switch {
+	case len(cfg.Links) == 0:
+		return nil, usagef("--ha needs --replicas")
+	case cfg.Leader == "":
+		return nil, usagef("--ha needs --leader")
+	case *h.epoch < time.Millisecond:
+		return nil, usagef("--epoch %v: want at least 1ms", *h.epoch)
+	case *h.sgMax < 1:
+		return nil, usagef("--sg-max %d: want at least 1", *h.sgMax)
+	}
+	if cfg.Policy, err = replicate.ParsePolicy(*h.policy); err != nil {
+		return nil, usagef("--policy: %v", err)
+	}
+	if cfg.Mode, err = replicate.ParseMode(*h.mode); err != nil {
+		return nil, usagef("--mode: %v", err)
+	}
+	var id [8]byte
+	rand.Read(id[:])
+	cfg.VMID = binary.LittleEndian.Uint64(id[:]) | 1
+	if *h.trace != "" {
+		f, err := os.Create(*h.trace)
+		if err != nil {
+			return nil, usagef("--trace: %v", err)
+		}
+		cfg.Trace = replicate.NewTraceWriter(f) // closed at exit
+	}
+	if err := faultInjection(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// faultEnv makes the primary kill itself in the middle of an epoch, for
+// failover tests: "EPOCH:BYTES" sends SIGKILL once the epochs from EPOCH on
+// have put BYTES bytes on the wire (over all links), which happens while an
+// epoch is being sent.
+const faultEnv = "TANDEM_FAULT_KILL_AT"
+
+func faultInjection(cfg *replicate.PrimaryConfig) error {
+	spec := os.Getenv(faultEnv)
+	if spec == "" {
+		return nil
+	}
+	e, b, ok := strings.Cut(spec, ":")
+	epoch, err1 := strconv.ParseUint(e, 10, 64)
+	bytes, err2 := strconv.ParseInt(b, 10, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return fmt.Errorf("%s=%q: want EPOCH:BYTES", faultEnv, spec)
+	}
+	var sent atomic.Int64
+	cfg.FaultChunk = 4096
+	cfg.FaultProgress = func(ep uint64, n int) {
+		if ep >= epoch && sent.Add(int64(n)) >= bytes {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+	}
+	return nil
+}
+
+// startPrimary connects the replication links before the guest runs, so an
+// unreachable replica stops the start instead of leaving the VM unprotected.
+func startPrimary(ctx context.Context, vm *vmm.VM, gate *replicate.OutputGate, cfg replicate.PrimaryConfig) (*replicate.Primary, error) {
+	src, err := vmm.NewReplicationSource(vm)
+	if err != nil {
+		return nil, err
+	}
+	p, err := replicate.NewPrimary(cfg, src, gate)
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := p.Connect(cctx); err != nil {
+		return nil, err
+	}
+	cfg.Log.Info("replicating", "links", len(cfg.Links), "leader", cfg.Leader, "policy", cfg.Policy, "mode", cfg.Mode, "epoch", cfg.Epoch)
+	return p, nil
+}
+
+// runReplicated runs the VM and its replication together. If replication
+// fails the VM stops: its output stays held, so nothing escapes that the
+// leader's copy could contradict.
+func runReplicated(ctx context.Context, vm *vmm.VM, p *replicate.Primary, log *slog.Logger) (vmm.Result, error) {
+	repErr := make(chan error, 1)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { repErr <- p.Run(rctx) }()
+	type result struct {
+		res vmm.Result
+		err error
+	}
+	vmDone := make(chan result, 1)
+	go func() {
+		res, err := vm.Run(ctx)
+		vmDone <- result{res, err}
+	}()
+	select {
+	case r := <-vmDone:
+		cancel()
+		<-repErr
+		return r.res, r.err
+	case err := <-repErr:
+		if err == nil || errors.Is(err, context.Canceled) {
+			r := <-vmDone
+			return r.res, r.err
+		}
+		log.Error("replication failed; stopping the VM with its output held", "err", err)
+		vm.Stop()
+		<-vmDone
+		return vmm.Result{}, err
+	}
+}

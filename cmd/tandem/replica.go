@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/tandemvm/tandem/replicate"
+	"github.com/tandemvm/tandem/vmm"
+)
+
+func cmdReplica(ctx context.Context, args []string) error {
+	fs := newFlagSet("replica", "--listen ADDR [--leader --replicas ADDR[,ADDR...] [--serial SPEC]]")
+	listen := fs.String("listen", "", "address to serve links (and, for the leader, the primary's state) on, HOST:PORT")
+	leader := fs.Bool("leader", false, "also receive the VM state, watch the primary, and take over when it fails")
+	replicas := fs.String("replicas", "", "leader: the replicas to recover from, HOST:PORT[,...] (include this leader's own --listen address if links feed it)")
+	serial := fs.String("serial", "stdio", "leader: COM1 of the recovered VM: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
+	control := fs.String("control", "", "leader: control socket of the recovered VM")
+	timeout := fs.Duration("heartbeat-timeout", time.Second, "leader: declare the primary failed after this long without a heartbeat")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(*logLevel)
+	if err != nil {
+		return err
+	}
+	if *listen == "" {
+		return usagef("--listen is required")
+	}
+	var recoverFrom []string
+	for _, a := range strings.Split(*replicas, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			recoverFrom = append(recoverFrom, a)
+		}
+	}
+	switch {
+	case *leader && len(recoverFrom) == 0:
+		return usagef("--leader needs --replicas to recover from")
+	case !*leader && len(recoverFrom) > 0:
+		return usagef("--replicas is for the leader (--leader)")
+	case *timeout <= 0:
+		return usagef("--heartbeat-timeout %v: want a positive duration", *timeout)
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return usagef("--listen: %v", err)
+	}
+	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: *leader, HeartbeatTimeout: *timeout})
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	served := make(chan error, 1)
+	go func() { served <- r.Serve(serveCtx, ln) }()
+	log.Info("replica listening", "addr", ln.Addr(), "leader", *leader)
+	if !*leader {
+		return <-served
+	}
+	select {
+	case <-ctx.Done():
+		stopServing()
+		return <-served
+	case err := <-served:
+		return err
+	case <-r.Failed():
+	}
+	log.Warn("primary failed; recovering", "reason", r.FailReason())
+	rec, err := r.Recover(ctx, recoverFrom)
+	if err != nil {
+		return err
+	}
+	log.Info("recovered", "epoch", rec.Epoch, "mem_MiB", rec.MemBytes>>20, "took", rec.Took.Round(time.Microsecond), "unreachable", rec.Unreachable)
+	fmt.Printf("leader: recovered epoch %d of %s (%d MiB) in %v; resuming the VM\n", rec.Epoch, rec.Guest, rec.MemBytes>>20, rec.Took.Round(time.Millisecond))
+	// The replicas are no longer fed; stop serving them and run the VM.
+	stopServing()
+	<-served
+	res, err := runVM(ctx, vmSpec{
+		memBytes: rec.MemBytes, vcpus: rec.VCPUs, serial: *serial, control: *control,
+		guestName: rec.Guest, log: log,
+		load: func(vm *vmm.VM) error { return vm.RestoreImage(rec.Memory, rec.State) },
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("VM stopped", "reason", res.Kind, "status", res.Code)
+	return nil
+}

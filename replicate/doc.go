@@ -1,0 +1,42 @@
+// Package replicate owns Tandem's high availability: epochs, grouping of
+// dirty pages into regions, assignment of regions to links, the transports
+// that carry them, the replica store, the commit rule, and recovery.
+//
+// It never issues an ioctl. The primary sees its VM through the Source
+// interface (pause, resume, harvest dirty pages, guest memory, captured
+// state), which package vmm implements; the leader hands a recovered memory
+// image and state back to vmm to run.
+//
+// # One epoch (synchronous mode)
+//
+// Every epoch interval the primary pauses the VM, harvests the dirty pages,
+// captures the vCPU and device state, and seals the output the guest wrote
+// during the epoch in the OutputGate. Grouping merges the dirty pages into at
+// most SGMax regions across the smallest clean gaps; the Assigner splits the
+// regions across links (Algorithm 1 of seed 003, "fast") or sends each one on
+// every link ("ft"). Each link then carries, like an RDMA one-sided write
+// followed by a write-with-immediate, a map record (where the pages go, and
+// for which epoch), the pages themselves straight from guest memory, and a
+// completion marker. The state goes to the leader. When every live link and
+// the leader have acknowledged epoch e, e is committed: its output is
+// released, every replica is told, and the VM resumes.
+//
+// # The commit rule and recovery
+//
+// A replica stages an epoch's data per link and applies it to its store
+// (pages plus a per-page epoch number) only once it learns that the epoch is
+// committed, so a store never holds half an epoch and never loses the
+// previous epoch's copy of a page to an epoch that may not commit. The
+// primary starts an epoch on a link only after deciding the previous one, so
+// a link holds at most one staged epoch.
+//
+// When the primary fails, the leader asks every replica what it has applied
+// and staged. E is the highest epoch for which every link that carried part
+// of it completed its transfer and the leader holds the state. Replicas apply
+// staged epochs up to E and discard later ones; the leader then takes, for
+// every page, the copy with the highest epoch and restores the state of E.
+// Output is released only after its epoch commits, and a committed epoch is
+// complete everywhere, so E is never older than anything a client has seen.
+// It may be newer (a request processed whose reply was still held): clients
+// see that as at-least-once delivery.
+package replicate

@@ -1,0 +1,199 @@
+package replicate
+
+import (
+	"errors"
+	"io"
+	"sync"
+)
+
+// ErrGateClosed is returned by [OutputGate.Write] after [OutputGate.Close].
+var ErrGateClosed = errors.New("replicate: output gate closed")
+
+// OutputGate holds what the guest emits (serial bytes) until the epoch that
+// produced it is committed on the replicas, so that nobody outside ever sees
+// output from a state that a failover could roll back. It sits between a
+// device and its host console: the device writes to the gate, and the
+// replication loop seals the open buffer at each epoch boundary and releases
+// epochs as the replicas acknowledge them.
+//
+// An OutputGate is safe for concurrent use.
+type OutputGate struct {
+	w     io.Writer
+	limit int
+
+	// wmu serialises writes to w, so that concurrent Releases reach w in
+	// epoch order. It is taken before mu and is never held by Write, so a
+	// slow w stalls Release but not the guest.
+	wmu sync.Mutex
+
+	mu        sync.Mutex
+	cond      sync.Cond // signalled when sealed bytes are dropped or on Close
+	open      []byte    // output of the epoch in progress
+	sealed    []heldEpoch
+	held      int // bytes in open and sealed
+	heldSeal  int // bytes in sealed
+	lastEpoch uint64
+	anySealed bool // lastEpoch is valid
+	closed    bool
+	waiting   int      // Writes blocked on cond, for tests
+	spare     [][]byte // released buffers kept for reuse
+}
+
+type heldEpoch struct {
+	epoch uint64
+	buf   []byte
+}
+
+// A gate keeps up to maxSpare released buffers of at most maxSpareCap bytes
+// for reuse, so that a steady trickle of output does not allocate every
+// epoch, while a one-off burst is not kept around.
+const (
+	maxSpare    = 4
+	maxSpareCap = 64 << 10
+)
+
+// NewOutputGate returns a gate that releases output to w. limit bounds the
+// bytes held, as back-pressure on the guest (see [OutputGate.Write]); a
+// limit below 1 means no bound.
+func NewOutputGate(w io.Writer, limit int) *OutputGate {
+	g := &OutputGate{w: w, limit: limit}
+	g.cond.L = &g.mu
+	return g
+}
+
+// Write appends p to the open epoch's buffer. It never writes to the
+// underlying writer itself; [OutputGate.Release] does.
+//
+// While the gate holds limit bytes or more and some of them are sealed,
+// Write blocks until a Release drops them or the gate is closed: this slows
+// the writing vCPU down to what the replicas can commit. Bytes of the open
+// epoch alone never block Write, however many: only an epoch boundary can
+// seal them, and the VM cannot reach one while a vCPU is stuck in a device
+// write. For the same reason, whoever calls Release must not wait for the
+// VM to pause first. A single Write may take the gate past its limit.
+//
+// After Close, Write returns ErrGateClosed.
+func (g *OutputGate) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for !g.closed && g.limit > 0 && g.held >= g.limit && g.heldSeal > 0 {
+		g.waiting++
+		g.cond.Wait()
+		g.waiting--
+	}
+	if g.closed {
+		return 0, ErrGateClosed
+	}
+	if g.open == nil && len(p) > 0 {
+		if n := len(g.spare); n > 0 {
+			g.open = g.spare[n-1]
+			g.spare[n-1] = nil
+			g.spare = g.spare[:n-1]
+		}
+	}
+	g.open = append(g.open, p...)
+	g.held += len(p)
+	return len(p), nil
+}
+
+// Seal gives the open buffer to epoch, and later writes go to a new one.
+// The replication loop calls it while the VM is paused at the end of the
+// epoch, so that the buffer holds exactly what that epoch emitted.
+//
+// Epochs must increase from one Seal to the next. A Seal with an epoch not
+// greater than the previous one is ignored, and its bytes stay open until the
+// next valid Seal: releasing them early would be the one thing the gate must
+// never do.
+func (g *OutputGate) Seal(epoch uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.anySealed && epoch <= g.lastEpoch {
+		return
+	}
+	g.lastEpoch, g.anySealed = epoch, true
+	if len(g.open) == 0 {
+		return
+	}
+	g.sealed = append(g.sealed, heldEpoch{epoch: epoch, buf: g.open})
+	g.heldSeal += len(g.open)
+	g.open = nil
+}
+
+// Release writes every sealed buffer of an epoch up to and including epoch
+// to the underlying writer, oldest first, then drops them; releasing an
+// epoch thus releases all earlier ones too. It returns the first error from
+// the writer. The bytes are dropped whether or not they could be written: a
+// broken console must not wedge the VM by keeping the gate full.
+//
+// Release blocks while the underlying writer does, but Write does not.
+// Release keeps working after Close, so that committed output still comes
+// out.
+func (g *OutputGate) Release(epoch uint64) error {
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+
+	g.mu.Lock()
+	n := 0
+	for n < len(g.sealed) && g.sealed[n].epoch <= epoch {
+		n++
+	}
+	if n == 0 {
+		g.mu.Unlock()
+		return nil
+	}
+	// Copy the released entries out so that g.sealed can be compacted.
+	var stack [8]heldEpoch
+	out := append(stack[:0], g.sealed[:n]...)
+	rest := copy(g.sealed, g.sealed[n:])
+	clear(g.sealed[rest:])
+	g.sealed = g.sealed[:rest]
+	for _, h := range out {
+		g.held -= len(h.buf)
+		g.heldSeal -= len(h.buf)
+	}
+	g.cond.Broadcast()
+	g.mu.Unlock()
+
+	var err error
+	for _, h := range out {
+		if err != nil {
+			break
+		}
+		var k int
+		k, err = g.w.Write(h.buf)
+		if err == nil && k < len(h.buf) {
+			err = io.ErrShortWrite
+		}
+	}
+
+	g.mu.Lock()
+	for _, h := range out {
+		if len(g.spare) == maxSpare {
+			break
+		}
+		if cap(h.buf) > maxSpareCap {
+			continue
+		}
+		g.spare = append(g.spare, h.buf[:0])
+	}
+	g.mu.Unlock()
+	return err
+}
+
+// Held returns the number of bytes the gate holds, sealed or not.
+func (g *OutputGate) Held() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.held
+}
+
+// Close makes pending and later Writes fail with ErrGateClosed. Output
+// already held stays held and can still be released. Close always returns
+// nil.
+func (g *OutputGate) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	g.cond.Broadcast()
+	return nil
+}

@@ -1,0 +1,406 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// fakeVM is a Source whose "guest" is a goroutine writing pages. Its memory
+// is an mmap, like guest RAM, so the primary may read it while the guest
+// writes (as KVM guests do) without the race detector objecting to a race
+// the design accepts. Every captured state records the memory it belongs to.
+type fakeVM struct {
+	mu     sync.Mutex
+	cond   sync.Cond
+	paused bool
+	mem    []byte
+	dirty  map[uint64]bool
+	writes uint64
+	snaps  map[uint64][]byte // writes count (the state) → memory at capture
+	order  []uint64          // keys of snaps, oldest first
+}
+
+func newFakeVM(t *testing.T, pages int) *fakeVM {
+	mem, err := syscall.Mmap(-1, 0, pages*PageSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Munmap(mem) })
+	f := &fakeVM{mem: mem, dirty: map[uint64]bool{}, snaps: map[uint64][]byte{}}
+	f.cond.L = &f.mu
+	// Some initial content for the initial copy.
+	for p := 0; p < pages; p += 3 {
+		mem[p*PageSize] = byte(p) | 1
+	}
+	return f
+}
+
+func (f *fakeVM) Pause() error {
+	f.mu.Lock()
+	f.paused = true
+	f.mu.Unlock()
+	return nil
+}
+
+func (f *fakeVM) Resume() {
+	f.mu.Lock()
+	f.paused = false
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+func (f *fakeVM) Memory() []byte { return f.mem }
+
+func (f *fakeVM) HarvestDirty(dst []uint64) ([]uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for p := range f.dirty {
+		dst = append(dst, p)
+	}
+	clear(f.dirty)
+	slices.Sort(dst)
+	return dst, nil
+}
+
+func (f *fakeVM) CaptureState() ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, seen := f.snaps[f.writes]; !seen {
+		f.order = append(f.order, f.writes)
+	}
+	f.snaps[f.writes] = bytes.Clone(f.mem)
+	// Recovery picks the committed epoch or the one after it: only recent
+	// states matter, and keeping every one would fill memory.
+	if len(f.order) > 16 {
+		delete(f.snaps, f.order[0])
+		f.order = f.order[1:]
+	}
+	return binary.LittleEndian.AppendUint64(nil, f.writes), nil
+}
+
+// write is one guest store: a page gets a new value, unless paused.
+func (f *fakeVM) write(page uint64, v uint64) {
+	f.mu.Lock()
+	for f.paused {
+		f.cond.Wait()
+	}
+	binary.LittleEndian.PutUint64(f.mem[page*PageSize+8*(v%500):], v)
+	f.dirty[page] = true
+	f.writes++
+	f.mu.Unlock()
+}
+
+// run writes pages in a scattered pattern until ctx is done.
+func (f *fakeVM) run(ctx context.Context, seed uint64) {
+	r := rand.New(rand.NewPCG(seed, 1))
+	pages := uint64(len(f.mem) / PageSize)
+	for v := uint64(1); ctx.Err() == nil; v++ {
+		f.write(r.Uint64N(pages), v)
+		if v%64 == 0 {
+			time.Sleep(50 * time.Microsecond) // a guest that also computes
+		}
+	}
+}
+
+// cluster is replicas and a leader on loopback.
+type cluster struct {
+	t        *testing.T
+	replicas []*Replica
+	addrs    []string
+	cancels  []context.CancelFunc
+	leader   *Replica
+	leadAddr string
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func startReplica(t *testing.T, cfg ReplicaConfig) (*Replica, string, context.CancelFunc) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Log = quietLog()
+	r := NewReplica(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Serve(ctx, ln)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return r, ln.Addr().String(), cancel
+}
+
+func newCluster(t *testing.T, replicas int) *cluster {
+	c := &cluster{t: t}
+	for i := 0; i < replicas; i++ {
+		r, addr, cancel := startReplica(t, ReplicaConfig{})
+		c.replicas = append(c.replicas, r)
+		c.addrs = append(c.addrs, addr)
+		c.cancels = append(c.cancels, cancel)
+	}
+	c.leader, c.leadAddr, _ = startReplica(t, ReplicaConfig{Leader: true, HeartbeatTimeout: 2 * time.Second})
+	return c
+}
+
+func (c *cluster) primary(src Source, policy Policy, mode Mode, links []string) *Primary {
+	c.t.Helper()
+	p, err := NewPrimary(PrimaryConfig{
+		Links: links, Leader: c.leadAddr, VMID: 0x7E57, Guest: "fake", VCPUs: 1,
+		Epoch: 5 * time.Millisecond, Policy: policy, Mode: mode, SGMax: 8, Log: quietLog(),
+	}, src, NewOutputGate(io.Discard, 1<<20))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Connect(ctx); err != nil {
+		c.t.Fatal(err)
+	}
+	return p
+}
+
+// recoverAndCheck waits for the leader to see the primary fail, recovers,
+// and checks the image is exactly the memory of the recovered state.
+func (c *cluster) recoverAndCheck(vm *fakeVM, committed uint64) *Recovered {
+	c.t.Helper()
+	select {
+	case <-c.leader.Failed():
+	case <-time.After(10 * time.Second):
+		c.t.Fatal("the leader did not notice the primary's failure")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rec, err := c.leader.Recover(ctx, c.addrs)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if rec.Epoch < committed {
+		c.t.Fatalf("recovered epoch %d is older than the committed epoch %d", rec.Epoch, committed)
+	}
+	vm.mu.Lock()
+	want, ok := vm.snaps[binary.LittleEndian.Uint64(rec.State)]
+	vm.mu.Unlock()
+	if !ok {
+		c.t.Fatalf("recovered state %x matches no captured state", rec.State)
+	}
+	if !bytes.Equal(rec.Memory, want) {
+		for p := 0; p < len(want)/PageSize; p++ {
+			if !bytes.Equal(rec.Memory[p*PageSize:(p+1)*PageSize], want[p*PageSize:(p+1)*PageSize]) {
+				c.t.Fatalf("recovered epoch %d: page %d differs from the memory of its state", rec.Epoch, p)
+			}
+		}
+	}
+	return rec
+}
+
+func TestFailoverRecoversACommittedEpoch(t *testing.T) {
+	for _, policy := range []Policy{PolicyFast, PolicyFT} {
+		for _, mode := range []Mode{ModeSync, ModeAsync} {
+			t.Run(fmt.Sprintf("%v/%v", policy, mode), func(t *testing.T) {
+				c := newCluster(t, 2)
+				vm := newFakeVM(t, 512)
+				// Three links: the first replica gets two.
+				p := c.primary(vm, policy, mode, []string{c.addrs[0], c.addrs[1], c.addrs[0]})
+				ctx, cancel := context.WithCancel(context.Background())
+				go vm.run(ctx, 1)
+				runErr := make(chan error, 1)
+				go func() { runErr <- p.Run(ctx) }()
+				deadline := time.Now().Add(20 * time.Second)
+				for p.Committed() < 20 && time.Now().Before(deadline) {
+					time.Sleep(time.Millisecond)
+				}
+				// The primary dies: everything it had open closes at once.
+				cancel()
+				<-runErr
+				committed := p.Committed()
+				if committed < 20 {
+					t.Fatalf("only %d epochs committed", committed)
+				}
+				rec := c.recoverAndCheck(vm, committed)
+				t.Logf("committed %d, recovered %d in %v", committed, rec.Epoch, rec.Took)
+			})
+		}
+	}
+}
+
+// TestKillMidTransfer stops the primary in the middle of sending an epoch,
+// after some links finished it and before others did: recovery must settle
+// on the previous, committed epoch, and no replica may have applied any of
+// the interrupted one.
+func TestKillMidTransfer(t *testing.T) {
+	for _, policy := range []Policy{PolicyFast, PolicyFT} {
+		for _, cut := range []int{PageSize, 20 * PageSize} {
+			t.Run(fmt.Sprintf("%v/after-%d-bytes", policy, cut), func(t *testing.T) {
+				c := newCluster(t, 2)
+				vm := newFakeVM(t, 1024)
+				const killFrom = 12
+				var p *Primary
+				var sent atomic.Int64
+				var killedIn atomic.Uint64
+				var once sync.Once
+				p, err := NewPrimary(PrimaryConfig{
+					Links: c.addrs, Leader: c.leadAddr, VMID: 0xC0FFEE, Guest: "fake", VCPUs: 1,
+					Epoch: 5 * time.Millisecond, Policy: policy, SGMax: 32, Log: quietLog(),
+					FaultChunk: PageSize,
+					FaultProgress: func(e uint64, n int) {
+						// Cut the connections once the epochs from killFrom on
+						// have sent cut bytes: in the middle of an epoch.
+						if e >= killFrom && sent.Add(int64(n)) >= int64(cut) {
+							once.Do(func() {
+								killedIn.Store(e)
+								p.Close()
+							})
+						}
+					},
+				}, vm, NewOutputGate(io.Discard, 1<<20))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := p.Connect(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				go vm.run(ctx, 2)
+				if err := p.Run(ctx); err == nil {
+					t.Fatal("the primary ran on after its connections were cut")
+				}
+				killed := killedIn.Load()
+				if got := p.Committed(); got != killed-1 {
+					t.Fatalf("committed %d, want %d: the connections were cut in epoch %d", got, killed-1, killed)
+				}
+				rec := c.recoverAndCheck(vm, killed-1)
+				if rec.Epoch != killed-1 {
+					t.Errorf("recovered epoch %d; the interrupted epoch %d was incomplete", rec.Epoch, killed)
+				}
+			})
+		}
+	}
+}
+
+// TestLinkLossMidRun takes a replica away while the primary runs: fast
+// resynchronises the remaining link, ft goes on degraded; both recover.
+func TestLinkLossMidRun(t *testing.T) {
+	for _, policy := range []Policy{PolicyFast, PolicyFT} {
+		t.Run(policy.String(), func(t *testing.T) {
+			c := newCluster(t, 2)
+			vm := newFakeVM(t, 256)
+			p := c.primary(vm, policy, ModeSync, c.addrs)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go vm.run(ctx, 3)
+			runErr := make(chan error, 1)
+			go func() { runErr <- p.Run(ctx) }()
+			waitCommitted := func(n uint64) {
+				deadline := time.Now().Add(20 * time.Second)
+				for p.Committed() < n {
+					if time.Now().After(deadline) {
+						t.Fatalf("stuck at epoch %d, want %d", p.Committed(), n)
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			waitCommitted(10)
+			c.cancels[1]() // replica 1 goes away
+			lost := p.Committed()
+			waitCommitted(lost + 10)
+			cancel()
+			<-runErr
+			rec := c.recoverAndCheck(vm, p.Committed())
+			if len(rec.Unreachable) != 1 || rec.Unreachable[0] != c.addrs[1] {
+				t.Errorf("unreachable %v, want [%s]", rec.Unreachable, c.addrs[1])
+			}
+		})
+	}
+}
+
+func TestReplicaRejectsMalformedInput(t *testing.T) {
+	c := newCluster(t, 1)
+	vm := newFakeVM(t, 64)
+	p := c.primary(vm, PolicyFT, ModeSync, c.addrs)
+	ctx, cancel := context.WithCancel(context.Background())
+	go vm.run(ctx, 4)
+	runErr := make(chan error, 1)
+	go func() { runErr <- p.Run(ctx) }()
+	hello := Hello{Role: RoleLink, Link: 0, Links: 1, MemBytes: 64 * PageSize}
+	for _, tc := range []struct {
+		name string
+		msg  []byte
+	}{
+		{"garbage", []byte("GET / HTTP/1.1\r\nHost: replica\r\n\r\n")},
+		{"truncated header", appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57})[:20]},
+		{"other VM", append(appendHeader(nil, Header{Type: MsgHello, VMID: 0xBAD, Length: uint32(len(hello.marshal()))}), hello.marshal()...)},
+		{"huge payload", appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: 1 << 30})},
+		{"map outside the guest", func() []byte {
+			b := append(appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: uint32(len(hello.marshal()))}), hello.marshal()...)
+			return appendMap(b, 0x7E57, &MapRecord{Epoch: 99, Regions: []Region{{First: 60, Pages: 10}}})
+		}()},
+		{"data without map", func() []byte {
+			b := append(appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: uint32(len(hello.marshal()))}), hello.marshal()...)
+			return append(appendHeader(b, Header{Type: MsgData, VMID: 0x7E57, Epoch: 5, Length: 4096}), make([]byte, 4096)...)
+		}()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nc, err := net.Dial("tcp", c.addrs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			nc.Write(tc.msg)
+			nc.(*net.TCPConn).CloseWrite()
+			// The replica hangs up (possibly after an error message).
+			nc.SetReadDeadline(time.Now().Add(15 * time.Second))
+			if _, err := io.Copy(io.Discard, nc); err != nil {
+				t.Fatalf("the replica did not close the connection: %v", err)
+			}
+		})
+	}
+	// The real primary was never disturbed.
+	before := p.Committed()
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Committed() < before+5 {
+		if time.Now().After(deadline) {
+			t.Fatal("replication stalled after the malformed connections")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-runErr
+	c.recoverAndCheck(vm, p.Committed())
+}
+
+func TestUnreachableReplicaFailsConnect(t *testing.T) {
+	c := newCluster(t, 1)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	p, err := NewPrimary(PrimaryConfig{Links: []string{c.addrs[0], dead}, Leader: c.leadAddr, VMID: 9, Epoch: time.Millisecond}, newFakeVM(t, 16), NewOutputGate(io.Discard, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.Connect(context.Background())
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte(dead)) {
+		t.Fatalf("connect error %v, want one naming %s", err, dead)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("error %v does not wrap ECONNREFUSED", err)
+	}
+}

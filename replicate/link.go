@@ -1,0 +1,235 @@
+package replicate
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// Link is one path from the primary to a replica, shaped like an RDMA
+// queue pair doing one-sided writes, so that an RDMA transport fits the same
+// epoch engine: the map record goes first (RDMA_WRITE into the replica's map
+// buffer), then the data as a scatter-gather list of slices of registered
+// memory (RDMA_WRITE), then a completion carrying the epoch
+// (RDMA_WRITE_WITH_IMM). The replica acknowledges a complete epoch on the
+// Ack channel given when the link was opened.
+type Link interface {
+	WriteMap(m *MapRecord) error
+	WriteSG(sg [][]byte) error
+	WriteImm(epoch uint64) error
+	// WriteCommit tells the replica that epoch is committed.
+	WriteCommit(epoch uint64) error
+	Close() error
+	String() string
+}
+
+// Ack reports that a link (or, with Link = -1, the leader) acknowledged an
+// epoch, or failed.
+type Ack struct {
+	Link  int
+	Epoch uint64
+	Err   error
+}
+
+// maxDataMessage bounds one data message; an epoch's data is split into as
+// many as it needs.
+const maxDataMessage = 1 << 30
+
+// tcpLink is a Link over one TCP connection. It queues the map, the data
+// slices and the completion, and sends them with one writev at WriteImm: the
+// data goes from guest memory to the socket with no copy in user space.
+type tcpLink struct {
+	index int
+	c     *conn
+	bufs  net.Buffers
+	hdrs  []byte
+	// chunk, when non-zero, splits writes into pieces of that many bytes and
+	// calls progress after each: fault injection kills the primary mid-epoch.
+	chunk    int
+	progress func(epoch uint64, n int)
+}
+
+// dialLink connects link index to a replica and says hello.
+func dialLink(ctx context.Context, addr string, index int, vmID uint64, hello Hello, acks chan<- Ack) (*tcpLink, error) {
+	c, err := dialHello(ctx, addr, vmID, hello)
+	if err != nil {
+		return nil, fmt.Errorf("replicate: link %d: %w", index, err)
+	}
+	l := &tcpLink{index: index, c: c}
+	go l.readAcks(acks)
+	return l, nil
+}
+
+// dialHello opens a connection and exchanges hello and welcome.
+func dialHello(ctx context.Context, addr string, vmID uint64, hello Hello) (*conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("replica %s unreachable: %w", addr, err)
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	c := newConn(nc)
+	c.vmID = vmID
+	c.peer = addr
+	if err := c.send(MsgHello, 0, hello.marshal()); err != nil {
+		nc.Close()
+		return nil, c.errorf("hello: %w", err)
+	}
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetReadDeadline(dl)
+	}
+	h, err := readHeader(c.r, vmID)
+	if err == nil && h.Type == MsgError {
+		p, _ := readPayload(c.r, h)
+		err = fmt.Errorf("refused: %s", p)
+	} else if err == nil && (h.Type != MsgWelcome || h.Length != 0) {
+		err = fmt.Errorf("%w: answer to hello is %v", ErrProtocol, h.Type)
+	}
+	if err != nil {
+		nc.Close()
+		return nil, c.errorf("%w", noEOF(err))
+	}
+	nc.SetReadDeadline(time.Time{})
+	return c, nil
+}
+
+func (l *tcpLink) String() string { return fmt.Sprintf("link %d (%s)", l.index, l.c.peer) }
+
+func (l *tcpLink) readAcks(acks chan<- Ack) {
+	for {
+		h, err := readHeader(l.c.r, l.c.vmID)
+		if err == nil && h.Type != MsgAck {
+			err = fmt.Errorf("%w: unexpected %v message", ErrProtocol, h.Type)
+		}
+		if err != nil {
+			acks <- Ack{Link: l.index, Err: l.c.errorf("link %d: %w", l.index, noEOF(err))}
+			return
+		}
+		acks <- Ack{Link: l.index, Epoch: h.Epoch}
+	}
+}
+
+func (l *tcpLink) WriteMap(m *MapRecord) error {
+	l.hdrs = appendMap(l.hdrs[:0], l.c.vmID, m)
+	l.bufs = append(l.bufs[:0], l.hdrs)
+	return nil
+}
+
+func (l *tcpLink) WriteSG(sg [][]byte) error {
+	epoch := l.epochOfMap()
+	// Data headers go to their own small buffer so the map slice above
+	// stays valid.
+	for len(sg) > 0 {
+		n := 0
+		var part [][]byte
+		for len(sg) > 0 && n+len(sg[0]) <= maxDataMessage {
+			n += len(sg[0])
+			part = append(part, sg[0])
+			sg = sg[1:]
+		}
+		if len(part) == 0 { // one slice larger than a message: split it
+			part, sg[0] = [][]byte{sg[0][:maxDataMessage]}, sg[0][maxDataMessage:]
+			n = maxDataMessage
+		}
+		l.bufs = append(l.bufs, appendHeader(nil, Header{Type: MsgData, VMID: l.c.vmID, Epoch: epoch, Length: uint32(n)}))
+		for _, p := range part {
+			l.bufs = append(l.bufs, p)
+		}
+	}
+	return nil
+}
+
+// epochOfMap reads the epoch back from the queued map header.
+func (l *tcpLink) epochOfMap() uint64 {
+	h, _ := parseHeader(l.hdrs[:headerSize], l.c.vmID)
+	return h.Epoch
+}
+
+func (l *tcpLink) WriteImm(epoch uint64) error {
+	l.bufs = append(l.bufs, appendHeader(nil, Header{Type: MsgDone, VMID: l.c.vmID, Epoch: epoch}))
+	bufs := l.bufs
+	l.bufs = l.bufs[:0]
+	l.c.wmu.Lock()
+	defer l.c.wmu.Unlock()
+	if l.chunk == 0 {
+		_, err := bufs.WriteTo(l.c.c)
+		return err
+	}
+	for _, b := range bufs {
+		for len(b) > 0 {
+			n := min(len(b), l.chunk)
+			if _, err := l.c.c.Write(b[:n]); err != nil {
+				return err
+			}
+			l.progress(epoch, n)
+			b = b[n:]
+		}
+	}
+	return nil
+}
+
+func (l *tcpLink) WriteCommit(epoch uint64) error {
+	return l.c.send(MsgCommit, epoch, nil)
+}
+
+func (l *tcpLink) Close() error { return l.c.c.Close() }
+
+// stateLink is the primary's connection to the leader: state records,
+// commits and heartbeats.
+type stateLink struct {
+	c    *conn
+	stop chan struct{}
+	once sync.Once
+}
+
+func dialLeader(ctx context.Context, addr string, vmID uint64, hello Hello, acks chan<- Ack, heartbeat time.Duration) (*stateLink, error) {
+	c, err := dialHello(ctx, addr, vmID, hello)
+	if err != nil {
+		return nil, fmt.Errorf("replicate: leader: %w", err)
+	}
+	s := &stateLink{c: c, stop: make(chan struct{})}
+	go func() {
+		for {
+			h, err := readHeader(c.r, vmID)
+			if err == nil && h.Type != MsgAck {
+				err = fmt.Errorf("%w: unexpected %v message", ErrProtocol, h.Type)
+			}
+			if err != nil {
+				acks <- Ack{Link: -1, Err: c.errorf("leader: %w", noEOF(err))}
+				return
+			}
+			acks <- Ack{Link: -1, Epoch: h.Epoch}
+		}
+	}()
+	go func() {
+		t := time.NewTicker(heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+				if c.send(MsgHeartbeat, 0, nil) != nil {
+					return
+				}
+			}
+		}
+	}()
+	return s, nil
+}
+
+func (s *stateLink) sendState(rec *StateRecord) error {
+	return s.c.send(MsgState, rec.Epoch, rec.marshal())
+}
+
+func (s *stateLink) sendCommit(epoch uint64) error { return s.c.send(MsgCommit, epoch, nil) }
+
+func (s *stateLink) Close() error {
+	s.once.Do(func() { close(s.stop) })
+	return s.c.c.Close()
+}

@@ -1,0 +1,556 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Mode is how an epoch's transfer relates to the VM's execution.
+type Mode int
+
+const (
+	// ModeSync keeps the VM paused until the epoch is committed: nothing the
+	// guest does after the epoch can be lost.
+	ModeSync Mode = iota
+	// ModeAsync copies the dirty pages to a local staging buffer, resumes the
+	// VM and transfers in the background (Remus, qemu-mc): shorter pauses,
+	// output held for longer.
+	ModeAsync
+)
+
+func (m Mode) String() string {
+	if m == ModeAsync {
+		return "async"
+	}
+	return "sync"
+}
+
+// ParseMode parses "sync" or "async".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "sync":
+		return ModeSync, nil
+	case "async":
+		return ModeAsync, nil
+	}
+	return 0, fmt.Errorf("replicate: unknown mode %q (want sync or async)", s)
+}
+
+// Source is the VM as the primary sees it. Package vmm implements it.
+type Source interface {
+	// Pause stops every vCPU between two instructions; Resume undoes it.
+	Pause() error
+	Resume()
+	// HarvestDirty appends the pages written since the previous call, in
+	// ascending order, to dst. The VM is paused.
+	HarvestDirty(dst []uint64) ([]uint64, error)
+	// Memory is guest RAM, one mapping; page i is Memory()[i*4096:].
+	Memory() []byte
+	// CaptureState returns the encoded vCPU and device state. The VM is
+	// paused.
+	CaptureState() ([]byte, error)
+}
+
+// PrimaryConfig configures the replicating side.
+type PrimaryConfig struct {
+	// Links are the replica addresses, one per link; several links may
+	// name one replica.
+	Links []string
+	// Leader is the address of the leader's state endpoint.
+	Leader string
+	VMID   uint64
+	Guest  string
+	VCPUs  int
+	Epoch  time.Duration
+	Policy Policy
+	Mode   Mode
+	// SGMax bounds the regions an epoch's dirty pages are grouped into.
+	SGMax int
+	// AckTimeout bounds the wait for an epoch's acknowledgements beyond the
+	// time its bytes need at 10 MB/s; a link that misses it has failed.
+	AckTimeout time.Duration
+	Heartbeat  time.Duration
+	Trace      *TraceWriter
+	Log        *slog.Logger
+	// Summary, when set, receives a one-line summary about every second.
+	Summary func(line string)
+	// FaultChunk and FaultProgress inject faults: epoch data is written in
+	// chunks of FaultChunk bytes and FaultProgress is called after each
+	// with the epoch and the chunk's size.
+	FaultChunk    int
+	FaultProgress func(epoch uint64, n int)
+	// StagingDelay, when set, is called after the async staging copy of n
+	// bytes: tandem bench emulates slow local memory with it.
+	StagingDelay func(n int)
+}
+
+// Errors that end a primary's run.
+var (
+	ErrLeaderLost = errors.New("replicate: lost the leader: nothing can commit")
+	ErrNoLinks    = errors.New("replicate: every link has failed")
+)
+
+type linkState struct {
+	Link
+	index int
+	alive bool
+}
+
+// Primary replicates a running VM, epoch by epoch.
+type Primary struct {
+	cfg      PrimaryConfig
+	src      Source
+	gate     *OutputGate
+	log      *slog.Logger
+	links    []*linkState
+	leader   *stateLink
+	acks     chan Ack
+	assigner *Assigner
+
+	epoch     uint64        // last epoch started
+	committed atomic.Uint64 // newest committed epoch; read by other goroutines
+	needFull  bool // the next epoch sends all of memory (a fast-mode link was lost)
+	summary   Summary
+	lastSum   time.Time
+
+	pages   []uint64
+	regions []Region
+	perLink [][]Region
+	staging []byte
+}
+
+// NewPrimary prepares a primary; Connect and Run start it. gate holds the
+// guest's output until its epoch commits.
+func NewPrimary(cfg PrimaryConfig, src Source, gate *OutputGate) (*Primary, error) {
+	switch {
+	case len(cfg.Links) == 0:
+		return nil, errors.New("replicate: no replica links")
+	case len(cfg.Links) > MaxLinks:
+		return nil, fmt.Errorf("replicate: %d links, at most %d", len(cfg.Links), MaxLinks)
+	case cfg.Leader == "":
+		return nil, errors.New("replicate: no leader")
+	case cfg.Epoch <= 0:
+		return nil, fmt.Errorf("replicate: epoch interval %v must be positive", cfg.Epoch)
+	case cfg.VMID == 0:
+		return nil, errors.New("replicate: VM id 0 is reserved")
+	}
+	if cfg.SGMax < 1 {
+		cfg.SGMax = 32
+	}
+	if cfg.AckTimeout <= 0 {
+		cfg.AckTimeout = 2 * time.Second
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 100 * time.Millisecond
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Primary{
+		cfg: cfg, src: src, gate: gate, log: cfg.Log,
+		acks:     make(chan Ack, 4*(len(cfg.Links)+1)),
+		assigner: NewAssigner(cfg.Policy, len(cfg.Links)),
+	}, nil
+}
+
+// Connect opens every link and the leader connection. Any replica that
+// cannot be reached is an error: replication starts complete or not at all.
+func (p *Primary) Connect(ctx context.Context) error {
+	mem := uint64(len(p.src.Memory()))
+	hello := Hello{Links: uint32(len(p.cfg.Links)), MemBytes: mem, VCPUs: uint32(p.cfg.VCPUs), Policy: p.cfg.Policy, Guest: p.cfg.Guest}
+	p.links = make([]*linkState, len(p.cfg.Links))
+	errs := make([]error, len(p.cfg.Links)+1)
+	var wg sync.WaitGroup
+	for i, addr := range p.cfg.Links {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h := hello
+			h.Role, h.Link = RoleLink, uint32(i)
+			l, err := dialLink(ctx, addr, i, p.cfg.VMID, h, p.acks)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			l.chunk, l.progress = p.cfg.FaultChunk, p.cfg.FaultProgress
+			p.links[i] = &linkState{Link: l, index: i, alive: true}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		h := hello
+		h.Role = RoleState
+		var err error
+		p.leader, err = dialLeader(ctx, p.cfg.Leader, p.cfg.VMID, h, p.acks, p.cfg.Heartbeat)
+		errs[len(errs)-1] = err
+	}()
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		p.Close()
+		return err
+	}
+	return nil
+}
+
+// Close closes every connection.
+func (p *Primary) Close() {
+	for _, l := range p.links {
+		if l != nil {
+			l.Close()
+		}
+	}
+	if p.leader != nil {
+		p.leader.Close()
+	}
+}
+
+// Committed is the newest committed epoch.
+func (p *Primary) Committed() uint64 { return p.committed.Load() }
+
+// Run sends the initial copy of memory, then replicates one epoch per
+// interval until ctx is done or replication can no longer commit. The VM
+// must be running; Run leaves it running unless it returns an error, in
+// which case the VM is left paused so that no output escapes.
+func (p *Primary) Run(ctx context.Context) error {
+	defer p.Close()
+	if err := p.initialSync(ctx); err != nil {
+		return err
+	}
+	t := time.NewTicker(p.cfg.Epoch)
+	defer t.Stop()
+	p.lastSum = time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := p.runEpoch(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// initialSync sends every non-zero page while the VM runs, as epoch 1.
+// Pages the guest writes meanwhile are dirty again and go out in epoch 2;
+// pages never sent are zero on the replicas too.
+func (p *Primary) initialSync(ctx context.Context) error {
+	if err := p.src.Pause(); err != nil {
+		return err
+	}
+	var err error
+	p.pages, err = p.src.HarvestDirty(p.pages[:0]) // start tracking from here
+	p.src.Resume()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	mem := p.src.Memory()
+	p.regions = nonZeroRuns(p.regions[:0], mem)
+	p.epoch = 1
+	rec := &EpochTrace{Epoch: 1, Time: start, Mode: "initial", Policy: p.cfg.Policy.String()}
+	ok, err := p.transfer(ctx, 1, p.regions, func(r Region) []byte { return mem[r.First*PageSize : r.End()*PageSize] }, nil, rec)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errors.New("replicate: initial copy of memory failed")
+	}
+	p.commit(1)
+	p.log.Info("initial copy sent", "pages", Transferred(p.regions), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// nonZeroRuns lists the runs of pages holding a non-zero byte.
+func nonZeroRuns(dst []Region, mem []byte) []Region {
+	for pg := uint64(0); pg < uint64(len(mem))/PageSize; pg++ {
+		if isZero(mem[pg*PageSize : (pg+1)*PageSize]) {
+			continue
+		}
+		if n := len(dst); n > 0 && dst[n-1].End() == pg {
+			dst[n-1].Pages++
+		} else {
+			dst = append(dst, Region{First: pg, Pages: 1})
+		}
+	}
+	return dst
+}
+
+func isZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// runEpoch is one epoch: pause, harvest, capture, group, assign, transfer,
+// wait, commit, resume (sync), or resume before the transfer (async).
+func (p *Primary) runEpoch(ctx context.Context) error {
+	e := p.epoch + 1
+	p.epoch = e
+	rec := &EpochTrace{Epoch: e, Time: time.Now(), Mode: p.cfg.Mode.String(), Policy: p.cfg.Policy.String()}
+	t0 := time.Now()
+	if err := p.src.Pause(); err != nil {
+		return err
+	}
+	paused := true
+	resume := func() {
+		if paused {
+			p.src.Resume()
+			paused = false
+		}
+	}
+	mem := p.src.Memory()
+	var err error
+	p.pages, err = p.src.HarvestDirty(p.pages[:0])
+	if err != nil {
+		resume()
+		return err
+	}
+	full := p.needFull
+	rec.DirtyPages = len(p.pages)
+	state, err := p.src.CaptureState()
+	if err != nil {
+		return err // leave the VM paused: no output may escape unreplicated
+	}
+	rec.StateBytes = len(state)
+	p.gate.Seal(e)
+	t1 := time.Now()
+	rec.Pause.Harvest = t1.Sub(t0)
+
+	if full {
+		p.regions = append(p.regions[:0], Region{First: 0, Pages: uint64(len(mem)) / PageSize})
+	} else {
+		p.regions = Group(p.regions[:0], p.pages, p.cfg.SGMax)
+	}
+	rec.Regions = len(p.regions)
+	rec.TransferredPages = Transferred(p.regions)
+	src := func(r Region) []byte { return mem[r.First*PageSize : r.End()*PageSize] }
+	if p.cfg.Mode == ModeAsync {
+		src = p.stage(mem)
+		resume()
+	}
+	t2 := time.Now()
+	rec.Pause.Group = t2.Sub(t1)
+	ok, err := p.transfer(ctx, e, p.regions, src, state, rec)
+	if err != nil {
+		return err
+	}
+	if ok {
+		p.commit(e)
+		if full {
+			p.needFull = false
+			p.log.Info("links resynchronised with a full copy of memory", "epoch", e)
+		}
+	} else {
+		rec.Failed = "not every link completed the epoch"
+	}
+	resume()
+	rec.Pause.Total = time.Since(t0)
+	if p.cfg.Mode == ModeAsync {
+		rec.Pause.Total = t2.Sub(t0)
+	}
+	p.record(rec)
+	return nil
+}
+
+// stage copies the epoch's regions into the staging buffer (async mode) and
+// returns where each region's pages are found there.
+func (p *Primary) stage(mem []byte) func(Region) []byte {
+	n := Transferred(p.regions) * PageSize
+	if uint64(cap(p.staging)) < n {
+		p.staging = make([]byte, n)
+	}
+	p.staging = p.staging[:n]
+	offs := make([]uint64, len(p.regions))
+	var off uint64
+	for i, r := range p.regions {
+		offs[i] = off
+		off += uint64(copy(p.staging[off:], mem[r.First*PageSize:r.End()*PageSize]))
+	}
+	if p.cfg.StagingDelay != nil {
+		p.cfg.StagingDelay(int(n))
+	}
+	regions := p.regions
+	return func(x Region) []byte {
+		i := sort.Search(len(regions), func(i int) bool { return regions[i].End() > x.First }) // region holding x
+		o := offs[i] + (x.First-regions[i].First)*PageSize
+		return p.staging[o : o+x.Pages*PageSize]
+	}
+}
+
+// transfer sends epoch e's regions over the live links and the state (if
+// any) to the leader, and waits for the acknowledgements. It reports whether
+// the epoch may commit; an error means replication cannot go on.
+func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src func(Region) []byte, state []byte, rec *EpochTrace) (bool, error) {
+	start := time.Now()
+	var alive []uint32
+	for _, l := range p.links {
+		if l.alive {
+			alive = append(alive, uint32(l.index))
+		}
+	}
+	if len(alive) == 0 {
+		return false, ErrNoLinks
+	}
+	// The assigner spreads work over the live links only; it starts a new
+	// rotation whenever the set of live links changes.
+	if p.assigner.Links() != len(alive) {
+		p.assigner = NewAssigner(p.cfg.Policy, len(alive))
+	}
+	p.perLink = p.assigner.Assign(p.perLink, regions)
+	rec.LinkBytes = make([]uint64, len(p.links))
+	var wg sync.WaitGroup
+	sendErrs := make([]error, len(p.links))
+	var total uint64
+	for slot, li := range alive {
+		l := p.links[li]
+		ext := p.perLink[slot]
+		sg := make([][]byte, len(ext))
+		for i, x := range ext {
+			sg[i] = src(x)
+			rec.LinkBytes[l.index] += uint64(len(sg[i]))
+		}
+		total += rec.LinkBytes[l.index]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m := &MapRecord{Epoch: e, Committed: p.committed.Load(), Regions: ext}
+			err := l.WriteMap(m)
+			if err == nil {
+				err = l.WriteSG(sg)
+			}
+			if err == nil {
+				err = l.WriteImm(e)
+			}
+			sendErrs[l.index] = err
+		}()
+	}
+	if state != nil {
+		if err := p.leader.sendState(&StateRecord{Epoch: e, Links: alive, Blob: state}); err != nil {
+			return false, fmt.Errorf("%w: %v", ErrLeaderLost, err)
+		}
+	}
+	wg.Wait()
+	rec.Pause.Transfer = time.Since(start)
+	for i, err := range sendErrs {
+		if err != nil {
+			p.linkFailed(i, err)
+		}
+	}
+
+	// Wait for every live link and, with state, the leader.
+	ackStart := time.Now()
+	waiting := map[int]bool{}
+	for _, l := range p.links {
+		if l.alive {
+			waiting[l.index] = true
+		}
+	}
+	if state != nil {
+		waiting[-1] = true
+	}
+	timeout := time.NewTimer(p.cfg.AckTimeout + time.Duration(total/10e6)*time.Second)
+	defer timeout.Stop()
+	for len(waiting) > 0 {
+		select {
+		case a := <-p.acks:
+			switch {
+			case a.Err != nil && a.Link < 0:
+				return false, fmt.Errorf("%w: %v", ErrLeaderLost, a.Err)
+			case a.Err != nil:
+				p.linkFailed(a.Link, a.Err)
+				delete(waiting, a.Link)
+			case a.Epoch == e:
+				delete(waiting, a.Link)
+			}
+		case <-timeout.C:
+			if waiting[-1] {
+				return false, fmt.Errorf("%w: no acknowledgement of epoch %d", ErrLeaderLost, e)
+			}
+			for i := range waiting {
+				p.linkFailed(i, fmt.Errorf("no acknowledgement of epoch %d within %v", e, p.cfg.AckTimeout))
+				delete(waiting, i)
+			}
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+	rec.Pause.Ack = time.Since(ackStart)
+
+	// Which links completed decides the epoch.
+	complete := 0
+	for _, l := range p.links {
+		if l.alive {
+			complete++
+		}
+	}
+	if complete == 0 {
+		return false, ErrNoLinks
+	}
+	if complete < len(alive) && p.cfg.Policy == PolicyFast {
+		// The lost link held pages no other link has: this epoch cannot
+		// commit, and the next one resends all of memory to the others.
+		p.needFull = true
+		return false, nil
+	}
+	return true, nil
+}
+
+// linkFailed takes a link out of service.
+func (p *Primary) linkFailed(i int, err error) {
+	l := p.links[i]
+	if !l.alive {
+		return
+	}
+	l.alive = false
+	l.Close()
+	what := "continuing degraded on the remaining links (every link has every page)"
+	if p.cfg.Policy == PolicyFast {
+		what = "the epoch fails and the remaining links get a full copy of memory"
+	}
+	p.log.Error("replica link failed", "link", l.String(), "err", err, "action", what)
+}
+
+// commit records epoch e as committed, releases its output and tells the
+// replicas and the leader.
+func (p *Primary) commit(e uint64) {
+	p.committed.Store(e)
+	if err := p.gate.Release(e); err != nil {
+		p.log.Warn("serial output", "err", err)
+	}
+	for _, l := range p.links {
+		if l.alive {
+			if err := l.WriteCommit(e); err != nil {
+				p.linkFailed(l.index, err)
+			}
+		}
+	}
+	if e > 1 { // the initial copy has no state for the leader to commit
+		if err := p.leader.sendCommit(e); err != nil {
+			p.log.Warn("leader commit", "err", err)
+		}
+	}
+}
+
+func (p *Primary) record(rec *EpochTrace) {
+	if err := p.cfg.Trace.Write(rec); err != nil {
+		p.log.Warn("trace", "err", err)
+	}
+	p.summary.Add(rec)
+	if p.cfg.Summary != nil && time.Since(p.lastSum) >= time.Second {
+		p.lastSum = time.Now()
+		if line := p.summary.Line(); line != "" {
+			p.cfg.Summary(line)
+		}
+	}
+}

@@ -1,0 +1,262 @@
+package replicate
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Recovered is a VM rebuilt by the leader from the replicas.
+type Recovered struct {
+	Epoch    uint64 // the epoch recovered
+	Memory   []byte
+	State    []byte // the encoded VM state of Epoch
+	MemBytes uint64
+	VCPUs    int
+	Guest    string
+	// Unreachable lists the replicas that did not answer.
+	Unreachable []string
+	// Took is the time from the start of recovery to a complete image.
+	Took time.Duration
+}
+
+// ErrUnrecoverable means no epoch can be rebuilt from what survives.
+var ErrUnrecoverable = errors.New("replicate: cannot recover")
+
+// replicaView is one replica's answers during recovery.
+type replicaView struct {
+	addr   string
+	c      *conn
+	report *Report
+	epochs []uint64
+	err    error
+}
+
+// Recover rebuilds the VM after the primary failed: it asks every replica
+// what it holds, picks the epoch E to recover (see the package
+// documentation), has the replicas settle on E, and gathers for every page
+// the copy with the highest epoch. Only the leader (ReplicaConfig.Leader)
+// can recover.
+func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, error) {
+	start := time.Now()
+	r.mu.Lock()
+	if !r.cfg.Leader || r.vmID == 0 || r.hello.VCPUs == 0 {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("%w: this leader never received the primary's state", ErrUnrecoverable)
+	}
+	vmID, hello := r.vmID, r.hello
+	states := make(map[uint64]*StateRecord, len(r.states))
+	for e, s := range r.states {
+		states[e] = s
+	}
+	r.mu.Unlock()
+	pages := hello.MemBytes / PageSize
+
+	// Ask everyone what they hold.
+	views := make([]*replicaView, len(replicas))
+	var wg sync.WaitGroup
+	for i, addr := range replicas {
+		views[i] = &replicaView{addr: addr}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v := views[i]
+			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			v.c, v.err = dialHello(qctx, addr, vmID, Hello{Role: RoleRecovery, MemBytes: hello.MemBytes, Policy: hello.Policy})
+			if v.err == nil {
+				v.report, v.err = query(v.c)
+			}
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, v := range views {
+			if v.c != nil {
+				v.c.c.Close()
+			}
+		}
+	}()
+	rec := &Recovered{MemBytes: hello.MemBytes, VCPUs: int(hello.VCPUs), Guest: hello.Guest}
+	links := map[uint32]Staged{}
+	for _, v := range views {
+		if v.err != nil {
+			rec.Unreachable = append(rec.Unreachable, v.addr)
+			r.log.Warn("replica unreachable at recovery", "replica", v.addr, "err", v.err)
+			continue
+		}
+		for _, s := range v.report.Staged {
+			links[s.Link] = s
+		}
+	}
+
+	// E: the newest epoch whose state the leader holds and whose data
+	// survives: on every link that carried it (fast), or on one (ft).
+	var candidates []uint64
+	for e := range states {
+		candidates = append(candidates, e)
+	}
+	slices.Sort(candidates)
+	slices.Reverse(candidates)
+	var why []string
+	for _, e := range candidates {
+		done, missing := 0, 0
+		for _, l := range states[e].Links {
+			if s, ok := links[l]; ok && s.Completed(e) {
+				done++
+			} else {
+				missing++
+			}
+		}
+		if (hello.Policy == PolicyFT && done > 0) || (hello.Policy == PolicyFast && missing == 0) {
+			rec.Epoch = e
+			break
+		}
+		why = append(why, fmt.Sprintf("epoch %d: %d of %d links complete", e, done, done+missing))
+	}
+	if rec.Epoch == 0 {
+		return nil, fmt.Errorf("%w: no epoch is complete on the surviving replicas (%v; unreachable: %v)", ErrUnrecoverable, why, rec.Unreachable)
+	}
+	rec.State = states[rec.Epoch].Blob
+
+	// Settle every replica on E and read its page epochs.
+	for _, v := range views {
+		if v.err != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v.epochs, v.err = resolve(v.c, rec.Epoch, pages)
+		}()
+	}
+	wg.Wait()
+
+	// Each page comes from the replica holding its newest copy.
+	owner := make([]int, pages)
+	best := make([]uint64, pages)
+	for i, v := range views {
+		if v.err != nil || v.epochs == nil {
+			continue
+		}
+		for p, e := range v.epochs {
+			if e > best[p] {
+				best[p], owner[p] = e, i
+			}
+		}
+	}
+	rec.Memory = make([]byte, hello.MemBytes)
+	fetch := make([][]Region, len(views))
+	for p := uint64(0); p < pages; p++ {
+		if best[p] == 0 {
+			continue // never written: zero
+		}
+		o := owner[p]
+		if n := len(fetch[o]); n > 0 && fetch[o][n-1].End() == p && fetch[o][n-1].Pages < maxFetch/PageSize {
+			fetch[o][n-1].Pages++
+		} else {
+			fetch[o] = append(fetch[o], Region{First: p, Pages: 1})
+		}
+	}
+	errs := make([]error, len(views))
+	for i, v := range views {
+		if len(fetch[i]) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fetchPages(v.c, fetch[i], rec.Memory)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnrecoverable, err)
+	}
+	rec.Took = time.Since(start)
+	return rec, nil
+}
+
+func query(c *conn) (*Report, error) {
+	if err := c.send(MsgQuery, 0, nil); err != nil {
+		return nil, c.errorf("query: %w", err)
+	}
+	h, err := readHeader(c.r, c.vmID)
+	if err == nil && h.Type != MsgReport {
+		err = fmt.Errorf("%w: answer to query is %v", ErrProtocol, h.Type)
+	}
+	if err != nil {
+		return nil, c.errorf("query: %w", noEOF(err))
+	}
+	p, err := readPayload(c.r, h)
+	if err != nil {
+		return nil, c.errorf("query: %w", err)
+	}
+	rep, err := parseReport(p)
+	if err != nil {
+		return nil, c.errorf("query: %w", err)
+	}
+	return rep, nil
+}
+
+func resolve(c *conn, e, pages uint64) ([]uint64, error) {
+	if err := c.send(MsgResolve, e, nil); err != nil {
+		return nil, c.errorf("resolve: %w", err)
+	}
+	h, err := readHeader(c.r, c.vmID)
+	if err == nil && (h.Type != MsgEpochs || uint64(h.Length) != 8*pages) {
+		err = fmt.Errorf("%w: answer to resolve is %v of %d bytes for %d pages", ErrProtocol, h.Type, h.Length, pages)
+	}
+	if err != nil {
+		return nil, c.errorf("resolve: %w", noEOF(err))
+	}
+	p, err := readPayload(c.r, h)
+	if err != nil {
+		return nil, c.errorf("resolve: %w", err)
+	}
+	epochs := make([]uint64, pages)
+	for i := range epochs {
+		epochs[i] = binary.LittleEndian.Uint64(p[8*i:])
+		if epochs[i] > e {
+			return nil, c.errorf("resolve: %w: page %d holds epoch %d after settling on %d", ErrProtocol, i, epochs[i], e)
+		}
+	}
+	return epochs, nil
+}
+
+// maxFetch bounds the bytes one fetch request asks for.
+const maxFetch = 64 << 20
+
+// fetchPages reads the given regions from a replica into mem.
+func fetchPages(c *conn, regions []Region, mem []byte) error {
+	for len(regions) > 0 {
+		var batch []Region
+		var n uint64
+		for len(regions) > 0 && (len(batch) == 0 || n+regions[0].Pages*PageSize <= maxFetch) {
+			n += regions[0].Pages * PageSize
+			batch = append(batch, regions[0])
+			regions = regions[1:]
+		}
+		if err := c.send(MsgFetch, 0, appendRegions(nil, batch)); err != nil {
+			return c.errorf("fetch: %w", err)
+		}
+		h, err := readHeader(c.r, c.vmID)
+		if err == nil && (h.Type != MsgData || uint64(h.Length) != n) {
+			err = fmt.Errorf("%w: answer to fetch is %v of %d bytes, want %d", ErrProtocol, h.Type, h.Length, n)
+		}
+		if err != nil {
+			return c.errorf("fetch: %w", noEOF(err))
+		}
+		for _, g := range batch {
+			if _, err := io.ReadFull(c.r, mem[g.First*PageSize:g.End()*PageSize]); err != nil {
+				return c.errorf("fetch: %w", noEOF(err))
+			}
+		}
+	}
+	return nil
+}

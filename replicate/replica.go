@@ -1,0 +1,561 @@
+package replicate
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Store is a replica's copy of guest memory: every page with the epoch that
+// last wrote it (0: never written, so zero). Seed 003 Fig. 8.
+type Store struct {
+	mu     sync.RWMutex
+	pages  []byte
+	epochs []uint64
+	// applied is the newest epoch applied from any link.
+	applied uint64
+}
+
+func newStore(memBytes uint64) *Store {
+	return &Store{pages: make([]byte, memBytes), epochs: make([]uint64, memBytes/PageSize)}
+}
+
+// apply copies a complete, committed staged epoch into the store.
+func (s *Store) apply(st *stage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	off := uint64(0)
+	for _, r := range st.regions {
+		n := r.Pages * PageSize
+		copy(s.pages[r.First*PageSize:], st.data[off:off+n])
+		for p := r.First; p < r.End(); p++ {
+			s.epochs[p] = st.epoch
+		}
+		off += n
+	}
+	s.applied = max(s.applied, st.epoch)
+}
+
+// stage is one link's epoch in flight on a replica: its map and its data.
+// An epoch is complete when its completion marker arrived after exactly the
+// bytes the map announced.
+type stage struct {
+	link     uint32
+	epoch    uint64
+	regions  []Region
+	data     []byte
+	received uint64
+	complete bool
+	// appliedEpoch is the newest epoch of this link applied to the store.
+	appliedEpoch uint64
+	// applied is closed when the last committed epoch handed to the
+	// background apply has reached the store (nil: none pending).
+	applied chan struct{}
+}
+
+// waitApplied waits for a link's background apply; call without r.mu.
+func (r *Replica) waitApplied(st *stage) {
+	r.mu.Lock()
+	ch := st.applied
+	r.mu.Unlock()
+	if ch != nil {
+		<-ch
+	}
+}
+
+// ReplicaConfig configures a replica server.
+type ReplicaConfig struct {
+	Log *slog.Logger
+	// Leader makes this replica also accept the primary's state connection
+	// and report primary failure through Failed.
+	Leader bool
+	// HeartbeatTimeout is how long the leader waits for a heartbeat or
+	// state message before it declares the primary failed.
+	HeartbeatTimeout time.Duration
+	// Delay, when set, is called after every data read of n bytes into
+	// staging: tandem bench uses it to emulate memory with slow writes.
+	Delay func(n int)
+}
+
+// Replica keeps a copy of one VM's memory, fed by one or more links, and
+// answers the leader's recovery queries. It serves one VM: the first hello
+// fixes the VM's identity and size, and a connection for another VM is
+// refused with an error.
+type Replica struct {
+	cfg ReplicaConfig
+	log *slog.Logger
+
+	mu     sync.Mutex
+	vmID   uint64
+	hello  Hello
+	store  *Store
+	stages map[uint32]*stage
+
+	// Leader side (cfg.Leader): the state stream.
+	states      map[uint64]*StateRecord
+	committed   uint64
+	failed      chan struct{}
+	failOnce    sync.Once
+	failReason  string
+	stateActive bool
+}
+
+// NewReplica returns a replica that holds no VM yet.
+func NewReplica(cfg ReplicaConfig) *Replica {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.HeartbeatTimeout == 0 {
+		cfg.HeartbeatTimeout = time.Second
+	}
+	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{})}
+}
+
+// Serve accepts connections until ctx is done.
+func (r *Replica) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("replicate: accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stop := context.AfterFunc(ctx, func() { c.Close() })
+			defer stop()
+			defer c.Close()
+			if err := r.serveConn(c); err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+				r.log.Warn("replica connection ended", "peer", c.RemoteAddr(), "err", err)
+			}
+		}()
+	}
+}
+
+// conn is a connection with buffered reads and the peer's name for errors.
+type conn struct {
+	c    net.Conn
+	r    *bufio.Reader
+	peer string
+	vmID uint64
+	wmu  sync.Mutex
+}
+
+func newConn(c net.Conn) *conn {
+	return &conn{c: c, r: bufio.NewReaderSize(c, 256<<10), peer: c.RemoteAddr().String()}
+}
+
+func (c *conn) errorf(format string, args ...any) error {
+	return fmt.Errorf("replicate: peer %s: %w", c.peer, fmt.Errorf(format, args...))
+}
+
+// send writes one message.
+func (c *conn) send(t MsgType, epoch uint64, payload []byte) error {
+	b := appendHeader(make([]byte, 0, headerSize+len(payload)), Header{Type: t, VMID: c.vmID, Epoch: epoch, Length: uint32(len(payload))})
+	b = append(b, payload...)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_, err := c.c.Write(b)
+	return err
+}
+
+func (c *conn) sendError(msg string) {
+	c.send(MsgError, 0, []byte(msg))
+}
+
+func (r *Replica) serveConn(nc net.Conn) error {
+	c := newConn(nc)
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	h, err := readHeader(c.r, 0)
+	if err != nil {
+		return c.errorf("%w", noEOF(err))
+	}
+	if h.Type != MsgHello {
+		return c.errorf("%w: first message is %v, want hello", ErrProtocol, h.Type)
+	}
+	p, err := readPayload(c.r, h)
+	if err != nil {
+		return c.errorf("%w", err)
+	}
+	var hello Hello
+	if err := hello.unmarshal(p); err != nil {
+		c.sendError(err.Error())
+		return c.errorf("%w", err)
+	}
+	if err := r.admit(h.VMID, &hello); err != nil {
+		c.sendError(err.Error())
+		return c.errorf("%w", err)
+	}
+	c.vmID = h.VMID
+	nc.SetReadDeadline(time.Time{})
+	if err := c.send(MsgWelcome, 0, nil); err != nil {
+		return c.errorf("%w", err)
+	}
+	switch hello.Role {
+	case RoleLink:
+		return r.serveLink(c, hello.Link)
+	case RoleState:
+		return r.serveState(c)
+	default:
+		return r.serveRecovery(c)
+	}
+}
+
+// admit checks a hello against the VM this replica serves.
+func (r *Replica) admit(vmID uint64, h *Hello) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if vmID == 0 {
+		return fmt.Errorf("%w: hello without a VM id", ErrProtocol)
+	}
+	if r.vmID == 0 {
+		if h.Role == RoleRecovery {
+			return errors.New("this replica holds no VM")
+		}
+		r.vmID, r.hello = vmID, *h
+		r.log.Info("replica serving VM", "vm", fmt.Sprintf("%016x", vmID), "mem_MiB", h.MemBytes>>20, "guest", h.Guest)
+	}
+	switch {
+	case vmID != r.vmID:
+		return fmt.Errorf("this replica serves VM %016x, not %016x", r.vmID, vmID)
+	case h.MemBytes != r.hello.MemBytes:
+		return fmt.Errorf("VM %016x has %d bytes of memory here, hello says %d", vmID, r.hello.MemBytes, h.MemBytes)
+	case h.Role == RoleState && !r.cfg.Leader:
+		return errors.New("this replica is not the leader")
+	case h.Role == RoleState && r.stateActive:
+		return errors.New("the leader already has a state connection")
+	}
+	switch h.Role {
+	case RoleState:
+		r.stateActive = true
+		r.hello.VCPUs, r.hello.Guest, r.hello.Links, r.hello.Policy = h.VCPUs, h.Guest, h.Links, h.Policy
+	case RoleLink:
+		// Only a replica that links feed holds a copy of guest memory.
+		if r.store == nil {
+			r.store = newStore(h.MemBytes)
+		}
+	case RoleRecovery:
+		if r.store == nil {
+			return errors.New("this replica holds no pages: no link feeds it")
+		}
+	}
+	return nil
+}
+
+// serveLink receives one link's epochs: map, data, completion; acknowledges
+// complete epochs and applies them when they are committed.
+func (r *Replica) serveLink(c *conn, link uint32) error {
+	pages := uint64(len(r.store.epochs))
+	for {
+		h, err := readHeader(c.r, c.vmID)
+		if err != nil {
+			return c.errorf("link %d: %w", link, err)
+		}
+		switch h.Type {
+		case MsgMap:
+			p, err := readPayload(c.r, h)
+			if err != nil {
+				return c.errorf("link %d: %w", link, err)
+			}
+			m, err := parseMap(h, p, pages)
+			if err != nil {
+				return c.errorf("link %d: %w", link, err)
+			}
+			r.beginEpoch(link, m)
+		case MsgData:
+			if err := r.receiveData(c, link, h); err != nil {
+				return err
+			}
+		case MsgDone:
+			r.mu.Lock()
+			st := r.stages[link]
+			ok := st != nil && st.epoch == h.Epoch && !st.complete && st.received == uint64(len(st.data))
+			if ok {
+				st.complete = true
+			}
+			r.mu.Unlock()
+			if !ok {
+				return c.errorf("link %d: %w: completion of epoch %d does not match the data received", link, ErrProtocol, h.Epoch)
+			}
+			if err := c.send(MsgAck, h.Epoch, nil); err != nil {
+				return c.errorf("link %d: %w", link, err)
+			}
+		case MsgCommit:
+			r.commit(link, h.Epoch)
+		default:
+			return c.errorf("link %d: %w: unexpected %v message", link, ErrProtocol, h.Type)
+		}
+	}
+}
+
+func (r *Replica) stageOf(link uint32) *stage {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stages[link]
+}
+
+// beginEpoch starts staging a new epoch on a link. A staged epoch that was
+// committed in the meantime is applied first; one that was not will never
+// be (the primary decided every earlier epoch before starting this one).
+func (r *Replica) beginEpoch(link uint32, m *MapRecord) {
+	if st := r.stageOf(link); st != nil {
+		r.waitApplied(st)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.stages[link]
+	if st == nil {
+		st = &stage{link: link}
+		r.stages[link] = st
+	}
+	if st.complete && st.epoch <= m.Committed {
+		r.store.apply(st)
+		st.appliedEpoch = max(st.appliedEpoch, st.epoch)
+	}
+	need := m.Pages() * PageSize
+	if uint64(cap(st.data)) < need {
+		st.data = make([]byte, need)
+	}
+	st.epoch, st.regions, st.data, st.received, st.complete = m.Epoch, m.Regions, st.data[:need], 0, false
+}
+
+// receiveData reads a data message straight into the link's staging area.
+func (r *Replica) receiveData(c *conn, link uint32, h Header) error {
+	n := uint64(h.Length)
+	r.mu.Lock()
+	st := r.stages[link]
+	var dst []byte
+	var err error
+	switch {
+	case st == nil || st.epoch != h.Epoch || st.complete:
+		err = c.errorf("link %d: %w: data for epoch %d without its map", link, ErrProtocol, h.Epoch)
+	case n > uint64(len(st.data))-st.received:
+		err = c.errorf("link %d: %w: %d data bytes exceed the %d the map announced", link, ErrProtocol, st.received+n, len(st.data))
+	default:
+		dst = st.data[st.received : st.received+n]
+	}
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	// Only this link's goroutine writes its staging data, so the read
+	// itself needs no lock.
+	if _, err := io.ReadFull(c.r, dst); err != nil {
+		return c.errorf("link %d: epoch %d data: %w", link, h.Epoch, noEOF(err))
+	}
+	if r.cfg.Delay != nil {
+		r.cfg.Delay(int(n))
+	}
+	r.mu.Lock()
+	st.received += n
+	r.mu.Unlock()
+	return nil
+}
+
+// commit applies a link's staged epoch once it is committed, in the
+// background; the next map on the link waits for it.
+func (r *Replica) commit(link uint32, epoch uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.stages[link]
+	if st == nil || !st.complete || st.epoch > epoch {
+		return
+	}
+	// The staged epoch moves to a background apply, which hands the staging
+	// buffer back when done; the link's next map waits for that.
+	job := &stage{epoch: st.epoch, regions: st.regions, data: st.data}
+	done := make(chan struct{})
+	st.appliedEpoch = max(st.appliedEpoch, st.epoch) // visible once done closes: report waits for it
+	st.epoch, st.complete, st.regions, st.data, st.applied = 0, false, nil, nil, done
+	go func() {
+		r.store.apply(job)
+		r.mu.Lock()
+		if st.data == nil {
+			st.data = job.data[:0]
+		}
+		r.mu.Unlock()
+		close(done)
+	}()
+}
+
+// waitApplies waits for every link's background apply.
+func (r *Replica) waitApplies() {
+	r.mu.Lock()
+	var pending []*stage
+	for _, st := range r.stages {
+		pending = append(pending, st)
+	}
+	r.mu.Unlock()
+	for _, st := range pending {
+		r.waitApplied(st)
+	}
+}
+
+// serveState receives the primary's state stream (leader only) and watches
+// the primary's heartbeat.
+func (r *Replica) serveState(c *conn) error {
+	defer r.declareFailed("state connection lost")
+	for {
+		c.c.SetReadDeadline(time.Now().Add(r.cfg.HeartbeatTimeout))
+		h, err := readHeader(c.r, c.vmID)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				r.declareFailed(fmt.Sprintf("no heartbeat from %s for %v", c.peer, r.cfg.HeartbeatTimeout))
+			}
+			return c.errorf("state: %w", err)
+		}
+		switch h.Type {
+		case MsgHeartbeat:
+		case MsgState:
+			p, err := readPayload(c.r, h)
+			if err != nil {
+				return c.errorf("state: %w", err)
+			}
+			s, err := parseState(h, p)
+			if err != nil {
+				return c.errorf("state: %w", err)
+			}
+			r.mu.Lock()
+			r.states[s.Epoch] = s
+			r.mu.Unlock()
+			if err := c.send(MsgAck, h.Epoch, nil); err != nil {
+				return c.errorf("state: %w", err)
+			}
+		case MsgCommit:
+			r.mu.Lock()
+			if h.Epoch > r.committed {
+				r.committed = h.Epoch
+				for e := range r.states {
+					if e < h.Epoch {
+						delete(r.states, e)
+					}
+				}
+			}
+			r.mu.Unlock()
+		default:
+			return c.errorf("state: %w: unexpected %v message", ErrProtocol, h.Type)
+		}
+	}
+}
+
+func (r *Replica) declareFailed(reason string) {
+	r.failOnce.Do(func() {
+		r.failReason = reason
+		close(r.failed)
+	})
+}
+
+// Failed is closed when the leader decides the primary has failed.
+func (r *Replica) Failed() <-chan struct{} { return r.failed }
+
+// FailReason says why the primary was declared failed.
+func (r *Replica) FailReason() string {
+	<-r.failed
+	return r.failReason
+}
+
+// serveRecovery answers the leader: what is staged and applied, resolve to
+// an epoch, the page epochs, and page contents.
+func (r *Replica) serveRecovery(c *conn) error {
+	pages := uint64(len(r.store.epochs))
+	for {
+		h, err := readHeader(c.r, c.vmID)
+		if err != nil {
+			return c.errorf("recovery: %w", err)
+		}
+		switch h.Type {
+		case MsgQuery:
+			if err := c.send(MsgReport, 0, r.report().marshal()); err != nil {
+				return c.errorf("recovery: %w", err)
+			}
+		case MsgResolve:
+			r.resolve(h.Epoch)
+			if err := r.sendEpochs(c); err != nil {
+				return c.errorf("recovery: %w", err)
+			}
+		case MsgFetch:
+			p, err := readPayload(c.r, h)
+			if err != nil {
+				return c.errorf("recovery: %w", err)
+			}
+			regions, err := parseRegions(p, pages)
+			if err != nil {
+				return c.errorf("recovery: %w", err)
+			}
+			if err := r.sendPages(c, regions); err != nil {
+				return c.errorf("recovery: %w", err)
+			}
+		default:
+			return c.errorf("recovery: %w: unexpected %v message", ErrProtocol, h.Type)
+		}
+	}
+}
+
+func (r *Replica) report() *Report {
+	r.waitApplies()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rep := &Report{Applied: r.store.applied}
+	for _, st := range r.stages {
+		rep.Staged = append(rep.Staged, Staged{Link: st.link, Epoch: st.epoch, Complete: st.complete, Applied: st.appliedEpoch})
+	}
+	return rep
+}
+
+// resolve applies every complete staged epoch up to e and discards the rest.
+func (r *Replica) resolve(e uint64) {
+	r.waitApplies()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, st := range r.stages {
+		if st.complete && st.epoch <= e {
+			r.store.apply(st)
+			st.appliedEpoch = max(st.appliedEpoch, st.epoch)
+		}
+		st.epoch, st.complete, st.regions = 0, false, nil
+	}
+}
+
+func (r *Replica) sendEpochs(c *conn) error {
+	r.store.mu.RLock()
+	b := make([]byte, 8*len(r.store.epochs))
+	for i, e := range r.store.epochs {
+		binary.LittleEndian.PutUint64(b[8*i:], e)
+	}
+	r.store.mu.RUnlock()
+	return c.send(MsgEpochs, 0, b)
+}
+
+func (r *Replica) sendPages(c *conn, regions []Region) error {
+	r.store.mu.RLock()
+	defer r.store.mu.RUnlock()
+	var n uint64
+	for _, g := range regions {
+		n += g.Pages * PageSize
+	}
+	bufs := net.Buffers{appendHeader(nil, Header{Type: MsgData, VMID: c.vmID, Length: uint32(n)})}
+	if n > 1<<31 {
+		return fmt.Errorf("fetch of %d bytes is too large for one message", n)
+	}
+	for _, g := range regions {
+		bufs = append(bufs, r.store.pages[g.First*PageSize:g.End()*PageSize])
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_, err := bufs.WriteTo(c.c)
+	return err
+}
