@@ -74,7 +74,7 @@ func (l *netLab) start(role string, env []string, args ...string) *process {
 	l.t.Helper()
 	p := &process{
 		cmd:    exec.Command("ip", append([]string{"netns", "exec", l.hosts[role], tandemBin}, args...)...),
-		stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan error, 1),
+		stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan error, 1),
 	}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
