@@ -46,11 +46,11 @@ func (t *EpochTrace) GroupingOverhead() float64 {
 // of microseconds, fractional, so that traces are readable as they are and
 // plot without unit conversion.
 type Durations struct {
-	Harvest  time.Duration // collecting the dirty pages
-	Group    time.Duration // grouping and assigning them
-	Transfer time.Duration // sending pages and state
+	Harvest  time.Duration // stopping the vCPUs, collecting the dirty pages, capturing the state
+	Group    time.Duration // grouping them into regions (and, async, the staging copy)
+	Transfer time.Duration // assigning regions to links, sending pages and state
 	Ack      time.Duration // waiting for the replicas' acknowledgements
-	Total    time.Duration // the whole pause
+	Total    time.Duration // the whole pause (async: until the VM resumed)
 }
 
 type durationsJSON struct {
