@@ -115,7 +115,7 @@ type Primary struct {
 
 	epoch     uint64        // last epoch started
 	committed atomic.Uint64 // newest committed epoch; read by other goroutines
-	needFull  bool // the next epoch sends all of memory (a fast-mode link was lost)
+	needFull  bool          // the next epoch sends all of memory (a fast-mode link was lost)
 	summary   Summary
 	lastSum   time.Time
 
