@@ -229,6 +229,8 @@ func (s *stateLink) sendState(rec *StateRecord) error {
 
 func (s *stateLink) sendCommit(epoch uint64) error { return s.c.send(MsgCommit, epoch, nil) }
 
+func (s *stateLink) sendBye() error { return s.c.send(MsgBye, 0, nil) }
+
 func (s *stateLink) Close() error {
 	s.once.Do(func() { close(s.stop) })
 	return s.c.c.Close()

@@ -123,6 +123,9 @@ type Primary struct {
 	regions []Region
 	perLink [][]Region
 	staging []byte
+
+	finish     chan struct{} // closed by Finish: end replication gracefully
+	finishOnce sync.Once
 }
 
 // NewPrimary prepares a primary; Connect and Run start it. gate holds the
@@ -153,7 +156,7 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate *OutputGate) (*Primary, erro
 		cfg.Log = slog.Default()
 	}
 	return &Primary{
-		cfg: cfg, src: src, gate: gate, log: cfg.Log,
+		cfg: cfg, src: src, gate: gate, log: cfg.Log, finish: make(chan struct{}),
 		acks:     make(chan Ack, 4*(len(cfg.Links)+1)),
 		assigner: NewAssigner(cfg.Policy, len(cfg.Links)),
 	}, nil
@@ -221,7 +224,7 @@ func (p *Primary) Committed() uint64 { return p.committed.Load() }
 func (p *Primary) Run(ctx context.Context) error {
 	defer p.Close()
 	if err := p.initialSync(ctx); err != nil {
-		return err
+		return p.stopped(ctx, err)
 	}
 	t := time.NewTicker(p.cfg.Epoch)
 	defer t.Stop()
@@ -230,10 +233,61 @@ func (p *Primary) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-p.finish:
+			return p.goodbye()
 		case <-t.C:
 		}
 		if err := p.runEpoch(ctx); err != nil {
-			return err
+			return p.stopped(ctx, err)
+		}
+	}
+}
+
+// stopped handles an epoch that could not run. If the VM itself has ended
+// (it cannot be paused), whether that was on purpose is the caller's call:
+// Finish says goodbye, a cancelled ctx leaves the leader to take over.
+func (p *Primary) stopped(ctx context.Context, err error) error {
+	if !errors.Is(err, errSourcePause) {
+		return err
+	}
+	select {
+	case <-p.finish:
+		return p.goodbye()
+	case <-ctx.Done():
+		return err
+	}
+}
+
+// errSourcePause marks a Pause that failed: the VM is no longer running.
+var errSourcePause = errors.New("replicate: the VM cannot be paused")
+
+// Finish ends replication on purpose: Run tells the leader the VM has
+// stopped (so it does not take over), releases the output still held, and
+// returns. Call it when the VM ended normally; a primary that dies instead
+// never says goodbye, and the leader takes over.
+func (p *Primary) Finish() { p.finishOnce.Do(func() { close(p.finish) }) }
+
+// goodbye waits for the leader to acknowledge the end; only then can the
+// held output go out, since no takeover can contradict it any more.
+func (p *Primary) goodbye() error {
+	if err := p.leader.sendBye(); err != nil {
+		return fmt.Errorf("%w: goodbye: %v", ErrLeaderLost, err)
+	}
+	timeout := time.After(p.cfg.AckTimeout)
+	for {
+		select {
+		case a := <-p.acks:
+			if a.Link >= 0 {
+				continue
+			}
+			if a.Err != nil {
+				return fmt.Errorf("%w: goodbye: %v", ErrLeaderLost, a.Err)
+			}
+			// The VM has stopped: what it wrote since the last epoch is final.
+			p.gate.Seal(p.epoch + 1)
+			return p.gate.Release(p.epoch + 1)
+		case <-timeout:
+			return fmt.Errorf("%w: no answer to goodbye", ErrLeaderLost)
 		}
 	}
 }
@@ -243,7 +297,7 @@ func (p *Primary) Run(ctx context.Context) error {
 // pages never sent are zero on the replicas too.
 func (p *Primary) initialSync(ctx context.Context) error {
 	if err := p.src.Pause(); err != nil {
-		return err
+		return fmt.Errorf("%w: %v", errSourcePause, err)
 	}
 	var err error
 	p.pages, err = p.src.HarvestDirty(p.pages[:0]) // start tracking from here
@@ -300,7 +354,7 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	rec := &EpochTrace{Epoch: e, Time: time.Now(), Mode: p.cfg.Mode.String(), Policy: p.cfg.Policy.String()}
 	t0 := time.Now()
 	if err := p.src.Pause(); err != nil {
-		return err
+		return fmt.Errorf("%w: %v", errSourcePause, err)
 	}
 	paused := true
 	resume := func() {

@@ -104,6 +104,7 @@ type Replica struct {
 	failed      chan struct{}
 	failOnce    sync.Once
 	failReason  string
+	ended       bool // the primary said goodbye: its VM stopped on purpose
 	stateActive bool
 }
 
@@ -420,6 +421,12 @@ func (r *Replica) serveState(c *conn) error {
 		}
 		switch h.Type {
 		case MsgHeartbeat:
+		case MsgBye:
+			r.mu.Lock()
+			r.ended = true
+			r.mu.Unlock()
+			r.declareFailed("the primary stopped its VM on purpose")
+			return c.send(MsgAck, h.Epoch, nil)
 		case MsgState:
 			p, err := readPayload(c.r, h)
 			if err != nil {
@@ -461,6 +468,16 @@ func (r *Replica) declareFailed(reason string) {
 
 // Failed is closed when the leader decides the primary has failed.
 func (r *Replica) Failed() <-chan struct{} { return r.failed }
+
+// Ended reports whether the primary stopped its VM on purpose (a graceful
+// shutdown), in which case there is nothing to take over. Valid once Failed
+// is closed.
+func (r *Replica) Ended() bool {
+	<-r.failed
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ended
+}
 
 // FailReason says why the primary was declared failed.
 func (r *Replica) FailReason() string {

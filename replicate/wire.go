@@ -28,7 +28,8 @@ type MsgType uint16
 // Message types. Primary → replica on a link: Hello, Map, Data, Done,
 // Commit. Replica → primary: Welcome, Ack, Error. Primary → leader on the
 // state connection: Hello, State, Commit, Heartbeat; leader → primary:
-// Welcome, Ack. Leader → replica during recovery: Hello, Query, Resolve,
+// Welcome, Ack, and Bye when the VM ended on purpose (no takeover).
+// Leader → replica during recovery: Hello, Query, Resolve,
 // Fetch; replica → leader: Welcome, Report, Epochs, Data.
 const (
 	MsgHello MsgType = iota + 1
@@ -46,10 +47,11 @@ const (
 	MsgResolve
 	MsgEpochs
 	MsgFetch
+	MsgBye
 	msgTypeEnd
 )
 
-var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch"}
+var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye"}
 
 func (t MsgType) String() string {
 	if t > 0 && t < msgTypeEnd {
@@ -75,7 +77,7 @@ func maxPayload(t MsgType) uint64 {
 		return maxStatePayload
 	case MsgMap, MsgFetch:
 		return 8 + 4 + maxMapRegions*16
-	case MsgDone, MsgAck, MsgCommit, MsgHeartbeat, MsgQuery, MsgResolve:
+	case MsgDone, MsgAck, MsgCommit, MsgHeartbeat, MsgQuery, MsgResolve, MsgBye:
 		return 0
 	}
 	return maxSmallPayload

@@ -172,8 +172,12 @@ func runReplicated(ctx context.Context, vm *vmm.VM, p *replicate.Primary, log *s
 	}()
 	select {
 	case r := <-vmDone:
-		cancel()
-		<-repErr
+		// The VM ended here, on purpose or by its own fault: tell the
+		// leader there is nothing to take over, and let the output out.
+		p.Finish()
+		if err := <-repErr; err != nil && !errors.Is(err, context.Canceled) {
+			log.Warn("replication did not end cleanly; the leader may take over", "err", err)
+		}
 		return r.res, r.err
 	case err := <-repErr:
 		if err == nil || errors.Is(err, context.Canceled) {

@@ -388,3 +388,31 @@ func residentKiB(pid int, guestBytes uint64) (other, guest uint64, err error) {
 	}
 	return other, guest, nil
 }
+
+// TestHAGuestExitIsNoFailure: a replicated guest that exits on its own says
+// goodbye, its last output is released, and the leader does not take over.
+func TestHAGuestExitIsNoFailure(t *testing.T) {
+	kvmtest.Open(t)
+	ports, err := freePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica := startTandem(t, "replica", "--listen", ports[0])
+	leader := startTandem(t, "replica", "--listen", ports[1], "--leader", "--replicas", ports[0], "--serial", "none")
+	for _, p := range []*process{replica, leader} {
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(p.stderr.String(), "replica listening") {
+			if time.Now().After(deadline) {
+				t.Fatalf("replica did not start: %s", p.stderr.String())
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	stdout, stderr, status := runTandem(t, "run", "--guest", "hello", "--serial", "stdio", "--ha", "--replicas", ports[0], "--leader", ports[1], "--epoch", "5ms")
+	if status != 0 || stdout != "hello: Tandem guest up, 1 vCPUs, 64 MiB\n" {
+		t.Fatalf("status %d, stdout %q, stderr:\n%s", status, stdout, stderr)
+	}
+	if status := leader.wait(t, 30*time.Second); status != 0 || !strings.Contains(leader.stdout.String(), "no takeover") {
+		t.Errorf("leader: status %d, stdout %q, stderr:\n%s", status, leader.stdout.String(), leader.stderr.String())
+	}
+}

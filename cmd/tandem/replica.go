@@ -65,6 +65,11 @@ func cmdReplica(ctx context.Context, args []string) error {
 		return err
 	case <-r.Failed():
 	}
+	if r.Ended() {
+		log.Info("the primary stopped its VM on purpose; nothing to take over")
+		fmt.Println("leader: the primary's VM stopped; no takeover")
+		return nil
+	}
 	log.Warn("primary failed; recovering", "reason", r.FailReason())
 	rec, err := r.Recover(ctx, recoverFrom)
 	if err != nil {
