@@ -38,4 +38,10 @@
 //
 // A real16 image is loaded at [Real16LoadAddr] (64 KiB) and entered with
 // CS=DS=ES=SS=0x1000, IP=0, SP=0xFFF0: one 64 KiB segment, like a .COM file.
+//
+// # Linux kernels
+//
+// [LoadLinux] boots a bzImage or an ELF vmlinux through the Linux boot
+// protocol or the PVH entry, with a zero page, e820 map, initrd, MP table
+// and CPUID ([LinuxCPUID]); its documentation gives the memory layout.
 package boot

@@ -41,8 +41,8 @@ type IRQLine interface {
 // write through it is recorded as dirty by the VMM (KVM's dirty log does not
 // see VMM writes), which replication needs.
 //
-// No device in this package writes guest memory yet; the interface is the
-// hook for virtio.
+// The virtio devices (package devices/virtio) reach guest memory only
+// through it.
 type GuestMemory interface {
 	ReadAt(p []byte, gpa uint64) (int, error)
 	WriteAt(p []byte, gpa uint64) (int, error)

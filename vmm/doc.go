@@ -2,7 +2,9 @@
 // vCPU threads and their run loop, the device bus, pause and resume of all
 // vCPUs, capture and restore of the whole machine state, snapshot files, and
 // the sources of dirty pages (KVM's dirty ring or dirty bitmap, plus the pages
-// device models write).
+// device models write). It loads guests (flat test guests, Linux kernels:
+// linux.go) and wires virtio devices to KVM: irqfd, ioeventfd and guest
+// memory access through the dirty hook (virtio.go).
 //
 // vmm joins the kvm package (ioctls, no policy) with the device models and,
 // later, replication: the replicate package never issues ioctls itself, it

@@ -93,6 +93,8 @@ type VM struct {
 	msrIndices []uint32 // the MSRs state capture saves; probed on first use
 	xsaveSize  int      // KVM_GET_XSAVE2 buffer size; 0 uses KVM_GET_XSAVE
 
+	virtio virtioDevices // see virtio.go
+
 	closeOnce sync.Once
 }
 
@@ -253,6 +255,7 @@ func (v *VM) Close() error {
 		if v.uart != nil {
 			v.uart.Close()
 		}
+		v.closeVirtio() // before guest memory goes away
 		for _, c := range v.vcpus {
 			c.close()
 		}

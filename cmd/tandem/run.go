@@ -22,7 +22,7 @@ import (
 )
 
 func cmdRun(ctx context.Context, args []string) error {
-	fs := newFlagSet("run", "(--guest NAME|PATH | --restore FILE) [flags]")
+	fs := newFlagSet("run", "(--guest NAME|PATH | --kernel PATH | --restore FILE) [flags]")
 	guest := fs.String("guest", "", "built-in guest ("+strings.Join(images.Names(), ", ")+") or the path of a flat image")
 	entry := fs.String("entry", "long64", "CPU mode a flat image given by path is entered in: long64 or real16")
 	guestArgs := fs.String("args", "", "guest arguments as key=value[,key=value...] (e.g. for dirty: pattern=scattered,pages=4096)")
@@ -35,6 +35,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	restore := fs.String("restore", "", "restore the VM from this snapshot file instead of booting a guest")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	ha := addHAFlags(fs)
+	linux := addLinuxFlags(fs) // linux.go
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -50,6 +51,10 @@ func cmdRun(ctx context.Context, args []string) error {
 		return usagef("--dirty: %v", err)
 	}
 	switch {
+	case linux.used(set):
+		if err := linux.configure(&spec, set, *memFlag, *vcpus); err != nil {
+			return err
+		}
 	case *restore != "" && *guest != "":
 		return usagef("--guest and --restore exclude each other: a snapshot already holds its guest")
 	case *restore != "":
@@ -92,7 +97,7 @@ func cmdRun(ctx context.Context, args []string) error {
 			return usagef("--args: guest %s takes no arguments", spec.guest.Name)
 		}
 	default:
-		return usagef("say what to run: --guest NAME|PATH or --restore FILE")
+		return usagef("say what to run: --guest NAME|PATH, --kernel PATH or --restore FILE")
 	}
 	if spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log); err != nil {
 		return err
