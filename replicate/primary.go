@@ -176,12 +176,11 @@ func (p *Primary) Connect(ctx context.Context) error {
 			defer wg.Done()
 			h := hello
 			h.Role, h.Link = RoleLink, uint32(i)
-			l, err := dialLink(ctx, addr, i, p.cfg.VMID, h, p.acks)
+			l, err := p.dialTransport(ctx, addr, i, h) // TCP, or RDMA for rdma:// (rdma.go)
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			l.chunk, l.progress = p.cfg.FaultChunk, p.cfg.FaultProgress
 			p.links[i] = &linkState{Link: l, index: i, alive: true}
 		}()
 	}

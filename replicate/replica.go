@@ -58,6 +58,10 @@ type stage struct {
 	// applied is closed when the last committed epoch handed to the
 	// background apply has reached the store (nil: none pending).
 	applied chan struct{}
+	// buf, when set, supplies an epoch's staging area instead of an
+	// allocation: an RDMA link's registered buffer, which the primary has
+	// already written when the replica learns of the epoch (rdma.go).
+	buf func(epoch, need uint64) []byte
 }
 
 // waitApplied waits for a link's background apply; call without r.mu.
@@ -327,7 +331,9 @@ func (r *Replica) beginEpoch(link uint32, m *MapRecord) {
 		st.appliedEpoch = max(st.appliedEpoch, st.epoch)
 	}
 	need := m.Pages() * PageSize
-	if uint64(cap(st.data)) < need {
+	if st.buf != nil {
+		st.data = st.buf(m.Epoch, need)
+	} else if uint64(cap(st.data)) < need {
 		st.data = make([]byte, need)
 	}
 	st.epoch, st.regions, st.data, st.received, st.complete = m.Epoch, m.Regions, st.data[:need], 0, false

@@ -40,7 +40,7 @@ type haFlags struct {
 func addHAFlags(fs *flag.FlagSet) *haFlags {
 	return &haFlags{
 		enabled:    fs.Bool("ha", false, "replicate the VM to --replicas, with --leader ready to take over"),
-		replicas:   fs.String("replicas", "", "replica addresses, one per link (HOST:PORT[,HOST:PORT...]); a replica may appear more than once"),
+		replicas:   fs.String("replicas", "", "replica addresses, one per link (HOST:PORT[,HOST:PORT...], or rdma://HOST:PORT for an RDMA link to a replica's --rdma-listen); a replica may appear more than once"),
 		leader:     fs.String("leader", "", "the leader's address (HOST:PORT): it receives the VM state and takes over"),
 		epoch:      fs.Duration("epoch", 50*time.Millisecond, "replication epoch interval"),
 		policy:     fs.String("policy", "fast", "link policy: fast (pages split across links) or ft (every page on every link)"),

@@ -49,6 +49,7 @@ var commands = []command{
 	{"replica", "keep a copy of a replicated VM; with --leader, take over when the primary fails", cmdReplica},
 	{"snapshot", "write a snapshot of a running VM through its control socket", cmdSnapshot},
 	{"demo", "boot the built-in counter guest and talk to it", cmdDemo},
+	{"rdma-devices", "list the RDMA devices, ports and limits the RDMA transport can use", cmdRDMADevices},
 	{"version", "print the version of tandem and of the KVM it finds", cmdVersion},
 }
 

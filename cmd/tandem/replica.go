@@ -14,6 +14,7 @@ import (
 func cmdReplica(ctx context.Context, args []string) error {
 	fs := newFlagSet("replica", "--listen ADDR [--leader --replicas ADDR[,ADDR...] [--serial SPEC]]")
 	listen := fs.String("listen", "", "address to serve links (and, for the leader, the primary's state) on, HOST:PORT")
+	rdmaListen := fs.String("rdma-listen", "", "also accept RDMA links (rdma://HOST:PORT in the primary's --replicas) on this address of an RDMA-capable interface; needs a build with -tags rdma")
 	leader := fs.Bool("leader", false, "also receive the VM state, watch the primary, and take over when it fails")
 	replicas := fs.String("replicas", "", "leader: the replicas to recover from, HOST:PORT[,...] (include this leader's own --listen address if links feed it)")
 	serial := fs.String("serial", "stdio", "leader: COM1 of the recovered VM: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
@@ -53,6 +54,11 @@ func cmdReplica(ctx context.Context, args []string) error {
 	defer stopServing()
 	served := make(chan error, 1)
 	go func() { served <- r.Serve(serveCtx, ln) }()
+	if *rdmaListen != "" {
+		if err := serveRDMA(serveCtx, r, *rdmaListen, log); err != nil {
+			return err
+		}
+	}
 	log.Info("replica listening", "addr", ln.Addr(), "leader", *leader)
 	if !*leader {
 		return <-served
