@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -76,90 +75,9 @@ func TestRDMAFailoverLosesNoAcknowledgedIncrement(t *testing.T) {
 		if midTransfer {
 			name += "/mid-transfer"
 		}
-		if !t.Run(name, func(t *testing.T) { rdmaFailoverRound(t, lab, rng, cfg[0], cfg[1], midTransfer) }) {
+		fc := failoverCase{policy: cfg[0], mode: cfg[1], midTransfer: midTransfer, rdma: true}
+		if !t.Run(name, func(t *testing.T) { failoverRound(t, lab, rng, fc) }) {
 			break
 		}
-	}
-}
-
-func rdmaFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, policy, mode string, midTransfer bool) {
-	dir := t.TempDir()
-	const port, rport = ":7070", ":7471"
-	var procs []*process
-	defer func() {
-		for _, p := range procs {
-			p.kill()
-		}
-		if t.Failed() {
-			for i, p := range procs {
-				t.Logf("process %d (%v) stderr:\n%s", i, p.cmd.Args[3:], p.stderr.String())
-			}
-		}
-	}()
-	r1, r2 := lab.addrs["r1"]+port, lab.addrs["r2"]+port
-	procs = append(procs,
-		lab.start("r1", nil, "replica", "--listen", r1, "--rdma-listen", lab.addrs["r1"]+rport),
-		lab.start("r2", nil, "replica", "--listen", r2, "--rdma-listen", lab.addrs["r2"]+rport),
-		lab.start("leader", nil, "replica", "--listen", lab.addrs["leader"]+port, "--leader",
-			"--replicas", r1+","+r2, "--heartbeat-timeout", "2s", "--serial", "unix:"+dir+"/leader.sock"))
-	for _, p := range procs {
-		waitStderr(t, p, "replica listening")
-	}
-	var env []string
-	if midTransfer {
-		env = append(env, fmt.Sprintf("%s=%d:%d", faultEnv, 5+rng.IntN(20), 1+rng.IntN(3*4096)))
-	}
-	rr1, rr2 := "rdma://"+lab.addrs["r1"]+rport, "rdma://"+lab.addrs["r2"]+rport
-	primary := lab.start("primary", env, "run", "--guest", "counter", "--mem", "16M", "--ha",
-		"--replicas", rr1+","+rr2+","+rr1, "--leader", lab.addrs["leader"]+port,
-		"--policy", policy, "--mode", mode, "--epoch", "10ms", "--serial", "unix:"+dir+"/primary.sock")
-	procs = append(procs, primary)
-	conn := dialWhenReady(t, primary, dir+"/primary.sock")
-	client := runCounterClient(conn, 4)
-	if !midTransfer {
-		deadline := time.Now().Add(30 * time.Second)
-		for client.acked.Load() < 3 {
-			if time.Now().After(deadline) {
-				t.Fatalf("no increments acknowledged in 30s; primary stderr:\n%s", primary.stderr.String())
-			}
-			time.Sleep(time.Millisecond)
-		}
-		time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
-		primary.cmd.Process.Kill()
-	}
-	select {
-	case <-primary.done:
-		primary.done <- nil
-	case <-time.After(60 * time.Second):
-		t.Fatal("the primary did not die")
-	}
-	conn.Close()
-	<-client.done
-	if !strings.Contains(primary.stderr.String(), "rdma link up") {
-		t.Errorf("the primary did not report its RDMA links; stderr:\n%s", primary.stderr.String())
-	}
-	sent, acked := client.sent.Load(), client.acked.Load()
-
-	lconn := dialWhenReady(t, procs[2], dir+"/leader.sock")
-	defer lconn.Close()
-	lconn.SetDeadline(time.Now().Add(30 * time.Second))
-	fmt.Fprintf(lconn, "GET\n")
-	r := bufio.NewReader(lconn)
-	var value int64 = -1
-	for value < 0 {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("no VALUE from the leader: %v", err)
-		}
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "VALUE "); ok {
-			value, _ = strconv.ParseInt(v, 10, 64)
-		}
-	}
-	t.Logf("sent %d, acknowledged %d, leader counts %d", sent, acked, value)
-	if value < acked {
-		t.Errorf("LOST INCREMENTS: %d acknowledged, the leader's counter is %d", acked, value)
-	}
-	if value > sent {
-		t.Errorf("the leader's counter %d exceeds the %d increments sent", value, sent)
 	}
 }

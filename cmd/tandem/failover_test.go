@@ -163,7 +163,7 @@ func TestFailoverLosesNoAcknowledgedIncrement(t *testing.T) {
 			name += "/mid-transfer"
 		}
 		ok := t.Run(name, func(t *testing.T) {
-			failoverRound(t, lab, rng, cfg.policy, cfg.mode, cfg.dirty, midTransfer)
+			failoverRound(t, lab, rng, failoverCase{policy: cfg.policy, mode: cfg.mode, dirty: cfg.dirty, midTransfer: midTransfer})
 		})
 		if !ok {
 			break
@@ -171,9 +171,18 @@ func TestFailoverLosesNoAcknowledgedIncrement(t *testing.T) {
 	}
 }
 
-func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, policy, mode, dirty string, midTransfer bool) {
+// failoverCase is one round's configuration.
+type failoverCase struct {
+	policy, mode, dirty string
+	midTransfer         bool
+	// rdma runs the replica links over RDMA (failover_rdma_test.go): the
+	// replicas also listen with --rdma-listen and the links are rdma://.
+	rdma bool
+}
+
+func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, fc failoverCase) {
 	dir := t.TempDir()
-	port := ":7070"
+	const port, rport = ":7070", ":7471"
 	var procs []*process
 	defer func() {
 		for _, p := range procs {
@@ -186,28 +195,42 @@ func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, policy, mode, dirt
 		}
 	}()
 	r1, r2 := lab.addrs["r1"]+port, lab.addrs["r2"]+port
+	replicaArgs := func(role string) []string {
+		args := []string{"replica", "--listen", lab.addrs[role] + port}
+		if fc.rdma {
+			args = append(args, "--rdma-listen", lab.addrs[role]+rport)
+		}
+		return args
+	}
 	procs = append(procs,
-		lab.start("r1", nil, "replica", "--listen", r1),
-		lab.start("r2", nil, "replica", "--listen", r2),
+		lab.start("r1", nil, replicaArgs("r1")...),
+		lab.start("r2", nil, replicaArgs("r2")...),
 		lab.start("leader", nil, "replica", "--listen", lab.addrs["leader"]+port, "--leader",
 			"--replicas", r1+","+r2, "--heartbeat-timeout", "2s", "--serial", "unix:"+dir+"/leader.sock"))
 	for _, p := range procs {
 		waitStderr(t, p, "replica listening")
 	}
 	var env []string
-	if midTransfer {
+	if fc.midTransfer {
 		// Die while epoch K's pages are on the wire, after B bytes.
 		env = append(env, fmt.Sprintf("%s=%d:%d", faultEnv, 5+rng.IntN(20), 1+rng.IntN(3*4096)))
 	}
 	// Links: r1 twice (two links to one host) and r2 once.
-	primary := lab.start("primary", env, "run", "--guest", "counter", "--mem", "16M", "--ha",
-		"--replicas", r1+","+r2+","+r1, "--leader", lab.addrs["leader"]+port,
-		"--policy", policy, "--mode", mode, "--dirty", dirty, "--epoch", "10ms",
-		"--serial", "unix:"+dir+"/primary.sock")
+	l1, l2 := r1, r2
+	if fc.rdma {
+		l1, l2 = "rdma://"+lab.addrs["r1"]+rport, "rdma://"+lab.addrs["r2"]+rport
+	}
+	args := []string{"run", "--guest", "counter", "--mem", "16M", "--ha",
+		"--replicas", l1 + "," + l2 + "," + l1, "--leader", lab.addrs["leader"] + port,
+		"--policy", fc.policy, "--mode", fc.mode, "--epoch", "10ms", "--serial", "unix:" + dir + "/primary.sock"}
+	if fc.dirty != "" {
+		args = append(args, "--dirty", fc.dirty)
+	}
+	primary := lab.start("primary", env, args...)
 	procs = append(procs, primary)
 	conn := dialWhenReady(t, primary, dir+"/primary.sock")
 	client := runCounterClient(conn, 4)
-	if !midTransfer {
+	if !fc.midTransfer {
 		// Let some increments through, then kill at a random moment.
 		deadline := time.Now().Add(30 * time.Second)
 		for client.acked.Load() < 3 {
@@ -227,6 +250,9 @@ func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, policy, mode, dirt
 	}
 	conn.Close()
 	<-client.done
+	if fc.rdma && !strings.Contains(primary.stderr.String(), "rdma link up") {
+		t.Errorf("the primary did not report its RDMA links; stderr:\n%s", primary.stderr.String())
+	}
 	sent, acked := client.sent.Load(), client.acked.Load()
 
 	lconn := dialWhenReady(t, procs[2], dir+"/leader.sock")
