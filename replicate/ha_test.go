@@ -212,14 +212,28 @@ func (c *cluster) recoverAndCheck(vm *fakeVM, committed uint64) *Recovered {
 	return rec
 }
 
-func TestFailoverRecoversACommittedEpoch(t *testing.T) {
+// clusterLinks makes a cluster of replicas and returns the address each
+// replica's links use and a way to take replica i away, so the failover
+// tests run over TCP here and over RDMA in rdma_integration_test.go.
+type clusterLinks func(t *testing.T, replicas int) (c *cluster, links []string, drop func(i int))
+
+func tcpLinks(t *testing.T, replicas int) (*cluster, []string, func(int)) {
+	c := newCluster(t, replicas)
+	return c, c.addrs, func(i int) { c.cancels[i]() }
+}
+
+func TestFailoverRecoversACommittedEpoch(t *testing.T) { failoverRecovers(t, tcpLinks) }
+func TestKillMidTransfer(t *testing.T)                 { killMidTransfer(t, tcpLinks) }
+func TestLinkLossMidRun(t *testing.T)                  { linkLossMidRun(t, tcpLinks) }
+
+func failoverRecovers(t *testing.T, mk clusterLinks) {
 	for _, policy := range []Policy{PolicyFast, PolicyFT} {
 		for _, mode := range []Mode{ModeSync, ModeAsync} {
 			t.Run(fmt.Sprintf("%v/%v", policy, mode), func(t *testing.T) {
-				c := newCluster(t, 2)
+				c, links, _ := mk(t, 2)
 				vm := newFakeVM(t, 512)
 				// Three links: the first replica gets two.
-				p := c.primary(vm, policy, mode, []string{c.addrs[0], c.addrs[1], c.addrs[0]})
+				p := c.primary(vm, policy, mode, []string{links[0], links[1], links[0]})
 				ctx, cancel := context.WithCancel(context.Background())
 				go vm.run(ctx, 1)
 				runErr := make(chan error, 1)
@@ -245,11 +259,11 @@ func TestFailoverRecoversACommittedEpoch(t *testing.T) {
 // TestKillMidTransfer stops the primary in the middle of sending an epoch,
 // after some links finished it and before others did: recovery must settle
 // on one whole epoch, with nothing of an incomplete one applied.
-func TestKillMidTransfer(t *testing.T) {
+func killMidTransfer(t *testing.T, mk clusterLinks) {
 	for _, policy := range []Policy{PolicyFast, PolicyFT} {
 		for _, cut := range []int{PageSize, 20 * PageSize} {
 			t.Run(fmt.Sprintf("%v/after-%d-bytes", policy, cut), func(t *testing.T) {
-				c := newCluster(t, 2)
+				c, links, _ := mk(t, 2)
 				vm := newFakeVM(t, 1024)
 				const killFrom = 12
 				var p *Primary
@@ -257,7 +271,7 @@ func TestKillMidTransfer(t *testing.T) {
 				var killedIn atomic.Uint64
 				var once sync.Once
 				p, err := NewPrimary(PrimaryConfig{
-					Links: c.addrs, Leader: c.leadAddr, VMID: 0xC0FFEE, Guest: "fake", VCPUs: 1,
+					Links: links, Leader: c.leadAddr, VMID: 0xC0FFEE, Guest: "fake", VCPUs: 1,
 					Epoch: 5 * time.Millisecond, Policy: policy, SGMax: 32, Log: quietLog(),
 					FaultChunk: PageSize,
 					FaultProgress: func(e uint64, n int) {
@@ -302,12 +316,12 @@ func TestKillMidTransfer(t *testing.T) {
 
 // TestLinkLossMidRun takes a replica away while the primary runs: fast
 // resynchronises the remaining link, ft goes on degraded; both recover.
-func TestLinkLossMidRun(t *testing.T) {
+func linkLossMidRun(t *testing.T, mk clusterLinks) {
 	for _, policy := range []Policy{PolicyFast, PolicyFT} {
 		t.Run(policy.String(), func(t *testing.T) {
-			c := newCluster(t, 2)
+			c, links, drop := mk(t, 2)
 			vm := newFakeVM(t, 256)
-			p := c.primary(vm, policy, ModeSync, c.addrs)
+			p := c.primary(vm, policy, ModeSync, links)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			go vm.run(ctx, 3)
@@ -323,7 +337,7 @@ func TestLinkLossMidRun(t *testing.T) {
 				}
 			}
 			waitCommitted(10)
-			c.cancels[1]() // replica 1 goes away
+			drop(1) // replica 1 goes away
 			lost := p.Committed()
 			waitCommitted(lost + 10)
 			cancel()

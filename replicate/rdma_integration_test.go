@@ -10,7 +10,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -107,125 +106,24 @@ func newRDMACluster(t *testing.T, replicas int, ip string) *rdmaCluster {
 	return c
 }
 
+// rdmaLinks runs the failover tests of ha_test.go over RDMA links.
+func rdmaLinks(ip string) clusterLinks {
+	return func(t *testing.T, replicas int) (*cluster, []string, func(int)) {
+		c := newRDMACluster(t, replicas, ip)
+		return c.cluster, c.rdma, func(i int) {
+			c.stops[i]()   // the replica's RDMA links go down
+			c.cancels[i]() // and its TCP side
+		}
+	}
+}
+
 func TestRDMAFailoverRecoversACommittedEpoch(t *testing.T) {
-	ip := rdmaTestIP(t)
-	for _, policy := range []Policy{PolicyFast, PolicyFT} {
-		for _, mode := range []Mode{ModeSync, ModeAsync} {
-			t.Run(fmt.Sprintf("%v/%v", policy, mode), func(t *testing.T) {
-				c := newRDMACluster(t, 2, ip)
-				vm := newFakeVM(t, 512)
-				// Three RDMA links: the first replica gets two.
-				p := c.primary(vm, policy, mode, []string{c.rdma[0], c.rdma[1], c.rdma[0]})
-				ctx, cancel := context.WithCancel(context.Background())
-				go vm.run(ctx, 1)
-				runErr := make(chan error, 1)
-				go func() { runErr <- p.Run(ctx) }()
-				deadline := time.Now().Add(20 * time.Second)
-				for p.Committed() < 20 && time.Now().Before(deadline) {
-					time.Sleep(time.Millisecond)
-				}
-				cancel()
-				<-runErr
-				committed := p.Committed()
-				if committed < 20 {
-					t.Fatalf("only %d epochs committed", committed)
-				}
-				rec := c.recoverAndCheck(vm, committed)
-				t.Logf("committed %d, recovered %d in %v", committed, rec.Epoch, rec.Took)
-			})
-		}
-	}
+	failoverRecovers(t, rdmaLinks(rdmaTestIP(t)))
 }
 
-// TestRDMAKillMidTransfer cuts the primary's RDMA links in the middle of an
-// epoch's writes: recovery must settle on the previous, committed epoch.
-func TestRDMAKillMidTransfer(t *testing.T) {
-	ip := rdmaTestIP(t)
-	for _, policy := range []Policy{PolicyFast, PolicyFT} {
-		for _, cut := range []int{PageSize, 20 * PageSize} {
-			t.Run(fmt.Sprintf("%v/after-%d-bytes", policy, cut), func(t *testing.T) {
-				c := newRDMACluster(t, 2, ip)
-				vm := newFakeVM(t, 1024)
-				const killFrom = 12
-				var p *Primary
-				var sent atomic.Int64
-				var killedIn atomic.Uint64
-				var once sync.Once
-				p, err := NewPrimary(PrimaryConfig{
-					Links: c.rdma, Leader: c.leadAddr, VMID: 0xC0FFEE, Guest: "fake", VCPUs: 1,
-					Epoch: 5 * time.Millisecond, Policy: policy, SGMax: 32, Log: quietLog(),
-					FaultChunk: PageSize,
-					FaultProgress: func(e uint64, n int) {
-						if e >= killFrom && sent.Add(int64(n)) >= int64(cut) {
-							once.Do(func() {
-								killedIn.Store(e)
-								p.Close()
-							})
-						}
-					},
-				}, vm, NewOutputGate(io.Discard, 1<<20))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := p.Connect(context.Background()); err != nil {
-					t.Fatal(err)
-				}
-				ctx, cancel := context.WithCancel(context.Background())
-				defer cancel()
-				go vm.run(ctx, 2)
-				if err := p.Run(ctx); err == nil {
-					t.Fatal("the primary ran on after its links were cut")
-				}
-				killed := killedIn.Load()
-				if got := p.Committed(); got != killed-1 {
-					t.Fatalf("committed %d, want %d: the links were cut in epoch %d", got, killed-1, killed)
-				}
-				rec := c.recoverAndCheck(vm, killed-1)
-				if rec.Epoch != killed-1 {
-					t.Errorf("recovered epoch %d; the interrupted epoch %d was incomplete", rec.Epoch, killed)
-				}
-			})
-		}
-	}
-}
+func TestRDMAKillMidTransfer(t *testing.T) { killMidTransfer(t, rdmaLinks(rdmaTestIP(t))) }
 
-// TestRDMALinkLossMidRun takes a replica away (its RDMA listener and
-// connections, and its TCP side) while the primary runs.
-func TestRDMALinkLossMidRun(t *testing.T) {
-	ip := rdmaTestIP(t)
-	for _, policy := range []Policy{PolicyFast, PolicyFT} {
-		t.Run(policy.String(), func(t *testing.T) {
-			c := newRDMACluster(t, 2, ip)
-			vm := newFakeVM(t, 256)
-			p := c.primary(vm, policy, ModeSync, c.rdma)
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			go vm.run(ctx, 3)
-			runErr := make(chan error, 1)
-			go func() { runErr <- p.Run(ctx) }()
-			waitCommitted := func(n uint64) {
-				deadline := time.Now().Add(20 * time.Second)
-				for p.Committed() < n {
-					if time.Now().After(deadline) {
-						t.Fatalf("stuck at epoch %d, want %d", p.Committed(), n)
-					}
-					time.Sleep(time.Millisecond)
-				}
-			}
-			waitCommitted(10)
-			c.stops[1]()   // replica 1's RDMA links go down
-			c.cancels[1]() // and its TCP side
-			lost := p.Committed()
-			waitCommitted(lost + 10)
-			cancel()
-			<-runErr
-			rec := c.recoverAndCheck(vm, p.Committed())
-			if len(rec.Unreachable) != 1 || rec.Unreachable[0] != c.addrs[1] {
-				t.Errorf("unreachable %v, want [%s]", rec.Unreachable, c.addrs[1])
-			}
-		})
-	}
-}
+func TestRDMALinkLossMidRun(t *testing.T) { linkLossMidRun(t, rdmaLinks(rdmaTestIP(t))) }
 
 // TestRDMAReplicaRefusesAnotherVM checks that a refusal reaches the primary
 // with the replica's reason.
