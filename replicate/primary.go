@@ -67,6 +67,7 @@ type PrimaryConfig struct {
 	VMID   uint64
 	Guest  string
 	VCPUs  int
+	// Epoch is how long the VM runs between two pauses.
 	Epoch  time.Duration
 	Policy Policy
 	Mode   Mode
@@ -225,7 +226,10 @@ func (p *Primary) Run(ctx context.Context) error {
 	if err := p.initialSync(ctx); err != nil {
 		return p.stopped(ctx, err)
 	}
-	t := time.NewTicker(p.cfg.Epoch)
+	// The VM runs a whole interval between two pauses: timed from the end
+	// of the previous epoch, not on a fixed tick, so an epoch whose pause or
+	// transfer outlasts the interval cannot starve the guest.
+	t := time.NewTimer(p.cfg.Epoch)
 	defer t.Stop()
 	p.lastSum = time.Now()
 	for {
@@ -239,6 +243,7 @@ func (p *Primary) Run(ctx context.Context) error {
 		if err := p.runEpoch(ctx); err != nil {
 			return p.stopped(ctx, err)
 		}
+		t.Reset(p.cfg.Epoch)
 	}
 }
 
@@ -317,6 +322,7 @@ func (p *Primary) initialSync(ctx context.Context) error {
 		return errors.New("replicate: initial copy of memory failed")
 	}
 	p.commit(1)
+	p.prepareStaging(len(mem)) // async: see staging.go
 	p.log.Info("initial copy sent", "pages", Transferred(p.regions), "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -42,7 +42,7 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 		enabled:    fs.Bool("ha", false, "replicate the VM to --replicas, with --leader ready to take over"),
 		replicas:   fs.String("replicas", "", "replica addresses, one per link (HOST:PORT[,HOST:PORT...], or rdma://HOST:PORT for an RDMA link to a replica's --rdma-listen); a replica may appear more than once"),
 		leader:     fs.String("leader", "", "the leader's address (HOST:PORT): it receives the VM state and takes over"),
-		epoch:      fs.Duration("epoch", 50*time.Millisecond, "replication epoch interval"),
+		epoch:      fs.Duration("epoch", 50*time.Millisecond, "replication epoch: how long the VM runs between two pauses"),
 		policy:     fs.String("policy", "fast", "link policy: fast (pages split across links) or ft (every page on every link)"),
 		mode:       fs.String("mode", "sync", "sync (VM paused until the epoch commits) or async (stop-copy-resume baseline)"),
 		sgMax:      fs.Int("sg-max", 32, "at most this many scatter-gather regions per epoch"),
