@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/tandemvm/tandem/cmd/tandem/internal/bench"
+)
+
+// cmdBench runs seed 003's evaluation on this machine: see
+// cmd/tandem/internal/bench and the README's "tandem bench" section.
+func cmdBench(ctx context.Context, args []string) error {
+	fs := newFlagSet("bench", "[--quick] [--out DIR] [flags]   |   tandem bench --analyze DIR")
+	full := bench.DefaultConfig(bench.PresetFull)
+	quick := fs.Bool("quick", false, "run the reduced matrix (under 10 minutes on 2 cores): first --mem size only, "+bench.DefaultConfig(bench.PresetQuick).Duration.String()+" runs")
+	smoke := fs.Bool("smoke", false, "run a minimal matrix (under a minute), for tests")
+	analyze := fs.String("analyze", "", "recompute report.md, results.json and the plots of an earlier run's DIR from its raw data and traces")
+	out := fs.String("out", full.Out, "output directory (report.md, results.json, plots, raw data, traces)")
+	linkRate := fs.String("link-rate", bench.FormatRate(full.LinkRate), "rate of each link, each way (tbf): e.g. 1gbit, 500mbit")
+	mems := fs.String("mem", "256M,512M", "guest memory sizes")
+	epochs := fs.String("epochs", "25ms,50ms,100ms", "epoch intervals")
+	duration := fs.Duration("duration", full.Duration, "measured time of each guest run (default with --quick: "+bench.DefaultConfig(bench.PresetQuick).Duration.String()+")")
+	warmup := fs.Duration("warmup", full.Warmup, "time each guest runs, after the initial copy, before measuring")
+	factors := fs.String("factors", "1,2,20", "write-latency factors to emulate (seed 003 Table I: 1 DRAM, 2 ST-MRAM, 20 3D XPoint)")
+	patterns := fs.String("patterns", strings.Join(full.Patterns, ","), "dirty guest patterns; the first gets the whole matrix")
+	setups := fs.String("setups", strings.Join(full.Setups, ","), "setups to run: "+strings.Join(bench.SetupNames(), ", "))
+	sgMax := fs.Int("sg-max", full.SGMax, "scatter-gather regions per epoch")
+	rate := fs.Uint64("rate", 0, "dirty guest rate in pages/s (0: as fast as it runs)")
+	writeBW := fs.Float64("write-bw", 0, "DRAM write bandwidth in bytes/s for the write-latency model (0: measure it)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *analyze != "" {
+		for name := range set {
+			if name != "analyze" {
+				return usagef("--analyze takes no other flag (--%s)", name)
+			}
+		}
+		res, err := bench.Report(*analyze)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("wrote %s/report.md (%d runs)\n", *analyze, len(res.Runs))
+		return nil
+	}
+	preset := bench.PresetFull
+	switch {
+	case *quick && *smoke:
+		return usagef("--quick and --smoke exclude each other")
+	case *quick:
+		preset = bench.PresetQuick
+	case *smoke:
+		preset = bench.PresetSmoke
+	}
+	cfg := bench.DefaultConfig(preset)
+	var err error
+	cfg.Out = *out
+	if set["link-rate"] {
+		if cfg.LinkRate, err = bench.ParseRate(*linkRate); err != nil {
+			return usagef("--link-rate: %v", err)
+		}
+	}
+	if set["mem"] {
+		if cfg.Mems, err = bench.ParseList(*mems, bench.ParseMem); err != nil {
+			return usagef("--mem: %v", err)
+		}
+	}
+	if set["epochs"] {
+		if cfg.Epochs, err = bench.ParseList(*epochs, time.ParseDuration); err != nil {
+			return usagef("--epochs: %v", err)
+		}
+	}
+	if set["duration"] {
+		cfg.Duration = *duration
+	}
+	if set["warmup"] {
+		cfg.Warmup = *warmup
+	}
+	if set["factors"] {
+		if cfg.Factors, err = bench.ParseList(*factors, bench.ParseFactor); err != nil {
+			return usagef("--factors: %v", err)
+		}
+	}
+	if set["patterns"] {
+		if cfg.Patterns, err = bench.ParseList(*patterns, bench.ParseString); err != nil {
+			return usagef("--patterns: %v", err)
+		}
+	}
+	if set["setups"] {
+		if cfg.Setups, err = bench.ParseList(*setups, bench.ParseString); err != nil {
+			return usagef("--setups: %v", err)
+		}
+	}
+	cfg.SGMax, cfg.Rate, cfg.WriteBW = *sgMax, *rate, *writeBW
+	if err := cfg.Validate(); err != nil {
+		return usagef("%v", err)
+	}
+	if err := bench.CheckLabTools(); err != nil {
+		return fmt.Errorf("%v: tandem bench builds network namespaces and shapes veth links with tc", err)
+	}
+	_, err = bench.Run(ctx, cfg, bench.Options{Version: version(), Out: os.Stdout})
+	return err
+}

@@ -1,0 +1,281 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/tandemvm/tandem/boot"
+	"github.com/tandemvm/tandem/images"
+	"github.com/tandemvm/tandem/replicate"
+	"github.com/tandemvm/tandem/vmm"
+)
+
+// minWindowEpochs is the fewest epochs a run's measured window should
+// hold; see runGuestErr.
+const minWindowEpochs = 4
+
+// guestVCPUs is the dirty guest's vCPU count: one, so that the other core
+// of a 2-core machine is left to replication and the replicas.
+const guestVCPUs = 1
+
+// replicaSet is replicas (one per link, in the lab's namespaces, or on
+// loopback) and a leader on loopback, served until stop.
+type replicaSet struct {
+	replicas []*replicate.Replica
+	addrs    []string
+	leader   *replicate.Replica
+	leadAddr string
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+// startReplicas starts n replicas whose writes are delayed by delay (nil:
+// none), listening on the lab's links, or on loopback when lab is nil.
+func (b *bencher) startReplicas(ctx context.Context, lab *Lab, n int, delay func(int)) (*replicaSet, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	rs := &replicaSet{cancel: cancel}
+	serve := func(r *replicate.Replica, ln net.Listener) {
+		rs.wg.Add(1)
+		go func() {
+			defer rs.wg.Done()
+			if err := r.Serve(ctx, ln); err != nil {
+				b.log.Warn("replica", "err", err)
+			}
+		}()
+	}
+	for i := range n {
+		var ln net.Listener
+		var err error
+		if lab != nil {
+			ln, err = lab.Listen(i)
+		} else {
+			ln, err = net.Listen("tcp", "127.0.0.1:0")
+		}
+		if err != nil {
+			rs.stop()
+			return nil, err
+		}
+		r := replicate.NewReplica(replicate.ReplicaConfig{Log: b.log, Delay: delay})
+		rs.replicas = append(rs.replicas, r)
+		rs.addrs = append(rs.addrs, ln.Addr().String())
+		serve(r, ln)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		rs.stop()
+		return nil, err
+	}
+	rs.leader = replicate.NewReplica(replicate.ReplicaConfig{Log: b.log, Leader: true, HeartbeatTimeout: time.Hour})
+	rs.leadAddr = ln.Addr().String()
+	serve(rs.leader, ln)
+	return rs, nil
+}
+
+func (rs *replicaSet) stop() {
+	rs.cancel()
+	rs.wg.Wait()
+}
+
+func newVMID() uint64 {
+	var id [8]byte
+	rand.Read(id[:])
+	return binary.LittleEndian.Uint64(id[:]) | 1
+}
+
+// pagesWritten reads the dirty guest's counter of pages written (vCPU 0's
+// status slot) from guest memory, atomically: the guest updates it while
+// it runs.
+func pagesWritten(mem []byte) (uint64, bool) {
+	slot := mem[boot.StatusPageGPA:]
+	magic := atomic.LoadUint64((*uint64)(unsafe.Pointer(&slot[images.DirtyStatusMagicOffset])))
+	if magic != images.DirtyStatusMagic {
+		return 0, false
+	}
+	return atomic.LoadUint64((*uint64)(unsafe.Pointer(&slot[images.DirtyStatusPagesOffset]))), true
+}
+
+// runGuest runs the dirty guest once as spec says and records its
+// progress and, when replicated, the primary's epoch trace.
+func (b *bencher) runGuest(ctx context.Context, spec RunSpec) *RawRun {
+	raw := &RawRun{Spec: spec}
+	if err := b.runGuestErr(ctx, spec, raw); err != nil {
+		raw.Error = err.Error()
+	}
+	return raw
+}
+
+func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) error {
+	setup := spec.SetupOf()
+	params := images.DefaultDirtyParams(spec.MemBytes)
+	pat, err := images.ParsePattern(spec.Pattern)
+	if err != nil {
+		return err
+	}
+	params.Pattern, params.Rate = pat, b.cfg.Rate
+	if err := params.Validate(spec.MemBytes, guestVCPUs); err != nil {
+		return err
+	}
+	tracking := vmm.DirtyOff
+	if setup.Links > 0 {
+		tracking = vmm.DirtyBitmap // what tandem run --ha uses
+	}
+	vm, err := vmm.New(vmm.Config{
+		Memory: vmm.MemoryConfig{Bytes: spec.MemBytes}, VCPUs: guestVCPUs, Dirty: tracking, Logger: b.log,
+	})
+	if err != nil {
+		return err
+	}
+	defer vm.Close()
+	guest, _ := images.Lookup("dirty")
+	if err := vm.LoadFlat(guest.Image, guest.Mode, params.Args()); err != nil {
+		return err
+	}
+
+	var primary *replicate.Primary
+	var traceFile *os.File
+	if setup.Links > 0 {
+		rs, err := b.startReplicas(ctx, b.lab, setup.Links, b.model.Delay(spec.Factor))
+		if err != nil {
+			return err
+		}
+		defer rs.stop()
+		raw.Trace = filepath.Join(tracesDir, spec.ID+".jsonl")
+		traceFile, err = os.Create(filepath.Join(b.cfg.Out, raw.Trace))
+		if err != nil {
+			return err
+		}
+		defer traceFile.Close()
+		mode, _ := replicate.ParseMode(setup.Mode)
+		policy, _ := replicate.ParsePolicy(setup.Policy)
+		pcfg := replicate.PrimaryConfig{
+			Links: rs.addrs, Leader: rs.leadAddr, VMID: newVMID(), Guest: "dirty", VCPUs: guestVCPUs,
+			Epoch: spec.Epoch, Policy: policy, Mode: mode, SGMax: b.cfg.SGMax,
+			Trace: replicate.NewTraceWriter(traceFile), Log: b.log,
+			AckTimeout: 10 * time.Second,
+		}
+		if mode == replicate.ModeAsync {
+			pcfg.StagingDelay = b.model.Delay(spec.Factor)
+		}
+		src, err := vmm.NewReplicationSource(vm)
+		if err != nil {
+			return err
+		}
+		gate := replicate.NewOutputGate(io.Discard, 16<<20)
+		defer gate.Close()
+		if primary, err = replicate.NewPrimary(pcfg, src, gate); err != nil {
+			return err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = primary.Connect(cctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+
+	vctx, stopVM := context.WithCancel(ctx)
+	defer stopVM()
+	vmDone := make(chan error, 1)
+	raw.Start = time.Now()
+	go func() {
+		res, err := vm.Run(vctx)
+		if err == nil && res.Kind != vmm.ExitStopped {
+			err = fmt.Errorf("the guest stopped: %v (status %d)", res.Kind, res.Code)
+		}
+		vmDone <- err
+	}()
+	repDone := make(chan error, 1)
+	rctx, stopRep := context.WithCancel(ctx)
+	defer stopRep()
+	if primary != nil {
+		go func() { repDone <- primary.Run(rctx) }()
+	}
+	stopAll := func() error {
+		var errs []error
+		if primary != nil {
+			stopRep()
+			if err := <-repDone; err != nil && !errors.Is(err, context.Canceled) {
+				errs = append(errs, fmt.Errorf("replication: %w", err))
+			}
+			raw.Committed = primary.Committed()
+		}
+		stopVM()
+		vm.Stop()
+		if err := <-vmDone; err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("VM: %w", err))
+		}
+		return errors.Join(errs...)
+	}
+
+	mem := vm.Memory().Bytes()
+	sample := func() uint64 {
+		n, _ := pagesWritten(mem)
+		raw.Samples = append(raw.Samples, ProgressSample{T: time.Since(raw.Start).Seconds(), Pages: n})
+		return n
+	}
+	// The clock starts once the guest runs and the initial copy of memory
+	// is committed; then the warm-up, then the measured window.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.Now().Add(30 * time.Second)
+	var windowStart, windowEnd time.Time
+	phase := 0 // 0 starting, 1 warming up, 2 measuring
+	var committed0 uint64
+	lastSample := time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			stopAll()
+			return ctx.Err()
+		case err := <-vmDone:
+			vmDone <- err
+			return errors.Join(fmt.Errorf("the VM stopped early: %v", err), stopAll())
+		case err := <-repDone:
+			repDone <- err
+			return errors.Join(fmt.Errorf("replication stopped early: %v", err), stopAll())
+		case now := <-tick.C:
+			if now.Sub(lastSample) >= 250*time.Millisecond {
+				sample()
+				lastSample = now
+			}
+			switch phase {
+			case 0:
+				_, started := pagesWritten(mem)
+				if started && (primary == nil || primary.Committed() >= 1) {
+					phase, windowStart = 1, now.Add(b.cfg.Warmup)
+				} else if now.After(deadline) {
+					return errors.Join(errors.New("the guest or the initial copy did not start within 30s"), stopAll())
+				}
+			case 1:
+				if !now.Before(windowStart) {
+					phase, windowEnd = 2, now.Add(b.cfg.Duration)
+					raw.WindowStart, raw.PagesStart = now, sample()
+					if primary != nil {
+						committed0 = primary.Committed()
+					}
+				}
+			case 2:
+				// Long epochs (async on a slow link stretches them to the
+				// transfer time) extend the window, up to 3 times, until a
+				// few epochs fall in it.
+				short := primary != nil && primary.Committed() < committed0+minWindowEpochs &&
+					now.Before(raw.WindowStart.Add(3*b.cfg.Duration))
+				if !now.Before(windowEnd) && !short {
+					raw.WindowEnd, raw.PagesEnd = now, sample()
+					return stopAll()
+				}
+			}
+		}
+	}
+}
