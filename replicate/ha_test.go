@@ -128,7 +128,7 @@ type cluster struct {
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func startReplica(t *testing.T, cfg ReplicaConfig) (*Replica, string, context.CancelFunc) {
+func startReplica(t testing.TB, cfg ReplicaConfig) (*Replica, string, context.CancelFunc) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -147,6 +147,12 @@ func startReplica(t *testing.T, cfg ReplicaConfig) (*Replica, string, context.Ca
 		<-done
 	})
 	return r, ln.Addr().String(), cancel
+}
+
+// replicaAddr serves a replica until the test ends and returns its address.
+func replicaAddr(tb testing.TB, cfg ReplicaConfig) string {
+	_, addr, _ := startReplica(tb, cfg)
+	return addr
 }
 
 func newCluster(t *testing.T, replicas int) *cluster {

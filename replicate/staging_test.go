@@ -15,7 +15,7 @@ func TestAsyncStagingPreallocated(t *testing.T) {
 	for _, mode := range []Mode{ModeAsync, ModeSync} {
 		src := newStaticSource(t, 1024, []uint64{1, 2, 3, 500, 1023})
 		p, err := NewPrimary(PrimaryConfig{
-			Links: []string{serveReplica(t, ReplicaConfig{})}, Leader: serveReplica(t, ReplicaConfig{Leader: true, HeartbeatTimeout: time.Hour}),
+			Links: []string{replicaAddr(t, ReplicaConfig{})}, Leader: replicaAddr(t, ReplicaConfig{Leader: true, HeartbeatTimeout: time.Hour}),
 			VMID: 0x57A6, Guest: "static", VCPUs: 1, Epoch: time.Hour, Mode: mode, Log: quietLog(),
 		}, src, NewOutputGate(io.Discard, 1<<20))
 		if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"math/rand/v2"
-	"net"
 	"syscall"
 	"testing"
 	"time"
@@ -39,27 +38,6 @@ func (s *staticSource) HarvestDirty(dst []uint64) ([]uint64, error) {
 	return append(dst, s.dirty...), nil
 }
 
-// serveReplica serves a replica on loopback until the benchmark ends.
-func serveReplica(tb testing.TB, cfg ReplicaConfig) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cfg.Log = quietLog()
-	r := NewReplica(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		r.Serve(ctx, ln)
-	}()
-	tb.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	return ln.Addr().String()
-}
-
 // BenchmarkTransfer measures one synchronous epoch of the whole data path
 // over loopback TCP: harvest (static), grouping, assignment, the transfer
 // on every link, the replicas' staging and acknowledgement, the commit, and
@@ -85,9 +63,9 @@ func BenchmarkTransfer(b *testing.B) {
 			src := newStaticSource(b, memPages, dirty)
 			var links []string
 			for range c.links {
-				links = append(links, serveReplica(b, ReplicaConfig{}))
+				links = append(links, replicaAddr(b, ReplicaConfig{}))
 			}
-			leader := serveReplica(b, ReplicaConfig{Leader: true, HeartbeatTimeout: time.Hour})
+			leader := replicaAddr(b, ReplicaConfig{Leader: true, HeartbeatTimeout: time.Hour})
 			p, err := NewPrimary(PrimaryConfig{
 				Links: links, Leader: leader, VMID: 0xBE7C, Guest: "static", VCPUs: 1,
 				Epoch: time.Hour, Policy: c.policy, Mode: ModeSync, SGMax: sgMax, Log: quietLog(),
