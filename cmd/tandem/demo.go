@@ -126,8 +126,8 @@ func cmdDemo(ctx context.Context, args []string) error {
 		}
 	}
 	fmt.Printf("demo: %d increments acknowledged in %v; killing the primary with SIGKILL\n", acked.Load(), time.Since(t0).Round(time.Millisecond))
-	pp.kill()
 	killedAt := time.Now()
+	pp.kill()
 	conn.Close()
 	nSent, nAcked := sent.Load(), acked.Load()
 
