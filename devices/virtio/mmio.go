@@ -280,27 +280,27 @@ func (t *MMIO) writeReg(off uint64, v uint32) {
 		t.writeStatus(v)
 	case RegQueueDescLow:
 		if queueWritable {
-			q.desc = q.desc&^0xFFFFFFFF | uint64(v)
+			setLow32(&q.desc, v)
 		}
 	case RegQueueDescHigh:
 		if queueWritable {
-			q.desc = q.desc&0xFFFFFFFF | uint64(v)<<32
+			setHigh32(&q.desc, v)
 		}
 	case RegQueueDriverLow:
 		if queueWritable {
-			q.avail = q.avail&^0xFFFFFFFF | uint64(v)
+			setLow32(&q.avail, v)
 		}
 	case RegQueueDriverHigh:
 		if queueWritable {
-			q.avail = q.avail&0xFFFFFFFF | uint64(v)<<32
+			setHigh32(&q.avail, v)
 		}
 	case RegQueueDeviceLow:
 		if queueWritable {
-			q.used = q.used&^0xFFFFFFFF | uint64(v)
+			setLow32(&q.used, v)
 		}
 	case RegQueueDeviceHigh:
 		if queueWritable {
-			q.used = q.used&0xFFFFFFFF | uint64(v)<<32
+			setHigh32(&q.used, v)
 		}
 	case RegSHMSel:
 	default:
@@ -412,3 +412,8 @@ func (t *MMIO) Close() error {
 	t.deactivateLocked()
 	return nil
 }
+
+// setLow32 and setHigh32 write one half of a 64-bit address that the
+// driver programs through two 32-bit registers.
+func setLow32(x *uint64, v uint32)  { *x = *x&^0xFFFFFFFF | uint64(v) }
+func setHigh32(x *uint64, v uint32) { *x = *x&0xFFFFFFFF | uint64(v)<<32 }
