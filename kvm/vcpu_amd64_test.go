@@ -203,6 +203,68 @@ func TestRealModeGuest(t *testing.T) {
 	}
 }
 
+// cpuidKey names one CPUID leaf and subleaf; the subleaf only counts for
+// entries whose index is significant.
+type cpuidKey struct{ function, index uint32 }
+
+func keyOf(e kvm.CPUIDEntry) cpuidKey {
+	if e.Flags&kvm.CPUIDFlagSignificantIndex == 0 {
+		return cpuidKey{e.Function, 0}
+	}
+	return cpuidKey{e.Function, e.Index}
+}
+
+// checkCPUIDRoundTrip asserts what KVM_GET_CPUID2 promises after
+// KVM_SET_CPUID2, and no more. KVM may legitimately leave out entries it
+// has no use for (a host trimmed 56 set entries to 54) and rewrites
+// feature bits that depend on runtime state (OSXSAVE, the APIC bit, leaf
+// 0xD's XSAVE sizes; PVM hosts even report their own leaf 1 ECX and leaf
+// 7 feature bits), so neither the count nor those registers can be
+// compared. What holds everywhere: every entry returned is one that was
+// set, the leaves Tandem relies on are all returned, the paravirtual
+// leaves come back verbatim, and leaf 1 keeps the CPU signature and the
+// hypervisor bit.
+func checkCPUIDRoundTrip(t *testing.T, set, got []kvm.CPUIDEntry) {
+	t.Helper()
+	sent := make(map[cpuidKey]kvm.CPUIDEntry, len(set))
+	for _, e := range set {
+		sent[keyOf(e)] = e
+	}
+	back := make(map[cpuidKey]kvm.CPUIDEntry, len(got))
+	for _, e := range got {
+		k := keyOf(e)
+		if _, ok := sent[k]; !ok {
+			t.Errorf("GetCPUID2 returned leaf %#x subleaf %d, which was not set", e.Function, e.Index)
+		}
+		back[k] = e
+	}
+	const hypervisorBit = 1 << 31 // leaf 1 ECX
+	for _, k := range []cpuidKey{{0x1, 0}, {0x7, 0}, {0x40000000, 0}, {0x40000001, 0}} {
+		want, ok := sent[k]
+		if !ok {
+			t.Fatalf("KVM_GET_SUPPORTED_CPUID has no leaf %#x subleaf %d", k.function, k.index)
+		}
+		have, ok := back[k]
+		if !ok {
+			t.Errorf("GetCPUID2 left out leaf %#x subleaf %d, which Tandem relies on", k.function, k.index)
+			continue
+		}
+		switch k.function {
+		case 0x40000000, 0x40000001:
+			if have != want {
+				t.Errorf("leaf %#x: got %+v, set %+v", k.function, have, want)
+			}
+		case 0x1:
+			if have.EAX != want.EAX {
+				t.Errorf("leaf 1 EAX (signature): got %#x, set %#x", have.EAX, want.EAX)
+			}
+			if want.ECX&hypervisorBit != 0 && have.ECX&hypervisorBit == 0 {
+				t.Errorf("leaf 1 ECX lost the hypervisor bit: got %#x, set %#x", have.ECX, want.ECX)
+			}
+		}
+	}
+}
+
 // TestVCPUState creates a VM with the in-kernel irqchip and PIT, sets the
 // supported CPUID, and round-trips the VM and vCPU state ioctls.
 func TestVCPUState(t *testing.T) {
@@ -220,9 +282,7 @@ func TestVCPUState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != len(cpuid) {
-		t.Errorf("GetCPUID2 returned %d entries, set %d", len(got), len(cpuid))
-	}
+	checkCPUIDRoundTrip(t, cpuid, got)
 
 	t.Run("Regs", func(t *testing.T) {
 		var r, back kvm.Regs
