@@ -1,11 +1,14 @@
 // Package linux owns Tandem's Linux test guest: a minimal microVM kernel
 // built from Debian's linux-source-6.12 with the config fragment
-// microvm.config, and an initramfs whose init (initramfs/init.c) prints
-// markers, exercises the virtio devices and reboots. build.sh builds both once per
-// machine into a cache outside the work tree, keyed by the hash of their
-// inputs; this package finds (or builds) them for tests and tools.
+// microvm.config and the patches in patches/ (each says which host
+// behaviour it answers: they let the guest reach userspace where KVM runs
+// guest ring 0 in its instruction emulator), and an initramfs whose init
+// (initramfs/init.c, built with musl) prints markers, exercises the virtio
+// devices and reboots. build.sh builds both once per machine into a cache
+// outside the work tree, keyed by the hash of their inputs; this package
+// finds (or builds) them for tests and tools.
 //
-// The kernel takes about 4 minutes to build on 2 cores; .ci/run builds it
+// The kernel takes about 7 minutes to build on 2 cores; .ci/run builds it
 // before the tests. See the README section "Booting Linux".
 package linux
 
