@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 
@@ -20,7 +19,7 @@ type LinuxConfig struct {
 	Initrd []byte
 	// Cmdline is the kernel command line. LoadLinux appends the
 	// virtio_mmio.device= parameters of the devices added with AddVirtio
-	// and, on hosts that emulate guest code, "noxsave" (see LoadLinux).
+	// and, on hosts that emulate guest code, what EmulatorCmdline adds.
 	Cmdline string
 	// Entry chooses between an ELF vmlinux's PVH and 64-bit entries.
 	Entry boot.LinuxEntry
@@ -34,11 +33,10 @@ type LinuxConfig struct {
 // after adding virtio devices.
 //
 // Tandem appends to cfg.Cmdline, in this order: the virtio_mmio.device=
-// parameter of every device added with AddVirtio, and "noxsave" when guest
-// code runs in KVM's instruction emulator (GuestCodeEmulated) and the
-// vCPUs still report XSAVE: the emulator cannot execute XSAVE/XRSTOR, and
-// PVM's KVM_SET_CPUID2 keeps the host's XSAVE bit whatever the VMM asks,
-// so without it the guest stops at its first XRSTOR. The returned
+// parameter of every device added with AddVirtio, and, when guest code runs
+// in KVM's instruction emulator (GuestCodeEmulated), the parameters
+// EmulatorCmdline returns for the vCPUs' effective CPUID, each logged with
+// its reason. The returned
 // description holds the final command line, the e820 map and where
 // everything was loaded.
 func (v *VM) LoadLinux(cfg LinuxConfig) (_ *boot.LinuxBoot, err error) {
@@ -58,16 +56,21 @@ func (v *VM) LoadLinux(cfg LinuxConfig) (_ *boot.LinuxBoot, err error) {
 	if extra := v.virtioCmdline(); extra != "" {
 		params = append(params, extra)
 	}
-	if emulated && !slices.Contains(strings.Fields(cfg.Cmdline), "noxsave") {
-		xsave, xerr := v.vcpuHasXSAVE()
-		if xerr != nil {
-			return nil, xerr
+	if emulated {
+		effective, err := v.vcpus[0].k.GetCPUID2()
+		if err != nil {
+			return nil, fmt.Errorf("vmm: vCPU 0: %w", err)
 		}
-		if xsave {
-			params = append(params, "noxsave")
+		extra := EmulatorCmdline(cfg.Cmdline, effective)
+		for _, p := range extra {
+			params = append(params, p.Param)
+		}
+		if len(extra) > 0 {
 			defer func() {
 				if err == nil {
-					v.log.Info("guest code runs in KVM's instruction emulator, which cannot run XSAVE: booting Linux with noxsave")
+					for _, p := range extra {
+						v.log.Info("guest ring 0 runs in KVM's instruction emulator: adding "+p.Param+" to the kernel command line", "why", p.Why)
+					}
 				}
 			}()
 		}
@@ -117,25 +120,81 @@ func (v *VM) LoadLinux(cfg LinuxConfig) (_ *boot.LinuxBoot, err error) {
 	return b, nil
 }
 
-// vcpuHasXSAVE reports whether vCPU 0's effective CPUID has XSAVE.
-func (v *VM) vcpuHasXSAVE() (bool, error) {
-	entries, err := v.vcpus[0].k.GetCPUID2()
-	if err != nil {
-		return false, fmt.Errorf("vmm: vCPU 0: %w", err)
-	}
-	for _, e := range entries {
-		if e.Function == 1 {
-			return e.ECX&(1<<26) != 0, nil
+// KernelParam is a kernel command-line parameter Tandem adds, with the
+// reason it is needed.
+type KernelParam struct {
+	Param string
+	Why   string
+}
+
+// CPUID bits the emulator cannot honour (see EmulatorCmdline).
+const (
+	cpuid1ECXPOPCNT = 1 << 23
+	cpuid1ECXXSAVE  = 1 << 26
+	cpuid7EBXSMAP   = 1 << 20
+)
+
+// EmulatorCmdline returns the parameters a Linux guest needs when its ring
+// 0 runs in KVM's instruction emulator (PVM hosts), given the command line
+// the user asked for and the CPUID the vCPUs report after KVM_SET_CPUID2.
+// PVM reports the host's leaf 1 ECX and leaf 7 feature bits whatever the
+// VMM sets, so features the emulator cannot execute have to be switched
+// off in the guest itself:
+//
+//   - noxsave, while XSAVE is reported: the emulator cannot execute
+//     XSAVE/XRSTOR/XGETBV, and the guest stops at its first XRSTOR;
+//   - clearcpuid=smap,popcnt (those reported): the kernel's interrupt entry
+//     executes clac with SMAP, and alternatives patch in popcnt, neither of
+//     which the emulator runs;
+//   - noint3selftest, always: the emulator cannot execute int3, which the
+//     alternatives self-test does (a parameter of Tandem's guest kernel,
+//     images/linux/patches; other kernels ignore it, and print it as
+//     unknown).
+//
+// A parameter the user already gave is not added again.
+func EmulatorCmdline(cmdline string, cpuid []kvm.CPUIDEntry) []KernelParam {
+	var leaf1ECX, leaf7EBX uint32
+	for _, e := range cpuid {
+		switch {
+		case e.Function == 1:
+			leaf1ECX = e.ECX
+		case e.Function == 7 && e.Index == 0:
+			leaf7EBX = e.EBX
 		}
 	}
-	return false, nil
+	given := func(name string) bool {
+		for _, f := range strings.Fields(cmdline) {
+			if f == name || strings.HasPrefix(f, name+"=") {
+				return true
+			}
+		}
+		return false
+	}
+	var out []KernelParam
+	if leaf1ECX&cpuid1ECXXSAVE != 0 && !given("noxsave") {
+		out = append(out, KernelParam{"noxsave", "the emulator cannot execute XSAVE/XRSTOR and KVM keeps reporting the host's XSAVE bit"})
+	}
+	var clear []string
+	if leaf7EBX&cpuid7EBXSMAP != 0 {
+		clear = append(clear, "smap")
+	}
+	if leaf1ECX&cpuid1ECXPOPCNT != 0 {
+		clear = append(clear, "popcnt")
+	}
+	if len(clear) > 0 && !given("clearcpuid") {
+		out = append(out, KernelParam{"clearcpuid=" + strings.Join(clear, ","), "the emulator cannot execute clac/stac (SMAP) or popcnt and KVM keeps reporting the host's bits"})
+	}
+	if !given("noint3selftest") {
+		out = append(out, KernelParam{"noint3selftest", "the emulator cannot execute int3, which the kernel's alternatives self-test runs"})
+	}
+	return out
 }
 
 // GuestCodeEmulated reports whether this host runs guest code in KVM's
 // instruction emulator rather than with hardware virtualization: true when
 // /proc/cpuinfo shows neither vmx nor svm (a PVM host, see the README).
-// There, LoadLinux hides XSAVE from the guest's CPUID, because the
-// emulator cannot execute XSAVE or XRSTOR.
+// There, LoadLinux hides XSAVE from the guest's CPUID and adds the
+// parameters of EmulatorCmdline.
 func GuestCodeEmulated() bool {
 	emulatedOnce.Do(func() {
 		info, err := os.ReadFile("/proc/cpuinfo")
