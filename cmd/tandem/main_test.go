@@ -42,7 +42,14 @@ func TestMain(m *testing.M) {
 // runTandem runs tandem to completion and returns its output and status.
 func runTandem(t *testing.T, args ...string) (stdout, stderr string, status int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	return runTandemFor(t, time.Minute, args...)
+}
+
+// runTandemFor is runTandem for a run that may take up to limit (a Linux
+// boot where the emulator runs the guest kernel).
+func runTandemFor(t *testing.T, limit time.Duration, args ...string) (stdout, stderr string, status int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, tandemBin, args...)
 	var out, errOut bytes.Buffer
