@@ -118,6 +118,7 @@ type UART struct {
 	mu         sync.Mutex
 	space      sync.Cond // input queue space freed, loopback left, or closed
 	waiters    int       // host writers waiting on space
+	held       int       // Pause depth: host input waits while > 0
 	closed     bool
 	level      bool // last level driven on irq
 	pulse      bool // re-raise the line if it stays high (see rxRun)
@@ -206,7 +207,7 @@ func (u *UART) Write(p []byte) (int, error) {
 		if n == len(p) {
 			return n, nil
 		}
-		if u.mcr&mcrLoop != 0 || u.rx.free() == 0 {
+		if u.mcr&mcrLoop != 0 || u.rx.free() == 0 || u.held > 0 {
 			u.waiters++
 			u.space.Wait()
 			u.waiters--
@@ -218,6 +219,29 @@ func (u *UART) Write(p []byte) (int, error) {
 		n += u.rx.push(p[n:])
 		u.updateIRQ()
 	}
+}
+
+// Pause holds host input: until the matching [UART.Resume], [UART.Write]
+// queues nothing, so neither the UART's state nor its interrupt line
+// changes from the host side while the VM is paused for a snapshot or an
+// epoch. Guest register accesses are not affected (the vCPUs are paused
+// too). Pauses nest.
+func (u *UART) Pause() {
+	u.mu.Lock()
+	u.held++
+	u.mu.Unlock()
+}
+
+// Resume undoes one Pause and lets held host input in.
+func (u *UART) Resume() {
+	u.mu.Lock()
+	if u.held > 0 {
+		u.held--
+	}
+	if u.held == 0 {
+		u.space.Broadcast()
+	}
+	u.mu.Unlock()
 }
 
 // Close unblocks pending and future [UART.Write] calls, which fail with

@@ -628,3 +628,41 @@ func FuzzUARTLoadState(f *testing.F) {
 		}
 	})
 }
+
+func TestUARTPauseHoldsHostInput(t *testing.T) {
+	irq := &fakeIRQ{}
+	u := NewUART(COM1Base, irq, nil)
+	wr(t, u, regIER, ierRDI)
+	wr(t, u, regMCR, mcrOUT2|mcrDTR|mcrRTS)
+	irq.take()
+	u.Pause()
+	u.Pause() // nested
+	done := make(chan error, 1)
+	go func() {
+		_, err := u.Write([]byte("hi"))
+		done <- err
+	}()
+	waitFor(t, "the host writer to be held", func() bool { return u.blockedWriters() == 1 })
+	if rd(t, u, regLSR)&lsrDR != 0 {
+		t.Fatal("input reached the receiver while paused")
+	}
+	if l := irq.take(); len(l) != 0 {
+		t.Fatalf("interrupt line driven while paused: %v", l)
+	}
+	u.Resume()
+	if u.blockedWriters() != 1 || rd(t, u, regLSR)&lsrDR != 0 {
+		t.Fatal("input went in before the last Resume")
+	}
+	u.Resume()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if l := irq.take(); len(l) == 0 || !l[0] {
+		t.Errorf("no interrupt after Resume: %v", l)
+	}
+	if got := string([]byte{rd(t, u, regData), rd(t, u, regData)}); got != "hi" {
+		t.Errorf("received %q after Resume, want %q", got, "hi")
+	}
+	u.Resume() // unmatched: no effect
+	queue(t, u, "x")
+}

@@ -33,8 +33,10 @@ func (r *runControl) init(n int) {
 	r.state = make([]vcpuRunState, n)
 }
 
-// Pause stops every vCPU between two guest instructions and returns when
-// all of them wait at the barrier (or have exited). Pauses nest.
+// Pause stops every vCPU between two guest instructions, waits until all
+// of them wait at the barrier (or have exited), then holds the devices'
+// threads (see pauseDevices). Pauses nest; Resume releases the devices
+// and then the vCPUs.
 func (v *VM) Pause() error {
 	r := &v.ctl
 	r.mu.Lock()
@@ -54,7 +56,28 @@ func (v *VM) Pause() error {
 	for !r.allStill() {
 		r.cond.Wait()
 	}
+	v.pauseDevices()
 	return nil
+}
+
+// pauseDevices holds the device threads once the vCPUs are still: virtio
+// queue processing (and with it TAP and console reads reaching the guest)
+// and host input to COM1. While paused no device writes guest memory or
+// raises an interrupt, so memory, device state and interrupt controllers
+// can be captured together.
+func (v *VM) pauseDevices() {
+	v.uart.Pause()
+	for _, d := range v.VirtioDevices() {
+		d.Transport.Pause()
+	}
+}
+
+// resumeDevices undoes pauseDevices, before the vCPUs run again.
+func (v *VM) resumeDevices() {
+	for _, d := range v.VirtioDevices() {
+		d.Transport.Resume()
+	}
+	v.uart.Resume()
 }
 
 // Resume undoes one Pause.
@@ -67,6 +90,7 @@ func (v *VM) Resume() {
 	}
 	r.pauseDepth--
 	if r.pauseDepth == 0 {
+		v.resumeDevices()
 		for _, c := range v.vcpus {
 			c.k.SetImmediateExit(false)
 		}

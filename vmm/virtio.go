@@ -200,19 +200,3 @@ func (v *VM) closeVirtio() {
 		d.close()
 	}
 }
-
-// PauseVirtio holds every virtio device's queue processing, so that
-// together with Pause (the vCPUs) guest memory and device state stay
-// still, e.g. for a replication epoch; ResumeVirtio releases them.
-func (v *VM) PauseVirtio() {
-	for _, d := range v.VirtioDevices() {
-		d.Transport.Pause()
-	}
-}
-
-// ResumeVirtio undoes PauseVirtio.
-func (v *VM) ResumeVirtio() {
-	for _, d := range v.VirtioDevices() {
-		d.Transport.Resume()
-	}
-}

@@ -252,6 +252,15 @@ func (v *VM) Close() error {
 			v.Stop()
 			v.ctl.waitExited()
 		}
+		// A VM closed while paused still holds its devices: let them go,
+		// so that closing them does not wait for a Resume that will not
+		// come.
+		v.ctl.mu.Lock()
+		if v.ctl.pauseDepth > 0 {
+			v.ctl.pauseDepth = 0
+			v.resumeDevices()
+		}
+		v.ctl.mu.Unlock()
 		if v.uart != nil {
 			v.uart.Close()
 		}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/tandemvm/tandem/boot"
+	"github.com/tandemvm/tandem/devices"
+	"github.com/tandemvm/tandem/devices/virtio"
 	"github.com/tandemvm/tandem/images"
 	"github.com/tandemvm/tandem/kvm"
 	"github.com/tandemvm/tandem/kvm/kvmtest"
@@ -484,5 +486,63 @@ func TestPauseBeforeRunHoldsVCPUs(t *testing.T) {
 	tv.Resume()
 	if res, err := tv.wait(t, 30*time.Second); err != nil || res.Kind != ExitGuest {
 		t.Fatalf("result %+v, %v", res, err)
+	}
+}
+
+// TestPauseHoldsDevices checks that pausing the VM holds its devices too:
+// virtio queue processing and host input to COM1 wait for the last
+// Resume, and a VM closed while paused lets them go.
+func TestPauseHoldsDevices(t *testing.T) {
+	tv := newTestVM(t, Config{}, "counter", nil)
+	rng, err := tv.AddVirtio(virtio.NewRNG())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lsr := func() byte {
+		var b [1]byte
+		if err := tv.Serial().ReadPort(devices.COM1Base+5, b[:]); err != nil {
+			t.Fatal(err)
+		}
+		return b[0]
+	}
+	for range 2 {
+		if err := tv.Pause(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !rng.Transport.Paused() {
+		t.Fatal("virtio transport not paused with the VM")
+	}
+	written := make(chan error, 1)
+	go func() {
+		_, err := tv.Serial().Write([]byte("GET\n"))
+		written <- err
+	}()
+	tv.Resume()
+	if !rng.Transport.Paused() || lsr()&1 != 0 {
+		t.Fatal("devices released before the last Resume")
+	}
+	tv.Resume()
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+	if rng.Transport.Paused() || lsr()&1 == 0 {
+		t.Fatalf("devices still held after Resume (LSR %#x)", lsr())
+	}
+
+	// Closed while paused, with host input waiting: Close returns.
+	if err := tv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	go tv.Serial().Write([]byte("more input than the queue holds, and then some"))
+	closed := make(chan struct{})
+	go func() {
+		tv.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close of a paused VM did not return")
 	}
 }

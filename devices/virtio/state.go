@@ -40,6 +40,13 @@ func (t *MMIO) Resume() {
 	}
 }
 
+// Paused reports whether the transport is held by at least one Pause.
+func (t *MMIO) Paused() bool {
+	t.pauseMu.Lock()
+	defer t.pauseMu.Unlock()
+	return t.pauseDepth > 0
+}
+
 // StateName implements devices.Stateful: "virtio-<type>@<base>".
 func (t *MMIO) StateName() string { return fmt.Sprintf("virtio-%v@%#x", t.dev.Type(), t.base) }
 
