@@ -50,6 +50,22 @@ type SnapshotMeta struct {
 	MemBytes uint64    `json:"mem_bytes"`
 	VCPUs    int       `json:"vcpus"`
 	Guest    string    `json:"guest,omitempty"`
+	// Virtio lists the VM's virtio devices in the order they were added
+	// (which fixes their addresses and IRQs), with the host resources they
+	// were opened on, so that a restore can open them again.
+	Virtio []VirtioConfig `json:"virtio,omitempty"`
+}
+
+// VirtioConfig says which virtio device a VM had and what it was opened
+// on: the device's state is in the snapshot's state section, its host
+// side is named here.
+type VirtioConfig struct {
+	Type     string `json:"type"`                // "blk", "net", "console" or "rng"
+	Path     string `json:"path,omitempty"`      // blk: the disk image
+	ReadOnly bool   `json:"read_only,omitempty"` // blk
+	TAP      string `json:"tap,omitempty"`       // net: the TAP device's name
+	MAC      string `json:"mac,omitempty"`       // net
+	Console  string `json:"console,omitempty"`   // console: unix:PATH, tcp:ADDR or file:PATH
 }
 
 // WriteSnapshot captures the paused VM and writes it to path, atomically: the

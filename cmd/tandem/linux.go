@@ -103,22 +103,15 @@ func (l *linuxFlags) configure(spec *vmSpec, set map[string]bool, memFlag string
 			return usagef("--initrd: %v", err)
 		}
 	}
-	disks, err := parseDisks(l.disks)
+	devs, err := l.devices()
 	if err != nil {
 		return err
 	}
-	for _, n := range l.nets {
-		if name, ok := strings.CutPrefix(n, "tap:"); !ok || name == "" {
-			return usagef("--net %q: want tap:NAME", n)
-		}
-	}
-	if *l.channel == "stdio" {
-		return usagef("--channel stdio: the terminal belongs to --serial; use unix:PATH, tcp:ADDR or file:PATH")
-	}
 	spec.guestName = "linux:" + *l.kernel
+	spec.virtio = devs.meta()
 	cfg := vmm.LinuxConfig{Kernel: kernel, Initrd: initrd, Cmdline: *l.cmdline, Entry: entry}
 	spec.load = func(vm *vmm.VM) error {
-		if err := addLinuxDevices(vm, disks, l.nets, *l.channel, *l.rng, spec); err != nil {
+		if err := devs.add(vm, spec); err != nil {
 			return err
 		}
 		b, err := vm.LoadLinux(cfg)
@@ -135,6 +128,160 @@ func (l *linuxFlags) configure(spec *vmSpec, set map[string]bool, memFlag string
 type diskSpec struct {
 	path     string
 	readOnly bool
+}
+
+type netSpec struct {
+	tap string
+	mac net.HardwareAddr
+}
+
+// linuxDevices are a Linux guest's virtio devices, in the order they are
+// added: disks first (so that the first is /dev/vda), then network
+// interfaces, the console channel and the RNG. The order fixes each
+// device's address and IRQ, so a restore adds them in the same order.
+type linuxDevices struct {
+	disks   []diskSpec
+	nets    []netSpec
+	channel string
+	rng     bool
+}
+
+// netMAC is the MAC of interface i: locally administered, unicast,
+// 02:54:4E:44:4D:<i>.
+func netMAC(i int) net.HardwareAddr { return net.HardwareAddr{0x02, 0x54, 0x4E, 0x44, 0x4D, byte(i)} }
+
+// devices checks the device flags.
+func (l *linuxFlags) devices() (linuxDevices, error) {
+	disks, err := parseDisks(l.disks)
+	if err != nil {
+		return linuxDevices{}, err
+	}
+	nets, err := parseNets(l.nets)
+	if err != nil {
+		return linuxDevices{}, err
+	}
+	if err := checkChannel(*l.channel); err != nil {
+		return linuxDevices{}, err
+	}
+	return linuxDevices{disks: disks, nets: nets, channel: *l.channel, rng: *l.rng}, nil
+}
+
+func parseNets(specs []string) ([]netSpec, error) {
+	var out []netSpec
+	for i, n := range specs {
+		name, ok := strings.CutPrefix(n, "tap:")
+		if !ok || name == "" {
+			return nil, usagef("--net %q: want tap:NAME", n)
+		}
+		out = append(out, netSpec{tap: name, mac: netMAC(i)})
+	}
+	return out, nil
+}
+
+func checkChannel(channel string) error {
+	if channel == "stdio" {
+		return usagef("--channel stdio: the terminal belongs to --serial; use unix:PATH, tcp:ADDR or file:PATH")
+	}
+	return nil
+}
+
+// meta describes the devices for a snapshot.
+func (d linuxDevices) meta() []vmm.VirtioConfig {
+	var out []vmm.VirtioConfig
+	for _, ds := range d.disks {
+		out = append(out, vmm.VirtioConfig{Type: "blk", Path: ds.path, ReadOnly: ds.readOnly})
+	}
+	for _, n := range d.nets {
+		out = append(out, vmm.VirtioConfig{Type: "net", TAP: n.tap, MAC: n.mac.String()})
+	}
+	if d.channel != "" {
+		out = append(out, vmm.VirtioConfig{Type: "console", Console: d.channel})
+	}
+	if d.rng {
+		out = append(out, vmm.VirtioConfig{Type: "rng"})
+	}
+	return out
+}
+
+// devicesFromMeta reads the devices a snapshot names. They must be in the
+// order linuxDevices adds them, as Tandem writes them.
+func devicesFromMeta(cfgs []vmm.VirtioConfig) (linuxDevices, error) {
+	var d linuxDevices
+	rank := map[string]int{"blk": 0, "net": 1, "console": 2, "rng": 3}
+	last := 0
+	for i, c := range cfgs {
+		r, ok := rank[c.Type]
+		if !ok {
+			return linuxDevices{}, fmt.Errorf("%w: virtio device %d has unknown type %q", vmm.ErrSnapshot, i, c.Type)
+		}
+		if r < last {
+			return linuxDevices{}, fmt.Errorf("%w: virtio device %d (%s) is out of order", vmm.ErrSnapshot, i, c.Type)
+		}
+		if (c.Type == "console" && d.channel != "") || (c.Type == "rng" && d.rng) {
+			return linuxDevices{}, fmt.Errorf("%w: more than one virtio-%s", vmm.ErrSnapshot, c.Type)
+		}
+		last = r
+		switch c.Type {
+		case "blk":
+			if c.Path == "" {
+				return linuxDevices{}, fmt.Errorf("%w: virtio disk %d has no path", vmm.ErrSnapshot, len(d.disks))
+			}
+			d.disks = append(d.disks, diskSpec{path: c.Path, readOnly: c.ReadOnly})
+		case "net":
+			mac, err := net.ParseMAC(c.MAC)
+			if err != nil || c.TAP == "" || len(mac) != 6 {
+				return linuxDevices{}, fmt.Errorf("%w: virtio-net %d: TAP %q, MAC %q", vmm.ErrSnapshot, len(d.nets), c.TAP, c.MAC)
+			}
+			d.nets = append(d.nets, netSpec{tap: c.TAP, mac: mac})
+		case "console":
+			if c.Console == "" {
+				return linuxDevices{}, fmt.Errorf("%w: virtio-console has no host side", vmm.ErrSnapshot)
+			}
+			d.channel = c.Console
+		case "rng":
+			d.rng = true
+		}
+	}
+	return d, nil
+}
+
+// override replaces the host side of restored devices with the ones given
+// on the command line: each given list must name as many devices as the
+// snapshot has, in the same order.
+func (d *linuxDevices) override(l *linuxFlags, set map[string]bool) error {
+	if set["disk"] {
+		disks, err := parseDisks(l.disks)
+		if err != nil {
+			return err
+		}
+		if len(disks) != len(d.disks) {
+			return usagef("--disk: the snapshot has %d disks, %d given", len(d.disks), len(disks))
+		}
+		d.disks = disks
+	}
+	if set["net"] {
+		nets, err := parseNets(l.nets)
+		if err != nil {
+			return err
+		}
+		if len(nets) != len(d.nets) {
+			return usagef("--net: the snapshot has %d network interfaces, %d given", len(d.nets), len(nets))
+		}
+		for i := range nets {
+			nets[i].mac = d.nets[i].mac // the guest knows its MAC
+		}
+		d.nets = nets
+	}
+	if set["channel"] {
+		if d.channel == "" {
+			return usagef("--channel: the snapshot has no virtio-console")
+		}
+		if err := checkChannel(*l.channel); err != nil {
+			return err
+		}
+		d.channel = *l.channel
+	}
+	return nil
 }
 
 // parseDisks parses --disk PATH[,ro] values.
@@ -158,38 +305,35 @@ func parseDisks(specs []string) ([]diskSpec, error) {
 	return out, nil
 }
 
-// addLinuxDevices opens the backends and adds the virtio devices: disks
-// first (so that the first is /dev/vda), then network interfaces, the
-// console channel and the RNG. The VM owns each device once added.
-func addLinuxDevices(vm *vmm.VM, disks []diskSpec, nets []string, channel string, rng bool, spec *vmSpec) error {
+// add opens the backends and adds the virtio devices in their order. The
+// VM owns each device once added.
+func (d linuxDevices) add(vm *vmm.VM, spec *vmSpec) error {
 	add := func(dev virtio.Device, what string) error {
-		d, err := vm.AddVirtio(dev)
+		vd, err := vm.AddVirtio(dev)
 		if err != nil {
 			if c, ok := dev.(interface{ Close() error }); ok {
 				c.Close()
 			}
 			return fmt.Errorf("%s: %w", what, err)
 		}
-		spec.log.Info("virtio device", "what", what, "type", dev.Type(), "addr", fmt.Sprintf("%#x", d.Addr), "irq", d.IRQ)
+		spec.log.Info("virtio device", "what", what, "type", dev.Type(), "addr", fmt.Sprintf("%#x", vd.Addr), "irq", vd.IRQ)
 		return nil
 	}
-	for i, ds := range disks {
+	for i, ds := range d.disks {
 		be, err := virtio.OpenFileBackend(ds.path, ds.readOnly)
 		if err != nil {
-			return usagef("--disk %s: %v", ds.path, err)
+			return fmt.Errorf("disk %s: %w", ds.path, err)
 		}
 		if err := add(virtio.NewBlock(be, fmt.Sprintf("tandem-disk-%d", i)), "disk "+ds.path); err != nil {
 			return err
 		}
 	}
-	for i, n := range nets {
-		be, name, err := virtio.OpenTAP(strings.TrimPrefix(n, "tap:"))
+	for _, n := range d.nets {
+		be, name, err := virtio.OpenTAP(n.tap)
 		if err != nil {
-			return usagef("--net %s: %v", n, err)
+			return fmt.Errorf("network interface tap:%s: %w", n.tap, err)
 		}
-		// A locally administered, unicast MAC: 02:54:4E:44:4D:<index>.
-		mac := net.HardwareAddr{0x02, 0x54, 0x4E, 0x44, 0x4D, byte(i)}
-		dev, err := virtio.NewNet(be, mac, spec.log)
+		dev, err := virtio.NewNet(be, n.mac, spec.log)
 		if err != nil {
 			be.Close()
 			return err
@@ -198,19 +342,19 @@ func addLinuxDevices(vm *vmm.VM, disks []diskSpec, nets []string, channel string
 			return err
 		}
 	}
-	if channel != "" {
-		host, err := devices.OpenConsole(channel)
+	if d.channel != "" {
+		host, err := devices.OpenConsole(d.channel)
 		if err != nil {
-			return usagef("--channel: %v", err)
+			return fmt.Errorf("virtio-console %s: %w", d.channel, err)
 		}
 		if a, ok := host.(devices.Addresser); ok {
 			spec.log.Info("virtio-console channel listening", "addr", a.Addr())
 		}
-		if err := add(virtio.NewConsole(host, spec.log), "channel "+channel); err != nil {
+		if err := add(virtio.NewConsole(host, spec.log), "channel "+d.channel); err != nil {
 			return err
 		}
 	}
-	if rng {
+	if d.rng {
 		if err := add(virtio.NewRNG(), "rng"); err != nil {
 			return err
 		}

@@ -51,16 +51,12 @@ func cmdRun(ctx context.Context, args []string) error {
 		return usagef("--dirty: %v", err)
 	}
 	switch {
-	case linux.used(set):
-		if err := linux.configure(&spec, set, *memFlag, *vcpus); err != nil {
-			return err
-		}
 	case *restore != "" && *guest != "":
 		return usagef("--guest and --restore exclude each other: a snapshot already holds its guest")
 	case *restore != "":
-		for _, name := range []string{"entry", "args"} {
+		for _, name := range []string{"entry", "args", "kernel", "initrd", "cmdline", "kernel-entry", "rng"} {
 			if set[name] {
-				return usagef("--%s does not apply to --restore", name)
+				return usagef("--%s does not apply to --restore: the snapshot holds the guest and its devices", name)
 			}
 		}
 		snap, err := vmm.OpenSnapshot(*restore)
@@ -68,6 +64,30 @@ func cmdRun(ctx context.Context, args []string) error {
 			return err
 		}
 		defer snap.Close()
+		devs, err := devicesFromMeta(snap.Meta.Virtio)
+		if err != nil {
+			return fmt.Errorf("--restore %s: %w", *restore, err)
+		}
+		if len(snap.Meta.Virtio) == 0 && (set["disk"] || set["net"] || set["channel"]) {
+			return usagef("--disk, --net and --channel do not apply to a snapshot without virtio devices")
+		}
+		if err := devs.override(linux, set); err != nil {
+			return err
+		}
+		if len(snap.Meta.Virtio) > 0 {
+			spec.virtio = devs.meta()
+			spec.load = func(vm *vmm.VM) error {
+				if err := devs.add(vm, &spec); err != nil {
+					return err
+				}
+				start := time.Now()
+				if err := snap.Restore(vm); err != nil {
+					return fmt.Errorf("--restore %s: %w", *restore, err)
+				}
+				spec.log.Info("restored snapshot", "guest", spec.guestName, "virtio_devices", len(snap.Meta.Virtio), "took", time.Since(start).Round(time.Microsecond))
+				return nil
+			}
+		}
 		if set["mem"] {
 			if m, err := vmm.ParseMemSize(*memFlag); err != nil || m != snap.Meta.MemBytes {
 				return usagef("--mem %s disagrees with the snapshot's %d MiB; leave --mem out", *memFlag, snap.Meta.MemBytes>>20)
@@ -77,6 +97,10 @@ func cmdRun(ctx context.Context, args []string) error {
 			return usagef("--vcpus %d disagrees with the snapshot's %d vCPUs; leave --vcpus out", *vcpus, snap.Meta.VCPUs)
 		}
 		spec.memBytes, spec.vcpus, spec.snapshot, spec.guestName = snap.Meta.MemBytes, snap.Meta.VCPUs, snap, snap.Meta.Guest
+	case linux.used(set):
+		if err := linux.configure(&spec, set, *memFlag, *vcpus); err != nil {
+			return err
+		}
 	case *guest != "":
 		if spec.memBytes, err = vmm.ParseMemSize(*memFlag); err != nil {
 			return usagef("--mem: %v", err)
@@ -165,6 +189,7 @@ type vmSpec struct {
 	control   string
 	guest     images.Guest
 	guestName string
+	virtio    []vmm.VirtioConfig // the virtio devices, for snapshots
 	args      []uint64
 	snapshot  *vmm.Snapshot
 	log       *slog.Logger
@@ -232,7 +257,7 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 		if err != nil {
 			return vmm.Result{}, usagef("--control: %v", err)
 		}
-		c := &vmm.Controller{VM: vm, Meta: vmm.SnapshotMeta{Tandem: version(), Guest: spec.guestName}, Log: spec.log}
+		c := &vmm.Controller{VM: vm, Meta: vmm.SnapshotMeta{Tandem: version(), Guest: spec.guestName, Virtio: spec.virtio}, Log: spec.log}
 		go func() {
 			if err := c.Serve(ctx, ln); err != nil {
 				spec.log.Error("control socket", "err", err)

@@ -23,6 +23,13 @@
 //
 // A step that fails prints "tandem-init: <step>: FAIL <reason>" and the
 // others still run.
+//
+// With tandem_loop=DEVICE on the command line, the disk step is replaced
+// by a loop that never ends, for snapshot tests: every 100 ms it counts,
+// writes the count to the raw block device DEVICE and fsyncs, reads it
+// back, and prints "tandem-init: tick <n> disk <count read back>" on the
+// console and "tick <n>" on /dev/hvc0 if it exists. A restored guest goes
+// on counting from where its memory was.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +45,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 __attribute__((format(printf, 1, 2))) static void say(const char *fmt, ...) {
@@ -171,6 +179,30 @@ static void rng(void) {
 		close(fd);
 }
 
+static void counter_loop(const char *dev) {
+	int disk = open(dev, O_RDWR);
+	if (disk < 0) {
+		say("loop: FAIL open %s: %s", dev, strerror(errno));
+		return;
+	}
+	int hvc = open("/dev/hvc0", O_WRONLY | O_NOCTTY);
+	for (unsigned long n = 1;; n++) {
+		char out[32] = "", in[32] = "";
+		snprintf(out, sizeof out, "%lu", n);
+		if (pwrite(disk, out, sizeof out, 0) != sizeof out || fsync(disk) != 0) {
+			say("loop: FAIL write %s: %s", dev, strerror(errno));
+		} else if (pread(disk, in, sizeof in, 0) != sizeof in) {
+			say("loop: FAIL read %s: %s", dev, strerror(errno));
+		}
+		in[sizeof in - 1] = 0;
+		say("tick %lu disk %s", n, in);
+		if (hvc >= 0)
+			dprintf(hvc, "tick %lu\n", n);
+		struct timespec ts = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+}
+
 int main(void) {
 	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
 	int fd = open("/dev/console", O_RDWR);
@@ -184,10 +216,14 @@ int main(void) {
 	say("up");
 	mount("proc", "/proc", "proc", 0, NULL);
 	mount("sysfs", "/sys", "sysfs", 0, NULL);
-	disk();
+	const char *loop = getenv("tandem_loop");
+	if (!loop)
+		disk();
 	network();
 	channel();
 	rng();
+	if (loop)
+		counter_loop(loop);
 	say("done");
 	sync();
 	reboot(RB_AUTOBOOT);
