@@ -5,13 +5,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	linuxguest "github.com/tandemvm/tandem/images/linux"
 	"github.com/tandemvm/tandem/kvm/kvmtest"
@@ -104,11 +109,13 @@ func TestRunKernel(t *testing.T) {
 	}
 }
 
-// tickLine matches the looping init's progress lines.
-var tickLine = regexp.MustCompile(`tandem-init: tick (\d+) disk (\d+)`)
+// tickLine matches the looping init's progress lines, complete ones only
+// (the console file is read while the guest writes it).
+var tickLine = regexp.MustCompile(`tandem-init: tick (\d+) disk (\d+)(?: net (\S+))?\n`)
 
 // ticks returns the tick counts in a console, in order, and fails the
-// test if a tick's disk read-back differs from its count.
+// test if a tick's disk read-back differs from its count or its network
+// peer's answer is not the echo of that tick.
 func ticks(t *testing.T, console string) []int {
 	t.Helper()
 	var out []int
@@ -117,9 +124,74 @@ func ticks(t *testing.T, console string) []int {
 		if m[1] != m[2] {
 			t.Errorf("tick %s read %s back from the disk", m[1], m[2])
 		}
+		if want := "echo-tick-" + m[1]; m[3] != want {
+			t.Errorf("tick %s: network answer %q, want %q", m[1], m[3], want)
+		}
 		out = append(out, n)
 	}
 	return out
+}
+
+// snapshotNetwork gives the snapshot test a network namespace holding a
+// persistent TAP device at 10.0.2.1/24 and a UDP echo service on it
+// (answering "echo-" and the datagram); tandem runs inside it through
+// `ip netns exec`. It returns the namespace's name and the datagrams the
+// service got.
+func snapshotNetwork(t *testing.T, tap string) (string, <-chan string) {
+	t.Helper()
+	ns := fmt.Sprintf("tandem-snap-%d", os.Getpid())
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	ip("netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	ip("-n", ns, "link", "set", "lo", "up")
+	ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap")
+	ip("-n", ns, "addr", "add", "10.0.2.1/24", "dev", tap)
+	ip("-n", ns, "link", "set", tap, "up")
+
+	got := make(chan string, 1024)
+	ready := make(chan error, 1)
+	go func() {
+		// The thread enters the namespace for good; the socket stays there.
+		runtime.LockOSThread()
+		f, err := os.Open("/run/netns/" + ns)
+		if err != nil {
+			ready <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ready <- err
+			return
+		}
+		pc, err := net.ListenPacket("udp4", "10.0.2.1:7777")
+		if err != nil {
+			ready <- err
+			return
+		}
+		t.Cleanup(func() { pc.Close() })
+		ready <- nil
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case got <- string(buf[:n]):
+			default:
+			}
+			pc.WriteTo(append([]byte("echo-"), buf[:n]...), from)
+		}
+	}()
+	if err := <-ready; err != nil {
+		t.Fatalf("UDP echo in %s: %v", ns, err)
+	}
+	return ns, got
 }
 
 // TestLinuxSnapshotRestore snapshots a Linux guest in userspace that is
@@ -143,12 +215,15 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	const tap = "tndmsnap0"
+	ns, datagrams := snapshotNetwork(t, tap)
+	inNS := func(args ...string) []string { return append([]string{"netns", "exec", ns, tandemBin}, args...) }
 	serialA, serialB := filepath.Join(dir, "a.txt"), filepath.Join(dir, "b.txt")
 	ctl := "unix:" + filepath.Join(dir, "a.ctl")
-	a := startTandem(t, "run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
-		"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_loop=/dev/vda",
-		"--disk", disk, "--channel", "unix:"+filepath.Join(dir, "ch.sock"),
-		"--control", ctl, "--serial", "file:"+serialA)
+	a := startCommand(t, "ip", inNS("run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
+		"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_loop=/dev/vda tandem_ip=10.0.2.15/24 tandem_peer=10.0.2.1:7777",
+		"--disk", disk, "--net", "tap:"+tap, "--channel", "unix:"+filepath.Join(dir, "ch.sock"),
+		"--control", ctl, "--serial", "file:"+serialA)...)
 	console := func(path string) string {
 		b, _ := os.ReadFile(path)
 		return strings.ReplaceAll(string(b), "\r\n", "\n")
@@ -174,7 +249,7 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 	}{
 		{[]string{"--mem", "256M"}, "disagrees with the snapshot's 128 MiB"},
 		{[]string{"--disk", disk, "--disk", disk}, "the snapshot has 1 disks, 2 given"},
-		{[]string{"--net", "tap:x"}, "the snapshot has 0 network interfaces"},
+		{[]string{"--net", "tap:x", "--net", "tap:y"}, "the snapshot has 1 network interfaces, 2 given"},
 		{[]string{"--disk", filepath.Join(dir, "missing.img")}, "missing.img"},
 		{[]string{"--kernel", k.Vmlinux}, "does not apply to --restore"},
 	} {
@@ -185,7 +260,10 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 		}
 	}
 
-	b := startTandem(t, "run", "--restore", snap, "--serial", "file:"+serialB)
+	for len(datagrams) > 0 {
+		<-datagrams // those of the first run
+	}
+	b := startCommand(t, "ip", inNS("run", "--restore", snap, "--serial", "file:"+serialB)...)
 	hvc := dialWhenReady(t, b, filepath.Join(dir, "ch.sock"))
 	defer hvc.Close()
 	pollFor(t, "three ticks after the restore", 2*time.Minute, func() bool { return len(ticks(t, console(serialB))) >= 3 })
@@ -203,11 +281,33 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 	if strings.Contains(console(serialB), "FAIL") {
 		t.Errorf("the restored guest reported a failure:\n%s", console(serialB))
 	}
+	// The network works in the restored guest: the peer got its ticks
+	// (ticks checked each answer).
+	select {
+	case d := <-datagrams:
+		if !strings.HasPrefix(d, "tick-") {
+			t.Errorf("the peer got %q from the restored guest", d)
+		}
+	default:
+		t.Error("the peer got no datagram from the restored guest")
+	}
 	// hvc0 works in the restored guest: its ticks reach the new host end.
+	// (The first line may be the end of one written before we connected.)
 	hvc.SetReadDeadline(time.Now().Add(time.Minute))
-	line, err := bufio.NewReader(hvc).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "tick ") {
-		t.Errorf("virtio-console after the restore: %q, %v", line, err)
+	r := bufio.NewReader(hvc)
+	var lines []string
+	for len(lines) < 3 {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Errorf("virtio-console after the restore: %v after %q", err, lines)
+			break
+		}
+		if lines = append(lines, line); strings.HasPrefix(line, "tick ") {
+			break
+		}
+	}
+	if len(lines) == 0 || !strings.HasPrefix(lines[len(lines)-1], "tick ") {
+		t.Errorf("virtio-console after the restore: %q, want a tick", lines)
 	}
 	// The disk holds a count the restored guest wrote.
 	raw, err := os.ReadFile(disk)

@@ -75,7 +75,14 @@ type process struct {
 
 func startTandem(t *testing.T, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(tandemBin, args...), stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	return startCommand(t, tandemBin, args...)
+}
+
+// startCommand starts a command in the background, as startTandem does
+// (for tandem run through a wrapper such as ip netns exec).
+func startCommand(t *testing.T, name string, args ...string) *process {
+	t.Helper()
+	p := &process{cmd: exec.Command(name, args...), stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan error, 1)}
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
