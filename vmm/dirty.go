@@ -100,15 +100,18 @@ func (v *VM) harvestRing(c *vcpu, add func(page uint64)) int {
 // overflow left: entries are released one per exit until KVM lets the vCPU
 // run again. The lost pages are covered by reporting all memory dirty.
 func (v *VM) drainRing(c *vcpu) error {
+	const ringStallLaps = 64
 	n := v.harvestRing(c, func(page uint64) { v.mem.MarkDirty(page*PageSize, 1) })
 	if n == 0 {
 		c.ringHole = true
 		v.ringOverflow.Store(true)
 		c.ring.DiscardNext()
 		c.ringStalls++
-		// A hole can never be longer than the ring allows KVM to have in
-		// use; far more stalls than that mean KVM and the VMM disagree.
-		if c.ringStalls > 4*c.ring.Entries() {
+		// Each stall releases one entry; an emulator that ran far past
+		// the ring's end needs that many laps (more than 4 of a
+		// 256-entry ring were seen on a loaded PVM host). Far more
+		// stalls than any such overrun mean KVM and the VMM disagree.
+		if c.ringStalls > ringStallLaps*c.ring.Entries() {
 			return fmt.Errorf("dirty ring: KVM keeps reporting the ring full with nothing to harvest (%d times); use --dirty bitmap", c.ringStalls)
 		}
 	} else {
