@@ -39,4 +39,12 @@
 // complete everywhere, so E is never older than anything a client has seen.
 // It may be newer (a request processed whose reply was still held): clients
 // see that as at-least-once delivery.
+//
+// The leader never builds an image unless every page's newest copy came
+// from a replica that answered every step. A replica that fails or goes
+// silent after answering the query (each step has a deadline, and
+// cancelling recovery closes every connection) is dropped: with ft, E is
+// chosen again from the replicas left, which hold every page; with fast,
+// the pages only it held have no other copy, so recovery stops with an
+// error that names it rather than run an image with holes.
 package replicate

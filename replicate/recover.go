@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -35,6 +36,7 @@ type replicaView struct {
 	report *Report
 	epochs []uint64
 	err    error
+	lost   bool // answered the query, then failed
 }
 
 // Recover rebuilds the VM after the primary failed: it asks every replica
@@ -70,6 +72,7 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 			defer cancel()
 			v.c, v.err = dialHello(qctx, addr, vmID, Hello{Role: RoleRecovery, MemBytes: hello.MemBytes, Policy: hello.Policy})
 			if v.err == nil {
+				v.c.c.SetDeadline(time.Now().Add(r.recoveryStepTimeout()))
 				v.report, v.err = query(v.c)
 			}
 		}()
@@ -82,12 +85,79 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 			}
 		}
 	}()
+	// A replica that goes silent must not hold recovery up: every step has
+	// a deadline, and cancelling ctx closes every connection.
+	stopClosing := context.AfterFunc(ctx, func() {
+		for _, v := range views {
+			if v.c != nil {
+				v.c.c.Close()
+			}
+		}
+	})
+	defer stopClosing()
+
 	rec := &Recovered{MemBytes: hello.MemBytes, VCPUs: int(hello.VCPUs), Guest: hello.Guest}
-	links := map[uint32]Staged{}
 	for _, v := range views {
 		if v.err != nil {
 			rec.Unreachable = append(rec.Unreachable, v.addr)
 			r.log.Warn("replica unreachable at recovery", "replica", v.addr, "err", v.err)
+		}
+	}
+	// lost handles replicas that failed after answering the query: their
+	// newest copies of some pages are unknown or unreadable. With fast,
+	// those pages have no other copy: recovery stops and names them. With
+	// ft every link carried every page: E is chosen again without them.
+	lost := func(step string, failed []*replicaView) error {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnrecoverable, err)
+		}
+		var names []string
+		for _, v := range failed {
+			names = append(names, fmt.Sprintf("%s (%v)", v.addr, v.err))
+			rec.Unreachable = append(rec.Unreachable, v.addr)
+			r.log.Warn("replica failed during recovery", "replica", v.addr, "step", step, "err", v.err)
+		}
+		if hello.Policy == PolicyFast {
+			return fmt.Errorf("%w: replica %s failed while %s; with policy fast the pages it holds have no other copy", ErrUnrecoverable, strings.Join(names, ", "), step)
+		}
+		return nil
+	}
+	for {
+		if err := r.recoverOnce(ctx, rec, views, states, hello, pages, lost); err != errRetry {
+			if err != nil {
+				return nil, err
+			}
+			rec.Took = time.Since(start)
+			return rec, nil
+		}
+	}
+}
+
+// errRetry makes Recover choose E again after replicas were lost (ft).
+var errRetry = errors.New("replicate: recovery retry")
+
+// Deadlines of the recovery steps (ReplicaConfig.RecoveryStepTimeout):
+// answering a query or settling is small work; a fetch moves data, at no
+// less than recoveryMinRate.
+const (
+	defaultRecoveryStepTimeout = 10 * time.Second
+	recoveryMinRate            = 10 << 20 // bytes per second
+)
+
+func (r *Replica) recoveryStepTimeout() time.Duration {
+	if r.cfg.RecoveryStepTimeout > 0 {
+		return r.cfg.RecoveryStepTimeout
+	}
+	return defaultRecoveryStepTimeout
+}
+
+// recoverOnce chooses E among the replicas still answering, settles them
+// on it and gathers the pages. It returns errRetry when replicas were lost
+// and lost allowed going on without them.
+func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*replicaView, states map[uint64]*StateRecord, hello Hello, pages uint64, lost func(string, []*replicaView) error) error {
+	links := map[uint32]Staged{}
+	for _, v := range views {
+		if v.err != nil {
 			continue
 		}
 		for _, s := range v.report.Staged {
@@ -104,6 +174,7 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 	slices.Sort(candidates)
 	slices.Reverse(candidates)
 	var why []string
+	rec.Epoch = 0
 	for _, e := range candidates {
 		done, missing := 0, 0
 		for _, l := range states[e].Links {
@@ -120,11 +191,12 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 		why = append(why, fmt.Sprintf("epoch %d: %d of %d links complete", e, done, done+missing))
 	}
 	if rec.Epoch == 0 {
-		return nil, fmt.Errorf("%w: no epoch is complete on the surviving replicas (%v; unreachable: %v)", ErrUnrecoverable, why, rec.Unreachable)
+		return fmt.Errorf("%w: no epoch is complete on the surviving replicas (%v; unreachable: %v)", ErrUnrecoverable, why, rec.Unreachable)
 	}
 	rec.State = states[rec.Epoch].Blob
 
 	// Settle every replica on E and read its page epochs.
+	var wg sync.WaitGroup
 	for _, v := range views {
 		if v.err != nil {
 			continue
@@ -132,16 +204,24 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			v.c.c.SetDeadline(time.Now().Add(r.recoveryStepTimeout()))
 			v.epochs, v.err = resolve(v.c, rec.Epoch, pages)
 		}()
 	}
 	wg.Wait()
+	if failed := failedViews(views, func(v *replicaView) bool { return v.epochs == nil }); len(failed) > 0 {
+		if err := lost("settling on epoch "+fmt.Sprint(rec.Epoch), failed); err != nil {
+			return err
+		}
+		return errRetry
+	}
 
-	// Each page comes from the replica holding its newest copy.
+	// Each page comes from the replica holding its newest copy; every
+	// replica still in views has answered for all its pages.
 	owner := make([]int, pages)
 	best := make([]uint64, pages)
 	for i, v := range views {
-		if v.err != nil || v.epochs == nil {
+		if v.err != nil {
 			continue
 		}
 		for p, e := range v.epochs {
@@ -150,7 +230,11 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 			}
 		}
 	}
-	rec.Memory = make([]byte, hello.MemBytes)
+	if rec.Memory == nil {
+		rec.Memory = make([]byte, hello.MemBytes)
+	} else {
+		clear(rec.Memory)
+	}
 	fetch := make([][]Region, len(views))
 	for p := uint64(0); p < pages; p++ {
 		if best[p] == 0 {
@@ -163,7 +247,6 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 			fetch[o] = append(fetch[o], Region{First: p, Pages: 1})
 		}
 	}
-	errs := make([]error, len(views))
 	for i, v := range views {
 		if len(fetch[i]) == 0 {
 			continue
@@ -171,15 +254,41 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = fetchPages(v.c, fetch[i], rec.Memory)
+			v.err = fetchPages(v.c, fetch[i], rec.Memory, r.recoveryStepTimeout())
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnrecoverable, err)
+	if failed := failedViews(views, func(v *replicaView) bool { return false }); len(failed) > 0 {
+		if err := lost("sending pages", failed); err != nil {
+			return err
+		}
+		return errRetry
 	}
-	rec.Took = time.Since(start)
-	return rec, nil
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnrecoverable, err)
+	}
+	return nil
+}
+
+// failedViews returns the views that failed in the step just run (an
+// error, or incomplete as the step defines) and marks them failed for good
+// (their epochs are cleared so a retry does not count them).
+func failedViews(views []*replicaView, incomplete func(*replicaView) bool) []*replicaView {
+	var out []*replicaView
+	for _, v := range views {
+		if v.report == nil || v.lost {
+			continue // unreachable from the start, or lost in an earlier step
+		}
+		if v.err != nil || incomplete(v) {
+			if v.err == nil {
+				v.err = errors.New("no answer")
+			}
+			v.lost = true
+			v.epochs = nil
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func query(c *conn) (*Report, error) {
@@ -233,7 +342,7 @@ func resolve(c *conn, e, pages uint64) ([]uint64, error) {
 const maxFetch = 64 << 20
 
 // fetchPages reads the given regions from a replica into mem.
-func fetchPages(c *conn, regions []Region, mem []byte) error {
+func fetchPages(c *conn, regions []Region, mem []byte, step time.Duration) error {
 	for len(regions) > 0 {
 		var batch []Region
 		var n uint64
@@ -242,6 +351,7 @@ func fetchPages(c *conn, regions []Region, mem []byte) error {
 			batch = append(batch, regions[0])
 			regions = regions[1:]
 		}
+		c.c.SetDeadline(time.Now().Add(step + time.Duration(n)*time.Second/recoveryMinRate))
 		if err := c.send(MsgFetch, 0, appendRegions(nil, batch)); err != nil {
 			return c.errorf("fetch: %w", err)
 		}

@@ -86,6 +86,10 @@ type ReplicaConfig struct {
 	// Delay, when set, is called after every data read of n bytes into
 	// staging: tandem bench uses it to emulate memory with slow writes.
 	Delay func(n int)
+	// RecoveryStepTimeout bounds each step of a recovery a replica must
+	// answer (query, settle; a fetch gets this plus its bytes at 10 MB/s).
+	// Zero means 10 s.
+	RecoveryStepTimeout time.Duration
 }
 
 // Replica keeps a copy of one VM's memory, fed by one or more links, and

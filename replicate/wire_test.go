@@ -249,7 +249,7 @@ func TestCommitRule(t *testing.T) {
 		t.Errorf("page epochs after resolving to 4: %v, want %v", epochs, want)
 	}
 	mem := make([]byte, pages*PageSize)
-	if err := fetchPages(rec.c, []Region{{First: 0, Pages: pages}}, mem); err != nil {
+	if err := fetchPages(rec.c, []Region{{First: 0, Pages: pages}}, mem, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	for p, e := range want {

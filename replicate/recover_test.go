@@ -1,0 +1,169 @@
+package replicate
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// failingProxy stands between the leader and a replica during recovery.
+// It forwards everything until the leader sends a message of type failOn;
+// then it closes both connections (silent false) or stops forwarding in
+// both directions and keeps them open (silent true: a replica that went
+// quiet without closing).
+type failingProxy struct {
+	addr string
+	mu   sync.Mutex
+	held []net.Conn
+}
+
+func startFailingProxy(t *testing.T, target string, failOn MsgType, silent bool) *failingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &failingProxy{addr: ln.Addr().String()}
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.held {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	go func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", target)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.held = append(p.held, client, server)
+			p.mu.Unlock()
+			stop := make(chan struct{})
+			go func() {
+				// Replica → leader, until told to stop.
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := server.Read(buf)
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if n > 0 {
+						client.Write(buf[:n])
+					}
+					if err != nil {
+						client.Close()
+						return
+					}
+				}
+			}()
+			go func() {
+				// Leader → replica, message by message.
+				for {
+					var hb [headerSize]byte
+					if _, err := io.ReadFull(client, hb[:]); err != nil {
+						server.Close()
+						return
+					}
+					typ := MsgType(binary.LittleEndian.Uint16(hb[6:]))
+					length := binary.LittleEndian.Uint32(hb[24:])
+					if typ == failOn {
+						close(stop)
+						if !silent {
+							client.Close()
+							server.Close()
+						}
+						return
+					}
+					server.Write(hb[:])
+					if _, err := io.CopyN(server, client, int64(length)); err != nil {
+						server.Close()
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return p
+}
+
+// TestRecoveryLosesAReplicaAfterTheQuery runs a primary over two
+// replicas, kills it, and recovers with one replica failing after it
+// answered the query: closing or going silent while settling, or while
+// sending pages. With fast its pages have no other copy: recovery must
+// fail and name it, never build an image without them. With ft the other
+// replica holds everything: recovery must succeed with the exact memory of
+// the recovered state and report the lost replica.
+func TestRecoveryLosesAReplicaAfterTheQuery(t *testing.T) {
+	for _, policy := range []Policy{PolicyFast, PolicyFT} {
+		for _, step := range []MsgType{MsgResolve, MsgFetch} {
+			for _, silent := range []bool{false, true} {
+				name := fmt.Sprintf("%v/at-%v/silent=%v", policy, step, silent)
+				t.Run(name, func(t *testing.T) {
+					c := newCluster(t, 2)
+					// Recovery steps time out quickly in this test.
+					c.leader, c.leadAddr, _ = startReplica(t, ReplicaConfig{Leader: true, HeartbeatTimeout: 2 * time.Second, RecoveryStepTimeout: 500 * time.Millisecond})
+					vm := newFakeVM(t, 512)
+					p := c.primary(vm, policy, ModeSync, c.addrs)
+					ctx, cancel := context.WithCancel(context.Background())
+					go vm.run(ctx, 5)
+					runErr := make(chan error, 1)
+					go func() { runErr <- p.Run(ctx) }()
+					deadline := time.Now().Add(20 * time.Second)
+					for p.Committed() < 10 && time.Now().Before(deadline) {
+						time.Sleep(time.Millisecond)
+					}
+					cancel()
+					<-runErr
+					select {
+					case <-c.leader.Failed():
+					case <-time.After(10 * time.Second):
+						t.Fatal("the leader did not notice the primary's failure")
+					}
+					bad := startFailingProxy(t, c.addrs[0], step, silent)
+					rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+					defer rcancel()
+					began := time.Now()
+					rec, err := c.leader.Recover(rctx, []string{bad.addr, c.addrs[1]})
+					if took := time.Since(began); took > 10*time.Second {
+						t.Errorf("recovery took %v with a failed replica", took)
+					}
+					if policy == PolicyFast {
+						if !errors.Is(err, ErrUnrecoverable) || !strings.Contains(err.Error(), bad.addr) {
+							t.Fatalf("Recover = %v, %v; want ErrUnrecoverable naming %s", rec, err, bad.addr)
+						}
+						return
+					}
+					if err != nil {
+						t.Fatalf("ft recovery with one replica lost: %v", err)
+					}
+					if len(rec.Unreachable) != 1 || rec.Unreachable[0] != bad.addr {
+						t.Errorf("unreachable %v, want [%s]", rec.Unreachable, bad.addr)
+					}
+					vm.mu.Lock()
+					want, ok := vm.snaps[binary.LittleEndian.Uint64(rec.State)]
+					vm.mu.Unlock()
+					if !ok || string(rec.Memory) != string(want) {
+						t.Fatalf("recovered epoch %d: image differs from the memory of its state (state known: %v)", rec.Epoch, ok)
+					}
+				})
+			}
+		}
+	}
+}
