@@ -605,8 +605,11 @@ func (p *Primary) record(rec *EpochTrace) {
 	if err := p.cfg.Trace.Write(rec); err != nil {
 		p.log.Warn("trace", "err", err)
 	}
+	if p.cfg.Summary == nil {
+		return // nobody reads the summary: keep nothing
+	}
 	p.summary.Add(rec)
-	if p.cfg.Summary != nil && time.Since(p.lastSum) >= time.Second {
+	if time.Since(p.lastSum) >= time.Second {
 		p.lastSum = time.Now()
 		if line := p.summary.Line(); line != "" {
 			p.cfg.Summary(line)

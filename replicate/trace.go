@@ -156,7 +156,9 @@ func ReadTrace(r io.Reader) ([]EpochTrace, error) {
 // second of the records' own clock, from the previous interval's last record
 // to this one's; pause percentiles are of the total pause.
 //
-// The zero Summary is ready to use, and it is safe for concurrent use.
+// The zero Summary is ready to use, and it is safe for concurrent use. An
+// interval keeps at most maxSummaryPauses pauses for its percentiles, so a
+// Summary whose Line is never called stays small.
 type Summary struct {
 	mu        sync.Mutex
 	epochs    int
@@ -169,6 +171,10 @@ type Summary struct {
 	last      time.Time // Time of the latest record
 	prevLast  time.Time // Time of the previous interval's last record
 }
+
+// maxSummaryPauses bounds the pauses one interval keeps (a second of
+// epochs is a few hundred at most; more means Line is not being called).
+const maxSummaryPauses = 1 << 14
 
 // Add adds rec to the current interval. A nil rec is ignored.
 func (s *Summary) Add(rec *EpochTrace) {
@@ -194,7 +200,9 @@ func (s *Summary) Add(rec *EpochTrace) {
 	for i, n := range rec.LinkBytes {
 		s.linkBytes[i] += n
 	}
-	s.pauses = append(s.pauses, rec.Pause.Total)
+	if len(s.pauses) < maxSummaryPauses {
+		s.pauses = append(s.pauses, rec.Pause.Total)
+	}
 	if rec.Time.After(s.last) {
 		s.last = rec.Time
 	}

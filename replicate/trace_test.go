@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"reflect"
@@ -246,4 +247,43 @@ func TestSummaryConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	_ = fmt.Sprint(s.Line())
+}
+
+// TestSummaryStaysBounded: a Summary whose Line is never called must not
+// grow with every epoch, and a primary without a summary callback keeps
+// nothing at all.
+func TestSummaryStaysBounded(t *testing.T) {
+	var s Summary
+	for i := range 3 * maxSummaryPauses {
+		s.Add(&EpochTrace{Epoch: uint64(i), Time: time.Unix(int64(i), 0), Pause: Durations{Total: time.Millisecond}})
+	}
+	if n := len(s.pauses); n > maxSummaryPauses {
+		t.Errorf("summary holds %d pauses after %d epochs, want at most %d", n, 3*maxSummaryPauses, maxSummaryPauses)
+	}
+	if line := s.Line(); !strings.Contains(line, fmt.Sprintf("epochs %d ", 3*maxSummaryPauses)) {
+		t.Errorf("line %q does not count every epoch", line)
+	}
+
+	c := newCluster(t, 1)
+	vm := newFakeVM(t, 64)
+	p := c.primary(vm, PolicyFast, ModeSync, c.addrs) // no Summary callback
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go vm.run(ctx, 9)
+	runErr := make(chan error, 1)
+	go func() { runErr <- p.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for p.Committed() < 20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("stuck at epoch %d", p.Committed())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-runErr
+	p.summary.mu.Lock()
+	defer p.summary.mu.Unlock()
+	if p.summary.epochs != 0 || len(p.summary.pauses) != 0 {
+		t.Errorf("a primary without a summary callback kept %d epochs, %d pauses", p.summary.epochs, len(p.summary.pauses))
+	}
 }
