@@ -142,7 +142,7 @@ func TestRDMAReplicaRefusesAnotherVM(t *testing.T) {
 	if err == nil {
 		t.Fatal("a replica serving one VM accepted a link of another")
 	}
-	if want := "refused the link: this replica serves VM"; !strings.Contains(err.Error(), want) {
+	if want := "refused the link: this replica serves another VM"; !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q lacks %q", err, want)
 	}
 }

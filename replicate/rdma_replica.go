@@ -186,7 +186,7 @@ type rdmaConn struct {
 func (r *Replica) acceptRDMA(ev cmEventInfo) (*rdmaConn, error) {
 	c := &rdmaConn{r: r, id: ev.id}
 	fail := func(err error) (*rdmaConn, error) {
-		cmReject(ev.id, marshalRDMAReject(err.Error()))
+		cmReject(ev.id, marshalRDMAReject(publicText(err)))
 		c.teardown()
 		return nil, err
 	}

@@ -167,3 +167,40 @@ func TestRecoveryLosesAReplicaAfterTheQuery(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusalsReachTheClient: a replica's refusal reaches the tandem
+// client that was refused (it used to carry VM id 0, which the client
+// rejected as a message for another VM), and tells it what is wrong
+// without revealing the VM the replica serves.
+func TestRefusalsReachTheClient(t *testing.T) {
+	_, addr, _ := startReplica(t, ReplicaConfig{})
+	const served = 0x5EC12E7
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := dialHello(ctx, addr, served, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.c.Close()
+	for _, tc := range []struct {
+		name  string
+		vmID  uint64
+		hello Hello
+		want  string
+	}{
+		{"another VM", 0xBAD, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize}, "refused: this replica serves another VM"},
+		{"other memory size", served, Hello{Role: RoleLink, Links: 1, MemBytes: 1 << 40}, "refused: the memory size in the hello differs"},
+		{"not the leader", served, Hello{Role: RoleState, Links: 1, MemBytes: 64 * PageSize}, "refused: this replica is not the leader"},
+	} {
+		_, err := dialHello(ctx, addr, tc.vmID, tc.hello)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+			continue
+		}
+		for _, secret := range []string{fmt.Sprintf("%x", served), fmt.Sprint(64 * PageSize)} {
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("%s: the refusal %q reveals %s", tc.name, err, secret)
+			}
+		}
+	}
+}

@@ -199,16 +199,19 @@ func (r *Replica) serveConn(nc net.Conn) error {
 	if err != nil {
 		return c.errorf("%w", err)
 	}
+	// A refusal goes out under the VM id the peer sent, so that its client
+	// reads it instead of rejecting a message for another VM; it says what
+	// is wrong without telling the peer anything about the VM served here.
+	c.vmID = h.VMID
 	var hello Hello
 	if err := hello.unmarshal(p); err != nil {
 		c.sendError(err.Error())
 		return c.errorf("%w", err)
 	}
 	if err := r.admit(h.VMID, &hello); err != nil {
-		c.sendError(err.Error())
+		c.sendError(publicText(err))
 		return c.errorf("%w", err)
 	}
-	c.vmID = h.VMID
 	nc.SetReadDeadline(time.Time{})
 	if err := c.send(MsgWelcome, 0, nil); err != nil {
 		return c.errorf("%w", err)
@@ -221,6 +224,21 @@ func (r *Replica) serveConn(nc net.Conn) error {
 	default:
 		return r.serveRecovery(c)
 	}
+}
+
+// refusal is an admission error with a public text for the peer and a
+// detailed one for this replica's log.
+type refusal struct{ public, detail string }
+
+func (e *refusal) Error() string { return e.detail }
+
+// publicText is what a peer is told of an admission error.
+func publicText(err error) string {
+	var ref *refusal
+	if errors.As(err, &ref) {
+		return ref.public
+	}
+	return err.Error()
 }
 
 // admit checks a hello against the VM this replica serves.
@@ -239,9 +257,11 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 	}
 	switch {
 	case vmID != r.vmID:
-		return fmt.Errorf("this replica serves VM %016x, not %016x", r.vmID, vmID)
+		return &refusal{public: "this replica serves another VM",
+			detail: fmt.Sprintf("this replica serves VM %016x, not %016x", r.vmID, vmID)}
 	case h.MemBytes != r.hello.MemBytes:
-		return fmt.Errorf("VM %016x has %d bytes of memory here, hello says %d", vmID, r.hello.MemBytes, h.MemBytes)
+		return &refusal{public: "the memory size in the hello differs from the VM's here",
+			detail: fmt.Sprintf("VM %016x has %d bytes of memory here, hello says %d", vmID, r.hello.MemBytes, h.MemBytes)}
 	case h.Role == RoleState && !r.cfg.Leader:
 		return errors.New("this replica is not the leader")
 	case h.Role == RoleState && r.stateActive:
