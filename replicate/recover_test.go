@@ -189,7 +189,7 @@ func TestRefusalsReachTheClient(t *testing.T) {
 		want  string
 	}{
 		{"another VM", 0xBAD, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize}, "refused: this replica serves another VM"},
-		{"other memory size", served, Hello{Role: RoleLink, Links: 1, MemBytes: 1 << 40}, "refused: the memory size in the hello differs"},
+		{"other memory size", served, Hello{Role: RoleLink, Links: 1, MemBytes: 128 * PageSize}, "refused: the memory size in the hello differs"},
 		{"not the leader", served, Hello{Role: RoleState, Links: 1, MemBytes: 64 * PageSize}, "refused: this replica is not the leader"},
 	} {
 		_, err := dialHello(ctx, addr, tc.vmID, tc.hello)
@@ -202,5 +202,35 @@ func TestRefusalsReachTheClient(t *testing.T) {
 				t.Errorf("%s: the refusal %q reveals %s", tc.name, err, secret)
 			}
 		}
+	}
+}
+
+// TestReplicaRefusesGuestsLargerThanItsLimit: a hello claiming more memory
+// than the replica may hold (1 TiB, the protocol's limit, once ended a
+// replica with "out of memory") is refused before anything is allocated
+// and leaves the replica free to serve a real VM.
+func TestReplicaRefusesGuestsLargerThanItsLimit(t *testing.T) {
+	r, addr, _ := startReplica(t, ReplicaConfig{MaxMemBytes: 256 * PageSize})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, mem := range []uint64{1 << 40, 257 * PageSize} {
+		_, err := dialHello(ctx, addr, 0xB16, Hello{Role: RoleLink, Links: 1, MemBytes: mem})
+		if err == nil || !strings.Contains(err.Error(), "more than this replica takes") {
+			t.Errorf("hello for %d bytes: %v, want a refusal naming the limit", mem, err)
+		}
+	}
+	r.mu.Lock()
+	bound, store := r.vmID, r.store
+	r.mu.Unlock()
+	if bound != 0 || store != nil {
+		t.Fatalf("refused hellos bound the replica to VM %x (store allocated: %v)", bound, store != nil)
+	}
+	c, err := dialHello(ctx, addr, 0x600D, Hello{Role: RoleLink, Links: 1, MemBytes: 256 * PageSize})
+	if err != nil {
+		t.Fatalf("a guest within the limit: %v", err)
+	}
+	c.c.Close()
+	if HostMemBytes() < 1<<20 {
+		t.Errorf("HostMemBytes = %d", HostMemBytes())
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -86,6 +87,11 @@ type ReplicaConfig struct {
 	// Delay, when set, is called after every data read of n bytes into
 	// staging: tandem bench uses it to emulate memory with slow writes.
 	Delay func(n int)
+	// MaxMemBytes is the largest guest this replica accepts; a hello for a
+	// larger one is refused before anything is allocated (a replica holds
+	// a copy of guest memory plus staging). Zero means the host's physical
+	// memory (HostMemBytes).
+	MaxMemBytes uint64
 	// RecoveryStepTimeout bounds each step of a recovery a replica must
 	// answer (query, settle; a fetch gets this plus its bytes at 10 MB/s).
 	// Zero means 10 s.
@@ -226,6 +232,24 @@ func (r *Replica) serveConn(nc net.Conn) error {
 	}
 }
 
+// maxMem is the configured MaxMemBytes or the host's memory.
+func (r *Replica) maxMem() uint64 {
+	if r.cfg.MaxMemBytes > 0 {
+		return r.cfg.MaxMemBytes
+	}
+	return HostMemBytes()
+}
+
+// HostMemBytes is the host's physical memory (sysinfo), or 1 TiB if it
+// cannot be read.
+func HostMemBytes() uint64 {
+	var si syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&si); err != nil || si.Totalram == 0 {
+		return 1 << 40
+	}
+	return uint64(si.Totalram) * uint64(si.Unit)
+}
+
 // refusal is an admission error with a public text for the peer and a
 // detailed one for this replica's log.
 type refusal struct{ public, detail string }
@@ -247,6 +271,10 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 	defer r.mu.Unlock()
 	if vmID == 0 {
 		return fmt.Errorf("%w: hello without a VM id", ErrProtocol)
+	}
+	if limit := r.maxMem(); h.MemBytes > limit {
+		msg := fmt.Sprintf("a guest of %d MiB is more than this replica takes (%d MiB; tandem replica --max-mem)", h.MemBytes>>20, limit>>20)
+		return &refusal{public: msg, detail: msg}
 	}
 	if r.vmID == 0 {
 		if h.Role == RoleRecovery {

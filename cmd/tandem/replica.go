@@ -20,6 +20,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	serial := fs.String("serial", "stdio", "leader: COM1 of the recovered VM: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
 	control := fs.String("control", "", "leader: control socket of the recovered VM")
 	timeout := fs.Duration("heartbeat-timeout", time.Second, "leader: declare the primary failed after this long without a heartbeat")
+	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -45,11 +46,17 @@ func cmdReplica(ctx context.Context, args []string) error {
 	case *timeout <= 0:
 		return usagef("--heartbeat-timeout %v: want a positive duration", *timeout)
 	}
+	var maxMemBytes uint64
+	if *maxMem != "" {
+		if maxMemBytes, err = vmm.ParseMemSize(*maxMem); err != nil {
+			return usagef("--max-mem: %v", err)
+		}
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return usagef("--listen: %v", err)
 	}
-	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: *leader, HeartbeatTimeout: *timeout})
+	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: *leader, HeartbeatTimeout: *timeout, MaxMemBytes: maxMemBytes})
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
 	served := make(chan error, 1)
