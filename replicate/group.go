@@ -220,3 +220,46 @@ func Transferred(regions []Region) uint64 {
 	}
 	return n
 }
+
+// MergeRegions merges ascending, non-overlapping regions across the
+// smallest gaps between them until at most max remain (max below 1 is
+// taken as 1), as Group does for pages; among gaps of equal size the one
+// at the lower address merges first. The pages of merged gaps are sent
+// along. It works in place and returns regions[:n].
+func MergeRegions(regions []Region, max int) []Region {
+	max = min(max, len(regions))
+	if max < 1 {
+		max = 1
+	}
+	if len(regions) <= max {
+		return regions
+	}
+	// The gaps to merge are the len-max smallest: find the size of the
+	// largest of them, and how many of that size to merge (lowest first).
+	gaps := make([]uint64, len(regions)-1)
+	for i := range gaps {
+		gaps[i] = regions[i+1].First - regions[i].End()
+	}
+	sorted := slices.Clone(gaps)
+	slices.Sort(sorted)
+	merge := len(regions) - max
+	threshold := sorted[merge-1]
+	below, _ := slices.BinarySearch(sorted, threshold) // gaps smaller than threshold
+	atThreshold := merge - below
+	n := 0
+	for i, r := range regions {
+		if i > 0 {
+			g := gaps[i-1]
+			if g < threshold || (g == threshold && atThreshold > 0) {
+				if g == threshold {
+					atThreshold--
+				}
+				regions[n-1].Pages = r.End() - regions[n-1].First
+				continue
+			}
+		}
+		regions[n] = r
+		n++
+	}
+	return regions[:n]
+}

@@ -374,3 +374,58 @@ func TestGroupNoAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestMergeRegionsMatchesGroup: merging the runs of a dirty set to max
+// regions is what Group does with the pages themselves.
+func TestMergeRegionsMatchesGroup(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	for trial := 0; trial < 300; trial++ {
+		var pages []uint64
+		for p := uint64(0); p < 2000; p++ {
+			if r.IntN(4) == 0 {
+				pages = append(pages, p)
+			}
+		}
+		runs := Group(nil, pages, len(pages)+1) // every run separate
+		for _, max := range []int{0, 1, 2, 5, 32, len(runs) - 1, len(runs), len(runs) + 3} {
+			want := Group(nil, pages, max)
+			got := MergeRegions(slices.Clone(runs), max)
+			if !slices.Equal(got, want) {
+				t.Fatalf("trial %d, max %d: MergeRegions gives %d regions %v..., Group %d %v...", trial, max, len(got), got[:min(3, len(got))], len(want), want[:min(3, len(want))])
+			}
+		}
+	}
+}
+
+// TestInitialCopyOfAFragmentedGuestFitsAMap: a guest with more non-zero
+// runs than a map record may carry (a guest over 8 GiB with every other
+// page in use) still gets a map the replica accepts.
+func TestInitialCopyOfAFragmentedGuestFitsAMap(t *testing.T) {
+	const n = maxMapRegions + maxMapRegions/2
+	runs := make([]Region, 0, n)
+	for i := uint64(0); i < n; i++ {
+		runs = append(runs, Region{First: 2 * i, Pages: 1})
+	}
+	accepted := func(regions []Region) error {
+		b := appendMap(nil, 1, &MapRecord{Epoch: 1, Regions: regions})
+		h, err := parseHeader(b, 1)
+		if err != nil {
+			return err
+		}
+		_, err = parseMap(h, b[headerSize:], 2*n)
+		return err
+	}
+	if err := accepted(runs); err == nil {
+		t.Fatalf("a map of %d regions was accepted: the test no longer exceeds the limit", n)
+	}
+	got := MergeRegions(runs, maxInitialRegions)
+	if len(got) > maxInitialRegions {
+		t.Fatalf("%d regions, want at most %d", len(got), maxInitialRegions)
+	}
+	if got[0].First != 0 || got[len(got)-1].End() != 2*(n-1)+1 {
+		t.Errorf("merged regions span [%d, %d), want [0, %d)", got[0].First, got[len(got)-1].End(), 2*(n-1)+1)
+	}
+	if err := accepted(got); err != nil {
+		t.Errorf("the merged map is refused: %v", err)
+	}
+}

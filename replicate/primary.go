@@ -311,7 +311,10 @@ func (p *Primary) initialSync(ctx context.Context) error {
 	}
 	start := time.Now()
 	mem := p.src.Memory()
-	p.regions = nonZeroRuns(p.regions[:0], mem)
+	// A large guest with fragmented memory can have more runs than a map
+	// record may carry (the replica refuses maps over maxMapRegions): merge
+	// the smallest gaps, whose zero pages then travel along.
+	p.regions = MergeRegions(nonZeroRuns(p.regions[:0], mem), maxInitialRegions)
 	p.epoch = 1
 	rec := &EpochTrace{Epoch: 1, Time: start, Mode: "initial", Policy: p.cfg.Policy.String()}
 	ok, err := p.transfer(ctx, 1, p.regions, func(r Region) []byte { return mem[r.First*PageSize : r.End()*PageSize] }, nil, rec)
@@ -326,6 +329,10 @@ func (p *Primary) initialSync(ctx context.Context) error {
 	p.log.Info("initial copy sent", "pages", Transferred(p.regions), "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
+
+// maxInitialRegions bounds the regions of the initial copy, well inside
+// the map limit whatever way assignment splits them.
+const maxInitialRegions = maxMapRegions / 4
 
 // nonZeroRuns lists the runs of pages holding a non-zero byte.
 func nonZeroRuns(dst []Region, mem []byte) []Region {
