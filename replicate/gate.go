@@ -35,6 +35,7 @@ type OutputGate struct {
 	lastEpoch uint64
 	anySealed bool // lastEpoch is valid
 	closed    bool
+	pausing   int      // BeginPause depth: Write does not block while > 0
 	waiting   int      // Writes blocked on cond, for tests
 	spare     [][]byte // released buffers kept for reuse
 }
@@ -72,11 +73,17 @@ func NewOutputGate(w io.Writer, limit int) *OutputGate {
 // write. For the same reason, whoever calls Release must not wait for the
 // VM to pause first. A single Write may take the gate past its limit.
 //
+// Nor does Write block between BeginPause and EndPause: a vCPU blocked
+// inside a device write cannot reach the pause barrier, and only a commit
+// after that pause could release it (after a failed epoch, sealed output
+// stays held while the VM runs). Each writer then takes the gate past its
+// limit by at most one write per pause.
+//
 // After Close, Write returns ErrGateClosed.
 func (g *OutputGate) Write(p []byte) (int, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for !g.closed && g.limit > 0 && g.held >= g.limit && g.heldSeal > 0 {
+	for !g.closed && g.pausing == 0 && g.limit > 0 && g.held >= g.limit && g.heldSeal > 0 {
 		g.waiting++
 		g.cond.Wait()
 		g.waiting--
@@ -94,6 +101,26 @@ func (g *OutputGate) Write(p []byte) (int, error) {
 	g.open = append(g.open, p...)
 	g.held += len(p)
 	return len(p), nil
+}
+
+// BeginPause lets writers blocked in Write through, and keeps Write from
+// blocking, until the matching EndPause: the replication loop calls it
+// before it pauses the VM, so that every vCPU can reach the pause barrier.
+// Calls nest.
+func (g *OutputGate) BeginPause() {
+	g.mu.Lock()
+	g.pausing++
+	g.cond.Broadcast()
+	g.mu.Unlock()
+}
+
+// EndPause undoes one BeginPause, once the VM has resumed.
+func (g *OutputGate) EndPause() {
+	g.mu.Lock()
+	if g.pausing > 0 {
+		g.pausing--
+	}
+	g.mu.Unlock()
 }
 
 // Seal gives the open buffer to epoch, and later writes go to a new one.

@@ -357,3 +357,34 @@ func TestOutputGateConcurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestGateDoesNotBlockWritersDuringAPause(t *testing.T) {
+	g := NewOutputGate(io.Discard, 8)
+	g.Write([]byte("12345678"))
+	g.Seal(1) // sealed and at the limit: the next Write blocks
+	done := make(chan error, 1)
+	go func() {
+		_, err := g.Write([]byte("x"))
+		done <- err
+	}()
+	waitFor(t, "the writer to block", func() bool { return g.waiters() == 1 })
+	g.BeginPause()
+	if err := recv(t, "the blocked write", done); err != nil {
+		t.Fatal(err)
+	}
+	// While pausing nothing blocks, however full.
+	if _, err := g.Write([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
+	g.EndPause()
+	// Back-pressure again once the pause is over.
+	go func() {
+		_, err := g.Write([]byte("y"))
+		done <- err
+	}()
+	waitFor(t, "the writer to block again", func() bool { return g.waiters() == 1 })
+	g.Release(1)
+	if err := recv(t, "the write after Release", done); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -300,12 +300,12 @@ func (p *Primary) goodbye() error {
 // Pages the guest writes meanwhile are dirty again and go out in epoch 2;
 // pages never sent are zero on the replicas too.
 func (p *Primary) initialSync(ctx context.Context) error {
-	if err := p.src.Pause(); err != nil {
-		return fmt.Errorf("%w: %v", errSourcePause, err)
+	if err := p.pauseSource(); err != nil {
+		return err
 	}
 	var err error
 	p.pages, err = p.src.HarvestDirty(p.pages[:0]) // start tracking from here
-	p.src.Resume()
+	p.resumeSource()
 	if err != nil {
 		return err
 	}
@@ -358,6 +358,24 @@ func isZero(b []byte) bool {
 	return true
 }
 
+// pauseSource pauses the VM with the output gate open to blocked writers
+// (see OutputGate.BeginPause), so that no vCPU waits on the gate while the
+// pause waits on the vCPU.
+func (p *Primary) pauseSource() error {
+	p.gate.BeginPause()
+	if err := p.src.Pause(); err != nil {
+		p.gate.EndPause()
+		return fmt.Errorf("%w: %v", errSourcePause, err)
+	}
+	return nil
+}
+
+// resumeSource resumes the VM and lets the gate push back on writers again.
+func (p *Primary) resumeSource() {
+	p.src.Resume()
+	p.gate.EndPause()
+}
+
 // runEpoch is one epoch: pause, harvest, capture, group, assign, transfer,
 // wait, commit, resume (sync), or resume before the transfer (async).
 func (p *Primary) runEpoch(ctx context.Context) error {
@@ -365,13 +383,13 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	p.epoch = e
 	rec := &EpochTrace{Epoch: e, Time: time.Now(), Mode: p.cfg.Mode.String(), Policy: p.cfg.Policy.String()}
 	t0 := time.Now()
-	if err := p.src.Pause(); err != nil {
-		return fmt.Errorf("%w: %v", errSourcePause, err)
+	if err := p.pauseSource(); err != nil {
+		return err
 	}
 	paused := true
 	resume := func() {
 		if paused {
-			p.src.Resume()
+			p.resumeSource()
 			paused = false
 		}
 	}

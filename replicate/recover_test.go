@@ -234,3 +234,116 @@ func TestReplicaRefusesGuestsLargerThanItsLimit(t *testing.T) {
 		t.Errorf("HostMemBytes = %d", HostMemBytes())
 	}
 }
+
+// barrierVM is a fakeVM with a "vCPU" that writes output to a gate, and a
+// Pause that, like a real VM's, waits for that vCPU to reach the barrier
+// between two of its writes: a vCPU stuck inside a write is not paused.
+type barrierVM struct {
+	*fakeVM
+	gate     *OutputGate
+	mu       sync.Mutex
+	cond     sync.Cond
+	pauseReq bool
+	parked   bool
+}
+
+func newBarrierVM(t *testing.T, pages int, gate *OutputGate) *barrierVM {
+	b := &barrierVM{fakeVM: newFakeVM(t, pages), gate: gate}
+	b.cond.L = &b.mu
+	return b
+}
+
+func (b *barrierVM) Pause() error {
+	b.mu.Lock()
+	b.pauseReq = true
+	for !b.parked {
+		b.cond.Wait()
+	}
+	b.mu.Unlock()
+	return b.fakeVM.Pause()
+}
+
+func (b *barrierVM) Resume() {
+	b.fakeVM.Resume()
+	b.mu.Lock()
+	b.pauseReq = false
+	b.cond.Broadcast()
+	b.mu.Unlock()
+}
+
+// vcpu writes output until ctx is done, parking whenever a pause is asked.
+func (b *barrierVM) vcpu(ctx context.Context) {
+	line := []byte(strings.Repeat("x", 511) + "\n")
+	for ctx.Err() == nil {
+		b.mu.Lock()
+		if b.pauseReq {
+			b.parked = true
+			b.cond.Broadcast()
+			for b.pauseReq {
+				b.cond.Wait()
+			}
+			b.parked = false
+		}
+		b.mu.Unlock()
+		if _, err := b.gate.Write(line); err != nil {
+			return
+		}
+	}
+	b.mu.Lock()
+	b.parked = true // an exited vCPU counts as still
+	b.cond.Broadcast()
+	b.mu.Unlock()
+}
+
+// TestGateNeverDeadlocksThePause: after a failed fast epoch its sealed
+// output stays held while the VM runs, so a busy vCPU fills the gate and
+// blocks in its write; the next pause must still complete (it used to wait
+// forever for that vCPU, which only a commit after the pause could free).
+func TestGateNeverDeadlocksThePause(t *testing.T) {
+	c := newCluster(t, 2)
+	gate := NewOutputGate(io.Discard, 4<<10)
+	vm := newBarrierVM(t, 128, gate)
+	p, err := NewPrimary(PrimaryConfig{
+		Links: c.addrs, Leader: c.leadAddr, VMID: 0x6A7E, Guest: "fake", VCPUs: 1,
+		Epoch: 5 * time.Millisecond, Policy: PolicyFast, Mode: ModeSync, SGMax: 8, Log: quietLog(),
+	}, vm, gate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	if err := p.Connect(cctx); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	guestDone, vcpuDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(guestDone); vm.run(ctx, 6) }()
+	go func() { defer close(vcpuDone); vm.vcpu(ctx) }()
+	// The guest writes the mmap the test's cleanup unmaps: stop it first.
+	defer func() {
+		cancel()
+		gate.Close()
+		vm.Resume()
+		<-guestDone
+		<-vcpuDone
+	}()
+	runErr := make(chan error, 1)
+	go func() { runErr <- p.Run(ctx) }()
+	waitCommitted := func(n uint64) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for p.Committed() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("replication stuck at epoch %d, want %d (gate waiters %d)", p.Committed(), n, gate.waiters())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitCommitted(10)
+	c.cancels[1]() // a replica goes: the epoch in flight fails, its output stays sealed
+	lost := p.Committed()
+	waitCommitted(lost + 10)
+	cancel()
+	<-runErr
+}
