@@ -65,11 +65,12 @@ func TestLinuxNotAKernel(t *testing.T) {
 	}
 }
 
-// TestRunKernel boots the images/linux kernel through `tandem run` with a
-// disk, a channel and the RNG to its init, which reboots: tandem exits 0.
-// On a PVM host it also checks that tandem said which parameters the
-// emulator needs and why.
-func TestRunKernel(t *testing.T) {
+// linuxGuest returns the images/linux kernel and the initramfs path,
+// building them if this machine has not yet. Without KVM the test skips
+// (kvmtest's policy), and without build tools too unless KVM tests are
+// required.
+func linuxGuest(t *testing.T) (linuxguest.Kernel, string) {
+	t.Helper()
 	kvmtest.Open(t)
 	k, err := linuxguest.BuildKernel(context.Background())
 	if err != nil {
@@ -82,6 +83,15 @@ func TestRunKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return k, initrd
+}
+
+// TestRunKernel boots the images/linux kernel through `tandem run` with a
+// disk, a channel and the RNG to its init, which reboots: tandem exits 0.
+// On a PVM host it also checks that tandem said which parameters the
+// emulator needs and why.
+func TestRunKernel(t *testing.T) {
+	k, initrd := linuxGuest(t)
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.img")
 	os.WriteFile(disk, make([]byte, 1<<20), 0o600)
@@ -201,15 +211,7 @@ func snapshotNetwork(t *testing.T, tap string) (string, <-chan string) {
 // that the guest carries on from the count it had, with its open file on
 // /dev/vda still working. Mismatched restores are refused first.
 func TestLinuxSnapshotRestore(t *testing.T) {
-	kvmtest.Open(t)
-	k, err := linuxguest.BuildKernel(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	initrd, err := linuxguest.BuildInitramfs(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	k, initrd := linuxGuest(t)
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.img")
 	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
