@@ -49,7 +49,20 @@ type tcpLink struct {
 	// calls progress after each: fault injection kills the primary mid-epoch.
 	chunk    int
 	progress func(epoch uint64, n int)
+	// deadline, when set, bounds the next WriteImm (see SetSendDeadline).
+	deadline time.Time
 }
+
+// sendDeadliner is implemented by links whose sends can be bounded in
+// time: the primary gives each epoch's send a deadline, so that a replica
+// that stops reading fails its link instead of holding the VM paused.
+type sendDeadliner interface {
+	// SetSendDeadline bounds the epoch's queued writes, sent at WriteImm.
+	SetSendDeadline(t time.Time)
+}
+
+// SetSendDeadline implements sendDeadliner.
+func (l *tcpLink) SetSendDeadline(t time.Time) { l.deadline = t }
 
 // dialLink connects link index to a replica and says hello.
 func dialLink(ctx context.Context, addr string, index int, vmID uint64, hello Hello, acks chan<- Ack) (*tcpLink, error) {
@@ -156,6 +169,11 @@ func (l *tcpLink) WriteImm(epoch uint64) error {
 	l.bufs = l.bufs[:0]
 	l.c.wmu.Lock()
 	defer l.c.wmu.Unlock()
+	if !l.deadline.IsZero() {
+		l.c.c.SetWriteDeadline(l.deadline)
+		defer l.c.c.SetWriteDeadline(time.Time{})
+		l.deadline = time.Time{}
+	}
 	if l.chunk == 0 {
 		_, err := bufs.WriteTo(l.c.c)
 		return err
@@ -223,8 +241,10 @@ func dialLeader(ctx context.Context, addr string, vmID uint64, hello Hello, acks
 	return s, nil
 }
 
-func (s *stateLink) sendState(rec *StateRecord) error {
-	return s.c.send(MsgState, rec.Epoch, rec.marshal())
+// sendState sends an epoch's state, failing once deadline passes (a
+// leader that stopped reading).
+func (s *stateLink) sendState(rec *StateRecord, deadline time.Time) error {
+	return s.c.sendBy(deadline, MsgState, rec.Epoch, rec.marshal())
 }
 
 func (s *stateLink) sendCommit(epoch uint64) error { return s.c.send(MsgCommit, epoch, nil) }

@@ -73,8 +73,10 @@ type PrimaryConfig struct {
 	Mode   Mode
 	// SGMax bounds the regions an epoch's dirty pages are grouped into.
 	SGMax int
-	// AckTimeout bounds the wait for an epoch's acknowledgements beyond the
-	// time its bytes need at 10 MB/s; a link that misses it has failed.
+	// AckTimeout is what an epoch may take beyond the time its bytes need
+	// at 10 MB/s, from its first send to its last acknowledgement; a link
+	// (or leader) that has not taken its bytes and acknowledged by then
+	// has failed.
 	AckTimeout time.Duration
 	Heartbeat  time.Duration
 	Trace      *TraceWriter
@@ -358,6 +360,16 @@ func isZero(b []byte) bool {
 	return true
 }
 
+// minLinkRate is the slowest a link may move an epoch's bytes before it
+// counts as failed (see PrimaryConfig.AckTimeout).
+const minLinkRate = 10e6 // bytes per second
+
+// epochAllowance is how long an epoch of bytes may take from its first
+// send to its last acknowledgement.
+func (p *Primary) epochAllowance(bytes uint64) time.Duration {
+	return p.cfg.AckTimeout + time.Duration(float64(bytes)/minLinkRate*float64(time.Second))
+}
+
 // pauseSource pauses the VM with the output gate open to blocked writers
 // (see OutputGate.BeginPause), so that no vCPU waits on the gate while the
 // pause waits on the vCPU.
@@ -493,18 +505,31 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 	}
 	p.perLink = p.assigner.Assign(p.perLink, regions)
 	rec.LinkBytes = make([]uint64, len(p.links))
-	var wg sync.WaitGroup
-	sendErrs := make([]error, len(p.links))
+	sgs := make([][][]byte, len(alive))
 	var total uint64
 	for slot, li := range alive {
 		l := p.links[li]
 		ext := p.perLink[slot]
-		sg := make([][]byte, len(ext))
+		sgs[slot] = make([][]byte, len(ext))
 		for i, x := range ext {
-			sg[i] = src(x)
-			rec.LinkBytes[l.index] += uint64(len(sg[i]))
+			sgs[slot][i] = src(x)
+			rec.LinkBytes[l.index] += uint64(len(sgs[slot][i]))
 		}
 		total += rec.LinkBytes[l.index]
+	}
+	// One deadline for the whole epoch, set before anything is sent: the
+	// sends, the state and the acknowledgements must all be done by then,
+	// so a peer that stops reading fails instead of stalling the VM.
+	deadline := start.Add(p.epochAllowance(total))
+	var wg sync.WaitGroup
+	sendErrs := make([]error, len(p.links))
+	for slot, li := range alive {
+		l := p.links[li]
+		ext := p.perLink[slot]
+		sg := sgs[slot]
+		if d, ok := l.Link.(sendDeadliner); ok {
+			d.SetSendDeadline(deadline)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -520,7 +545,7 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 		}()
 	}
 	if state != nil {
-		if err := p.leader.sendState(&StateRecord{Epoch: e, Links: alive, Blob: state}); err != nil {
+		if err := p.leader.sendState(&StateRecord{Epoch: e, Links: alive, Blob: state}, deadline); err != nil {
 			return false, fmt.Errorf("%w: %v", ErrLeaderLost, err)
 		}
 	}
@@ -543,26 +568,45 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 	if state != nil {
 		waiting[-1] = true
 	}
-	timeout := time.NewTimer(p.cfg.AckTimeout + time.Duration(total/10e6)*time.Second)
+	handle := func(a Ack) error {
+		switch {
+		case a.Err != nil && a.Link < 0:
+			return fmt.Errorf("%w: %v", ErrLeaderLost, a.Err)
+		case a.Err != nil:
+			p.linkFailed(a.Link, a.Err)
+			delete(waiting, a.Link)
+		case a.Epoch == e:
+			delete(waiting, a.Link)
+		}
+		return nil
+	}
+	timeout := time.NewTimer(time.Until(deadline))
 	defer timeout.Stop()
 	for len(waiting) > 0 {
 		select {
 		case a := <-p.acks:
-			switch {
-			case a.Err != nil && a.Link < 0:
-				return false, fmt.Errorf("%w: %v", ErrLeaderLost, a.Err)
-			case a.Err != nil:
-				p.linkFailed(a.Link, a.Err)
-				delete(waiting, a.Link)
-			case a.Epoch == e:
-				delete(waiting, a.Link)
+			if err := handle(a); err != nil {
+				return false, err
 			}
 		case <-timeout.C:
+			// Acknowledgements that arrived while a send was blocked
+			// count: take them before blaming anyone.
+		drain:
+			for {
+				select {
+				case a := <-p.acks:
+					if err := handle(a); err != nil {
+						return false, err
+					}
+				default:
+					break drain
+				}
+			}
 			if waiting[-1] {
 				return false, fmt.Errorf("%w: no acknowledgement of epoch %d", ErrLeaderLost, e)
 			}
 			for i := range waiting {
-				p.linkFailed(i, fmt.Errorf("no acknowledgement of epoch %d within %v", e, p.cfg.AckTimeout))
+				p.linkFailed(i, fmt.Errorf("no acknowledgement of epoch %d (%d bytes) within %v", e, total, p.epochAllowance(total).Round(time.Millisecond)))
 				delete(waiting, i)
 			}
 		case <-ctx.Done():

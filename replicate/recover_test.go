@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -346,4 +347,125 @@ func TestGateNeverDeadlocksThePause(t *testing.T) {
 	waitCommitted(lost + 10)
 	cancel()
 	<-runErr
+}
+
+// stallingProxy forwards a link to a replica until armed and the primary
+// sends a data message of at least stallAt bytes; from then on it reads
+// nothing more from the primary and keeps the connection open, like a
+// replica host that froze.
+type stallingProxy struct {
+	addr  string
+	armed atomic.Bool
+}
+
+func startStallingProxy(t *testing.T, target string, stallAt uint32) *stallingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallingProxy{addr: ln.Addr().String()}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// A small fixed receive buffer (no autotuning): a frozen
+			// replica's kernel takes in little before the sender blocks.
+			client.(*net.TCPConn).SetReadBuffer(64 << 10)
+			server, err := net.Dial("tcp", target)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, client, server)
+			mu.Unlock()
+			go io.Copy(client, server)
+			go func() {
+				for {
+					var hb [headerSize]byte
+					if _, err := io.ReadFull(client, hb[:]); err != nil {
+						server.Close()
+						return
+					}
+					typ := MsgType(binary.LittleEndian.Uint16(hb[6:]))
+					length := binary.LittleEndian.Uint32(hb[24:])
+					if p.armed.Load() && typ == MsgData && length >= stallAt {
+						return // frozen: read nothing more, close nothing
+					}
+					server.Write(hb[:])
+					if _, err := io.CopyN(server, client, int64(length)); err != nil {
+						server.Close()
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return p
+}
+
+// TestStalledLinkFailsInsteadOfHanging: the remaining replica freezes in
+// the middle of a full resynchronisation larger than the socket buffers.
+// The send must fail by the epoch's deadline, so the primary stops with an
+// error instead of holding its VM paused forever.
+func TestStalledLinkFailsInsteadOfHanging(t *testing.T) {
+	c := newCluster(t, 2)
+	const pages = 8192 // 32 MiB: more than the socket buffers hold
+	frozen := startStallingProxy(t, c.addrs[1], 8<<20)
+	vm := newFakeVM(t, pages)
+	p, err := NewPrimary(PrimaryConfig{
+		Links: []string{c.addrs[0], frozen.addr}, Leader: c.leadAddr, VMID: 0x57A1, Guest: "fake", VCPUs: 1,
+		Epoch: 5 * time.Millisecond, Policy: PolicyFast, Mode: ModeSync, SGMax: 8, Log: quietLog(),
+		AckTimeout: 500 * time.Millisecond,
+	}, vm, NewOutputGate(io.Discard, 1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer ccancel()
+	if err := p.Connect(cctx); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	guestDone := make(chan struct{})
+	go func() { defer close(guestDone); vm.run(ctx, 8) }()
+	defer func() {
+		cancel()
+		vm.Resume()
+		<-guestDone
+	}()
+	runErr := make(chan error, 1)
+	go func() { runErr <- p.Run(ctx) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for p.Committed() < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("stuck at epoch %d before the fault", p.Committed())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	frozen.armed.Store(true)
+	c.cancels[0]() // the other replica goes: a full copy goes to the frozen one
+	select {
+	case err := <-runErr:
+		if !errors.Is(err, ErrNoLinks) {
+			t.Fatalf("the primary stopped with %v, want ErrNoLinks (the frozen link failed)", err)
+		}
+		t.Logf("the primary stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the primary still runs 30 s after its last replica froze mid-send: the VM would stay paused")
+	}
 }

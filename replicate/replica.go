@@ -187,6 +187,19 @@ func (c *conn) send(t MsgType, epoch uint64, payload []byte) error {
 	return err
 }
 
+// sendBy is send with a write deadline: the write fails once deadline
+// passes rather than wait for a peer that stopped reading.
+func (c *conn) sendBy(deadline time.Time, t MsgType, epoch uint64, payload []byte) error {
+	b := appendHeader(make([]byte, 0, headerSize+len(payload)), Header{Type: t, VMID: c.vmID, Epoch: epoch, Length: uint32(len(payload))})
+	b = append(b, payload...)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.c.SetWriteDeadline(deadline)
+	defer c.c.SetWriteDeadline(time.Time{})
+	_, err := c.c.Write(b)
+	return err
+}
+
 func (c *conn) sendError(msg string) {
 	c.send(MsgError, 0, []byte(msg))
 }
