@@ -116,6 +116,23 @@ func (f *fakeVM) run(ctx context.Context, seed uint64) {
 	}
 }
 
+// waitCommitted polls until p has committed epoch n and fails the test
+// after limit, with detail (if not nil) in the message.
+func waitCommitted(t *testing.T, p *Primary, n uint64, limit time.Duration, detail func() string) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for p.Committed() < n {
+		if time.Now().After(deadline) {
+			msg := ""
+			if detail != nil {
+				msg = " (" + detail() + ")"
+			}
+			t.Fatalf("replication stuck at epoch %d, want %d%s", p.Committed(), n, msg)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // cluster is replicas and a leader on loopback.
 type cluster struct {
 	t        *testing.T

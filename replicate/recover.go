@@ -209,7 +209,7 @@ func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*repl
 		}()
 	}
 	wg.Wait()
-	if failed := failedViews(views, func(v *replicaView) bool { return v.epochs == nil }); len(failed) > 0 {
+	if failed := failedViews(views); len(failed) > 0 {
 		if err := lost("settling on epoch "+fmt.Sprint(rec.Epoch), failed); err != nil {
 			return err
 		}
@@ -258,7 +258,7 @@ func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*repl
 		}()
 	}
 	wg.Wait()
-	if failed := failedViews(views, func(v *replicaView) bool { return false }); len(failed) > 0 {
+	if failed := failedViews(views); len(failed) > 0 {
 		if err := lost("sending pages", failed); err != nil {
 			return err
 		}
@@ -270,23 +270,17 @@ func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*repl
 	return nil
 }
 
-// failedViews returns the views that failed in the step just run (an
-// error, or incomplete as the step defines) and marks them failed for good
-// (their epochs are cleared so a retry does not count them).
-func failedViews(views []*replicaView, incomplete func(*replicaView) bool) []*replicaView {
+// failedViews returns the views whose step just failed and marks them
+// lost for good (their epochs are cleared so a retry does not count them).
+func failedViews(views []*replicaView) []*replicaView {
 	var out []*replicaView
 	for _, v := range views {
-		if v.report == nil || v.lost {
-			continue // unreachable from the start, or lost in an earlier step
+		if v.report == nil || v.lost || v.err == nil {
+			continue // unreachable from the start, lost earlier, or fine
 		}
-		if v.err != nil || incomplete(v) {
-			if v.err == nil {
-				v.err = errors.New("no answer")
-			}
-			v.lost = true
-			v.epochs = nil
-			out = append(out, v)
-		}
+		v.lost = true
+		v.epochs = nil
+		out = append(out, v)
 	}
 	return out
 }

@@ -14,31 +14,35 @@ import (
 	"time"
 )
 
-// failingProxy stands between the leader and a replica during recovery.
-// It forwards everything until the leader sends a message of type failOn;
-// then it closes both connections (silent false) or stops forwarding in
-// both directions and keeps them open (silent true: a replica that went
-// quiet without closing).
-type failingProxy struct {
-	addr string
-	mu   sync.Mutex
-	held []net.Conn
-}
+// proxyAction is what a messageProxy does with a message from the client.
+type proxyAction int
 
-func startFailingProxy(t *testing.T, target string, failOn MsgType, silent bool) *failingProxy {
+const (
+	forward proxyAction = iota
+	hangUp              // close both connections
+	freeze              // forward nothing more either way, close nothing
+)
+
+// startMessageProxy listens on loopback and forwards every connection to
+// target, parsing the client's stream message by message and asking decide
+// what to do with each. rcvBuf, when non-zero, fixes the client socket's
+// receive buffer (no autotuning), so a frozen proxy makes the sender block
+// soon. It returns the proxy's address.
+func startMessageProxy(t *testing.T, target string, rcvBuf int, decide func(typ MsgType, length uint32) proxyAction) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &failingProxy{addr: ln.Addr().String()}
+	var mu sync.Mutex
+	var conns []net.Conn
 	t.Cleanup(func() {
 		ln.Close()
-		p.mu.Lock()
-		for _, c := range p.held {
+		mu.Lock()
+		for _, c := range conns {
 			c.Close()
 		}
-		p.mu.Unlock()
+		mu.Unlock()
 	})
 	go func() {
 		for {
@@ -46,24 +50,25 @@ func startFailingProxy(t *testing.T, target string, failOn MsgType, silent bool)
 			if err != nil {
 				return
 			}
+			if rcvBuf > 0 {
+				client.(*net.TCPConn).SetReadBuffer(rcvBuf)
+			}
 			server, err := net.Dial("tcp", target)
 			if err != nil {
 				client.Close()
 				continue
 			}
-			p.mu.Lock()
-			p.held = append(p.held, client, server)
-			p.mu.Unlock()
-			stop := make(chan struct{})
+			mu.Lock()
+			conns = append(conns, client, server)
+			mu.Unlock()
+			var frozen atomic.Bool
 			go func() {
-				// Replica → leader, until told to stop.
+				// Server → client, until frozen.
 				buf := make([]byte, 64<<10)
 				for {
 					n, err := server.Read(buf)
-					select {
-					case <-stop:
+					if frozen.Load() {
 						return
-					default:
 					}
 					if n > 0 {
 						client.Write(buf[:n])
@@ -75,7 +80,7 @@ func startFailingProxy(t *testing.T, target string, failOn MsgType, silent bool)
 				}
 			}()
 			go func() {
-				// Leader → replica, message by message.
+				// Client → server, message by message.
 				for {
 					var hb [headerSize]byte
 					if _, err := io.ReadFull(client, hb[:]); err != nil {
@@ -84,12 +89,13 @@ func startFailingProxy(t *testing.T, target string, failOn MsgType, silent bool)
 					}
 					typ := MsgType(binary.LittleEndian.Uint16(hb[6:]))
 					length := binary.LittleEndian.Uint32(hb[24:])
-					if typ == failOn {
-						close(stop)
-						if !silent {
-							client.Close()
-							server.Close()
-						}
+					switch decide(typ, length) {
+					case hangUp:
+						client.Close()
+						server.Close()
+						return
+					case freeze:
+						frozen.Store(true)
 						return
 					}
 					server.Write(hb[:])
@@ -101,7 +107,7 @@ func startFailingProxy(t *testing.T, target string, failOn MsgType, silent bool)
 			}()
 		}
 	}()
-	return p
+	return ln.Addr().String()
 }
 
 // TestRecoveryLosesAReplicaAfterTheQuery runs a primary over two
@@ -126,10 +132,7 @@ func TestRecoveryLosesAReplicaAfterTheQuery(t *testing.T) {
 					go vm.run(ctx, 5)
 					runErr := make(chan error, 1)
 					go func() { runErr <- p.Run(ctx) }()
-					deadline := time.Now().Add(20 * time.Second)
-					for p.Committed() < 10 && time.Now().Before(deadline) {
-						time.Sleep(time.Millisecond)
-					}
+					waitCommitted(t, p, 10, 20*time.Second, nil)
 					cancel()
 					<-runErr
 					select {
@@ -137,25 +140,34 @@ func TestRecoveryLosesAReplicaAfterTheQuery(t *testing.T) {
 					case <-time.After(10 * time.Second):
 						t.Fatal("the leader did not notice the primary's failure")
 					}
-					bad := startFailingProxy(t, c.addrs[0], step, silent)
+					action := hangUp
+					if silent {
+						action = freeze
+					}
+					bad := startMessageProxy(t, c.addrs[0], 0, func(typ MsgType, _ uint32) proxyAction {
+						if typ == step {
+							return action
+						}
+						return forward
+					})
 					rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
 					defer rcancel()
 					began := time.Now()
-					rec, err := c.leader.Recover(rctx, []string{bad.addr, c.addrs[1]})
+					rec, err := c.leader.Recover(rctx, []string{bad, c.addrs[1]})
 					if took := time.Since(began); took > 10*time.Second {
 						t.Errorf("recovery took %v with a failed replica", took)
 					}
 					if policy == PolicyFast {
-						if !errors.Is(err, ErrUnrecoverable) || !strings.Contains(err.Error(), bad.addr) {
-							t.Fatalf("Recover = %v, %v; want ErrUnrecoverable naming %s", rec, err, bad.addr)
+						if !errors.Is(err, ErrUnrecoverable) || !strings.Contains(err.Error(), bad) {
+							t.Fatalf("Recover = %v, %v; want ErrUnrecoverable naming %s", rec, err, bad)
 						}
 						return
 					}
 					if err != nil {
 						t.Fatalf("ft recovery with one replica lost: %v", err)
 					}
-					if len(rec.Unreachable) != 1 || rec.Unreachable[0] != bad.addr {
-						t.Errorf("unreachable %v, want [%s]", rec.Unreachable, bad.addr)
+					if len(rec.Unreachable) != 1 || rec.Unreachable[0] != bad {
+						t.Errorf("unreachable %v, want [%s]", rec.Unreachable, bad)
 					}
 					vm.mu.Lock()
 					want, ok := vm.snaps[binary.LittleEndian.Uint64(rec.State)]
@@ -331,90 +343,13 @@ func TestGateNeverDeadlocksThePause(t *testing.T) {
 	}()
 	runErr := make(chan error, 1)
 	go func() { runErr <- p.Run(ctx) }()
-	waitCommitted := func(n uint64) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for p.Committed() < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("replication stuck at epoch %d, want %d (gate waiters %d)", p.Committed(), n, gate.waiters())
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
-	waitCommitted(10)
+	waiters := func() string { return fmt.Sprintf("gate waiters %d", gate.waiters()) }
+	waitCommitted(t, p, 10, 20*time.Second, waiters)
 	c.cancels[1]() // a replica goes: the epoch in flight fails, its output stays sealed
 	lost := p.Committed()
-	waitCommitted(lost + 10)
+	waitCommitted(t, p, lost+10, 20*time.Second, waiters)
 	cancel()
 	<-runErr
-}
-
-// stallingProxy forwards a link to a replica until armed and the primary
-// sends a data message of at least stallAt bytes; from then on it reads
-// nothing more from the primary and keeps the connection open, like a
-// replica host that froze.
-type stallingProxy struct {
-	addr  string
-	armed atomic.Bool
-}
-
-func startStallingProxy(t *testing.T, target string, stallAt uint32) *stallingProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &stallingProxy{addr: ln.Addr().String()}
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	go func() {
-		for {
-			client, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			// A small fixed receive buffer (no autotuning): a frozen
-			// replica's kernel takes in little before the sender blocks.
-			client.(*net.TCPConn).SetReadBuffer(64 << 10)
-			server, err := net.Dial("tcp", target)
-			if err != nil {
-				client.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, client, server)
-			mu.Unlock()
-			go io.Copy(client, server)
-			go func() {
-				for {
-					var hb [headerSize]byte
-					if _, err := io.ReadFull(client, hb[:]); err != nil {
-						server.Close()
-						return
-					}
-					typ := MsgType(binary.LittleEndian.Uint16(hb[6:]))
-					length := binary.LittleEndian.Uint32(hb[24:])
-					if p.armed.Load() && typ == MsgData && length >= stallAt {
-						return // frozen: read nothing more, close nothing
-					}
-					server.Write(hb[:])
-					if _, err := io.CopyN(server, client, int64(length)); err != nil {
-						server.Close()
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return p
 }
 
 // TestStalledLinkFailsInsteadOfHanging: the remaining replica freezes in
@@ -424,10 +359,18 @@ func startStallingProxy(t *testing.T, target string, stallAt uint32) *stallingPr
 func TestStalledLinkFailsInsteadOfHanging(t *testing.T) {
 	c := newCluster(t, 2)
 	const pages = 8192 // 32 MiB: more than the socket buffers hold
-	frozen := startStallingProxy(t, c.addrs[1], 8<<20)
+	// The replica behind this proxy freezes, once armed, at the first data
+	// message of 8 MiB or more: a full copy, not an ordinary epoch.
+	var armed atomic.Bool
+	frozen := startMessageProxy(t, c.addrs[1], 64<<10, func(typ MsgType, length uint32) proxyAction {
+		if armed.Load() && typ == MsgData && length >= 8<<20 {
+			return freeze
+		}
+		return forward
+	})
 	vm := newFakeVM(t, pages)
 	p, err := NewPrimary(PrimaryConfig{
-		Links: []string{c.addrs[0], frozen.addr}, Leader: c.leadAddr, VMID: 0x57A1, Guest: "fake", VCPUs: 1,
+		Links: []string{c.addrs[0], frozen}, Leader: c.leadAddr, VMID: 0x57A1, Guest: "fake", VCPUs: 1,
 		Epoch: 5 * time.Millisecond, Policy: PolicyFast, Mode: ModeSync, SGMax: 8, Log: quietLog(),
 		AckTimeout: 500 * time.Millisecond,
 	}, vm, NewOutputGate(io.Discard, 1<<20))
@@ -450,14 +393,8 @@ func TestStalledLinkFailsInsteadOfHanging(t *testing.T) {
 	}()
 	runErr := make(chan error, 1)
 	go func() { runErr <- p.Run(ctx) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for p.Committed() < 10 {
-		if time.Now().After(deadline) {
-			t.Fatalf("stuck at epoch %d before the fault", p.Committed())
-		}
-		time.Sleep(time.Millisecond)
-	}
-	frozen.armed.Store(true)
+	waitCommitted(t, p, 10, 30*time.Second, func() string { return "before the fault" })
+	armed.Store(true)
 	c.cancels[0]() // the other replica goes: a full copy goes to the frozen one
 	select {
 	case err := <-runErr:

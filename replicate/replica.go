@@ -179,23 +179,20 @@ func (c *conn) errorf(format string, args ...any) error {
 
 // send writes one message.
 func (c *conn) send(t MsgType, epoch uint64, payload []byte) error {
-	b := appendHeader(make([]byte, 0, headerSize+len(payload)), Header{Type: t, VMID: c.vmID, Epoch: epoch, Length: uint32(len(payload))})
-	b = append(b, payload...)
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_, err := c.c.Write(b)
-	return err
+	return c.sendBy(time.Time{}, t, epoch, payload)
 }
 
-// sendBy is send with a write deadline: the write fails once deadline
-// passes rather than wait for a peer that stopped reading.
+// sendBy is send with a write deadline (none when zero): the write fails
+// once deadline passes rather than wait for a peer that stopped reading.
 func (c *conn) sendBy(deadline time.Time, t MsgType, epoch uint64, payload []byte) error {
 	b := appendHeader(make([]byte, 0, headerSize+len(payload)), Header{Type: t, VMID: c.vmID, Epoch: epoch, Length: uint32(len(payload))})
 	b = append(b, payload...)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.c.SetWriteDeadline(deadline)
-	defer c.c.SetWriteDeadline(time.Time{})
+	if !deadline.IsZero() {
+		c.c.SetWriteDeadline(deadline)
+		defer c.c.SetWriteDeadline(time.Time{})
+	}
 	_, err := c.c.Write(b)
 	return err
 }

@@ -272,13 +272,7 @@ func TestSummaryStaysBounded(t *testing.T) {
 	go vm.run(ctx, 9)
 	runErr := make(chan error, 1)
 	go func() { runErr <- p.Run(ctx) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for p.Committed() < 20 {
-		if time.Now().After(deadline) {
-			t.Fatalf("stuck at epoch %d", p.Committed())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitCommitted(t, p, 20, 20*time.Second, nil)
 	cancel()
 	<-runErr
 	p.summary.mu.Lock()
