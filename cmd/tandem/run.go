@@ -75,18 +75,9 @@ func cmdRun(ctx context.Context, args []string) error {
 			return err
 		}
 		if len(snap.Meta.Virtio) > 0 {
+			// The devices come first: the snapshot's state includes theirs.
 			spec.virtio = devs.meta()
-			spec.load = func(vm *vmm.VM) error {
-				if err := devs.add(vm, &spec); err != nil {
-					return err
-				}
-				start := time.Now()
-				if err := snap.Restore(vm); err != nil {
-					return fmt.Errorf("--restore %s: %w", *restore, err)
-				}
-				spec.log.Info("restored snapshot", "guest", spec.guestName, "virtio_devices", len(snap.Meta.Virtio), "took", time.Since(start).Round(time.Microsecond))
-				return nil
-			}
+			spec.load = func(vm *vmm.VM) error { return devs.add(vm, &spec) }
 		}
 		if set["mem"] {
 			if m, err := vmm.ParseMemSize(*memFlag); err != nil || m != snap.Meta.MemBytes {
@@ -193,7 +184,8 @@ type vmSpec struct {
 	args      []uint64
 	snapshot  *vmm.Snapshot
 	log       *slog.Logger
-	// load fills a new VM before it runs; nil loads guest or snapshot.
+	// load fills a new VM before it runs (with a snapshot: adds the devices
+	// its state needs, before the restore); nil loads the flat guest.
 	load func(*vmm.VM) error
 	// ha, when set, replicates the VM (see ha.go).
 	ha *replicate.PrimaryConfig
@@ -230,14 +222,16 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	}
 	defer vm.Close()
 	start := time.Now()
-	switch {
-	case spec.load != nil:
+	if spec.load != nil {
 		err = spec.load(vm)
+	}
+	switch {
+	case err != nil:
 	case spec.snapshot != nil:
 		if err = spec.snapshot.Restore(vm); err == nil {
-			spec.log.Info("restored snapshot", "guest", spec.guestName, "took", time.Since(start).Round(time.Microsecond))
+			spec.log.Info("restored snapshot", "guest", spec.guestName, "virtio_devices", len(spec.virtio), "took", time.Since(start).Round(time.Microsecond))
 		}
-	default:
+	case spec.load == nil:
 		err = vm.LoadFlat(spec.guest.Image, spec.guest.Mode, spec.args)
 	}
 	if err != nil {
