@@ -27,8 +27,14 @@ type netLab struct {
 
 func (l *netLab) ip(args ...string) {
 	l.t.Helper()
+	runIP(l.t, args...)
+}
+
+// runIP runs iproute2's ip and fails the test if it fails.
+func runIP(t *testing.T, args ...string) {
+	t.Helper()
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		l.t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 }
 

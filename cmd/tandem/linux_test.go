@@ -150,12 +150,7 @@ func ticks(t *testing.T, console string) []int {
 func snapshotNetwork(t *testing.T, tap string) (string, <-chan string) {
 	t.Helper()
 	ns := fmt.Sprintf("tandem-snap-%d", os.Getpid())
-	ip := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
+	ip := func(args ...string) { t.Helper(); runIP(t, args...) }
 	ip("netns", "add", ns)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	ip("-n", ns, "link", "set", "lo", "up")
