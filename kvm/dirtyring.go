@@ -87,15 +87,32 @@ func (r *DirtyRing) SkipHole() (skipped int, found bool) {
 	return 0, false
 }
 
-// DiscardNext marks the entry at the fetch index harvested without reading
-// it and advances the index. It is for a ring whose whole content is a hole
-// (see SkipHole): KVM stops the vCPU as full, no entry is marked dirty, and
-// only resetting hole entries one by one lets KVM's count of used entries
-// fall below its limit without ever passing its own write index.
-func (r *DirtyRing) DiscardNext() {
+// Discard marks the k entries from the fetch index harvested without
+// reading them and advances the index past them. It is for a ring whose
+// whole content is a hole (see SkipHole): KVM stops the vCPU as full, no
+// entry is marked dirty, and resetting hole entries is the only way to let
+// KVM's count of used entries fall below its limit. KVM's reset walks every
+// entry marked harvested, so the caller must never discard more entries
+// than KVM counts as used, or the reset would pass KVM's own write index.
+func (r *DirtyRing) Discard(k int) {
 	n := uint32(len(r.gfns))
-	atomic.StoreUint32(&r.gfns[r.next%n].Flags, DirtyGFNFlagReset)
-	r.next = (r.next + 1) % n
+	for i := 0; i < k; i++ {
+		atomic.StoreUint32(&r.gfns[r.next%n].Flags, DirtyGFNFlagReset)
+		r.next = (r.next + 1) % n
+	}
+}
+
+// StallDiscard is how many hole entries one ring-full exit that found
+// nothing dirty allows to be discarded. KVM stops a vCPU only once the
+// entries in use reach the ring's soft limit: its size less a reserve of
+// 64 entries and the CPU's own dirty-log buffer (Intel PML: 512 entries).
+// Half the ring, and never more than the ring less that largest reserve,
+// stays within the limit; a ring too small for that discards one entry per
+// exit.
+func (r *DirtyRing) StallDiscard() int {
+	const largestReserve = 64 + 512
+	e := len(r.gfns)
+	return max(1, min(e/2, e-largestReserve))
 }
 
 // Close unmaps the ring. Closing twice is a no-op.

@@ -46,11 +46,31 @@ func TestDirtyRingHarvestAndSkipHole(t *testing.T) {
 		t.Errorf("SkipHole = %d, %v; want 0, true", k, ok)
 	}
 
-	// DiscardNext releases one entry without reading it.
+	// Discard releases entries without reading them, wrapping the index.
 	r.Harvest(func(uint32, uint64) {})
 	before := r.next
-	r.DiscardNext()
-	if r.next != before+1 || r.gfns[before].Flags != DirtyGFNFlagReset {
-		t.Errorf("DiscardNext: index %d -> %d, flags %d", before, r.next, r.gfns[before].Flags)
+	r.Discard(len(r.gfns) + 1)
+	if r.next != (before+1)%uint32(len(r.gfns)) {
+		t.Errorf("Discard(%d): index %d -> %d", len(r.gfns)+1, before, r.next)
+	}
+	for i, e := range r.gfns {
+		if e.Flags != DirtyGFNFlagReset {
+			t.Errorf("after Discard, entry %d has flags %d, want reset", i, e.Flags)
+		}
+	}
+}
+
+func TestStallDiscardStaysBelowTheSoftLimit(t *testing.T) {
+	// The largest reserve KVM keeps on x86: 64 entries and Intel's PML buffer.
+	const reserve = 64 + 512
+	for _, entries := range []int{256, 1024, 2048, 4096, 65536} {
+		r := &DirtyRing{gfns: make([]DirtyGFN, entries)}
+		d := r.StallDiscard()
+		if d < 1 {
+			t.Errorf("%d entries: discard %d, want at least 1", entries, d)
+		}
+		if soft := entries - reserve; soft > 0 && d > soft {
+			t.Errorf("%d entries: discard %d passes the soft limit %d", entries, d, soft)
+		}
 	}
 }

@@ -94,25 +94,29 @@ func (v *VM) harvestRing(c *vcpu, add func(page uint64)) int {
 // go to the pending set, harvested with the rest at the next HarvestDirty.
 //
 // On hosts that emulate guest code (PVM), KVM pushes one ring entry per
-// emulated store and may run past the ring's soft limit before it exits, so
-// rings overflow (see harvestRing). When KVM reports the ring full yet none
-// of its entries is marked dirty, the ring holds nothing but the hole an
-// overflow left: entries are released one per exit until KVM lets the vCPU
-// run again. The lost pages are covered by reporting all memory dirty.
+// emulated store and may run far past the ring's soft limit before it
+// exits — hundreds of thousands of entries were seen — so rings overflow
+// (see harvestRing). When KVM reports the ring full yet none of its entries
+// is marked dirty, the ring holds nothing but the hole an overflow left.
+// The exit itself proves that KVM counts at least its soft limit of entries
+// as used, so each such exit releases kvm.DirtyRing.StallDiscard entries
+// (less than any soft limit) until KVM lets the vCPU run again; an overrun
+// of any length ends after overrun ÷ that many exits. The lost pages are
+// covered by reporting all memory dirty.
 func (v *VM) drainRing(c *vcpu) error {
-	const ringStallLaps = 64
+	// KVM counts used entries in 32 bits: releasing more than that many
+	// in a row without KVM letting the vCPU run means KVM and the VMM
+	// disagree about where the ring starts.
+	const maxStallEntries = 1 << 32
 	n := v.harvestRing(c, func(page uint64) { v.mem.MarkDirty(page*PageSize, 1) })
 	if n == 0 {
 		c.ringHole = true
 		v.ringOverflow.Store(true)
-		c.ring.DiscardNext()
-		c.ringStalls++
-		// Each stall releases one entry; an emulator that ran far past
-		// the ring's end needs that many laps (more than 4 of a
-		// 256-entry ring were seen on a loaded PVM host). Far more
-		// stalls than any such overrun mean KVM and the VMM disagree.
-		if c.ringStalls > ringStallLaps*c.ring.Entries() {
-			return fmt.Errorf("dirty ring: KVM keeps reporting the ring full with nothing to harvest (%d times); use --dirty bitmap", c.ringStalls)
+		d := c.ring.StallDiscard()
+		c.ring.Discard(d)
+		c.ringStalls += int64(d)
+		if c.ringStalls > maxStallEntries {
+			return fmt.Errorf("dirty ring: KVM keeps reporting the ring full with nothing to harvest (%d entries released); use --dirty bitmap", c.ringStalls)
 		}
 	} else {
 		c.ringStalls = 0

@@ -26,10 +26,11 @@ type vcpu struct {
 	ring  *kvm.DirtyRing
 	tid   atomic.Int32
 	// ringHole: the ring overflowed and a hole may sit at its fetch index.
-	// ringStalls counts consecutive ring-full exits that harvested nothing.
-	// Both are touched only by the vCPU's thread or while it is parked.
+	// ringStalls counts the hole entries released by consecutive ring-full
+	// exits that harvested nothing. Both are touched only by the vCPU's
+	// thread or while it is parked.
 	ringHole   bool
-	ringStalls int
+	ringStalls int64
 }
 
 // kick makes the vCPU leave KVM_RUN soon: immediate_exit covers a thread about

@@ -333,10 +333,9 @@ func TestDirtyGuestPagesMatchPattern(t *testing.T) {
 // TestDirtyRingOverflowStaysSafe drives a small ring through many ring-full
 // exits. Where KVM overfills the ring (PVM's emulator does), pages are lost
 // and the VMM must fall back to reporting everything dirty: the harvest must
-// always cover the pattern, and the guest must never stall. (A 4 KiB ring
-// on a loaded PVM host was overrun by more than 64 laps, which releasing
-// one entry per exit cannot catch up with; 64 KiB overflows every run and
-// recovers.)
+// always cover the pattern, and the guest must never stall. (PVM overruns
+// a 64 KiB ring on every run, by more than 64 laps on a loaded host: more
+// than releasing one entry per exit could catch up with.)
 func TestDirtyRingOverflowStaysSafe(t *testing.T) {
 	const mem = 64 << 20
 	for _, vcpus := range []int{1, 2} {
