@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,46 +87,13 @@ func linuxGuest(t *testing.T) (linuxguest.Kernel, string) {
 	return k, initrd
 }
 
-// TestRunKernel boots the images/linux kernel through `tandem run` with a
-// disk, a channel and the RNG to its init, which reboots: tandem exits 0.
-// On a PVM host it also checks that tandem said which parameters the
-// emulator needs and why.
-func TestRunKernel(t *testing.T) {
-	k, initrd := linuxGuest(t)
-	dir := t.TempDir()
-	disk := filepath.Join(dir, "disk.img")
-	os.WriteFile(disk, make([]byte, 1<<20), 0o600)
-	serial := filepath.Join(dir, "serial.txt")
-	_, stderr, status := runTandemFor(t, 6*time.Minute, "run", "--kernel", k.Vmlinux, "--initrd", initrd,
-		"--cmdline", "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1",
-		"--disk", disk+",ro", "--channel", "unix:"+filepath.Join(dir, "ch.sock"),
-		"--vcpus", "1", "--mem", "128M", "--serial", "file:"+serial)
-	out, _ := os.ReadFile(serial)
-	if !strings.Contains(string(out), "Linux version") || !strings.Contains(string(out), "virtio_mmio.device=4K@0xd0000000:5") {
-		t.Fatalf("console:\n%s\nstderr:\n%s", out, stderr)
-	}
-	if !strings.Contains(stderr, "loaded Linux") || !strings.Contains(stderr, "type=blk") {
-		t.Errorf("stderr lacks the load and device lines:\n%s", stderr)
-	}
-	if vmm.GuestCodeEmulated() {
-		for _, p := range []string{"noint3selftest", "clearcpuid="} {
-			if !strings.Contains(stderr, "adding "+p) {
-				t.Errorf("stderr does not say why it adds %s:\n%s", p, stderr)
-			}
-		}
-	}
-	if status != 0 || !strings.Contains(string(out), "tandem-init: done") {
-		t.Errorf("status %d, console:\n%s", status, out)
-	}
-}
-
 // tickLine matches the looping init's progress lines, complete ones only
 // (the console file is read while the guest writes it).
-var tickLine = regexp.MustCompile(`tandem-init: tick (\d+) disk (\d+)(?: net (\S+))?\n`)
+var tickLine = regexp.MustCompile(`tandem-init: tick (\d+) disk (\d+)(?: net (\S+))?(?: tcp (\S+))?\n`)
 
 // ticks returns the tick counts in a console, in order, and fails the
-// test if a tick's disk read-back differs from its count or its network
-// peer's answer is not the echo of that tick.
+// test if a tick's disk read-back differs from its count or the answer of
+// its UDP or TCP peer is not the echo of that tick.
 func ticks(t *testing.T, console string) []int {
 	t.Helper()
 	var out []int
@@ -137,17 +105,29 @@ func ticks(t *testing.T, console string) []int {
 		if want := "echo-tick-" + m[1]; m[3] != want {
 			t.Errorf("tick %s: network answer %q, want %q", m[1], m[3], want)
 		}
+		if want := "echo-tcp-tick-" + m[1]; m[4] != want {
+			t.Errorf("tick %s: TCP answer %q, want %q", m[1], m[4], want)
+		}
 		out = append(out, n)
 	}
 	return out
 }
 
+// guestPeers is what the snapshot test's network namespace serves the
+// guest: the datagrams its UDP echo got, and how many TCP connections its
+// TCP echo accepted.
+type guestPeers struct {
+	datagrams <-chan string
+	tcpConns  atomic.Int32
+}
+
 // snapshotNetwork gives the snapshot test a network namespace holding a
-// persistent TAP device at 10.0.2.1/24 and a UDP echo service on it
-// (answering "echo-" and the datagram); tandem runs inside it through
-// `ip netns exec`. It returns the namespace's name and the datagrams the
-// service got.
-func snapshotNetwork(t *testing.T, tap string) (string, <-chan string) {
+// persistent TAP device at 10.0.2.1/24, a UDP echo service on port 7777
+// (answering "echo-" and the datagram) and a TCP echo service on port 7778
+// (answering each line with "echo-" and the line); tandem runs inside it
+// through `ip netns exec`. The services live as long as the test, so a
+// guest's TCP connection outlives the tandem process that opened it.
+func snapshotNetwork(t *testing.T, tap string) (string, *guestPeers) {
 	t.Helper()
 	ns := fmt.Sprintf("tandem-snap-%d", os.Getpid())
 	ip := func(args ...string) { t.Helper(); runIP(t, args...) }
@@ -159,30 +139,49 @@ func snapshotNetwork(t *testing.T, tap string) (string, <-chan string) {
 	ip("-n", ns, "link", "set", tap, "up")
 
 	got := make(chan string, 1024)
-	ready := make(chan error, 1)
+	peers := &guestPeers{datagrams: got}
+	type sockets struct {
+		pc  net.PacketConn
+		ln  net.Listener
+		err error
+	}
+	ready := make(chan sockets, 1)
 	go func() {
-		// The thread enters the namespace for good; the socket stays there.
+		// The thread enters the namespace for good; sockets opened on it
+		// stay there.
 		runtime.LockOSThread()
 		f, err := os.Open("/run/netns/" + ns)
 		if err != nil {
-			ready <- err
+			ready <- sockets{err: err}
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ready <- err
+			ready <- sockets{err: err}
 			return
 		}
 		pc, err := net.ListenPacket("udp4", "10.0.2.1:7777")
 		if err != nil {
-			ready <- err
+			ready <- sockets{err: err}
 			return
 		}
-		t.Cleanup(func() { pc.Close() })
-		ready <- nil
+		ln, err := net.Listen("tcp4", "10.0.2.1:7778")
+		if err != nil {
+			pc.Close()
+			ready <- sockets{err: err}
+			return
+		}
+		ready <- sockets{pc: pc, ln: ln}
+	}()
+	sk := <-ready
+	if sk.err != nil {
+		t.Fatalf("echo services in %s: %v", ns, sk.err)
+	}
+	t.Cleanup(func() { sk.pc.Close(); sk.ln.Close() })
+	go func() {
 		buf := make([]byte, 512)
 		for {
-			n, from, err := pc.ReadFrom(buf)
+			n, from, err := sk.pc.ReadFrom(buf)
 			if err != nil {
 				return
 			}
@@ -190,21 +189,51 @@ func snapshotNetwork(t *testing.T, tap string) (string, <-chan string) {
 			case got <- string(buf[:n]):
 			default:
 			}
-			pc.WriteTo(append([]byte("echo-"), buf[:n]...), from)
+			sk.pc.WriteTo(append([]byte("echo-"), buf[:n]...), from)
 		}
 	}()
-	if err := <-ready; err != nil {
-		t.Fatalf("UDP echo in %s: %v", ns, err)
-	}
-	return ns, got
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := sk.ln.Accept()
+			if err != nil {
+				return
+			}
+			peers.tcpConns.Add(1)
+			conns = append(conns, c)
+			go func() {
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if _, err := c.Write([]byte("echo-" + line)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ns, peers
 }
 
-// TestLinuxSnapshotRestore snapshots a Linux guest in userspace that is
-// counting, writing each count to a raw virtio disk and reading it back,
-// and printing to COM1 and hvc0; restores it in another process from the
-// snapshot alone (devices reopened from the paths it names); and checks
-// that the guest carries on from the count it had, with its open file on
-// /dev/vda still working. Mismatched restores are refused first.
+// TestLinuxSnapshotRestore boots the images/linux kernel with two vCPUs
+// through `tandem run --kernel` into a looping init that counts, writes
+// each count to a raw virtio disk and reads it back, prints to COM1 and
+// hvc0, and exchanges each count with a UDP and a TCP peer; snapshots it
+// in userspace; restores it in another process from the snapshot alone
+// (devices reopened from the paths it names); and checks that the guest
+// carries on from the count it had — its open file on /dev/vda, its TCP
+// connection (never reopened), its UDP socket and hvc0 still working —
+// until a "stop" sent over hvc0 lets it reboot, which ends tandem with
+// status 0. Mismatched restores are refused first. It is the package's one
+// Linux boot: the `tandem run --kernel` path is checked on the way.
 func TestLinuxSnapshotRestore(t *testing.T) {
 	k, initrd := linuxGuest(t)
 	dir := t.TempDir()
@@ -213,12 +242,12 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	const tap = "tndmsnap0"
-	ns, datagrams := snapshotNetwork(t, tap)
+	ns, peers := snapshotNetwork(t, tap)
 	inNS := func(args ...string) []string { return append([]string{"netns", "exec", ns, tandemBin}, args...) }
 	serialA, serialB := filepath.Join(dir, "a.txt"), filepath.Join(dir, "b.txt")
 	ctl := "unix:" + filepath.Join(dir, "a.ctl")
-	a := startCommand(t, "ip", inNS("run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
-		"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_loop=/dev/vda tandem_ip=10.0.2.15/24 tandem_peer=10.0.2.1:7777",
+	a := startCommand(t, "ip", inNS("run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M", "--vcpus", "2",
+		"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_loop=/dev/vda tandem_ip=10.0.2.15/24 tandem_peer=10.0.2.1:7777 tandem_tcp=10.0.2.1:7778",
 		"--disk", disk, "--net", "tap:"+tap, "--channel", "unix:"+filepath.Join(dir, "ch.sock"),
 		"--control", ctl, "--serial", "file:"+serialA)...)
 	console := func(path string) string {
@@ -232,10 +261,24 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 	if status := a.wait(t, time.Minute); status != 0 {
 		t.Fatalf("the snapshotted tandem exited with %d; stderr:\n%s", status, a.stderr.String())
 	}
-	before := ticks(t, console(serialA))
+	bootConsole, stderrA := console(serialA), a.stderr.String()
+	if !strings.Contains(bootConsole, "Linux version") || !strings.Contains(bootConsole, "virtio_mmio.device=4K@0xd0000000:5") {
+		t.Errorf("the boot console lacks the banner or the devices' parameters:\n%s", bootConsole)
+	}
+	if !strings.Contains(stderrA, "loaded Linux") || !strings.Contains(stderrA, "type=blk") {
+		t.Errorf("stderr lacks the load and device lines:\n%s", stderrA)
+	}
+	if vmm.GuestCodeEmulated() {
+		for _, p := range []string{"noint3selftest", "clearcpuid="} {
+			if !strings.Contains(stderrA, "adding "+p) {
+				t.Errorf("stderr does not say why it adds %s:\n%s", p, stderrA)
+			}
+		}
+	}
+	before := ticks(t, bootConsole)
 	last := before[len(before)-1]
-	if strings.Contains(console(serialA), "FAIL") {
-		t.Fatalf("the guest reported a failure before the snapshot:\n%s", console(serialA))
+	if strings.Contains(bootConsole, "FAIL") {
+		t.Fatalf("the guest reported a failure before the snapshot:\n%s", bootConsole)
 	}
 
 	// Mismatches are refused with what is wrong.
@@ -257,8 +300,8 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 		}
 	}
 
-	for len(datagrams) > 0 {
-		<-datagrams // those of the first run
+	for len(peers.datagrams) > 0 {
+		<-peers.datagrams // those of the first run
 	}
 	b := startCommand(t, "ip", inNS("run", "--restore", snap, "--serial", "file:"+serialB)...)
 	hvc := dialWhenReady(t, b, filepath.Join(dir, "ch.sock"))
@@ -275,21 +318,23 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 			break
 		}
 	}
-	if strings.Contains(console(serialB), "FAIL") {
-		t.Errorf("the restored guest reported a failure:\n%s", console(serialB))
+	// The TCP peer answered every tick (ticks checked each answer) on the
+	// connection the guest opened before the snapshot.
+	if n := peers.tcpConns.Load(); n != 1 {
+		t.Errorf("the TCP peer accepted %d connections, want the one the guest kept across the restore", n)
 	}
-	// The network works in the restored guest: the peer got its ticks
-	// (ticks checked each answer).
+	// The network works in the restored guest: the UDP peer got its ticks.
 	select {
-	case d := <-datagrams:
+	case d := <-peers.datagrams:
 		if !strings.HasPrefix(d, "tick-") {
 			t.Errorf("the peer got %q from the restored guest", d)
 		}
 	default:
 		t.Error("the peer got no datagram from the restored guest")
 	}
-	// hvc0 works in the restored guest: its ticks reach the new host end.
-	// (The first line may be the end of one written before we connected.)
+	// hvc0 works in the restored guest in both directions: its ticks reach
+	// the new host end (the first line may be the end of one written before
+	// we connected), and a "stop" from it ends the loop.
 	hvc.SetReadDeadline(time.Now().Add(time.Minute))
 	r := bufio.NewReader(hvc)
 	var lines []string
@@ -305,6 +350,19 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 	}
 	if len(lines) == 0 || !strings.HasPrefix(lines[len(lines)-1], "tick ") {
 		t.Errorf("virtio-console after the restore: %q, want a tick", lines)
+	}
+	if _, err := hvc.Write([]byte("stop\n")); err != nil {
+		t.Fatalf("virtio-console: %v", err)
+	}
+	if status := b.wait(t, 2*time.Minute); status != 0 {
+		t.Errorf("the restored tandem exited with %d after the guest's reboot; stderr:\n%s", status, b.stderr.String())
+	}
+	final := console(serialB)
+	if !strings.Contains(final, "tandem-init: stopped at") || !strings.Contains(final, "tandem-init: done") {
+		t.Errorf("the restored guest did not stop and reboot on hvc0's \"stop\":\n%s", final)
+	}
+	if strings.Contains(final, "FAIL") {
+		t.Errorf("the restored guest reported a failure:\n%s", final)
 	}
 	// The disk holds a count the restored guest wrote.
 	raw, err := os.ReadFile(disk)

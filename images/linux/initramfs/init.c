@@ -30,12 +30,19 @@
 // back, and prints "tandem-init: tick <n> disk <count read back>" on the
 // console and "tick <n>" on /dev/hvc0 if it exists. If the network step
 // reached its peer, each tick also sends "tick-<n>" to it and adds
-// " net <answer>" to the line ("none" after 500 ms without one). A restored
-// guest goes on counting from where its memory was.
+// " net <answer>" to the line ("none" after 500 ms without one). With
+// tandem_tcp=ADDR:PORT as well, the loop first opens one TCP connection to
+// that address and keeps it for good: each tick writes "tcp-tick-<n>\n" on
+// it, reads one line back and adds " tcp <answer>" ("none" after 500 ms,
+// "closed" once the connection is gone). A line "stop" read from /dev/hvc0
+// ends the loop: the init prints "tandem-init: stopped at <n>" and goes on
+// to "done" and the reboot. A restored guest goes on counting from where
+// its memory was, on the same TCP connection.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <netinet/tcp.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -48,6 +55,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
+#include <poll.h>
 #include <unistd.h>
 
 __attribute__((format(printf, 1, 2))) static void say(const char *fmt, ...) {
@@ -187,14 +195,87 @@ static void rng(void) {
 		close(fd);
 }
 
+// tcp_connect opens the loop's TCP connection to ADDR:PORT, or returns -1
+// after saying why.
+static int tcp_connect(const char *peer) {
+	char addr[64];
+	snprintf(addr, sizeof addr, "%s", peer);
+	char *colon = strchr(addr, ':');
+	if (!colon) {
+		say("tcp: FAIL want tandem_tcp=ADDR:PORT, got %s", peer);
+		return -1;
+	}
+	*colon = 0;
+	struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(atoi(colon + 1))};
+	inet_pton(AF_INET, addr, &to.sin_addr);
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)&to, sizeof to) != 0) {
+		say("tcp: FAIL connect %s: %s", peer, strerror(errno));
+		if (s >= 0)
+			close(s);
+		return -1;
+	}
+	int one = 1;
+	setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	struct timeval tv = {.tv_sec = 0, .tv_usec = 500000};
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	say("tcp: connected to %s", peer);
+	return s;
+}
+
+// tcp_line reads one line from s into buf (without the newline): 1 when a
+// whole line came, 0 on a timeout, -1 once the connection is closed.
+static int tcp_line(int s, char *buf, size_t size) {
+	size_t n = 0;
+	while (n + 1 < size) {
+		ssize_t got = recv(s, buf + n, 1, 0);
+		if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+			return -1;
+		if (got < 0)
+			return 0;
+		if (buf[n] == '\n')
+			break;
+		n++;
+	}
+	buf[n] = 0;
+	return 1;
+}
+
+// stop_asked reports whether the host wrote a line "stop" to hvc0.
+static int stop_asked(int hvc) {
+	static char line[16];
+	static size_t n;
+	struct pollfd p = {.fd = hvc, .events = POLLIN};
+	while (hvc >= 0 && poll(&p, 1, 0) == 1 && (p.revents & POLLIN)) {
+		char c;
+		if (read(hvc, &c, 1) != 1)
+			return 0;
+		if (c == '\n' || c == '\r') {
+			line[n] = 0;
+			n = 0;
+			if (strcmp(line, "stop") == 0)
+				return 1;
+		} else if (n + 1 < sizeof line) {
+			line[n++] = c;
+		}
+	}
+	return 0;
+}
+
 static void counter_loop(const char *dev) {
 	int disk = open(dev, O_RDWR);
 	if (disk < 0) {
 		say("loop: FAIL open %s: %s", dev, strerror(errno));
 		return;
 	}
-	int hvc = open("/dev/hvc0", O_WRONLY | O_NOCTTY);
+	int hvc = open("/dev/hvc0", O_RDWR | O_NOCTTY | O_NONBLOCK);
+	const char *tcp_peer = getenv("tandem_tcp");
+	int tcp = tcp_peer ? tcp_connect(tcp_peer) : -1;
 	for (unsigned long n = 1;; n++) {
+		if (stop_asked(hvc)) {
+			say("stopped at %lu", n - 1);
+			break;
+		}
 		char out[32] = "", in[32] = "";
 		snprintf(out, sizeof out, "%lu", n);
 		if (pwrite(disk, out, sizeof out, 0) != sizeof out || fsync(disk) != 0) {
@@ -203,11 +284,12 @@ static void counter_loop(const char *dev) {
 			say("loop: FAIL read %s: %s", dev, strerror(errno));
 		}
 		in[sizeof in - 1] = 0;
-		char answer[64] = "";
+		char line[160];
+		int len = snprintf(line, sizeof line, "tick %lu disk %s", n, in);
 		if (net_sock >= 0) {
-			char msg[32];
-			int len = snprintf(msg, sizeof msg, "tick-%lu", n);
-			sendto(net_sock, msg, len, 0, (struct sockaddr *)&net_peer, sizeof net_peer);
+			char msg[32], answer[64] = "";
+			int mlen = snprintf(msg, sizeof msg, "tick-%lu", n);
+			sendto(net_sock, msg, mlen, 0, (struct sockaddr *)&net_peer, sizeof net_peer);
 			ssize_t got = recv(net_sock, answer, sizeof answer - 1, 0);
 			answer[got > 0 ? got : 0] = 0;
 			for (char *c = answer; *c; c++)
@@ -215,16 +297,40 @@ static void counter_loop(const char *dev) {
 					*c = '-';
 			if (got <= 0)
 				strcpy(answer, "none");
+			len += snprintf(line + len, sizeof line - len, " net %s", answer);
 		}
-		if (net_sock >= 0)
-			say("tick %lu disk %s net %s", n, in, answer);
-		else
-			say("tick %lu disk %s", n, in);
+		if (tcp_peer) {
+			char msg[32], answer[64] = "none";
+			int mlen = snprintf(msg, sizeof msg, "tcp-tick-%lu\n", n);
+			if (tcp < 0 || send(tcp, msg, mlen, MSG_NOSIGNAL) != mlen) {
+				strcpy(answer, "closed");
+			} else {
+				int r = tcp_line(tcp, answer, sizeof answer);
+				if (r < 0)
+					strcpy(answer, "closed");
+				else if (r == 0)
+					strcpy(answer, "none");
+				for (char *c = answer; *c; c++)
+					if (*c == ' ')
+						*c = '-';
+			}
+			if (strcmp(answer, "closed") == 0 && tcp >= 0) {
+				close(tcp);
+				tcp = -1;
+			}
+			snprintf(line + len, sizeof line - len, " tcp %s", answer);
+		}
+		say("%s", line);
 		if (hvc >= 0)
 			dprintf(hvc, "tick %lu\n", n);
 		struct timespec ts = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
+	if (tcp >= 0)
+		close(tcp);
+	if (hvc >= 0)
+		close(hvc);
+	close(disk);
 }
 
 int main(void) {
