@@ -38,9 +38,28 @@ type NetBackend interface {
 	// ReadFrame reads one frame into p; it blocks until one arrives and
 	// fails once the backend is closed.
 	ReadFrame(p []byte) (int, error)
-	// WriteFrame sends one frame.
+	// WriteFrame sends one frame, or returns an error wrapping
+	// ErrBackpressure when it cannot take it now (see WritableNotifier).
+	// It must not keep p.
 	WriteFrame(p []byte) error
 	Close() error
+}
+
+// ErrBackpressure is returned by a NetBackend's WriteFrame that cannot
+// take a frame now, such as an output gate holding its limit of frames
+// that wait for their epoch to commit. The device then leaves the frame,
+// and every one after it, in the guest's transmit queue — the guest's
+// driver sees its queue fill and stops sending, as with a busy NIC — and
+// transmits them once the backend says it is writable again.
+var ErrBackpressure = errors.New("virtio-net: the backend cannot take more frames now")
+
+// WritableNotifier is implemented by a NetBackend that can refuse frames
+// with ErrBackpressure. The device registers fn once; the backend calls it
+// whenever it can take frames again after refusing one. fn does not block:
+// it only schedules the transmission, which waits while the device is
+// paused.
+type WritableNotifier interface {
+	NotifyWritable(fn func())
 }
 
 // Net is a virtio-net device. Frames from the backend are delivered by a
@@ -72,6 +91,9 @@ func NewNet(backend NetBackend, mac net.HardwareAddr, log *slog.Logger) (*Net, e
 	}
 	d := &Net{backend: backend, mac: mac, log: log, rxDone: make(chan struct{})}
 	d.rxReady.L = &d.mu
+	if n, ok := backend.(WritableNotifier); ok {
+		n.NotifyWritable(func() { go d.transmit() })
+	}
 	go d.receive()
 	return d, nil
 }
@@ -117,6 +139,9 @@ func (d *Net) QueueNotify(i int) {
 	}
 }
 
+// transmit sends the frames the driver has made available, in order, and
+// stops at the first one the backend refuses with ErrBackpressure; the
+// backend's writable notification calls it again.
 func (d *Net) transmit() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -124,11 +149,11 @@ func (d *Net) transmit() {
 		return
 	}
 	q := d.env.Queues[netTXQueue]
-	drain(d.env, "virtio-net", q, func(c *Chain) uint32 {
+	drainWhile(d.env, "virtio-net", q, func(c *Chain) (uint32, bool) {
 		n := c.ReadableLen()
 		if n < netHdrSize || n > netHdrSize+maxFrame {
 			d.env.Log.Warn("virtio-net: transmit chain of bad length dropped", "bytes", n)
-			return 0
+			return 0, true
 		}
 		if cap(d.txBuf) < int(n) {
 			d.txBuf = make([]byte, netHdrSize+maxFrame)
@@ -136,12 +161,16 @@ func (d *Net) transmit() {
 		buf := d.txBuf[:n]
 		if _, err := io.ReadFull(q.Reader(c), buf); err != nil {
 			d.env.Log.Warn("virtio-net: transmit: read from guest", "err", err)
-			return 0
+			return 0, true
 		}
-		if err := d.backend.WriteFrame(buf[netHdrSize:]); err != nil {
+		err := d.backend.WriteFrame(buf[netHdrSize:])
+		switch {
+		case errors.Is(err, ErrBackpressure):
+			return 0, false
+		case err != nil:
 			d.env.Log.Debug("virtio-net: transmit: frame dropped by the backend", "err", err)
 		}
-		return 0
+		return 0, true
 	})
 }
 

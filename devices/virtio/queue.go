@@ -162,6 +162,12 @@ func (q *Queue) Pop() (*Chain, error) {
 	return c, nil
 }
 
+// Unpop gives back the chain the last Pop returned, unserved and not yet
+// pushed: the next Pop returns it again. It is for a device whose backend
+// cannot take the chain's data now (back-pressure), so that the chain
+// stays the driver's to wait on instead of being dropped.
+func (q *Queue) Unpop() { q.lastAvail-- }
+
 // walk follows the chain starting at c.Head, through at most one indirect
 // table, and fills in its buffers.
 func (q *Queue) walk(c *Chain) error {
@@ -340,6 +346,13 @@ func (w *ChainWriter) Written() uint32 { return w.written }
 // malformed chain), and raises the interrupt once if it returned any. A
 // broken queue is reported through env.Broken. name prefixes log lines.
 func drain(env *Env, name string, q *Queue, serve func(c *Chain) uint32) {
+	drainWhile(env, name, q, func(c *Chain) (uint32, bool) { return serve(c), true })
+}
+
+// drainWhile is drain for a device that may have to stop: when serve
+// reports false, the chain goes back to the ring unserved (Unpop) and
+// draining stops, leaving it and the chains after it for a later call.
+func drainWhile(env *Env, name string, q *Queue, serve func(c *Chain) (uint32, bool)) {
 	served := false
 	defer func() {
 		if served {
@@ -359,7 +372,11 @@ func drain(env *Env, name string, q *Queue, serve func(c *Chain) uint32) {
 		if err != nil {
 			env.Log.Warn(name+": malformed descriptor chain returned unprocessed", "err", err)
 		} else {
-			n = serve(c)
+			var ok bool
+			if n, ok = serve(c); !ok {
+				q.Unpop()
+				return
+			}
 		}
 		if err := q.Push(c.Head, n); err != nil {
 			env.Broken(err)
