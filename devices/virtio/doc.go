@@ -4,7 +4,8 @@
 //
 //   - [Block], virtio-blk over a [BlockBackend] (a file or block device,
 //     read-only or writable, with flush). The backend interface is where
-//     replication will hold or forward disk writes (see [BlockBackend]);
+//     replication sees disk writes: [TrackedBackend] records the blocks
+//     each epoch wrote (see [BlockBackend]);
 //   - [Net], virtio-net over a [NetBackend] (a TAP device, [OpenTAP]);
 //   - [Console], virtio-console with one port: a byte stream between the
 //     guest's /dev/hvc0 and a host stream such as a devices.Console;
