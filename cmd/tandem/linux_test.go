@@ -117,8 +117,46 @@ func ticks(t *testing.T, console string) []int {
 // guest: the datagrams its UDP echo got, and how many TCP connections its
 // TCP echo accepted.
 type guestPeers struct {
+	ns        string
 	datagrams <-chan string
 	tcpConns  atomic.Int32
+}
+
+// inNamespace runs fn on a thread of its own that has entered the
+// namespace; sockets fn opens stay there. The thread ends with fn (it is
+// never returned to the scheduler in the namespace).
+func (p *guestPeers) inNamespace(fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		f, err := os.Open("/run/netns/" + p.ns)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			done <- err
+			return
+		}
+		done <- fn()
+	}()
+	return <-done
+}
+
+// dialGuest opens a TCP connection to the guest from the namespace.
+func (p *guestPeers) dialGuest(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	var c net.Conn
+	err := p.inNamespace(func() (err error) {
+		c, err = net.DialTimeout("tcp4", addr, 30*time.Second)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dial the guest at %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // snapshotNetwork gives the snapshot test a network namespace holding a
@@ -139,43 +177,22 @@ func snapshotNetwork(t *testing.T, tap string) (string, *guestPeers) {
 	ip("-n", ns, "link", "set", tap, "up")
 
 	got := make(chan string, 1024)
-	peers := &guestPeers{datagrams: got}
-	type sockets struct {
-		pc  net.PacketConn
-		ln  net.Listener
-		err error
+	peers := &guestPeers{datagrams: got, ns: ns}
+	var sk struct {
+		pc net.PacketConn
+		ln net.Listener
 	}
-	ready := make(chan sockets, 1)
-	go func() {
-		// The thread enters the namespace for good; sockets opened on it
-		// stay there.
-		runtime.LockOSThread()
-		f, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			ready <- sockets{err: err}
-			return
+	err := peers.inNamespace(func() (err error) {
+		if sk.pc, err = net.ListenPacket("udp4", "10.0.2.1:7777"); err != nil {
+			return err
 		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ready <- sockets{err: err}
-			return
+		if sk.ln, err = net.Listen("tcp4", "10.0.2.1:7778"); err != nil {
+			sk.pc.Close()
 		}
-		pc, err := net.ListenPacket("udp4", "10.0.2.1:7777")
-		if err != nil {
-			ready <- sockets{err: err}
-			return
-		}
-		ln, err := net.Listen("tcp4", "10.0.2.1:7778")
-		if err != nil {
-			pc.Close()
-			ready <- sockets{err: err}
-			return
-		}
-		ready <- sockets{pc: pc, ln: ln}
-	}()
-	sk := <-ready
-	if sk.err != nil {
-		t.Fatalf("echo services in %s: %v", ns, sk.err)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("echo services in %s: %v", ns, err)
 	}
 	t.Cleanup(func() { sk.pc.Close(); sk.ln.Close() })
 	go func() {
@@ -226,11 +243,13 @@ func snapshotNetwork(t *testing.T, tap string) (string, *guestPeers) {
 // TestLinuxSnapshotRestore boots the images/linux kernel with two vCPUs
 // through `tandem run --kernel` into a looping init that counts, writes
 // each count to a raw virtio disk and reads it back, prints to COM1 and
-// hvc0, and exchanges each count with a UDP and a TCP peer; snapshots it
-// in userspace; restores it in another process from the snapshot alone
-// (devices reopened from the paths it names); and checks that the guest
-// carries on from the count it had — its open file on /dev/vda, its TCP
-// connection (never reopened), its UDP socket and hvc0 still working —
+// hvc0, and exchanges each count with a UDP and a TCP peer, while a child
+// serves a key-value store on the same disk; snapshots it in userspace;
+// restores it in another process from the snapshot alone (devices reopened
+// from the paths it names); and checks that the guest carries on from the
+// count it had — its open file on /dev/vda, its TCP connection out (never
+// reopened), a client's TCP connection in to its key-value store, its UDP
+// socket and hvc0 still working —
 // until a "stop" sent over hvc0 lets it reboot, which ends tandem with
 // status 0. Mismatched restores are refused first. It is the package's one
 // Linux boot: the `tandem run --kernel` path is checked on the way.
@@ -247,7 +266,7 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 	serialA, serialB := filepath.Join(dir, "a.txt"), filepath.Join(dir, "b.txt")
 	ctl := "unix:" + filepath.Join(dir, "a.ctl")
 	a := startCommand(t, "ip", inNS("run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M", "--vcpus", "2",
-		"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_loop=/dev/vda tandem_ip=10.0.2.15/24 tandem_peer=10.0.2.1:7777 tandem_tcp=10.0.2.1:7778",
+		"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_loop=/dev/vda tandem_ip=10.0.2.15/24 tandem_peer=10.0.2.1:7777 tandem_tcp=10.0.2.1:7778 tandem_kv=7000",
 		"--disk", disk, "--net", "tap:"+tap, "--channel", "unix:"+filepath.Join(dir, "ch.sock"),
 		"--control", ctl, "--serial", "file:"+serialA)...)
 	console := func(path string) string {
@@ -255,6 +274,11 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 		return strings.ReplaceAll(string(b), "\r\n", "\n")
 	}
 	pollFor(t, "the guest's third tick", 6*time.Minute, func() bool { return len(ticks(t, console(serialA))) >= 3 })
+	pollFor(t, "the guest's key-value store", time.Minute, func() bool { return strings.Contains(console(serialA), "tandem-init: kv: listening on 7000") })
+	kv := newKVClient(t, peers.dialGuest(t, "10.0.2.15:7000"))
+	if got := kv.ask(t, "PUT before-snapshot 1111"); got != "OK" {
+		t.Fatalf("PUT before the snapshot: %q", got)
+	}
 	if _, stderr, status := runTandem(t, "snapshot", "--control", ctl, "--out", filepath.Join(dir, "snap"), "--stop"); status != 0 {
 		t.Fatalf("snapshot: status %d, stderr %q", status, stderr)
 	}
@@ -323,6 +347,17 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 	if n := peers.tcpConns.Load(); n != 1 {
 		t.Errorf("the TCP peer accepted %d connections, want the one the guest kept across the restore", n)
 	}
+	// The guest's key-value store serves the connection a client opened
+	// before the snapshot, and new ones.
+	if got := kv.ask(t, "GET before-snapshot"); got != "VALUE 1111" {
+		t.Errorf("GET after the restore, on the connection from before: %q, want VALUE 1111", got)
+	}
+	if got := kv.ask(t, "PUT after-restore 2222"); got != "OK" {
+		t.Errorf("PUT after the restore: %q", got)
+	}
+	if got := newKVClient(t, peers.dialGuest(t, "10.0.2.15:7000")).ask(t, "GET after-restore"); got != "VALUE 2222" {
+		t.Errorf("GET on a new connection after the restore: %q, want VALUE 2222", got)
+	}
 	// The network works in the restored guest: the UDP peer got its ticks.
 	select {
 	case d := <-peers.datagrams:
@@ -373,6 +408,35 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 	if n <= last {
 		t.Errorf("disk holds count %d, not one written after the restore (> %d)", n, last)
 	}
+	// And the key-value store's values, both of them.
+	for _, v := range []string{"before-snapshot\x00", "1111\x00", "after-restore\x00", "2222\x00"} {
+		if !strings.Contains(string(raw[4096:]), v) {
+			t.Errorf("the disk's key-value store lacks %q", strings.TrimRight(v, "\x00"))
+		}
+	}
+}
+
+// kvClient speaks the test guest's key-value protocol (images/linux
+// initramfs: one request line, one answer line) over one connection.
+type kvClient struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func newKVClient(t *testing.T, c net.Conn) *kvClient { return &kvClient{c, bufio.NewReader(c)} }
+
+// ask sends one request and returns the answer without its newline.
+func (k *kvClient) ask(t *testing.T, req string) string {
+	t.Helper()
+	k.c.SetDeadline(time.Now().Add(time.Minute))
+	if _, err := k.c.Write([]byte(req + "\n")); err != nil {
+		t.Fatalf("key-value %q: %v", req, err)
+	}
+	line, err := k.r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("key-value %q: %v after %q", req, err, line)
+	}
+	return strings.TrimSuffix(line, "\n")
 }
 
 // pollFor polls cond until it holds, failing the test after limit.

@@ -333,6 +333,137 @@ static void counter_loop(const char *dev) {
 	close(disk);
 }
 
+// The key-value store's disk layout: from kvBase, kvSlots slots of
+// kvSlotSize bytes, each a NUL-padded key, a NUL-padded value, found by
+// linear probing from the key's hash.
+enum { kvBase = 4096, kvSlots = 1024, kvSlotSize = 512, kvKeyMax = 63, kvValueMax = 400 };
+
+struct kv_slot {
+	char key[kvKeyMax + 1];
+	char value[kvSlotSize - kvKeyMax - 1];
+};
+
+static unsigned kv_hash(const char *k) {
+	unsigned h = 2166136261u;
+	for (; *k; k++)
+		h = (h ^ (unsigned char)*k) * 16777619u;
+	return h;
+}
+
+// kv_find returns the slot holding key, or the free slot where it goes,
+// or -1 when the store is full or the disk fails; *found says which.
+static int kv_find(int disk, const char *key, struct kv_slot *slot, int *found) {
+	unsigned h = kv_hash(key);
+	for (int i = 0; i < kvSlots; i++) {
+		int idx = (h + i) % kvSlots;
+		if (pread(disk, slot, sizeof *slot, kvBase + (off_t)idx * kvSlotSize) != sizeof *slot)
+			return -1;
+		if (slot->key[0] == 0 || strncmp(slot->key, key, sizeof slot->key) == 0) {
+			*found = slot->key[0] != 0;
+			return idx;
+		}
+	}
+	return -1;
+}
+
+// kv_request answers one request line into out.
+static void kv_request(int disk, char *line, char *out, size_t size) {
+	char *cmd = strtok(line, " "), *key = strtok(NULL, " "), *value = strtok(NULL, " ");
+	struct kv_slot slot;
+	int found = 0, idx;
+	if (!cmd || !key || strlen(key) > kvKeyMax) {
+		snprintf(out, size, "ERR want PUT <key> <value> or GET <key>, keys up to %d bytes\n", kvKeyMax);
+	} else if (strcmp(cmd, "PUT") == 0) {
+		if (!value || strlen(value) > kvValueMax) {
+			snprintf(out, size, "ERR want a value of 1 to %d bytes\n", kvValueMax);
+		} else if ((idx = kv_find(disk, key, &slot, &found)) < 0) {
+			snprintf(out, size, "ERR store full or disk failing\n");
+		} else {
+			memset(&slot, 0, sizeof slot);
+			snprintf(slot.key, sizeof slot.key, "%s", key);
+			snprintf(slot.value, sizeof slot.value, "%s", value);
+			if (pwrite(disk, &slot, sizeof slot, kvBase + (off_t)idx * kvSlotSize) != sizeof slot || fsync(disk) != 0)
+				snprintf(out, size, "ERR write: %s\n", strerror(errno));
+			else
+				snprintf(out, size, "OK\n");
+		}
+	} else if (strcmp(cmd, "GET") == 0) {
+		if (kv_find(disk, key, &slot, &found) < 0 || !found)
+			snprintf(out, size, "NOTFOUND\n");
+		else
+			snprintf(out, size, "VALUE %.*s\n", (int)sizeof slot.value - 1, slot.value);
+	} else {
+		snprintf(out, size, "ERR unknown command %s\n", cmd);
+	}
+}
+
+// kv_serve runs the key-value store on port, for good: one poll loop over
+// the listening socket and up to 16 clients, each with a line buffer.
+static void kv_serve(const char *dev, int port) {
+	int disk = open(dev, O_RDWR);
+	int ls = socket(AF_INET, SOCK_STREAM, 0);
+	int one = 1;
+	setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY)};
+	if (disk < 0 || ls < 0 || bind(ls, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(ls, 16) != 0) {
+		say("kv: FAIL serve %s on port %d: %s", dev, port, strerror(errno));
+		_exit(1);
+	}
+	say("kv: listening on %d", port);
+	enum { maxClients = 16, lineMax = 512 };
+	struct pollfd fds[1 + maxClients];
+	static char lines[maxClients][lineMax];
+	size_t used[maxClients] = {0};
+	fds[0] = (struct pollfd){.fd = ls, .events = POLLIN};
+	for (int i = 1; i <= maxClients; i++)
+		fds[i] = (struct pollfd){.fd = -1, .events = POLLIN};
+	for (;;) {
+		if (poll(fds, 1 + maxClients, -1) < 0)
+			continue;
+		if (fds[0].revents & POLLIN) {
+			int c = accept(ls, NULL, NULL);
+			int slot = 0;
+			for (int i = 1; i <= maxClients && c >= 0 && !slot; i++)
+				if (fds[i].fd < 0)
+					slot = i;
+			if (slot) {
+				setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+				fds[slot].fd = c;
+				used[slot - 1] = 0;
+			} else if (c >= 0) {
+				close(c);
+			}
+		}
+		for (int i = 1; i <= maxClients; i++) {
+			if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			char *buf = lines[i - 1];
+			ssize_t n = read(fds[i].fd, buf + used[i - 1], lineMax - 1 - used[i - 1]);
+			if (n <= 0) {
+				close(fds[i].fd);
+				fds[i].fd = -1;
+				continue;
+			}
+			used[i - 1] += n;
+			char *nl;
+			while ((nl = memchr(buf, '\n', used[i - 1])) != NULL) {
+				*nl = 0;
+				char out[lineMax];
+				kv_request(disk, buf, out, sizeof out);
+				size_t rest = used[i - 1] - (nl + 1 - buf);
+				memmove(buf, nl + 1, rest);
+				used[i - 1] = rest;
+				if (send(fds[i].fd, out, strlen(out), MSG_NOSIGNAL) < 0)
+					break;
+			}
+			if (used[i - 1] == lineMax - 1) { // a line too long: drop the client
+				close(fds[i].fd);
+				fds[i].fd = -1;
+			}
+		}
+	}
+}
+
 int main(void) {
 	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
 	int fd = open("/dev/console", O_RDWR);
@@ -352,6 +483,9 @@ int main(void) {
 	network();
 	channel();
 	rng();
+	const char *kv = getenv("tandem_kv");
+	if (loop && kv && fork() == 0)
+		kv_serve(loop, atoi(kv));
 	if (loop)
 		counter_loop(loop);
 	say("done");
