@@ -274,3 +274,36 @@ func (d *Net) Pause() { d.mu.Lock() }
 
 // Resume implements Pauser.
 func (d *Net) Resume() { d.mu.Unlock() }
+
+// rarpFrame is the frame Announce sends: a broadcast RARP request (RFC
+// 903, "request reverse") whose sender and target hardware addresses are
+// mac, with no protocol addresses, as QEMU announces a migrated guest.
+// Its only purpose is its Ethernet source address: switches and bridges
+// that see it learn that mac is now behind this port.
+func rarpFrame(mac net.HardwareAddr) []byte {
+	f := make([]byte, 60) // the minimum Ethernet payload, padded
+	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(f[6:12], mac)
+	binary.BigEndian.PutUint16(f[12:], 0x8035) // EtherType RARP
+	binary.BigEndian.PutUint16(f[14:], 1)      // hardware: Ethernet
+	binary.BigEndian.PutUint16(f[16:], 0x0800) // protocol: IPv4
+	f[18], f[19] = 6, 4                        // address lengths
+	binary.BigEndian.PutUint16(f[20:], 3)      // request reverse
+	copy(f[22:28], mac)                        // sender hardware address
+	copy(f[32:38], mac)                        // target hardware address
+	return f
+}
+
+// Announce tells the L2 network where the guest's MAC address now is, by
+// sending count RARP frames from it on the backend (straight to the
+// backend, for a VM that has just taken over on another host). The guest's
+// own traffic will do the same, but only once it sends.
+func (d *Net) Announce(count int) error {
+	f := rarpFrame(d.mac)
+	for i := 0; i < count; i++ {
+		if err := d.backend.WriteFrame(f); err != nil {
+			return fmt.Errorf("virtio-net: announce %v: %w", d.mac, err)
+		}
+	}
+	return nil
+}

@@ -362,3 +362,35 @@ func TestNetTransmitBackpressure(t *testing.T) {
 	}
 	dev.Close()
 }
+
+func TestNetAnnounce(t *testing.T) {
+	devEnd, peer := seqpacketPair(t)
+	defer peer.Close()
+	dev, err := NewNet(FrameFile(devEnd), testMAC, quietLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	if err := dev.Announce(2); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		buf := make([]byte, 128)
+		peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := peer.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := buf[:n]
+		switch {
+		case n != 60:
+			t.Errorf("frame of %d bytes, want 60", n)
+		case !bytes.Equal(f[0:6], bytes.Repeat([]byte{0xff}, 6)) || !bytes.Equal(f[6:12], testMAC):
+			t.Errorf("destination % x, source % x; want broadcast from %v", f[0:6], f[6:12], testMAC)
+		case binary.BigEndian.Uint16(f[12:]) != 0x8035 || binary.BigEndian.Uint16(f[20:]) != 3:
+			t.Errorf("EtherType %#x, operation %d; want RARP request reverse", binary.BigEndian.Uint16(f[12:]), binary.BigEndian.Uint16(f[20:]))
+		case !bytes.Equal(f[22:28], testMAC) || !bytes.Equal(f[32:38], testMAC):
+			t.Errorf("sender % x, target % x; want %v", f[22:28], f[32:38], testMAC)
+		}
+	}
+}
