@@ -109,7 +109,7 @@ type linkState struct {
 type Primary struct {
 	cfg      PrimaryConfig
 	src      Source
-	gate     *OutputGate
+	gate     Gate
 	log      *slog.Logger
 	links    []*linkState
 	leader   *stateLink
@@ -132,8 +132,9 @@ type Primary struct {
 }
 
 // NewPrimary prepares a primary; Connect and Run start it. gate holds the
-// guest's output until its epoch commits.
-func NewPrimary(cfg PrimaryConfig, src Source, gate *OutputGate) (*Primary, error) {
+// guest's output until its epoch commits: an [OutputGate], or [Gates]
+// when the guest has several outputs (consoles, network interfaces).
+func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	switch {
 	case len(cfg.Links) == 0:
 		return nil, errors.New("replicate: no replica links")

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tandemvm/tandem/devices"
 	"github.com/tandemvm/tandem/replicate"
 	"github.com/tandemvm/tandem/vmm"
 )
@@ -133,13 +134,65 @@ func faultInjection(cfg *replicate.PrimaryConfig) error {
 	return nil
 }
 
-// startPrimary connects the replication links before the guest runs, so an
-// unreachable replica stops the start instead of leaving the VM unprotected.
-func startPrimary(ctx context.Context, vm *vmm.VM, gate *replicate.OutputGate, cfg replicate.PrimaryConfig) (*replicate.Primary, error) {
+// haOutputs are the output gates of a replicated VM's devices beyond COM1
+// (whose gate runVM makes): each holds what the guest writes until the
+// epoch that wrote it commits. Devices add theirs as they are opened.
+type haOutputs struct {
+	gates []replicate.Gate
+}
+
+// gateConsole puts the guest-to-host direction of a console behind a gate.
+func (o *haOutputs) gateConsole(host devices.Console) devices.Console {
+	g := replicate.NewOutputGate(host, haOutputLimit)
+	o.gates = append(o.gates, g)
+	return gatedConsole{Console: host, gate: g}
+}
+
+// gatedConsole is a console whose writes go through an output gate; reads
+// (host input to the guest) do not wait.
+type gatedConsole struct {
+	devices.Console
+	gate *replicate.OutputGate
+}
+
+func (c gatedConsole) Write(p []byte) (int, error) { return c.gate.Write(p) }
+
+func (c gatedConsole) Close() error {
+	c.gate.Close()
+	return c.Console.Close()
+}
+
+// haReplicable refuses, by name, the devices whose state replication
+// cannot carry yet: a disk's or a network interface's writes would leave
+// the host outside the epochs.
+func haReplicable(virtio []vmm.VirtioConfig) error {
+	for _, c := range virtio {
+		switch c.Type {
+		case "blk":
+			return usagef("--ha cannot replicate virtio-blk disk %s yet; run without --disk", c.Path)
+		case "net":
+			return usagef("--ha cannot replicate virtio-net interface tap:%s yet; run without --net", c.TAP)
+		}
+	}
+	return nil
+}
+
+// haSource is the replication source of a VM: a Linux guest's carries its
+// virtio devices in its state (hastate.go).
+func haSource(vm *vmm.VM, virtio []vmm.VirtioConfig) (replicate.Source, error) {
 	src, err := vmm.NewReplicationSource(vm)
 	if err != nil {
 		return nil, err
 	}
+	if len(virtio) == 0 {
+		return src, nil
+	}
+	return newLinuxSource(src, virtio)
+}
+
+// startPrimary connects the replication links before the guest runs, so an
+// unreachable replica stops the start instead of leaving the VM unprotected.
+func startPrimary(ctx context.Context, src replicate.Source, gate replicate.Gate, cfg replicate.PrimaryConfig) (*replicate.Primary, error) {
 	p, err := replicate.NewPrimary(cfg, src, gate)
 	if err != nil {
 		return nil, err

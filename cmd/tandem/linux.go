@@ -73,7 +73,7 @@ func (l *linuxFlags) configure(spec *vmSpec, set map[string]bool, memFlag string
 			return usagef("--kernel and --%s exclude each other: say what to run one way", other)
 		}
 	}
-	for _, name := range []string{"entry", "args", "ha"} {
+	for _, name := range []string{"entry", "args"} {
 		if set[name] {
 			return usagef("--%s does not apply to --kernel", name)
 		}
@@ -349,6 +349,10 @@ func (d linuxDevices) add(vm *vmm.VM, spec *vmSpec) error {
 		}
 		if a, ok := host.(devices.Addresser); ok {
 			spec.log.Info("virtio-console channel listening", "addr", a.Addr())
+		}
+		if spec.outputs != nil {
+			// Replicated: what the guest writes leaves with its epoch.
+			host = spec.outputs.gateConsole(host)
 		}
 		if err := add(virtio.NewConsole(host, spec.log), "channel "+d.channel); err != nil {
 			return err

@@ -19,6 +19,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	replicas := fs.String("replicas", "", "leader: the replicas to recover from, HOST:PORT[,...] (include this leader's own --listen address if links feed it)")
 	serial := fs.String("serial", "stdio", "leader: COM1 of the recovered VM: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
 	control := fs.String("control", "", "leader: control socket of the recovered VM")
+	channel := fs.String("channel", "", "leader: the recovered Linux guest's virtio-console (/dev/hvc0): unix:PATH, tcp:ADDR, file:PATH or none (default none)")
 	timeout := fs.Duration("heartbeat-timeout", time.Second, "leader: declare the primary failed after this long without a heartbeat")
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -45,6 +46,11 @@ func cmdReplica(ctx context.Context, args []string) error {
 		return usagef("--replicas is for the leader (--leader)")
 	case *timeout <= 0:
 		return usagef("--heartbeat-timeout %v: want a positive duration", *timeout)
+	case *channel != "" && !*leader:
+		return usagef("--channel is for the leader (--leader)")
+	}
+	if err := checkChannel(*channel); err != nil {
+		return err
 	}
 	var maxMemBytes uint64
 	if *maxMem != "" {
@@ -93,11 +99,37 @@ func cmdReplica(ctx context.Context, args []string) error {
 	// The replicas are no longer fed; stop serving them and run the VM.
 	stopServing()
 	<-served
-	res, err := runVM(ctx, vmSpec{
+	spec := vmSpec{
 		memBytes: rec.MemBytes, vcpus: rec.VCPUs, serial: *serial, control: *control,
 		guestName: rec.Guest, log: log,
-		load: func(vm *vmm.VM) error { return vm.RestoreImage(rec.Memory, rec.State) },
-	})
+	}
+	virtioDevs, state, isLinux, err := splitHAState(rec.State)
+	if err != nil {
+		return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
+	}
+	spec.load = func(vm *vmm.VM) error { return vm.RestoreImage(rec.Memory, state) }
+	if isLinux {
+		// The guest's devices come first: the state includes theirs.
+		devs, err := devicesFromMeta(virtioDevs)
+		if err != nil {
+			return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
+		}
+		if devs.channel != "" {
+			devs.channel = *channel
+			if devs.channel == "" {
+				log.Warn("the recovered guest's virtio-console goes nowhere: give the leader --channel")
+				devs.channel = "none"
+			}
+		}
+		spec.virtio = devs.meta()
+		spec.load = func(vm *vmm.VM) error {
+			if err := devs.add(vm, &spec); err != nil {
+				return err
+			}
+			return vm.RestoreImage(rec.Memory, state)
+		}
+	}
+	res, err := runVM(ctx, spec)
 	if err != nil {
 		return err
 	}

@@ -117,6 +117,12 @@ func cmdRun(ctx context.Context, args []string) error {
 	if spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log); err != nil {
 		return err
 	}
+	if spec.ha != nil {
+		if err := haReplicable(spec.virtio); err != nil {
+			return err
+		}
+		spec.outputs = &haOutputs{}
+	}
 	if spec.ha != nil && spec.dirty == vmm.DirtyOff {
 		if set["dirty"] {
 			return usagef("--ha needs dirty page tracking: --dirty bitmap or ring")
@@ -187,8 +193,10 @@ type vmSpec struct {
 	// load fills a new VM before it runs (with a snapshot: adds the devices
 	// its state needs, before the restore); nil loads the flat guest.
 	load func(*vmm.VM) error
-	// ha, when set, replicates the VM (see ha.go).
-	ha *replicate.PrimaryConfig
+	// ha, when set, replicates the VM (see ha.go), and outputs holds the
+	// gates of its devices' output.
+	ha      *replicate.PrimaryConfig
+	outputs *haOutputs
 	// ready, when set, is called once the VM is about to run.
 	ready func(*vmm.VM)
 }
@@ -242,7 +250,15 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	defer cancel()
 	var primary *replicate.Primary
 	if spec.ha != nil {
-		if primary, err = startPrimary(ctx, vm, gate, *spec.ha); err != nil {
+		src, err := haSource(vm, spec.virtio)
+		if err != nil {
+			return vmm.Result{}, err
+		}
+		gates := replicate.Gates{gate}
+		if spec.outputs != nil {
+			gates = append(gates, spec.outputs.gates...)
+		}
+		if primary, err = startPrimary(ctx, src, gates, *spec.ha); err != nil {
 			return vmm.Result{}, err
 		}
 	}

@@ -54,6 +54,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <termios.h>
 #include <time.h>
 #include <poll.h>
 #include <unistd.h>
@@ -464,6 +465,48 @@ static void kv_serve(const char *dev, int port) {
 	}
 }
 
+// counter_serve answers INC and GET on /dev/hvc0 for good.
+static void counter_serve(void) {
+	int hvc = open("/dev/hvc0", O_RDWR | O_NOCTTY);
+	if (hvc < 0) {
+		say("counter: FAIL open /dev/hvc0: %s", strerror(errno));
+		return;
+	}
+	// Raw: no echo of the requests, no CR added to the answers.
+	struct termios tio;
+	if (tcgetattr(hvc, &tio) == 0) {
+		cfmakeraw(&tio);
+		tcsetattr(hvc, TCSANOW, &tio);
+	}
+	say("counter: ready");
+	unsigned long count = 0;
+	char line[128];
+	size_t n = 0;
+	for (;;) {
+		char c;
+		ssize_t got = read(hvc, &c, 1);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			// No host end yet, or it went away: wait for one.
+			struct timespec ts = {.tv_sec = 0, .tv_nsec = 10 * 1000 * 1000};
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		if (c != '\n') {
+			if (n + 1 < sizeof line)
+				line[n++] = c;
+			continue;
+		}
+		line[n] = 0;
+		n = 0;
+		if (strncmp(line, "INC", 3) == 0)
+			dprintf(hvc, "OK %lu\n", ++count);
+		else if (strcmp(line, "GET") == 0)
+			dprintf(hvc, "VALUE %lu\n", count);
+	}
+}
+
 int main(void) {
 	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
 	int fd = open("/dev/console", O_RDWR);
@@ -488,6 +531,8 @@ int main(void) {
 		kv_serve(loop, atoi(kv));
 	if (loop)
 		counter_loop(loop);
+	else if (getenv("tandem_counter"))
+		counter_serve();
 	say("done");
 	sync();
 	reboot(RB_AUTOBOOT);
