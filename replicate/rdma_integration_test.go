@@ -133,7 +133,7 @@ func TestRDMAReplicaRefusesAnotherVM(t *testing.T) {
 	vm := newFakeVM(t, 64)
 	first := c.primary(vm, PolicyFT, ModeSync, c.rdma)
 	defer first.Close()
-	p, err := NewPrimary(PrimaryConfig{Links: c.rdma, Leader: c.leadAddr, VMID: 0xD1FF, Epoch: time.Millisecond, Log: quietLog()},
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: c.rdma, Leader: c.leadAddr, VMID: 0xD1FF, Epoch: time.Millisecond, Log: quietLog()},
 		newFakeVM(t, 64), NewOutputGate(io.Discard, 1))
 	if err != nil {
 		t.Fatal(err)

@@ -53,7 +53,7 @@ func TestParseLinkAddr(t *testing.T) {
 // says so; with it, on a host without an RDMA device, it says that.
 func TestRDMALinkWithoutSupport(t *testing.T) {
 	c := newCluster(t, 1)
-	p, err := NewPrimary(PrimaryConfig{Links: []string{c.addrs[0], "rdma://127.0.0.1:7471"}, Leader: c.leadAddr, VMID: 5, Epoch: time.Millisecond, Log: quietLog()},
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: []string{c.addrs[0], "rdma://127.0.0.1:7471"}, Leader: c.leadAddr, VMID: 5, Epoch: time.Millisecond, Log: quietLog()},
 		newFakeVM(t, 16), NewOutputGate(io.Discard, 1))
 	if err != nil {
 		t.Fatal(err)
@@ -552,7 +552,7 @@ func TestRDMADataPathSoftNIC(t *testing.T) {
 		guest[i] = byte(rng.IntN(256))
 	}
 
-	r := NewReplica(ReplicaConfig{Log: quietLog()})
+	r := NewReplica(ReplicaConfig{Log: quietLog(), Auth: testCreds})
 	if err := r.admit(vmID, &Hello{Role: RoleLink, Links: 1, MemBytes: mem, Policy: PolicyFT}); err != nil {
 		t.Fatal(err)
 	}
@@ -669,7 +669,7 @@ func TestRDMADataPathSoftNIC(t *testing.T) {
 
 func TestStageRDMAEpochRejectsMismatches(t *testing.T) {
 	const pages = 16
-	r := NewReplica(ReplicaConfig{Log: quietLog()})
+	r := NewReplica(ReplicaConfig{Log: quietLog(), Auth: testCreds})
 	if err := r.admit(9, &Hello{Role: RoleLink, Links: 1, MemBytes: pages * PageSize, Policy: PolicyFT}); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // Store is a replica's copy of guest memory: every page with the epoch that
@@ -96,7 +98,17 @@ type ReplicaConfig struct {
 	// answer (query, settle; a fetch gets this plus its bytes at 10 MB/s).
 	// Zero means 10 s.
 	RecoveryStepTimeout time.Duration
+	// Auth authenticates every connection this replica accepts, and the
+	// leader's recovery connections to the replicas; its Timeout bounds
+	// each handshake. Required: Serve, ServeRDMA and Recover fail without.
+	Auth *auth.Credentials
 }
+
+// maxHandshakes bounds the connections a replica authenticates at once:
+// beyond it a new connection is closed at once, so peers without the key
+// cannot pile up goroutines and sockets (each waits at most the handshake
+// timeout).
+const maxHandshakes = 64
 
 // Replica keeps a copy of one VM's memory, fed by one or more links, and
 // answers the leader's recovery queries. It serves one VM: the first hello
@@ -105,6 +117,9 @@ type ReplicaConfig struct {
 type Replica struct {
 	cfg ReplicaConfig
 	log *slog.Logger
+
+	// handshakes holds a token per connection being authenticated.
+	handshakes chan struct{}
 
 	mu     sync.Mutex
 	vmID   uint64
@@ -130,11 +145,16 @@ func NewReplica(cfg ReplicaConfig) *Replica {
 	if cfg.HeartbeatTimeout == 0 {
 		cfg.HeartbeatTimeout = time.Second
 	}
-	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{})}
+	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{}),
+		handshakes: make(chan struct{}, maxHandshakes)}
 }
 
 // Serve accepts connections until ctx is done.
 func (r *Replica) Serve(ctx context.Context, ln net.Listener) error {
+	if r.cfg.Auth == nil {
+		ln.Close()
+		return errNoCredentials
+	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
@@ -147,13 +167,20 @@ func (r *Replica) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("replicate: accept: %w", err)
 		}
+		select {
+		case r.handshakes <- struct{}{}:
+		default:
+			r.log.Warn("replica connection refused: too many handshakes in progress", "peer", c.RemoteAddr(), "limit", maxHandshakes)
+			c.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			stop := context.AfterFunc(ctx, func() { c.Close() })
 			defer stop()
 			defer c.Close()
-			if err := r.serveConn(c); err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+			if err := r.serveConn(ctx, c); err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
 				r.log.Warn("replica connection ended", "peer", c.RemoteAddr(), "err", err)
 			}
 		}()
@@ -201,9 +228,18 @@ func (c *conn) sendError(msg string) {
 	c.send(MsgError, 0, []byte(msg))
 }
 
-func (r *Replica) serveConn(nc net.Conn) error {
+// serveConn authenticates a connection, admits its hello and serves it.
+// Nothing is read from the peer but handshake frames, and nothing is
+// allocated from its claims, until it has proved it holds the key; a peer
+// that fails is told nothing (the handshake fails).
+func (r *Replica) serveConn(ctx context.Context, raw net.Conn) error {
+	nc, role, err := r.cfg.Auth.Server(ctx, raw)
+	<-r.handshakes
+	if err != nil {
+		return fmt.Errorf("replicate: peer %s: %w", raw.RemoteAddr(), err)
+	}
 	c := newConn(nc)
-	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	nc.SetReadDeadline(time.Now().Add(r.cfg.Auth.Timeout()))
 	h, err := readHeader(c.r, 0)
 	if err != nil {
 		return c.errorf("%w", noEOF(err))
@@ -221,6 +257,11 @@ func (r *Replica) serveConn(nc net.Conn) error {
 	c.vmID = h.VMID
 	var hello Hello
 	if err := hello.unmarshal(p); err != nil {
+		c.sendError(err.Error())
+		return c.errorf("%w", err)
+	}
+	if auth.Role(hello.Role) != role {
+		err := fmt.Errorf("%w: %v hello on a connection authenticated as role %d", ErrProtocol, hello.Role, role)
 		c.sendError(err.Error())
 		return c.errorf("%w", err)
 	}

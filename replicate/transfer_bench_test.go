@@ -66,7 +66,7 @@ func BenchmarkTransfer(b *testing.B) {
 				links = append(links, replicaAddr(b, ReplicaConfig{}))
 			}
 			leader := replicaAddr(b, ReplicaConfig{Leader: true, HeartbeatTimeout: time.Hour})
-			p, err := NewPrimary(PrimaryConfig{
+			p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
 				Links: links, Leader: leader, VMID: 0xBE7C, Guest: "static", VCPUs: 1,
 				Epoch: time.Hour, Policy: c.policy, Mode: ModeSync, SGMax: sgMax, Log: quietLog(),
 			}, src, NewOutputGate(io.Discard, 1<<20))

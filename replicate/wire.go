@@ -174,6 +174,10 @@ const (
 	RoleLink     Role = 1 // carries one link's epochs to a replica
 	RoleState    Role = 2 // carries state and heartbeats to the leader
 	RoleRecovery Role = 3 // the leader reading a replica's store
+	// RoleRDMA sets up an RDMA link: the replica answers an authenticated
+	// hello with a one-time ticket that the RDMA connect request must carry
+	// (see rdma.go).
+	RoleRDMA Role = 4
 )
 
 func (r Role) String() string {
@@ -184,6 +188,8 @@ func (r Role) String() string {
 		return "state"
 	case RoleRecovery:
 		return "recovery"
+	case RoleRDMA:
+		return "rdma setup"
 	}
 	return fmt.Sprintf("Role(%d)", uint32(r))
 }
@@ -234,9 +240,9 @@ func (m *Hello) unmarshal(b []byte) error {
 	}
 	m.Guest = string(b[helloFixed:])
 	switch {
-	case m.Role < RoleLink || m.Role > RoleRecovery:
+	case m.Role < RoleLink || m.Role > RoleRDMA:
 		return fmt.Errorf("%w: hello with unknown role %d", ErrProtocol, m.Role)
-	case m.Role == RoleLink && (m.Links == 0 || m.Link >= m.Links || m.Links > MaxLinks):
+	case (m.Role == RoleLink || m.Role == RoleRDMA) && (m.Links == 0 || m.Link >= m.Links || m.Links > MaxLinks):
 		return fmt.Errorf("%w: hello for link %d of %d", ErrProtocol, m.Link, m.Links)
 	case m.Policy != PolicyFast && m.Policy != PolicyFT:
 		return fmt.Errorf("%w: hello with unknown policy %d", ErrProtocol, m.Policy)

@@ -146,7 +146,7 @@ type linkClient struct {
 
 func dialAs(t *testing.T, addr string, vmID uint64, h Hello) *linkClient {
 	t.Helper()
-	c, err := dialHello(context.Background(), addr, vmID, h)
+	c, err := dialHello(context.Background(), testCreds, addr, vmID, h)
 	if err != nil {
 		t.Fatal(err)
 	}
