@@ -232,8 +232,7 @@ func (c *rdmaConn) onRecv(w wcInfo) error {
 	case w.opcode == wcOpRecvImm:
 		return c.epochDone(decodeImm(w.imm), w.byteLen)
 	case w.opcode == wcOpRecv && w.flags&wcFlagWithImm != 0:
-		c.r.commit(c.link, expandEpoch(decodeImm(w.imm), c.last))
-		return nil
+		return c.r.commit(c.link, expandEpoch(decodeImm(w.imm), c.last))
 	}
 	return fmt.Errorf("%w: link %d: unexpected RDMA message (completion opcode %d)", ErrProtocol, c.link, w.opcode)
 }

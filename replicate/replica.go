@@ -58,6 +58,10 @@ type stage struct {
 	complete bool
 	// appliedEpoch is the newest epoch of this link applied to the store.
 	appliedEpoch uint64
+	// The binding rules (see the package documentation): the newest epoch
+	// whose map the link carried, the newest it acknowledged, and the
+	// newest it was told is committed. They outlive a connection.
+	lastMap, acked, committed uint64
 	// applied is closed when the last committed epoch handed to the
 	// background apply has reached the store (nil: none pending).
 	applied chan struct{}
@@ -135,6 +139,10 @@ type Replica struct {
 	failReason  string
 	ended       bool // the primary said goodbye: its VM stopped on purpose
 	stateActive bool
+
+	// liveLinks holds the link indices bound to a live connection of the
+	// primary (TCP or RDMA): a second connection claiming one is refused.
+	liveLinks map[uint32]bool
 }
 
 // NewReplica returns a replica that holds no VM yet.
@@ -146,7 +154,7 @@ func NewReplica(cfg ReplicaConfig) *Replica {
 		cfg.HeartbeatTimeout = time.Second
 	}
 	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{}),
-		handshakes: make(chan struct{}, maxHandshakes)}
+		handshakes: make(chan struct{}, maxHandshakes), liveLinks: map[uint32]bool{}}
 }
 
 // Serve accepts connections until ctx is done.
@@ -269,6 +277,9 @@ func (r *Replica) serveConn(ctx context.Context, raw net.Conn) error {
 		c.sendError(publicText(err))
 		return c.errorf("%w", err)
 	}
+	if hello.Role == RoleLink {
+		defer r.releaseLink(hello.Link)
+	}
 	nc.SetReadDeadline(time.Time{})
 	if err := c.send(MsgWelcome, 0, nil); err != nil {
 		return c.errorf("%w", err)
@@ -345,6 +356,8 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 		return errors.New("this replica is not the leader")
 	case h.Role == RoleState && r.stateActive:
 		return errors.New("the leader already has a state connection")
+	case h.Role == RoleLink && r.liveLinks[h.Link]:
+		return fmt.Errorf("link %d of this VM is already connected", h.Link)
 	}
 	switch h.Role {
 	case RoleState:
@@ -355,12 +368,20 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 		if r.store == nil {
 			r.store = newStore(h.MemBytes)
 		}
+		r.liveLinks[h.Link] = true // until releaseLink
 	case RoleRecovery:
 		if r.store == nil {
 			return errors.New("this replica holds no pages: no link feeds it")
 		}
 	}
 	return nil
+}
+
+// releaseLink frees a link index when its connection ends.
+func (r *Replica) releaseLink(link uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.liveLinks, link)
 }
 
 // serveLink receives one link's epochs: map, data, completion; acknowledges
@@ -382,7 +403,9 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			if err != nil {
 				return c.errorf("link %d: %w", link, err)
 			}
-			r.beginEpoch(link, m)
+			if err := r.beginEpoch(link, m); err != nil {
+				return c.errorf("%w", err)
+			}
 		case MsgData:
 			if err := r.receiveData(c, link, h); err != nil {
 				return err
@@ -393,6 +416,7 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			ok := st != nil && st.epoch == h.Epoch && !st.complete && st.received == uint64(len(st.data))
 			if ok {
 				st.complete = true
+				st.acked = max(st.acked, h.Epoch)
 			}
 			r.mu.Unlock()
 			if !ok {
@@ -402,7 +426,9 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 				return c.errorf("link %d: %w", link, err)
 			}
 		case MsgCommit:
-			r.commit(link, h.Epoch)
+			if err := r.commit(link, h.Epoch); err != nil {
+				return c.errorf("%w", err)
+			}
 		default:
 			return c.errorf("link %d: %w: unexpected %v message", link, ErrProtocol, h.Type)
 		}
@@ -415,10 +441,26 @@ func (r *Replica) stageOf(link uint32) *stage {
 	return r.stages[link]
 }
 
+// checkCommitted applies the binding rule on commits to a link: the
+// primary commits an epoch only once every live link acknowledged it, and
+// commits in order, so a commit (in a map or a commit message) may name
+// neither an epoch this link has not acknowledged nor one older than a
+// commit it already carried. Call with r.mu held.
+func checkCommitted(st *stage, what string, e uint64) error {
+	switch {
+	case e > st.acked:
+		return fmt.Errorf("%w: link %d: %s says epoch %d is committed, but the link acknowledged no epoch after %d", ErrProtocol, st.link, what, e, st.acked)
+	case e < st.committed:
+		return fmt.Errorf("%w: link %d: %s says epoch %d is committed after a commit of epoch %d: commits must not go back", ErrProtocol, st.link, what, e, st.committed)
+	}
+	return nil
+}
+
 // beginEpoch starts staging a new epoch on a link. A staged epoch that was
 // committed in the meantime is applied first; one that was not will never
 // be (the primary decided every earlier epoch before starting this one).
-func (r *Replica) beginEpoch(link uint32, m *MapRecord) {
+// A map that breaks the binding rules is refused and changes nothing.
+func (r *Replica) beginEpoch(link uint32, m *MapRecord) error {
 	if st := r.stageOf(link); st != nil {
 		r.waitApplied(st)
 	}
@@ -429,6 +471,13 @@ func (r *Replica) beginEpoch(link uint32, m *MapRecord) {
 		st = &stage{link: link}
 		r.stages[link] = st
 	}
+	if m.Epoch <= st.lastMap {
+		return fmt.Errorf("%w: link %d: map of epoch %d after one of epoch %d: epochs on a link must increase", ErrProtocol, link, m.Epoch, st.lastMap)
+	}
+	if err := checkCommitted(st, "the map of epoch "+fmt.Sprint(m.Epoch), m.Committed); err != nil {
+		return err
+	}
+	st.lastMap, st.committed = m.Epoch, m.Committed
 	if st.complete && st.epoch <= m.Committed {
 		r.store.apply(st)
 		st.appliedEpoch = max(st.appliedEpoch, st.epoch)
@@ -440,6 +489,7 @@ func (r *Replica) beginEpoch(link uint32, m *MapRecord) {
 		st.data = make([]byte, need)
 	}
 	st.epoch, st.regions, st.data, st.received, st.complete = m.Epoch, m.Regions, st.data[:need], 0, false
+	return nil
 }
 
 // receiveData reads a data message straight into the link's staging area.
@@ -476,13 +526,21 @@ func (r *Replica) receiveData(c *conn, link uint32, h Header) error {
 }
 
 // commit applies a link's staged epoch once it is committed, in the
-// background; the next map on the link waits for it.
-func (r *Replica) commit(link uint32, epoch uint64) {
+// background; the next map on the link waits for it. A commit that breaks
+// the binding rules is refused.
+func (r *Replica) commit(link uint32, epoch uint64) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := r.stages[link]
-	if st == nil || !st.complete || st.epoch > epoch {
-		return
+	if st == nil {
+		return fmt.Errorf("%w: link %d: commit of epoch %d before any epoch", ErrProtocol, link, epoch)
+	}
+	if err := checkCommitted(st, "a commit message", epoch); err != nil {
+		return err
+	}
+	st.committed = epoch
+	if !st.complete || st.epoch > epoch {
+		return nil
 	}
 	// The staged epoch moves to a background apply, which hands the staging
 	// buffer back when done; the link's next map waits for that.
@@ -499,6 +557,7 @@ func (r *Replica) commit(link uint32, epoch uint64) {
 		r.mu.Unlock()
 		close(done)
 	}()
+	return nil
 }
 
 // waitApplies waits for every link's background apply.
