@@ -107,7 +107,10 @@ func TestHostilePeersWithoutTheKey(t *testing.T) {
 // nothing is allocated, and the replica then serves the real primary.
 func TestHostileHugeMemoryClaim(t *testing.T) {
 	c := newCluster(t, 1)
-	r := c.replicas[0]
+	// This replica would take a 1 TiB guest from an authenticated primary:
+	// only the handshake stands between the claim and the allocation.
+	r, addr, _ := startReplica(t, ReplicaConfig{MaxMemBytes: 1 << 40})
+	c.replicas[0], c.addrs[0] = r, addr
 	hello := hostileHello(0xB16, 1<<40)
 	if len(hello) != 62 {
 		t.Fatalf("the hostile hello is %d bytes, want the 62 of the finding", len(hello))
