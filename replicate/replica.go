@@ -143,6 +143,8 @@ type Replica struct {
 	// liveLinks holds the link indices bound to a live connection of the
 	// primary (TCP or RDMA): a second connection claiming one is refused.
 	liveLinks map[uint32]bool
+	// rdmaGrants are the RDMA link tickets outstanding (rdma_auth.go).
+	rdmaGrants []*rdmaGrant
 }
 
 // NewReplica returns a replica that holds no VM yet.
@@ -289,6 +291,8 @@ func (r *Replica) serveConn(ctx context.Context, raw net.Conn) error {
 		return r.serveLink(c, hello.Link)
 	case RoleState:
 		return r.serveState(c)
+	case RoleRDMA:
+		return r.serveRDMASetup(c, h.VMID, hello)
 	default:
 		return r.serveRecovery(c)
 	}
@@ -356,7 +360,7 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 		return errors.New("this replica is not the leader")
 	case h.Role == RoleState && r.stateActive:
 		return errors.New("the leader already has a state connection")
-	case h.Role == RoleLink && r.liveLinks[h.Link]:
+	case (h.Role == RoleLink || h.Role == RoleRDMA) && r.liveLinks[h.Link]:
 		return fmt.Errorf("link %d of this VM is already connected", h.Link)
 	}
 	switch h.Role {

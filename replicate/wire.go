@@ -30,7 +30,9 @@ type MsgType uint16
 // state connection: Hello, State, Commit, Heartbeat; leader → primary:
 // Welcome, Ack, and Bye when the VM ended on purpose (no takeover).
 // Leader → replica during recovery: Hello, Query, Resolve,
-// Fetch; replica → leader: Welcome, Report, Epochs, Data.
+// Fetch; replica → leader: Welcome, Report, Epochs, Data. Primary →
+// replica setting up an RDMA link: Hello; replica → primary: Welcome,
+// Ticket (rdma_auth.go).
 const (
 	MsgHello MsgType = iota + 1
 	MsgWelcome
@@ -48,10 +50,11 @@ const (
 	MsgEpochs
 	MsgFetch
 	MsgBye
+	MsgTicket
 	msgTypeEnd
 )
 
-var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye"}
+var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket"}
 
 func (t MsgType) String() string {
 	if t > 0 && t < msgTypeEnd {

@@ -224,7 +224,7 @@ func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, fc failoverCase) {
 	// Links: r1 twice (two links to one host) and r2 once.
 	l1, l2 := r1, r2
 	if fc.rdma {
-		l1, l2 = "rdma://"+lab.addrs["r1"]+rport, "rdma://"+lab.addrs["r2"]+rport
+		l1, l2 = "rdma://"+lab.addrs["r1"]+rport+"?auth="+r1, "rdma://"+lab.addrs["r2"]+rport+"?auth="+r2
 	}
 	args := []string{"run", "--guest", "counter", "--mem", "16M", "--ha",
 		"--replicas", l1 + "," + l2 + "," + l1, "--leader", lab.addrs["leader"] + port,
