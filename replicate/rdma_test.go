@@ -55,7 +55,7 @@ func TestParseLinkAddr(t *testing.T) {
 // says so; with it, on a host without an RDMA device, it says that.
 func TestRDMALinkWithoutSupport(t *testing.T) {
 	c := newCluster(t, 1)
-	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: []string{c.addrs[0], "rdma://127.0.0.1:7471"}, Leader: c.leadAddr, VMID: 5, Epoch: time.Millisecond, Log: quietLog()},
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: []string{c.addrs[0], "rdma://127.0.0.1:7471?auth=" + c.addrs[0]}, Leader: c.leadAddr, VMID: 5, Epoch: time.Millisecond, Log: quietLog()},
 		newFakeVM(t, 16), NewOutputGate(io.Discard, 1))
 	if err != nil {
 		t.Fatal(err)
