@@ -40,6 +40,34 @@
 // It may be newer (a request processed whose reply was still held): clients
 // see that as at-least-once delivery.
 //
+// # Authentication and the binding rules
+//
+// Every replication connection (links, the state connection, recovery,
+// the TCP set-up of an RDMA link) is authenticated by package auth before
+// a single Tandem message is read: both ends prove they hold the shared
+// key, and the connection is then encrypted (TLS 1.3) unless both run in
+// plaintext mode. A peer without the key is told nothing and costs a
+// bounded handshake; nothing is decoded or allocated from its claims.
+//
+// Authentication says who may speak; the binding rules say what an
+// authenticated peer may say on a replica, so that a confused or stale
+// primary cannot break the commit rule either:
+//
+//   - Each link index is bound to one live connection (TCP or RDMA) of the
+//     VM's primary. A second connection claiming a live link index is
+//     refused at its hello; the index is free again once its connection
+//     ends.
+//   - On a link, map epochs increase: a map whose epoch is not above the
+//     link's previous map (on any earlier connection too) is refused and
+//     the connection dropped.
+//   - A commit, whether a map's committed field or a commit message, may
+//     not exceed the newest epoch the link has acknowledged (the primary
+//     commits an epoch only after every live link acknowledged it), nor go
+//     below a commit the link already carried. A commit that does is
+//     refused and the connection dropped.
+//
+// A refused message changes neither the store nor the link's staging.
+//
 // The leader never builds an image unless every page's newest copy came
 // from a replica that answered every step. A replica that fails or goes
 // silent after answering the query (each step has a deadline, and

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // fakeVM is a Source whose "guest" is a goroutine writing pages. Its memory
@@ -152,6 +154,9 @@ func startReplica(t testing.TB, cfg ReplicaConfig) (*Replica, string, context.Ca
 		t.Fatal(err)
 	}
 	cfg.Log = quietLog()
+	if cfg.Auth == nil {
+		cfg.Auth = testCreds
+	}
 	r := NewReplica(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -186,7 +191,7 @@ func newCluster(t *testing.T, replicas int) *cluster {
 
 func (c *cluster) primary(src Source, policy Policy, mode Mode, links []string) *Primary {
 	c.t.Helper()
-	p, err := NewPrimary(PrimaryConfig{
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
 		Links: links, Leader: c.leadAddr, VMID: 0x7E57, Guest: "fake", VCPUs: 1,
 		Epoch: 5 * time.Millisecond, Policy: policy, Mode: mode, SGMax: 8, Log: quietLog(),
 	}, src, NewOutputGate(io.Discard, 1<<20))
@@ -293,7 +298,7 @@ func killMidTransfer(t *testing.T, mk clusterLinks) {
 				var sent atomic.Int64
 				var killedIn atomic.Uint64
 				var once sync.Once
-				p, err := NewPrimary(PrimaryConfig{
+				p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
 					Links: links, Leader: c.leadAddr, VMID: 0xC0FFEE, Guest: "fake", VCPUs: 1,
 					Epoch: 5 * time.Millisecond, Policy: policy, SGMax: 32, Log: quietLog(),
 					FaultChunk: PageSize,
@@ -384,32 +389,41 @@ func TestReplicaRejectsMalformedInput(t *testing.T) {
 	hello := Hello{Role: RoleLink, Link: 0, Links: 1, MemBytes: 64 * PageSize}
 	for _, tc := range []struct {
 		name string
-		msg  []byte
+		// authed runs the handshake first: the bytes then reach the
+		// protocol's decoders; without it they reach the handshake's.
+		authed bool
+		msg    []byte
 	}{
-		{"garbage", []byte("GET / HTTP/1.1\r\nHost: replica\r\n\r\n")},
-		{"truncated header", appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57})[:20]},
-		{"other VM", append(appendHeader(nil, Header{Type: MsgHello, VMID: 0xBAD, Length: uint32(len(hello.marshal()))}), hello.marshal()...)},
-		{"huge payload", appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: 1 << 30})},
-		{"map outside the guest", func() []byte {
-			b := append(appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: uint32(len(hello.marshal()))}), hello.marshal()...)
+		{"garbage", false, []byte("GET / HTTP/1.1\r\nHost: replica\r\n\r\n")},
+		{"hello without handshake", false, append(appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: uint32(len(hello.marshal()))}), hello.marshal()...)},
+		{"garbage after handshake", true, []byte("GET / HTTP/1.1\r\nHost: replica\r\n\r\n")},
+		{"truncated header", true, appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57})[:20]},
+		{"other VM", true, append(appendHeader(nil, Header{Type: MsgHello, VMID: 0xBAD, Length: uint32(len(hello.marshal()))}), hello.marshal()...)},
+		{"huge payload", true, appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: 1 << 30})},
+		{"map outside the guest", true, func() []byte {
+			h := hello
+			h.Link = 0
+			b := append(appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: uint32(len(h.marshal()))}), h.marshal()...)
 			return appendMap(b, 0x7E57, &MapRecord{Epoch: 99, Regions: []Region{{First: 60, Pages: 10}}})
-		}()},
-		{"data without map", func() []byte {
-			b := append(appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: uint32(len(hello.marshal()))}), hello.marshal()...)
-			return append(appendHeader(b, Header{Type: MsgData, VMID: 0x7E57, Epoch: 5, Length: 4096}), make([]byte, 4096)...)
 		}()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			nc, err := net.Dial("tcp", c.addrs[0])
+			raw, err := net.Dial("tcp", c.addrs[0])
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer nc.Close()
+			defer raw.Close()
+			var nc net.Conn = raw
+			if tc.authed {
+				if nc, err = testCreds.Client(context.Background(), raw, auth.Role(RoleLink)); err != nil {
+					t.Fatal(err)
+				}
+			}
 			nc.Write(tc.msg)
-			nc.(*net.TCPConn).CloseWrite()
-			// The replica hangs up (possibly after an error message).
+			// The replica hangs up (possibly after an error message, or
+			// resetting a connection whose bytes it did not read).
 			nc.SetReadDeadline(time.Now().Add(15 * time.Second))
-			if _, err := io.Copy(io.Discard, nc); err != nil {
+			if _, err := io.Copy(io.Discard, nc); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("the replica did not close the connection: %v", err)
 			}
 		})
@@ -433,7 +447,7 @@ func TestUnreachableReplicaFailsConnect(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := ln.Addr().String()
 	ln.Close()
-	p, err := NewPrimary(PrimaryConfig{Links: []string{c.addrs[0], dead}, Leader: c.leadAddr, VMID: 9, Epoch: time.Millisecond}, newFakeVM(t, 16), NewOutputGate(io.Discard, 1))
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: []string{c.addrs[0], dead}, Leader: c.leadAddr, VMID: 9, Epoch: time.Millisecond}, newFakeVM(t, 16), NewOutputGate(io.Discard, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,7 +466,7 @@ func TestFinishSaysGoodbye(t *testing.T) {
 	c := newCluster(t, 1)
 	vm := newFakeVM(t, 64)
 	var out lockedWriter
-	p, err := NewPrimary(PrimaryConfig{Links: c.addrs, Leader: c.leadAddr, VMID: 0xB1E, Epoch: 5 * time.Millisecond, Log: quietLog()}, vm, NewOutputGate(&out, 1<<20))
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: c.addrs, Leader: c.leadAddr, VMID: 0xB1E, Epoch: 5 * time.Millisecond, Log: quietLog()}, vm, NewOutputGate(&out, 1<<20))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // Link is one path from the primary to a replica, shaped like an RDMA
@@ -65,8 +67,8 @@ type sendDeadliner interface {
 func (l *tcpLink) SetSendDeadline(t time.Time) { l.deadline = t }
 
 // dialLink connects link index to a replica and says hello.
-func dialLink(ctx context.Context, addr string, index int, vmID uint64, hello Hello, acks chan<- Ack) (*tcpLink, error) {
-	c, err := dialHello(ctx, addr, vmID, hello)
+func dialLink(ctx context.Context, creds *auth.Credentials, addr string, index int, vmID uint64, hello Hello, acks chan<- Ack) (*tcpLink, error) {
+	c, err := dialHello(ctx, creds, addr, vmID, hello)
 	if err != nil {
 		return nil, fmt.Errorf("replicate: link %d: %w", index, err)
 	}
@@ -75,15 +77,24 @@ func dialLink(ctx context.Context, addr string, index int, vmID uint64, hello He
 	return l, nil
 }
 
-// dialHello opens a connection and exchanges hello and welcome.
-func dialHello(ctx context.Context, addr string, vmID uint64, hello Hello) (*conn, error) {
+// dialHello opens a connection, authenticates it with creds (both ends
+// prove they hold the key; see package auth) and exchanges hello and
+// welcome. Nothing is sent in a Tandem message before the handshake.
+func dialHello(ctx context.Context, creds *auth.Credentials, addr string, vmID uint64, hello Hello) (*conn, error) {
+	if creds == nil {
+		return nil, errNoCredentials
+	}
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("replica %s unreachable: %w", addr, err)
 	}
-	if tc, ok := nc.(*net.TCPConn); ok {
+	if tc, ok := raw.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
+	}
+	nc, err := creds.Client(ctx, raw, auth.Role(hello.Role))
+	if err != nil {
+		return nil, fmt.Errorf("replicate: peer %s: %w", addr, err)
 	}
 	c := newConn(nc)
 	c.vmID = vmID
@@ -205,8 +216,8 @@ type stateLink struct {
 	once sync.Once
 }
 
-func dialLeader(ctx context.Context, addr string, vmID uint64, hello Hello, acks chan<- Ack, heartbeat time.Duration) (*stateLink, error) {
-	c, err := dialHello(ctx, addr, vmID, hello)
+func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID uint64, hello Hello, acks chan<- Ack, heartbeat time.Duration) (*stateLink, error) {
+	c, err := dialHello(ctx, creds, addr, vmID, hello)
 	if err != nil {
 		return nil, fmt.Errorf("replicate: leader: %w", err)
 	}

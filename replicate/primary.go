@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // Mode is how an epoch's transfer relates to the VM's execution.
@@ -91,7 +93,15 @@ type PrimaryConfig struct {
 	// StagingDelay, when set, is called after the async staging copy of n
 	// bytes: tandem bench emulates slow local memory with it.
 	StagingDelay func(n int)
+	// Auth authenticates every connection to the replicas and the leader
+	// (and encrypts it unless its mode is plaintext). Required.
+	Auth *auth.Credentials
 }
+
+// errNoCredentials is the error of a primary or replica configured
+// without credentials: replication never falls back to unauthenticated
+// connections.
+var errNoCredentials = errors.New("replicate: no credentials: every replication connection is authenticated (a key from tandem keygen, --auth-key)")
 
 // Errors that end a primary's run.
 var (
@@ -146,6 +156,8 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 		return nil, fmt.Errorf("replicate: epoch interval %v must be positive", cfg.Epoch)
 	case cfg.VMID == 0:
 		return nil, errors.New("replicate: VM id 0 is reserved")
+	case cfg.Auth == nil:
+		return nil, errNoCredentials
 	}
 	if cfg.SGMax < 1 {
 		cfg.SGMax = 32
@@ -194,7 +206,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 		h := hello
 		h.Role = RoleState
 		var err error
-		p.leader, err = dialLeader(ctx, p.cfg.Leader, p.cfg.VMID, h, p.acks, p.cfg.Heartbeat)
+		p.leader, err = dialLeader(ctx, p.cfg.Auth, p.cfg.Leader, p.cfg.VMID, h, p.acks, p.cfg.Heartbeat)
 		errs[len(errs)-1] = err
 	}()
 	wg.Wait()

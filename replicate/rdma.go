@@ -10,14 +10,20 @@ package replicate
 // on TCP: they carry little data, and recovery must work whatever the
 // replicas' NICs do.
 //
-// Connection. The primary resolves the address and route (rdma_cm), creates
-// one RC QP for the link and connects; the connect request's private data
-// carries the VM id and the link's hello (rdmaConnectData, 46 bytes: the
-// IB CM allows 56). The replica checks the hello exactly as for a TCP link
-// (Replica.admit), registers its buffers, pre-posts receives and accepts;
-// the accept's private data carries the addresses, rkeys and sizes of its
-// buffers (rdmaAcceptData). A refusal is an rdma_reject whose private data
-// carries the reason, which the primary reports.
+// Connection. The primary first authenticates the link over TCP at the
+// replica's --listen address (?auth=HOST:PORT in the link address): an
+// auth handshake, then the link's hello, which the replica admits exactly
+// as for a TCP link and answers with a one-time ticket and a confirmation
+// key (rdma_auth.go). It then resolves the address and route (rdma_cm),
+// creates one RC QP for the link and connects; the connect request's
+// private data carries the ticket (rdmaConnectData, 24 bytes: the IB CM
+// allows 56). The replica accepts only a ticket it issued, once, registers
+// its buffers, pre-posts receives and accepts; the accept's private data
+// carries the addresses, rkeys and sizes of its buffers with an HMAC under
+// the confirmation key (rdmaAcceptData), which the primary checks before it
+// writes. A refusal is an rdma_reject whose private data carries the
+// reason, which the primary reports; a request without a valid ticket
+// learns only that it was not authenticated.
 //
 // Buffers. The primary registers guest RAM once per device (ibv_reg_mr, on-
 // demand paging first when the device offers it, else pinned), shared by
@@ -98,12 +104,16 @@ func (t Transport) String() string {
 // tcp://HOST:PORT for TCP, rdma://HOST:PORT for RDMA, where rdma:// takes an
 // optional ?src=IP naming the local address, and so the local RDMA device
 // and port, the link leaves from (several links can then use several
-// RNICs, as in seed 003).
+// RNICs, as in seed 003), and auth=HOST:PORT, the replica's TCP address
+// where the link is authenticated (required to dial; options join with &).
 type LinkAddr struct {
 	Transport Transport
 	Host      string
 	Port      string
 	Source    string // rdma: local IP to bind, or ""
+	// Auth (rdma) is the replica's TCP address (its --listen), where the
+	// link is authenticated before its RDMA connection (rdma_auth.go).
+	Auth string
 }
 
 // HostPort is the address without scheme and options.
@@ -114,8 +124,15 @@ func (a LinkAddr) String() string {
 		return a.HostPort()
 	}
 	s := "rdma://" + a.HostPort()
+	var opts []string
 	if a.Source != "" {
-		s += "?src=" + a.Source
+		opts = append(opts, "src="+a.Source)
+	}
+	if a.Auth != "" {
+		opts = append(opts, "auth="+a.Auth)
+	}
+	if len(opts) > 0 {
+		s += "?" + strings.Join(opts, "&")
 	}
 	return s
 }
@@ -145,13 +162,21 @@ func ParseLinkAddr(s string) (LinkAddr, error) {
 			return LinkAddr{}, fmt.Errorf("link address %q: %v", s, err)
 		}
 		for k, v := range q {
-			if k != "src" || len(v) != 1 {
-				return LinkAddr{}, fmt.Errorf("link address %q: unknown option %q (rdma:// takes ?src=IP)", s, k)
+			if (k != "src" && k != "auth") || len(v) != 1 {
+				return LinkAddr{}, fmt.Errorf("link address %q: unknown option %q (rdma:// takes ?src=IP&auth=HOST:PORT)", s, k)
 			}
-			if net.ParseIP(v[0]) == nil {
-				return LinkAddr{}, fmt.Errorf("link address %q: src=%q is not an IP address", s, v[0])
+			switch k {
+			case "src":
+				if net.ParseIP(v[0]) == nil {
+					return LinkAddr{}, fmt.Errorf("link address %q: src=%q is not an IP address", s, v[0])
+				}
+				a.Source = v[0]
+			case "auth":
+				if h, p, err := net.SplitHostPort(v[0]); err != nil || h == "" || p == "" {
+					return LinkAddr{}, fmt.Errorf("link address %q: auth=%q is not HOST:PORT", s, v[0])
+				}
+				a.Auth = v[0]
 			}
-			a.Source = v[0]
 		}
 	}
 	host, port, err := net.SplitHostPort(hostport)
@@ -181,9 +206,21 @@ func (p *Primary) dialTransport(ctx context.Context, addr string, index int, hel
 	if a.Transport == TransportTCP {
 		return p.dialTCP(ctx, a.HostPort(), index, hello)
 	}
+	if !RDMAEnabled {
+		_, err := dialRDMA(ctx, rdmaDial{addr: a})
+		return nil, fmt.Errorf("replicate: link %d (%s): %w", index, a, err)
+	}
+	// Authenticate over TCP first; the ticket lets the RDMA connect
+	// request through (rdma_auth.go).
+	setup, ticket, confirm, err := p.rdmaSetup(ctx, a, hello)
+	if err != nil {
+		return nil, fmt.Errorf("replicate: link %d (%s): %w", index, a, err)
+	}
+	defer setup.c.Close()
 	l, err := dialRDMA(ctx, rdmaDial{
 		addr: a, index: index, vmID: p.cfg.VMID, hello: hello, mem: p.src.Memory(), acks: p.acks,
 		chunk: p.cfg.FaultChunk, progress: p.cfg.FaultProgress, log: p.log,
+		ticket: ticket, confirm: confirm,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("replicate: link %d (%s): %w", index, a, err)
@@ -202,10 +239,14 @@ type rdmaDial struct {
 	chunk    int
 	progress func(epoch uint64, n int)
 	log      *slog.Logger
+	// ticket goes in the connect request; confirm authenticates the
+	// replica's accept (rdma_auth.go).
+	ticket  rdmaTicket
+	confirm [32]byte
 }
 
 func (p *Primary) dialTCP(ctx context.Context, addr string, index int, hello Hello) (Link, error) {
-	l, err := dialLink(ctx, addr, index, p.cfg.VMID, hello, p.acks)
+	l, err := dialLink(ctx, p.cfg.Auth, addr, index, p.cfg.VMID, hello, p.acks)
 	if err != nil {
 		return nil, err
 	}

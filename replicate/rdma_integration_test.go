@@ -79,7 +79,7 @@ type rdmaCluster struct {
 
 func newRDMACluster(t *testing.T, replicas int, ip string) *rdmaCluster {
 	c := &rdmaCluster{cluster: newCluster(t, replicas)}
-	for _, r := range c.replicas {
+	for i, r := range c.replicas {
 		ln, err := ListenRDMA(net.JoinHostPort(ip, "0"))
 		if err != nil {
 			t.Fatal(err)
@@ -100,7 +100,7 @@ func newRDMACluster(t *testing.T, replicas int, ip string) *rdmaCluster {
 			})
 		}
 		t.Cleanup(stop)
-		c.rdma = append(c.rdma, "rdma://"+ln.Addr())
+		c.rdma = append(c.rdma, "rdma://"+ln.Addr()+"?auth="+c.addrs[i])
 		c.stops = append(c.stops, stop)
 	}
 	return c
@@ -133,7 +133,7 @@ func TestRDMAReplicaRefusesAnotherVM(t *testing.T) {
 	vm := newFakeVM(t, 64)
 	first := c.primary(vm, PolicyFT, ModeSync, c.rdma)
 	defer first.Close()
-	p, err := NewPrimary(PrimaryConfig{Links: c.rdma, Leader: c.leadAddr, VMID: 0xD1FF, Epoch: time.Millisecond, Log: quietLog()},
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: c.rdma, Leader: c.leadAddr, VMID: 0xD1FF, Epoch: time.Millisecond, Log: quietLog()},
 		newFakeVM(t, 64), NewOutputGate(io.Discard, 1))
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +142,9 @@ func TestRDMAReplicaRefusesAnotherVM(t *testing.T) {
 	if err == nil {
 		t.Fatal("a replica serving one VM accepted a link of another")
 	}
-	if want := "refused the link: this replica serves another VM"; !strings.Contains(err.Error(), want) {
+	// The refusal comes from the authenticated set-up over TCP, before any
+	// RDMA connection is attempted.
+	if want := "refused: this replica serves another VM"; !strings.Contains(err.Error(), want) {
 		t.Errorf("error %q lacks %q", err, want)
 	}
 }

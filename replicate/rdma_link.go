@@ -124,7 +124,7 @@ func dialRDMA(ctx context.Context, d rdmaDial) (Link, error) {
 	if l.ep, err = newEndpoint(l.id, l.dev, rdmaLinkSendDepth, rdmaLinkRecvDepth, l.onRecv, l.onFail); err != nil {
 		return nil, err
 	}
-	if err := cmConnect(l.id, marshalRDMAConnect(d.vmID, d.hello), false); err != nil {
+	if err := cmConnect(l.id, marshalRDMAConnect(d.ticket), false); err != nil {
 		return nil, err
 	}
 	ev, err := l.cm.next(ctx)
@@ -138,7 +138,7 @@ func dialRDMA(ctx context.Context, d rdmaDial) (Link, error) {
 	default:
 		return nil, cmError(ev.ev, ev.status, "")
 	}
-	if l.remote, err = parseRDMAAccept(ev.pdata, uint64(len(d.mem))); err != nil {
+	if l.remote, err = parseRDMAAccept(ev.pdata, uint64(len(d.mem)), d.confirm); err != nil {
 		return nil, err
 	}
 	l.maxMsg = min(l.ep.maxMsg, l.remote.MaxMsg)

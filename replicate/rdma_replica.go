@@ -103,6 +103,9 @@ func (l *rdmaListener) isClosed() bool {
 // Every link is checked and staged exactly like a TCP link (admit,
 // beginEpoch, commit); recovery reads the replica over TCP as always.
 func (r *Replica) ServeRDMA(ctx context.Context, ln RDMAListener) error {
+	if r.cfg.Auth == nil {
+		return errNoCredentials
+	}
 	l, ok := ln.(*rdmaListener)
 	if !ok {
 		return fmt.Errorf("replicate: ServeRDMA needs a listener from ListenRDMA, not %T", ln)
@@ -175,6 +178,7 @@ type rdmaConn struct {
 	mapReg     *memReg
 	last       uint64 // the newest epoch staged, to expand commits
 	started    bool
+	claimed    bool // admitted: holds its link index (Replica.liveLinks)
 
 	mu      sync.Mutex
 	closing bool
@@ -190,13 +194,20 @@ func (r *Replica) acceptRDMA(ev cmEventInfo) (*rdmaConn, error) {
 		c.teardown()
 		return nil, err
 	}
-	vmID, hello, err := parseRDMAConnect(ev.pdata)
+	ticket, err := parseRDMAConnect(ev.pdata)
+	if err != nil {
+		return fail(err)
+	}
+	// Only a request with a ticket from an authenticated set-up gets
+	// anywhere; the hello is the one admitted there (rdma_auth.go).
+	vmID, hello, confirm, err := r.takeRDMATicket(ticket)
 	if err != nil {
 		return fail(err)
 	}
 	if err := r.admit(vmID, &hello); err != nil {
 		return fail(err)
 	}
+	c.claimed = true // link index bound: released in teardown
 	c.link, c.vmID, c.memBytes = hello.Link, vmID, hello.MemBytes
 	if c.dev, err = acquireDevice(cmVerbs(ev.id)); err != nil {
 		return fail(err)
@@ -218,7 +229,7 @@ func (r *Replica) acceptRDMA(ev cmEventInfo) (*rdmaConn, error) {
 		MapKey: c.mapReg.rkey, MapAddr: uint64(addrOf(c.mapBuf)), MapLen: uint32(len(c.mapBuf)),
 		Receives: uint32(c.ep.rqDepth), MaxMsg: c.ep.maxMsg,
 	}
-	if err := cmConnect(ev.id, acc.marshal(), true); err != nil {
+	if err := cmConnect(ev.id, acc.marshal(confirm), true); err != nil {
 		return fail(err)
 	}
 	c.ep.start()
@@ -232,8 +243,7 @@ func (c *rdmaConn) onRecv(w wcInfo) error {
 	case w.opcode == wcOpRecvImm:
 		return c.epochDone(decodeImm(w.imm), w.byteLen)
 	case w.opcode == wcOpRecv && w.flags&wcFlagWithImm != 0:
-		c.r.commit(c.link, expandEpoch(decodeImm(w.imm), c.last))
-		return nil
+		return c.r.commit(c.link, expandEpoch(decodeImm(w.imm), c.last))
 	}
 	return fmt.Errorf("%w: link %d: unexpected RDMA message (completion opcode %d)", ErrProtocol, c.link, w.opcode)
 }
@@ -295,4 +305,8 @@ func (c *rdmaConn) teardown() {
 		c.dev.release()
 	}
 	cmDestroyID(c.id)
+	if c.claimed {
+		c.claimed = false
+		c.r.releaseLink(c.link)
+	}
 }

@@ -48,10 +48,13 @@ func (r *Replica) stageRDMAEpoch(link uint32, vmID uint64, mapBuf []byte, low, f
 	if !attached {
 		return nil, fmt.Errorf("link %d: no RDMA staging buffer attached", link)
 	}
-	r.beginEpoch(link, m)
+	if err := r.beginEpoch(link, m); err != nil {
+		return nil, err
+	}
 	r.mu.Lock()
 	st := r.stages[link]
 	st.received, st.complete = uint64(len(st.data)), true
+	st.acked = max(st.acked, m.Epoch) // the caller acknowledges it
 	r.mu.Unlock()
 	return m, nil
 }

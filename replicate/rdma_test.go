@@ -28,6 +28,8 @@ func TestParseLinkAddr(t *testing.T) {
 		{"rdma://10.0.0.2:7471", LinkAddr{Transport: TransportRDMA, Host: "10.0.0.2", Port: "7471"}},
 		{"RDMA://[fe80::1]:7471", LinkAddr{Transport: TransportRDMA, Host: "fe80::1", Port: "7471"}},
 		{"rdma://10.0.1.2:7471?src=10.0.1.1", LinkAddr{Transport: TransportRDMA, Host: "10.0.1.2", Port: "7471", Source: "10.0.1.1"}},
+		{"rdma://10.0.1.2:7471?auth=10.0.1.2:7070", LinkAddr{Transport: TransportRDMA, Host: "10.0.1.2", Port: "7471", Auth: "10.0.1.2:7070"}},
+		{"rdma://10.0.1.2:7471?src=10.0.1.1&auth=[fe80::2]:7070", LinkAddr{Transport: TransportRDMA, Host: "10.0.1.2", Port: "7471", Source: "10.0.1.1", Auth: "[fe80::2]:7070"}},
 	} {
 		got, err := ParseLinkAddr(tc.in)
 		if err != nil || got != tc.want {
@@ -40,7 +42,7 @@ func TestParseLinkAddr(t *testing.T) {
 	}
 	for _, bad := range []string{
 		"", "10.0.0.2", "rdma://10.0.0.2", "rdma://:7471", "rdma://h:0", "rdma://h:99999", "rdma://h:port",
-		"udp://h:1", "rdma://h:1?src=notanip", "rdma://h:1?via=1.2.3.4", "tcp://h:1?src=1.2.3.4", "rdma://h:1?src=1.1.1.1&src=2.2.2.2",
+		"udp://h:1", "rdma://h:1?src=notanip", "rdma://h:1?via=1.2.3.4", "tcp://h:1?src=1.2.3.4", "rdma://h:1?src=1.1.1.1&src=2.2.2.2", "rdma://h:1?auth=nohost", "rdma://h:1?auth=:7070",
 	} {
 		if a, err := ParseLinkAddr(bad); err == nil {
 			t.Errorf("ParseLinkAddr(%q) = %+v, want an error", bad, a)
@@ -53,7 +55,7 @@ func TestParseLinkAddr(t *testing.T) {
 // says so; with it, on a host without an RDMA device, it says that.
 func TestRDMALinkWithoutSupport(t *testing.T) {
 	c := newCluster(t, 1)
-	p, err := NewPrimary(PrimaryConfig{Links: []string{c.addrs[0], "rdma://127.0.0.1:7471"}, Leader: c.leadAddr, VMID: 5, Epoch: time.Millisecond, Log: quietLog()},
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: []string{c.addrs[0], "rdma://127.0.0.1:7471?auth=" + c.addrs[0]}, Leader: c.leadAddr, VMID: 5, Epoch: time.Millisecond, Log: quietLog()},
 		newFakeVM(t, 16), NewOutputGate(io.Discard, 1))
 	if err != nil {
 		t.Fatal(err)
@@ -305,43 +307,56 @@ func TestImmEncoding(t *testing.T) {
 }
 
 func TestRDMAPrivateData(t *testing.T) {
-	h := Hello{Role: RoleLink, Link: 2, Links: 3, MemBytes: 64 << 20, VCPUs: 2, Policy: PolicyFT, Guest: "a long guest name that a link does not carry"}
-	b := marshalRDMAConnect(0x1234, h)
+	tk := rdmaTicket{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+	b := marshalRDMAConnect(tk)
 	if len(b) > rdmaMaxConnectData {
 		t.Fatalf("connect private data of %d bytes, the IB CM carries %d", len(b), rdmaMaxConnectData)
 	}
 	padded := append(bytes.Clone(b), make([]byte, rdmaMaxConnectData-len(b))...) // as the CM delivers it
-	id, got, err := parseRDMAConnect(padded)
-	h.Guest = ""
-	if err != nil || id != 0x1234 || got != h {
-		t.Fatalf("connect round trip: %x %+v %v", id, got, err)
+	got, err := parseRDMAConnect(padded)
+	if err != nil || got != tk {
+		t.Fatalf("connect round trip: %x %v", got, err)
 	}
+	old := binary.LittleEndian.AppendUint32(nil, rdmaConnectMagic)
+	old = binary.LittleEndian.AppendUint16(old, 1) // version 1 carried a hello in clear
+	old = append(old, make([]byte, 40)...)
 	for name, bad := range map[string][]byte{
-		"empty":     nil,
-		"not ours":  bytes.Repeat([]byte{0xEE}, 56),
-		"state":     marshalRDMAConnect(1, Hello{Role: RoleState, MemBytes: PageSize, Policy: PolicyFT}),
-		"no vm id":  marshalRDMAConnect(0, Hello{Role: RoleLink, Links: 1, MemBytes: PageSize, Policy: PolicyFT}),
-		"bad hello": marshalRDMAConnect(1, Hello{Role: RoleLink, Link: 5, Links: 1, MemBytes: PageSize, Policy: PolicyFT}),
-		"truncated": b[:20],
+		"empty":        nil,
+		"not ours":     bytes.Repeat([]byte{0xEE}, 56),
+		"version 1":    old,
+		"truncated":    b[:20],
+		"trailing":     append(bytes.Clone(b), 1),
+		"reserved set": append(append(bytes.Clone(b[:6]), 1, 0), b[8:]...),
 	} {
-		if _, _, err := parseRDMAConnect(bad); err == nil {
+		if _, err := parseRDMAConnect(bad); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
 
+	key := [32]byte{7}
 	a := rdmaAcceptData{StagingAddr: 0x7f00_0000_0000, StagingHalf: 64 << 20, StagingKey: 0x11, MapKey: 0x22, MapAddr: 0x7f00_1000_0000, MapLen: 4096, Receives: 32, MaxMsg: 1 << 31}
-	ab := a.marshal()
+	ab := a.marshal(key)
 	if len(ab) != rdmaAcceptSize {
 		t.Fatalf("accept private data of %d bytes", len(ab))
 	}
-	if got, err := parseRDMAAccept(append(ab, 0, 0), 64<<20); err != nil || got != a {
+	if got, err := parseRDMAAccept(append(ab, 0, 0), 64<<20, key); err != nil || got != a {
 		t.Fatalf("accept round trip: %+v %v", got, err)
 	}
-	if _, err := parseRDMAAccept(ab, 128<<20); err == nil {
+	if _, err := parseRDMAAccept(ab, 128<<20, key); err == nil {
 		t.Error("staging smaller than the guest accepted")
 	}
-	if _, err := parseRDMAAccept(ab[:30], 64<<20); err == nil {
+	if _, err := parseRDMAAccept(ab[:30], 64<<20, key); err == nil {
 		t.Error("short accept accepted")
+	}
+	// An accept from anyone who does not hold the ticket's confirmation
+	// key, or one whose keys or addresses were changed, is refused.
+	if _, err := parseRDMAAccept(ab, 64<<20, [32]byte{8}); err == nil {
+		t.Error("accept under another confirmation key accepted")
+	}
+	forged := bytes.Clone(ab)
+	forged[24] ^= 1 // the staging rkey
+	if _, err := parseRDMAAccept(forged, 64<<20, key); err == nil {
+		t.Error("accept with a changed rkey accepted")
 	}
 
 	long := strings.Repeat("x", 300)
@@ -552,7 +567,7 @@ func TestRDMADataPathSoftNIC(t *testing.T) {
 		guest[i] = byte(rng.IntN(256))
 	}
 
-	r := NewReplica(ReplicaConfig{Log: quietLog()})
+	r := NewReplica(ReplicaConfig{Log: quietLog(), Auth: testCreds})
 	if err := r.admit(vmID, &Hello{Role: RoleLink, Links: 1, MemBytes: mem, Policy: PolicyFT}); err != nil {
 		t.Fatal(err)
 	}
@@ -669,7 +684,7 @@ func TestRDMADataPathSoftNIC(t *testing.T) {
 
 func TestStageRDMAEpochRejectsMismatches(t *testing.T) {
 	const pages = 16
-	r := NewReplica(ReplicaConfig{Log: quietLog()})
+	r := NewReplica(ReplicaConfig{Log: quietLog(), Auth: testCreds})
 	if err := r.admit(9, &Hello{Role: RoleLink, Links: 1, MemBytes: pages * PageSize, Policy: PolicyFT}); err != nil {
 		t.Fatal(err)
 	}

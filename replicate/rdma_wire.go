@@ -1,6 +1,8 @@
 package replicate
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -133,60 +135,53 @@ func expandEpoch(low uint32, ref uint64) uint64 {
 	return ref + uint64(d)
 }
 
-// rdmaConnectData is the private data of a link's connect request: the VM
-// id and the hello a TCP link sends (without the guest's name, which links
-// do not need), 46 bytes of the 56 the IB CM carries.
+// rdmaConnectData is the private data of a link's connect request: the
+// one-time ticket the replica issued over an authenticated TCP connection
+// (RoleRDMA, see rdma_auth.go), which stands for the VM id and the hello
+// the replica checked there. 24 bytes of the 56 the IB CM carries.
 //
-//	0 u32 magic "TNRC"  4 u16 version  6 u16 hello length  8 u64 VM id
-//	16 hello
+//	0 u32 magic "TNRC"  4 u16 version  6 u16 0  8 [16]byte ticket
 const (
 	rdmaConnectMagic   = 0x43524E54 // "TNRC"
-	rdmaConnectVersion = 1
+	rdmaConnectVersion = 2
+	rdmaConnectSize    = 24
 	// rdmaMaxConnectData is what an IB or RoCE connect request carries
 	// (rdma_connect(3)).
 	rdmaMaxConnectData = 56
 )
 
-func marshalRDMAConnect(vmID uint64, h Hello) []byte {
-	h.Guest = ""
-	hb := h.marshal()
+func marshalRDMAConnect(t rdmaTicket) []byte {
 	le := binary.LittleEndian
 	b := le.AppendUint32(nil, rdmaConnectMagic)
 	b = le.AppendUint16(b, rdmaConnectVersion)
-	b = le.AppendUint16(b, uint16(len(hb)))
-	b = le.AppendUint64(b, vmID)
-	return append(b, hb...)
+	b = le.AppendUint16(b, 0)
+	return append(b, t[:]...)
 }
 
-// parseRDMAConnect decodes and checks a connect request's private data,
-// which the transport may have padded with zeros.
-func parseRDMAConnect(b []byte) (uint64, Hello, error) {
-	var h Hello
-	if len(b) < 16 {
-		return 0, h, fmt.Errorf("%w: rdma connect request with %d bytes of private data (not a Tandem primary?)", ErrProtocol, len(b))
+// parseRDMAConnect decodes a connect request's private data, which the
+// transport may have padded with zeros, and returns its ticket.
+func parseRDMAConnect(b []byte) (rdmaTicket, error) {
+	var t rdmaTicket
+	if len(b) < rdmaConnectSize {
+		return t, fmt.Errorf("%w: rdma connect request with %d bytes of private data (not a Tandem primary?)", ErrProtocol, len(b))
 	}
 	le := binary.LittleEndian
 	if m := le.Uint32(b); m != rdmaConnectMagic {
-		return 0, h, fmt.Errorf("%w: rdma connect request with bad magic %#x (not a Tandem primary?)", ErrProtocol, m)
+		return t, fmt.Errorf("%w: rdma connect request with bad magic %#x (not a Tandem primary?)", ErrProtocol, m)
 	}
 	if v := le.Uint16(b[4:]); v != rdmaConnectVersion {
-		return 0, h, fmt.Errorf("%w: rdma connect request version %d, this build speaks %d", ErrProtocol, v, rdmaConnectVersion)
+		return t, fmt.Errorf("%w: rdma connect request version %d, this build speaks %d", ErrProtocol, v, rdmaConnectVersion)
 	}
-	n := int(le.Uint16(b[6:]))
-	if 16+n > len(b) {
-		return 0, h, fmt.Errorf("%w: rdma connect request with a %d-byte hello in %d bytes", ErrProtocol, n, len(b))
+	if le.Uint16(b[6:]) != 0 {
+		return t, fmt.Errorf("%w: rdma connect request with reserved bits set", ErrProtocol)
 	}
-	vmID := le.Uint64(b[8:])
-	if err := h.unmarshal(b[16 : 16+n]); err != nil {
-		return 0, h, err
+	for _, x := range b[rdmaConnectSize:] {
+		if x != 0 {
+			return t, fmt.Errorf("%w: rdma connect request with %d bytes of private data", ErrProtocol, len(b))
+		}
 	}
-	if h.Role != RoleLink {
-		return 0, h, fmt.Errorf("%w: rdma connect request for a %v connection: only links run over RDMA", ErrProtocol, h.Role)
-	}
-	if vmID == 0 {
-		return 0, h, fmt.Errorf("%w: hello without a VM id", ErrProtocol)
-	}
-	return vmID, h, nil
+	copy(t[:], b[8:rdmaConnectSize])
+	return t, nil
 }
 
 // rdmaAcceptData is the private data of a replica's accept: where the
@@ -196,6 +191,12 @@ func parseRDMAConnect(b []byte) (uint64, Hello, error) {
 //	8 u64 staging address   16 u64 bytes per staging half  24 u32 staging rkey
 //	28 u32 map rkey         32 u64 map address             40 u32 map bytes
 //	44 u32 receives posted  48 u64 max message size (replica's port)
+//	56 [32]byte HMAC-SHA256 of bytes 0-55 under the ticket's confirmation key
+//
+// The MAC proves to the primary that the accept comes from the replica that
+// issued its ticket (only it and the primary know the confirmation key,
+// which travelled inside the authenticated connection), so guest memory is
+// written only where that replica said.
 type rdmaAcceptData struct {
 	StagingAddr uint64
 	StagingHalf uint64
@@ -209,14 +210,15 @@ type rdmaAcceptData struct {
 
 const (
 	rdmaAcceptMagic   = 0x41524E54 // "TNRA"
-	rdmaAcceptVersion = 1
-	rdmaAcceptSize    = 56
+	rdmaAcceptVersion = 2
+	rdmaAcceptSize    = 56 + sha256.Size
 	rdmaRejectMagic   = 0x4A524E54 // "TNRJ"
 	// rdmaMaxRejectData is what an IB CM reject carries for the user.
 	rdmaMaxRejectData = 148
 )
 
-func (a *rdmaAcceptData) marshal() []byte {
+// marshal encodes the accept and its MAC under key.
+func (a *rdmaAcceptData) marshal(key [32]byte) []byte {
 	le := binary.LittleEndian
 	b := le.AppendUint32(nil, rdmaAcceptMagic)
 	b = le.AppendUint16(b, rdmaAcceptVersion)
@@ -228,13 +230,23 @@ func (a *rdmaAcceptData) marshal() []byte {
 	b = le.AppendUint64(b, a.MapAddr)
 	b = le.AppendUint32(b, a.MapLen)
 	b = le.AppendUint32(b, a.Receives)
-	return le.AppendUint64(b, a.MaxMsg)
+	b = le.AppendUint64(b, a.MaxMsg)
+	return append(b, rdmaAcceptMAC(key, b)...)
 }
 
-// parseRDMAAccept decodes the accept's private data and checks it against
-// the guest: a staging half must hold all of guest RAM and the map buffer
-// at least one full-memory region.
-func parseRDMAAccept(b []byte, memBytes uint64) (rdmaAcceptData, error) {
+// rdmaAcceptMAC authenticates an accept's fields under a ticket's
+// confirmation key.
+func rdmaAcceptMAC(key [32]byte, fields []byte) []byte {
+	m := hmac.New(sha256.New, key[:])
+	m.Write([]byte("tandem rdma accept v2\x00"))
+	m.Write(fields)
+	return m.Sum(nil)
+}
+
+// parseRDMAAccept checks the accept's MAC under the ticket's confirmation
+// key, decodes it and checks it against the guest: a staging half must hold
+// all of guest RAM and the map buffer at least one full-memory region.
+func parseRDMAAccept(b []byte, memBytes uint64, key [32]byte) (rdmaAcceptData, error) {
 	var a rdmaAcceptData
 	if len(b) < rdmaAcceptSize {
 		return a, fmt.Errorf("%w: rdma accept with %d bytes of private data (not a Tandem replica?)", ErrProtocol, len(b))
@@ -245,6 +257,9 @@ func parseRDMAAccept(b []byte, memBytes uint64) (rdmaAcceptData, error) {
 	}
 	if v := le.Uint16(b[4:]); v != rdmaAcceptVersion {
 		return a, fmt.Errorf("%w: rdma accept version %d, this build speaks %d", ErrProtocol, v, rdmaAcceptVersion)
+	}
+	if !hmac.Equal(b[56:rdmaAcceptSize], rdmaAcceptMAC(key, b[:56])) {
+		return a, fmt.Errorf("%w: rdma accept not authenticated by the replica that issued the link's ticket", ErrProtocol)
 	}
 	a = rdmaAcceptData{
 		StagingAddr: le.Uint64(b[8:]), StagingHalf: le.Uint64(b[16:]), StagingKey: le.Uint32(b[24:]),

@@ -46,6 +46,9 @@ type replicaView struct {
 // can recover.
 func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, error) {
 	start := time.Now()
+	if r.cfg.Auth == nil {
+		return nil, errNoCredentials
+	}
 	r.mu.Lock()
 	if !r.cfg.Leader || r.vmID == 0 || r.hello.VCPUs == 0 {
 		r.mu.Unlock()
@@ -70,7 +73,7 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 			v := views[i]
 			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			v.c, v.err = dialHello(qctx, addr, vmID, Hello{Role: RoleRecovery, MemBytes: hello.MemBytes, Policy: hello.Policy})
+			v.c, v.err = dialHello(qctx, r.cfg.Auth, addr, vmID, Hello{Role: RoleRecovery, MemBytes: hello.MemBytes, Policy: hello.Policy})
 			if v.err == nil {
 				v.c.c.SetDeadline(time.Now().Add(r.recoveryStepTimeout()))
 				v.report, v.err = query(v.c)

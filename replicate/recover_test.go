@@ -24,7 +24,7 @@ const (
 )
 
 // startMessageProxy listens on loopback and forwards every connection to
-// target, parsing the client's stream message by message and asking decide
+// target, authenticating both sides with the tests' key and parsing the client's stream message by message and asking decide
 // what to do with each. rcvBuf, when non-zero, fixes the client socket's
 // receive buffer (no autotuning), so a frozen proxy makes the sender block
 // soon. It returns the proxy's address.
@@ -46,14 +46,25 @@ func startMessageProxy(t *testing.T, target string, rcvBuf int, decide func(typ 
 	})
 	go func() {
 		for {
-			client, err := ln.Accept()
+			rawClient, err := ln.Accept()
 			if err != nil {
 				return
 			}
 			if rcvBuf > 0 {
-				client.(*net.TCPConn).SetReadBuffer(rcvBuf)
+				rawClient.(*net.TCPConn).SetReadBuffer(rcvBuf)
 			}
-			server, err := net.Dial("tcp", target)
+			// The proxy holds the key: it authenticates each side and sees
+			// the messages in clear.
+			client, role, err := testCreds.Server(context.Background(), rawClient)
+			if err != nil {
+				continue
+			}
+			rawServer, err := net.Dial("tcp", target)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			server, err := testCreds.Client(context.Background(), rawServer, role)
 			if err != nil {
 				client.Close()
 				continue
@@ -190,7 +201,7 @@ func TestRefusalsReachTheClient(t *testing.T) {
 	const served = 0x5EC12E7
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := dialHello(ctx, addr, served, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
+	c, err := dialHello(ctx, testCreds, addr, served, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +216,7 @@ func TestRefusalsReachTheClient(t *testing.T) {
 		{"other memory size", served, Hello{Role: RoleLink, Links: 1, MemBytes: 128 * PageSize}, "refused: the memory size in the hello differs"},
 		{"not the leader", served, Hello{Role: RoleState, Links: 1, MemBytes: 64 * PageSize}, "refused: this replica is not the leader"},
 	} {
-		_, err := dialHello(ctx, addr, tc.vmID, tc.hello)
+		_, err := dialHello(ctx, testCreds, addr, tc.vmID, tc.hello)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 			continue
@@ -227,7 +238,7 @@ func TestReplicaRefusesGuestsLargerThanItsLimit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, mem := range []uint64{1 << 40, 257 * PageSize} {
-		_, err := dialHello(ctx, addr, 0xB16, Hello{Role: RoleLink, Links: 1, MemBytes: mem})
+		_, err := dialHello(ctx, testCreds, addr, 0xB16, Hello{Role: RoleLink, Links: 1, MemBytes: mem})
 		if err == nil || !strings.Contains(err.Error(), "more than this replica takes") {
 			t.Errorf("hello for %d bytes: %v, want a refusal naming the limit", mem, err)
 		}
@@ -238,7 +249,7 @@ func TestReplicaRefusesGuestsLargerThanItsLimit(t *testing.T) {
 	if bound != 0 || store != nil {
 		t.Fatalf("refused hellos bound the replica to VM %x (store allocated: %v)", bound, store != nil)
 	}
-	c, err := dialHello(ctx, addr, 0x600D, Hello{Role: RoleLink, Links: 1, MemBytes: 256 * PageSize})
+	c, err := dialHello(ctx, testCreds, addr, 0x600D, Hello{Role: RoleLink, Links: 1, MemBytes: 256 * PageSize})
 	if err != nil {
 		t.Fatalf("a guest within the limit: %v", err)
 	}
@@ -316,7 +327,7 @@ func TestGateNeverDeadlocksThePause(t *testing.T) {
 	c := newCluster(t, 2)
 	gate := NewOutputGate(io.Discard, 4<<10)
 	vm := newBarrierVM(t, 128, gate)
-	p, err := NewPrimary(PrimaryConfig{
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
 		Links: c.addrs, Leader: c.leadAddr, VMID: 0x6A7E, Guest: "fake", VCPUs: 1,
 		Epoch: 5 * time.Millisecond, Policy: PolicyFast, Mode: ModeSync, SGMax: 8, Log: quietLog(),
 	}, vm, gate)
@@ -369,7 +380,7 @@ func TestStalledLinkFailsInsteadOfHanging(t *testing.T) {
 		return forward
 	})
 	vm := newFakeVM(t, pages)
-	p, err := NewPrimary(PrimaryConfig{
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
 		Links: []string{c.addrs[0], frozen}, Leader: c.leadAddr, VMID: 0x57A1, Guest: "fake", VCPUs: 1,
 		Epoch: 5 * time.Millisecond, Policy: PolicyFast, Mode: ModeSync, SGMax: 8, Log: quietLog(),
 		AckTimeout: 500 * time.Millisecond,

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // Store is a replica's copy of guest memory: every page with the epoch that
@@ -56,6 +58,10 @@ type stage struct {
 	complete bool
 	// appliedEpoch is the newest epoch of this link applied to the store.
 	appliedEpoch uint64
+	// The binding rules (see the package documentation): the newest epoch
+	// whose map the link carried, the newest it acknowledged, and the
+	// newest it was told is committed. They outlive a connection.
+	lastMap, acked, committed uint64
 	// applied is closed when the last committed epoch handed to the
 	// background apply has reached the store (nil: none pending).
 	applied chan struct{}
@@ -96,7 +102,17 @@ type ReplicaConfig struct {
 	// answer (query, settle; a fetch gets this plus its bytes at 10 MB/s).
 	// Zero means 10 s.
 	RecoveryStepTimeout time.Duration
+	// Auth authenticates every connection this replica accepts, and the
+	// leader's recovery connections to the replicas; its Timeout bounds
+	// each handshake. Required: Serve, ServeRDMA and Recover fail without.
+	Auth *auth.Credentials
 }
+
+// maxHandshakes bounds the connections a replica authenticates at once:
+// beyond it a new connection is closed at once, so peers without the key
+// cannot pile up goroutines and sockets (each waits at most the handshake
+// timeout).
+const maxHandshakes = 64
 
 // Replica keeps a copy of one VM's memory, fed by one or more links, and
 // answers the leader's recovery queries. It serves one VM: the first hello
@@ -105,6 +121,9 @@ type ReplicaConfig struct {
 type Replica struct {
 	cfg ReplicaConfig
 	log *slog.Logger
+
+	// handshakes holds a token per connection being authenticated.
+	handshakes chan struct{}
 
 	mu     sync.Mutex
 	vmID   uint64
@@ -120,6 +139,12 @@ type Replica struct {
 	failReason  string
 	ended       bool // the primary said goodbye: its VM stopped on purpose
 	stateActive bool
+
+	// liveLinks holds the link indices bound to a live connection of the
+	// primary (TCP or RDMA): a second connection claiming one is refused.
+	liveLinks map[uint32]bool
+	// rdmaGrants are the RDMA link tickets outstanding (rdma_auth.go).
+	rdmaGrants []*rdmaGrant
 }
 
 // NewReplica returns a replica that holds no VM yet.
@@ -130,11 +155,16 @@ func NewReplica(cfg ReplicaConfig) *Replica {
 	if cfg.HeartbeatTimeout == 0 {
 		cfg.HeartbeatTimeout = time.Second
 	}
-	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{})}
+	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{}),
+		handshakes: make(chan struct{}, maxHandshakes), liveLinks: map[uint32]bool{}}
 }
 
 // Serve accepts connections until ctx is done.
 func (r *Replica) Serve(ctx context.Context, ln net.Listener) error {
+	if r.cfg.Auth == nil {
+		ln.Close()
+		return errNoCredentials
+	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
@@ -147,13 +177,20 @@ func (r *Replica) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("replicate: accept: %w", err)
 		}
+		select {
+		case r.handshakes <- struct{}{}:
+		default:
+			r.log.Warn("replica connection refused: too many handshakes in progress", "peer", c.RemoteAddr(), "limit", maxHandshakes)
+			c.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			stop := context.AfterFunc(ctx, func() { c.Close() })
 			defer stop()
 			defer c.Close()
-			if err := r.serveConn(c); err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+			if err := r.serveConn(ctx, c); err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
 				r.log.Warn("replica connection ended", "peer", c.RemoteAddr(), "err", err)
 			}
 		}()
@@ -201,9 +238,18 @@ func (c *conn) sendError(msg string) {
 	c.send(MsgError, 0, []byte(msg))
 }
 
-func (r *Replica) serveConn(nc net.Conn) error {
+// serveConn authenticates a connection, admits its hello and serves it.
+// Nothing is read from the peer but handshake frames, and nothing is
+// allocated from its claims, until it has proved it holds the key; a peer
+// that fails is told nothing (the handshake fails).
+func (r *Replica) serveConn(ctx context.Context, raw net.Conn) error {
+	nc, role, err := r.cfg.Auth.Server(ctx, raw)
+	<-r.handshakes
+	if err != nil {
+		return fmt.Errorf("replicate: peer %s: %w", raw.RemoteAddr(), err)
+	}
 	c := newConn(nc)
-	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	nc.SetReadDeadline(time.Now().Add(r.cfg.Auth.Timeout()))
 	h, err := readHeader(c.r, 0)
 	if err != nil {
 		return c.errorf("%w", noEOF(err))
@@ -224,9 +270,17 @@ func (r *Replica) serveConn(nc net.Conn) error {
 		c.sendError(err.Error())
 		return c.errorf("%w", err)
 	}
+	if auth.Role(hello.Role) != role {
+		err := fmt.Errorf("%w: %v hello on a connection authenticated as role %d", ErrProtocol, hello.Role, role)
+		c.sendError(err.Error())
+		return c.errorf("%w", err)
+	}
 	if err := r.admit(h.VMID, &hello); err != nil {
 		c.sendError(publicText(err))
 		return c.errorf("%w", err)
+	}
+	if hello.Role == RoleLink {
+		defer r.releaseLink(hello.Link)
 	}
 	nc.SetReadDeadline(time.Time{})
 	if err := c.send(MsgWelcome, 0, nil); err != nil {
@@ -237,6 +291,8 @@ func (r *Replica) serveConn(nc net.Conn) error {
 		return r.serveLink(c, hello.Link)
 	case RoleState:
 		return r.serveState(c)
+	case RoleRDMA:
+		return r.serveRDMASetup(c, h.VMID, hello)
 	default:
 		return r.serveRecovery(c)
 	}
@@ -304,6 +360,8 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 		return errors.New("this replica is not the leader")
 	case h.Role == RoleState && r.stateActive:
 		return errors.New("the leader already has a state connection")
+	case (h.Role == RoleLink || h.Role == RoleRDMA) && r.liveLinks[h.Link]:
+		return fmt.Errorf("link %d of this VM is already connected", h.Link)
 	}
 	switch h.Role {
 	case RoleState:
@@ -314,12 +372,20 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 		if r.store == nil {
 			r.store = newStore(h.MemBytes)
 		}
+		r.liveLinks[h.Link] = true // until releaseLink
 	case RoleRecovery:
 		if r.store == nil {
 			return errors.New("this replica holds no pages: no link feeds it")
 		}
 	}
 	return nil
+}
+
+// releaseLink frees a link index when its connection ends.
+func (r *Replica) releaseLink(link uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.liveLinks, link)
 }
 
 // serveLink receives one link's epochs: map, data, completion; acknowledges
@@ -341,7 +407,9 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			if err != nil {
 				return c.errorf("link %d: %w", link, err)
 			}
-			r.beginEpoch(link, m)
+			if err := r.beginEpoch(link, m); err != nil {
+				return c.errorf("%w", err)
+			}
 		case MsgData:
 			if err := r.receiveData(c, link, h); err != nil {
 				return err
@@ -352,6 +420,7 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			ok := st != nil && st.epoch == h.Epoch && !st.complete && st.received == uint64(len(st.data))
 			if ok {
 				st.complete = true
+				st.acked = max(st.acked, h.Epoch)
 			}
 			r.mu.Unlock()
 			if !ok {
@@ -361,7 +430,9 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 				return c.errorf("link %d: %w", link, err)
 			}
 		case MsgCommit:
-			r.commit(link, h.Epoch)
+			if err := r.commit(link, h.Epoch); err != nil {
+				return c.errorf("%w", err)
+			}
 		default:
 			return c.errorf("link %d: %w: unexpected %v message", link, ErrProtocol, h.Type)
 		}
@@ -374,10 +445,26 @@ func (r *Replica) stageOf(link uint32) *stage {
 	return r.stages[link]
 }
 
+// checkCommitted applies the binding rule on commits to a link: the
+// primary commits an epoch only once every live link acknowledged it, and
+// commits in order, so a commit (in a map or a commit message) may name
+// neither an epoch this link has not acknowledged nor one older than a
+// commit it already carried. Call with r.mu held.
+func checkCommitted(st *stage, what string, e uint64) error {
+	switch {
+	case e > st.acked:
+		return fmt.Errorf("%w: link %d: %s says epoch %d is committed, but the link acknowledged no epoch after %d", ErrProtocol, st.link, what, e, st.acked)
+	case e < st.committed:
+		return fmt.Errorf("%w: link %d: %s says epoch %d is committed after a commit of epoch %d: commits must not go back", ErrProtocol, st.link, what, e, st.committed)
+	}
+	return nil
+}
+
 // beginEpoch starts staging a new epoch on a link. A staged epoch that was
 // committed in the meantime is applied first; one that was not will never
 // be (the primary decided every earlier epoch before starting this one).
-func (r *Replica) beginEpoch(link uint32, m *MapRecord) {
+// A map that breaks the binding rules is refused and changes nothing.
+func (r *Replica) beginEpoch(link uint32, m *MapRecord) error {
 	if st := r.stageOf(link); st != nil {
 		r.waitApplied(st)
 	}
@@ -388,6 +475,13 @@ func (r *Replica) beginEpoch(link uint32, m *MapRecord) {
 		st = &stage{link: link}
 		r.stages[link] = st
 	}
+	if m.Epoch <= st.lastMap {
+		return fmt.Errorf("%w: link %d: map of epoch %d after one of epoch %d: epochs on a link must increase", ErrProtocol, link, m.Epoch, st.lastMap)
+	}
+	if err := checkCommitted(st, "the map of epoch "+fmt.Sprint(m.Epoch), m.Committed); err != nil {
+		return err
+	}
+	st.lastMap, st.committed = m.Epoch, m.Committed
 	if st.complete && st.epoch <= m.Committed {
 		r.store.apply(st)
 		st.appliedEpoch = max(st.appliedEpoch, st.epoch)
@@ -399,6 +493,7 @@ func (r *Replica) beginEpoch(link uint32, m *MapRecord) {
 		st.data = make([]byte, need)
 	}
 	st.epoch, st.regions, st.data, st.received, st.complete = m.Epoch, m.Regions, st.data[:need], 0, false
+	return nil
 }
 
 // receiveData reads a data message straight into the link's staging area.
@@ -435,13 +530,21 @@ func (r *Replica) receiveData(c *conn, link uint32, h Header) error {
 }
 
 // commit applies a link's staged epoch once it is committed, in the
-// background; the next map on the link waits for it.
-func (r *Replica) commit(link uint32, epoch uint64) {
+// background; the next map on the link waits for it. A commit that breaks
+// the binding rules is refused.
+func (r *Replica) commit(link uint32, epoch uint64) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := r.stages[link]
-	if st == nil || !st.complete || st.epoch > epoch {
-		return
+	if st == nil {
+		return fmt.Errorf("%w: link %d: commit of epoch %d before any epoch", ErrProtocol, link, epoch)
+	}
+	if err := checkCommitted(st, "a commit message", epoch); err != nil {
+		return err
+	}
+	st.committed = epoch
+	if !st.complete || st.epoch > epoch {
+		return nil
 	}
 	// The staged epoch moves to a background apply, which hands the staging
 	// buffer back when done; the link's next map waits for that.
@@ -458,6 +561,7 @@ func (r *Replica) commit(link uint32, epoch uint64) {
 		r.mu.Unlock()
 		close(done)
 	}()
+	return nil
 }
 
 // waitApplies waits for every link's background apply.

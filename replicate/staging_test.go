@@ -14,7 +14,7 @@ import (
 func TestAsyncStagingPreallocated(t *testing.T) {
 	for _, mode := range []Mode{ModeAsync, ModeSync} {
 		src := newStaticSource(t, 1024, []uint64{1, 2, 3, 500, 1023})
-		p, err := NewPrimary(PrimaryConfig{
+		p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
 			Links: []string{replicaAddr(t, ReplicaConfig{})}, Leader: replicaAddr(t, ReplicaConfig{Leader: true, HeartbeatTimeout: time.Hour}),
 			VMID: 0x57A6, Guest: "static", VCPUs: 1, Epoch: time.Hour, Mode: mode, Log: quietLog(),
 		}, src, NewOutputGate(io.Discard, 1<<20))

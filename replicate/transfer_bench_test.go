@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // staticSource is a Source whose memory holds data in every page and whose
@@ -43,60 +45,65 @@ func (s *staticSource) HarvestDirty(dst []uint64) ([]uint64, error) {
 // on every link, the replicas' staging and acknowledgement, the commit, and
 // the replicas' apply of the previous epoch. The dirty set is the scattered
 // pattern seed 003 observed (runs of 1-2 pages, gaps of 1-2), 4096 pages in
-// a 64 MiB guest; MB/s counts the bytes on all links together.
+// a 64 MiB guest; MB/s counts the bytes on all links together. Every case
+// runs with the connections encrypted (TLS 1.3, the default) and in
+// plaintext mode (authenticated, then in clear), so one run gives the cost
+// of encryption.
 func BenchmarkTransfer(b *testing.B) {
 	const memPages = 16384
 	const sgMax = 32
 	dirty := scatteredPages(rand.New(rand.NewPCG(42, 44)), 4096)
 	sent := Transferred(Group(nil, dirty, sgMax))
-	for _, c := range []struct {
-		name   string
-		policy Policy
-		links  int
-	}{
-		{"fast/links=1", PolicyFast, 1},
-		{"fast/links=2", PolicyFast, 2},
-		{"fast/links=4", PolicyFast, 4},
-		{"ft/links=4", PolicyFT, 4},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			src := newStaticSource(b, memPages, dirty)
-			var links []string
-			for range c.links {
-				links = append(links, replicaAddr(b, ReplicaConfig{}))
-			}
-			leader := replicaAddr(b, ReplicaConfig{Leader: true, HeartbeatTimeout: time.Hour})
-			p, err := NewPrimary(PrimaryConfig{
-				Links: links, Leader: leader, VMID: 0xBE7C, Guest: "static", VCPUs: 1,
-				Epoch: time.Hour, Policy: c.policy, Mode: ModeSync, SGMax: sgMax, Log: quietLog(),
-			}, src, NewOutputGate(io.Discard, 1<<20))
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if err := p.Connect(ctx); err != nil {
-				b.Fatal(err)
-			}
-			defer p.Close()
-			if err := p.initialSync(ctx); err != nil {
-				b.Fatal(err)
-			}
-			wire := sent * PageSize
-			if c.policy == PolicyFT {
-				wire *= uint64(c.links)
-			}
-			b.SetBytes(int64(wire))
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := p.runEpoch(ctx); err != nil {
+	for _, creds := range []*auth.Credentials{testCreds, testPlainCreds} {
+		for _, c := range []struct {
+			name   string
+			policy Policy
+			links  int
+		}{
+			{"fast/links=1", PolicyFast, 1},
+			{"fast/links=2", PolicyFast, 2},
+			{"fast/links=4", PolicyFast, 4},
+			{"ft/links=4", PolicyFT, 4},
+		} {
+			b.Run(creds.Mode().String()+"/"+c.name, func(b *testing.B) {
+				src := newStaticSource(b, memPages, dirty)
+				var links []string
+				for range c.links {
+					links = append(links, replicaAddr(b, ReplicaConfig{Auth: creds}))
+				}
+				leader := replicaAddr(b, ReplicaConfig{Auth: creds, Leader: true, HeartbeatTimeout: time.Hour})
+				p, err := NewPrimary(PrimaryConfig{Auth: creds,
+					Links: links, Leader: leader, VMID: 0xBE7C, Guest: "static", VCPUs: 1,
+					Epoch: time.Hour, Policy: c.policy, Mode: ModeSync, SGMax: sgMax, Log: quietLog(),
+				}, src, NewOutputGate(io.Discard, 1<<20))
+				if err != nil {
 					b.Fatal(err)
 				}
-			}
-			if p.Committed() != p.epoch {
-				b.Fatalf("committed epoch %d, last epoch %d: an epoch failed", p.Committed(), p.epoch)
-			}
-			b.ReportMetric(float64(sent)/float64(len(dirty)), "sent/dirty")
-		})
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if err := p.Connect(ctx); err != nil {
+					b.Fatal(err)
+				}
+				defer p.Close()
+				if err := p.initialSync(ctx); err != nil {
+					b.Fatal(err)
+				}
+				wire := sent * PageSize
+				if c.policy == PolicyFT {
+					wire *= uint64(c.links)
+				}
+				b.SetBytes(int64(wire))
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := p.runEpoch(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if p.Committed() != p.epoch {
+					b.Fatalf("committed epoch %d, last epoch %d: an epoch failed", p.Committed(), p.epoch)
+				}
+				b.ReportMetric(float64(sent)/float64(len(dirty)), "sent/dirty")
+			})
+		}
 	}
 }

@@ -30,7 +30,9 @@ type MsgType uint16
 // state connection: Hello, State, Commit, Heartbeat; leader → primary:
 // Welcome, Ack, and Bye when the VM ended on purpose (no takeover).
 // Leader → replica during recovery: Hello, Query, Resolve,
-// Fetch; replica → leader: Welcome, Report, Epochs, Data.
+// Fetch; replica → leader: Welcome, Report, Epochs, Data. Primary →
+// replica setting up an RDMA link: Hello; replica → primary: Welcome,
+// Ticket (rdma_auth.go).
 const (
 	MsgHello MsgType = iota + 1
 	MsgWelcome
@@ -48,10 +50,11 @@ const (
 	MsgEpochs
 	MsgFetch
 	MsgBye
+	MsgTicket
 	msgTypeEnd
 )
 
-var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye"}
+var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket"}
 
 func (t MsgType) String() string {
 	if t > 0 && t < msgTypeEnd {
@@ -174,6 +177,10 @@ const (
 	RoleLink     Role = 1 // carries one link's epochs to a replica
 	RoleState    Role = 2 // carries state and heartbeats to the leader
 	RoleRecovery Role = 3 // the leader reading a replica's store
+	// RoleRDMA sets up an RDMA link: the replica answers an authenticated
+	// hello with a one-time ticket that the RDMA connect request must carry
+	// (see rdma.go).
+	RoleRDMA Role = 4
 )
 
 func (r Role) String() string {
@@ -184,6 +191,8 @@ func (r Role) String() string {
 		return "state"
 	case RoleRecovery:
 		return "recovery"
+	case RoleRDMA:
+		return "rdma setup"
 	}
 	return fmt.Sprintf("Role(%d)", uint32(r))
 }
@@ -234,9 +243,9 @@ func (m *Hello) unmarshal(b []byte) error {
 	}
 	m.Guest = string(b[helloFixed:])
 	switch {
-	case m.Role < RoleLink || m.Role > RoleRecovery:
+	case m.Role < RoleLink || m.Role > RoleRDMA:
 		return fmt.Errorf("%w: hello with unknown role %d", ErrProtocol, m.Role)
-	case m.Role == RoleLink && (m.Links == 0 || m.Link >= m.Links || m.Links > MaxLinks):
+	case (m.Role == RoleLink || m.Role == RoleRDMA) && (m.Links == 0 || m.Link >= m.Links || m.Links > MaxLinks):
 		return fmt.Errorf("%w: hello for link %d of %d", ErrProtocol, m.Link, m.Links)
 	case m.Policy != PolicyFast && m.Policy != PolicyFT:
 		return fmt.Errorf("%w: hello with unknown policy %d", ErrProtocol, m.Policy)

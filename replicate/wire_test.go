@@ -116,6 +116,8 @@ func FuzzDecoders(f *testing.F) {
 	f.Add(appendHeader(nil, Header{Type: MsgHello, VMID: 1, Length: 30}))
 	f.Add((&Report{Applied: 1, Staged: []Staged{{Link: 0, Epoch: 2}}}).marshal())
 	f.Add((&StateRecord{Links: []uint32{1}, Blob: []byte{1}}).marshal())
+	f.Add(marshalRDMAConnect(rdmaTicket{1}))
+	f.Add((&rdmaAcceptData{StagingHalf: PageSize, MapLen: 4096, Receives: 2, MaxMsg: 1}).marshal([32]byte{}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) >= headerSize {
 			if h, err := parseHeader(b[:headerSize], 0); err == nil && uint64(h.Length) > maxPayload(h.Type) {
@@ -134,6 +136,15 @@ func FuzzDecoders(f *testing.F) {
 		parseReport(b)
 		parseState(Header{}, b)
 		parseRegions(b, 1<<20)
+		// The RDMA set-up's decoders: the connect request a peer sends
+		// before any key check, and the accept a primary checks.
+		if tk, err := parseRDMAConnect(b); err == nil && !bytes.Equal(marshalRDMAConnect(tk), b[:rdmaConnectSize]) {
+			t.Fatalf("rdma connect %x decodes as ticket %x", b, tk)
+		}
+		if _, err := parseRDMAAccept(b, PageSize, [32]byte{}); err == nil && !bytes.Equal(b[56:rdmaAcceptSize], rdmaAcceptMAC([32]byte{}, b[:56])) {
+			t.Fatalf("rdma accept %x passed without its MAC", b)
+		}
+		parseRDMAReject(b)
 	})
 }
 
@@ -146,7 +157,7 @@ type linkClient struct {
 
 func dialAs(t *testing.T, addr string, vmID uint64, h Hello) *linkClient {
 	t.Helper()
-	c, err := dialHello(context.Background(), addr, vmID, h)
+	c, err := dialHello(context.Background(), testCreds, addr, vmID, h)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tandemvm/tandem/cmd/tandem/internal/bench"
+	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // cmdBench runs seed 003's evaluation on this machine: see
@@ -31,6 +32,7 @@ func cmdBench(ctx context.Context, args []string) error {
 	sgMax := fs.Int("sg-max", full.SGMax, "scatter-gather regions per epoch")
 	rate := fs.Uint64("rate", 0, "dirty guest rate in pages/s (0: as fast as it runs)")
 	writeBW := fs.Float64("write-bw", 0, "DRAM write bandwidth in bytes/s for the write-latency model (0: measure it)")
+	plaintext := fs.Bool("insecure-plaintext", false, "carry the bench's replication connections unencrypted (still authenticated, with a key made for the run); default: encrypted, as tandem run --ha")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -104,6 +106,18 @@ func cmdBench(ctx context.Context, args []string) error {
 	if err := bench.CheckLabTools(); err != nil {
 		return fmt.Errorf("%v: tandem bench builds network namespaces and shapes veth links with tc", err)
 	}
-	_, err = bench.Run(ctx, cfg, bench.Options{Version: version(), Out: os.Stdout})
+	opt := bench.Options{Version: version(), Out: os.Stdout}
+	if *plaintext {
+		// The bench's connections join its own in-process replicas and
+		// primaries: a key made for the run serves them; no key file.
+		k, err := auth.GenerateKey()
+		if err != nil {
+			return err
+		}
+		if opt.Auth, err = auth.NewCredentials(k, auth.Plaintext); err != nil {
+			return err
+		}
+	}
+	_, err = bench.Run(ctx, cfg, opt)
 	return err
 }

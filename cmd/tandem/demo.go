@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // cmdDemo tells the whole story on one machine: two replicas and a leader,
@@ -40,6 +42,16 @@ func cmdDemo(ctx context.Context, args []string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	// One replication key for the demo's nodes, made for this run (0600,
+	// in the temporary directory removed at the end).
+	key := filepath.Join(dir, "replication.key")
+	k, err := auth.GenerateKey()
+	if err != nil {
+		return err
+	}
+	if err := auth.WriteKeyFile(key, k); err != nil {
+		return err
+	}
 	ports, err := freePorts(3)
 	if err != nil {
 		return err
@@ -59,9 +71,10 @@ func cmdDemo(ctx context.Context, args []string) error {
 		return p, err
 	}
 
+	fmt.Println("demo: made a replication key for this run; every connection is authenticated and encrypted (TLS 1.3)")
 	fmt.Println("demo: starting two replicas and a leader on 127.0.0.1")
 	for _, a := range []string{r1, r2} {
-		p, err := start("replica", "replica", "--listen", a)
+		p, err := start("replica", "replica", "--listen", a, "--auth-key", key)
 		if err != nil {
 			return err
 		}
@@ -69,7 +82,7 @@ func cmdDemo(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	lp, err := start("leader", "replica", "--listen", leader, "--leader", "--replicas", r1+","+r2,
+	lp, err := start("leader", "replica", "--listen", leader, "--leader", "--replicas", r1+","+r2, "--auth-key", key,
 		"--serial", "unix:"+dir+"/leader.sock")
 	if err != nil {
 		return err
@@ -78,7 +91,7 @@ func cmdDemo(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Printf("demo: starting the primary: counter guest, --ha over 2 links (%s), leader %s, policy %s, mode %s\n", r1+","+r2, leader, *policy, *mode)
-	pp, err := start("primary", "run", "--guest", "counter", "--mem", "16M", "--ha",
+	pp, err := start("primary", "run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key,
 		"--replicas", r1+","+r2, "--leader", leader, "--policy", *policy, "--mode", *mode, "--epoch", "20ms",
 		"--serial", "unix:"+dir+"/primary.sock")
 	if err != nil {

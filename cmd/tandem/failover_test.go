@@ -201,8 +201,9 @@ func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, fc failoverCase) {
 		}
 	}()
 	r1, r2 := lab.addrs["r1"]+port, lab.addrs["r2"]+port
+	key := testKeyFile(t)
 	replicaArgs := func(role string) []string {
-		args := []string{"replica", "--listen", lab.addrs[role] + port}
+		args := []string{"replica", "--listen", lab.addrs[role] + port, "--auth-key", key}
 		if fc.rdma {
 			args = append(args, "--rdma-listen", lab.addrs[role]+rport)
 		}
@@ -211,7 +212,7 @@ func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, fc failoverCase) {
 	procs = append(procs,
 		lab.start("r1", nil, replicaArgs("r1")...),
 		lab.start("r2", nil, replicaArgs("r2")...),
-		lab.start("leader", nil, "replica", "--listen", lab.addrs["leader"]+port, "--leader",
+		lab.start("leader", nil, "replica", "--listen", lab.addrs["leader"]+port, "--leader", "--auth-key", key,
 			"--replicas", r1+","+r2, "--heartbeat-timeout", "2s", "--serial", "unix:"+dir+"/leader.sock"))
 	for _, p := range procs {
 		waitStderr(t, p, "replica listening")
@@ -224,9 +225,9 @@ func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, fc failoverCase) {
 	// Links: r1 twice (two links to one host) and r2 once.
 	l1, l2 := r1, r2
 	if fc.rdma {
-		l1, l2 = "rdma://"+lab.addrs["r1"]+rport, "rdma://"+lab.addrs["r2"]+rport
+		l1, l2 = "rdma://"+lab.addrs["r1"]+rport+"?auth="+r1, "rdma://"+lab.addrs["r2"]+rport+"?auth="+r2
 	}
-	args := []string{"run", "--guest", "counter", "--mem", "16M", "--ha",
+	args := []string{"run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key,
 		"--replicas", l1 + "," + l2 + "," + l1, "--leader", lab.addrs["leader"] + port,
 		"--policy", fc.policy, "--mode", fc.mode, "--epoch", "10ms", "--serial", "unix:" + dir + "/primary.sock"}
 	if fc.dirty != "" {

@@ -36,6 +36,7 @@ type haFlags struct {
 	trace      *string
 	ackTimeout *time.Duration
 	heartbeat  *time.Duration
+	auth       *authFlags
 }
 
 func addHAFlags(fs *flag.FlagSet) *haFlags {
@@ -50,6 +51,7 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 		trace:      fs.String("trace", "", "write one JSON line per epoch to this file"),
 		ackTimeout: fs.Duration("ack-timeout", 2*time.Second, "a link that does not acknowledge an epoch within this time (plus transfer time) has failed"),
 		heartbeat:  fs.Duration("heartbeat", 100*time.Millisecond, "interval of heartbeats to the leader"),
+		auth:       addAuthFlags(fs),
 	}
 }
 
@@ -57,7 +59,7 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 // or nil when --ha is off.
 func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *slog.Logger) (*replicate.PrimaryConfig, error) {
 	if !*h.enabled {
-		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "trace", "ack-timeout", "heartbeat"} {
+		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "trace", "ack-timeout", "heartbeat", "auth-key", "insecure-plaintext"} {
 			if set[name] {
 				return nil, usagef("--%s needs --ha", name)
 			}
@@ -84,6 +86,9 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 		return nil, usagef("--epoch %v: want at least 1ms", *h.epoch)
 	case *h.sgMax < 1:
 		return nil, usagef("--sg-max %d: want at least 1", *h.sgMax)
+	}
+	if cfg.Auth, err = h.auth.credentials("--ha"); err != nil {
+		return nil, err
 	}
 	if cfg.Policy, err = replicate.ParsePolicy(*h.policy); err != nil {
 		return nil, usagef("--policy: %v", err)
@@ -202,7 +207,7 @@ func startPrimary(ctx context.Context, src replicate.Source, gate replicate.Gate
 	if err := p.Connect(cctx); err != nil {
 		return nil, err
 	}
-	cfg.Log.Info("replicating", "links", len(cfg.Links), "leader", cfg.Leader, "policy", cfg.Policy, "mode", cfg.Mode, "epoch", cfg.Epoch)
+	cfg.Log.Info("replicating", "links", len(cfg.Links), "leader", cfg.Leader, "policy", cfg.Policy, "mode", cfg.Mode, "epoch", cfg.Epoch, "connections", cfg.Auth.Mode())
 	return p, nil
 }
 

@@ -47,6 +47,7 @@ type command struct {
 var commands = []command{
 	{"run", "boot a guest: a built-in test guest, a flat image, or a snapshot", cmdRun},
 	{"replica", "keep a copy of a replicated VM; with --leader, take over when the primary fails", cmdReplica},
+	{"keygen", "write a new replication key file (for --auth-key)", cmdKeygen},
 	{"snapshot", "write a snapshot of a running VM through its control socket", cmdSnapshot},
 	{"bench", "reproduce seed 003's evaluation: replication matrix, report and plots", cmdBench},
 	{"demo", "boot the built-in counter guest and talk to it", cmdDemo},

@@ -411,8 +411,9 @@ func TestHAGuestExitIsNoFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	replica := startTandem(t, "replica", "--listen", ports[0])
-	leader := startTandem(t, "replica", "--listen", ports[1], "--leader", "--replicas", ports[0], "--serial", "none")
+	key := testKeyFile(t)
+	replica := startTandem(t, "replica", "--listen", ports[0], "--auth-key", key)
+	leader := startTandem(t, "replica", "--listen", ports[1], "--leader", "--replicas", ports[0], "--serial", "none", "--auth-key", key)
 	for _, p := range []*process{replica, leader} {
 		deadline := time.Now().Add(30 * time.Second)
 		for !strings.Contains(p.stderr.String(), "replica listening") {
@@ -422,7 +423,7 @@ func TestHAGuestExitIsNoFailure(t *testing.T) {
 			time.Sleep(2 * time.Millisecond)
 		}
 	}
-	stdout, stderr, status := runTandem(t, "run", "--guest", "hello", "--serial", "stdio", "--ha", "--replicas", ports[0], "--leader", ports[1], "--epoch", "5ms")
+	stdout, stderr, status := runTandem(t, "run", "--guest", "hello", "--serial", "stdio", "--ha", "--replicas", ports[0], "--leader", ports[1], "--epoch", "5ms", "--auth-key", key)
 	if status != 0 || stdout != "hello: Tandem guest up, 1 vCPUs, 64 MiB\n" {
 		t.Fatalf("status %d, stdout %q, stderr:\n%s", status, stdout, stderr)
 	}

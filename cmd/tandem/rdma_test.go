@@ -64,7 +64,7 @@ func TestRDMAWithoutBuildTag(t *testing.T) {
 	if status != 1 || !strings.Contains(stderr, "built without RDMA support") || !strings.Contains(stderr, "-tags rdma") {
 		t.Errorf("rdma-devices: status %d, stderr %q", status, stderr)
 	}
-	_, stderr, status = runTandem(t, "replica", "--listen", "127.0.0.1:0", "--rdma-listen", "127.0.0.1:0")
+	_, stderr, status = runTandem(t, "replica", "--listen", "127.0.0.1:0", "--rdma-listen", "127.0.0.1:0", "--auth-key", testKeyFile(t))
 	if status != exitUsage || !strings.Contains(stderr, "built without RDMA support") {
 		t.Errorf("replica --rdma-listen: status %d, stderr %q", status, stderr)
 	}

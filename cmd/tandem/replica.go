@@ -12,7 +12,7 @@ import (
 )
 
 func cmdReplica(ctx context.Context, args []string) error {
-	fs := newFlagSet("replica", "--listen ADDR [--leader --replicas ADDR[,ADDR...] [--serial SPEC]]")
+	fs := newFlagSet("replica", "--listen ADDR --auth-key FILE [--leader --replicas ADDR[,ADDR...] [--serial SPEC]]")
 	listen := fs.String("listen", "", "address to serve links (and, for the leader, the primary's state) on, HOST:PORT")
 	rdmaListen := fs.String("rdma-listen", "", "also accept RDMA links (rdma://HOST:PORT in the primary's --replicas) on this address of an RDMA-capable interface; needs a build with -tags rdma")
 	leader := fs.Bool("leader", false, "also receive the VM state, watch the primary, and take over when it fails")
@@ -23,6 +23,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	timeout := fs.Duration("heartbeat-timeout", time.Second, "leader: declare the primary failed after this long without a heartbeat")
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	authf := addAuthFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -52,6 +53,10 @@ func cmdReplica(ctx context.Context, args []string) error {
 	if err := checkChannel(*channel); err != nil {
 		return err
 	}
+	creds, err := authf.credentials("tandem replica")
+	if err != nil {
+		return err
+	}
 	var maxMemBytes uint64
 	if *maxMem != "" {
 		if maxMemBytes, err = vmm.ParseMemSize(*maxMem); err != nil {
@@ -62,7 +67,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	if err != nil {
 		return usagef("--listen: %v", err)
 	}
-	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: *leader, HeartbeatTimeout: *timeout, MaxMemBytes: maxMemBytes})
+	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: *leader, HeartbeatTimeout: *timeout, MaxMemBytes: maxMemBytes, Auth: creds})
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
 	served := make(chan error, 1)
@@ -72,7 +77,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	log.Info("replica listening", "addr", ln.Addr(), "leader", *leader)
+	log.Info("replica listening", "addr", ln.Addr(), "leader", *leader, "connections", creds.Mode())
 	if !*leader {
 		return <-served
 	}

@@ -54,6 +54,7 @@ func (b *bencher) runPipeline(ctx context.Context, name string, policy replicate
 		}
 		defer f.Close()
 		pcfg := replicate.PrimaryConfig{
+			Auth:  b.auth,
 			Links: rs.addrs, Leader: rs.leadAddr, VMID: newVMID(), Guest: "synthetic", VCPUs: 1,
 			Epoch:  time.Microsecond, // back to back
 			Policy: policy, Mode: replicate.ModeSync, SGMax: c.SGMax, Log: b.log,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tandemvm/tandem/kvm"
+	"github.com/tandemvm/tandem/replicate/auth"
 	"github.com/tandemvm/tandem/vmm"
 )
 
@@ -22,6 +23,7 @@ import (
 // write-latency model, and where progress and logs go.
 type bencher struct {
 	cfg   Config
+	auth  *auth.Credentials // every replication connection of the bench
 	lab   *Lab
 	model WriteModel
 	log   *slog.Logger
@@ -38,6 +40,10 @@ func (b *bencher) progress(format string, args ...any) {
 type Options struct {
 	Version string    // tandem's version, for the report
 	Out     io.Writer // progress lines; nil discards them
+	// Auth authenticates the bench's replication connections, which join
+	// its own replicas and primaries; nil makes a key for the run and
+	// encrypts (the default of tandem run --ha).
+	Auth *auth.Credentials
 }
 
 // Run runs the bench cfg describes, writes the raw data, traces, results,
@@ -67,8 +73,17 @@ func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
 		return nil, err
 	}
 	defer logf.Close()
+	if opt.Auth == nil {
+		k, err := auth.GenerateKey()
+		if err != nil {
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+		if opt.Auth, err = auth.NewCredentials(k, auth.Encrypted); err != nil {
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+	}
 	b := &bencher{
-		cfg: cfg, out: opt.Out, start: time.Now(),
+		cfg: cfg, out: opt.Out, start: time.Now(), auth: opt.Auth,
 		log: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	}
 	if stale := RemoveStaleNamespaces(); len(stale) > 0 {
@@ -80,6 +95,7 @@ func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
 	b.progress("tandem bench (%s): %d guest runs of %v + warm-up %v, links %d x %s, guest memory %s; writing %s",
 		cfg.Preset, len(matrix), cfg.Duration, cfg.Warmup, cfg.MaxLinks(), FormatRate(cfg.LinkRate), memList(cfg.Mems), cfg.Out)
 	b.progress("estimated time: about %v", estimate(cfg).Round(10*time.Second))
+	b.progress("replication connections: %v, with a key of this run's own", b.auth.Mode())
 
 	// The machine: memory bandwidth, then the links and loopback.
 	env.Bandwidth = MeasureBandwidth(256<<20, 5)

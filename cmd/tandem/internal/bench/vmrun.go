@@ -66,7 +66,7 @@ func (b *bencher) startReplicas(ctx context.Context, lab *Lab, n int, delay func
 			rs.stop()
 			return nil, err
 		}
-		r := replicate.NewReplica(replicate.ReplicaConfig{Log: b.log, Delay: delay})
+		r := replicate.NewReplica(replicate.ReplicaConfig{Auth: b.auth, Log: b.log, Delay: delay})
 		rs.replicas = append(rs.replicas, r)
 		rs.addrs = append(rs.addrs, ln.Addr().String())
 		serve(r, ln)
@@ -76,7 +76,7 @@ func (b *bencher) startReplicas(ctx context.Context, lab *Lab, n int, delay func
 		rs.stop()
 		return nil, err
 	}
-	rs.leader = replicate.NewReplica(replicate.ReplicaConfig{Log: b.log, Leader: true, HeartbeatTimeout: time.Hour})
+	rs.leader = replicate.NewReplica(replicate.ReplicaConfig{Auth: b.auth, Log: b.log, Leader: true, HeartbeatTimeout: time.Hour})
 	rs.leadAddr = ln.Addr().String()
 	serve(rs.leader, ln)
 	return rs, nil
@@ -159,6 +159,7 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 		mode, _ := replicate.ParseMode(setup.Mode)
 		policy, _ := replicate.ParsePolicy(setup.Policy)
 		pcfg := replicate.PrimaryConfig{
+			Auth:  b.auth,
 			Links: rs.addrs, Leader: rs.leadAddr, VMID: newVMID(), Guest: "dirty", VCPUs: guestVCPUs,
 			Epoch: spec.Epoch, Policy: policy, Mode: mode, SGMax: b.cfg.SGMax,
 			Trace: replicate.NewTraceWriter(traceFile), Log: b.log,
