@@ -466,7 +466,8 @@ func TestFinishSaysGoodbye(t *testing.T) {
 	c := newCluster(t, 1)
 	vm := newFakeVM(t, 64)
 	var out lockedWriter
-	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: c.addrs, Leader: c.leadAddr, VMID: 0xB1E, Epoch: 5 * time.Millisecond, Log: quietLog()}, vm, NewOutputGate(&out, 1<<20))
+	gate := NewOutputGate(&out, 1<<20)
+	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: c.addrs, Leader: c.leadAddr, VMID: 0xB1E, Epoch: 5 * time.Millisecond, Log: quietLog()}, vm, gate)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -478,7 +479,7 @@ func TestFinishSaysGoodbye(t *testing.T) {
 	for p.Committed() < 3 {
 		time.Sleep(time.Millisecond)
 	}
-	p.gate.Write([]byte("last words")) // written after the last epoch
+	gate.Write([]byte("last words")) // written after the last epoch
 	p.Finish()
 	if err := <-runErr; err != nil {
 		t.Fatal(err)

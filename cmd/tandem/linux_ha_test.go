@@ -47,12 +47,13 @@ func linuxFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, kernel, initr
 		}
 	}()
 	r1, r2 := lab.addrs["r1"]+port, lab.addrs["r2"]+port
-	leader := lab.start("leader", nil, "replica", "--listen", lab.addrs["leader"]+port, "--leader",
+	key := testKeyFile(t)
+	leader := lab.start("leader", nil, "replica", "--listen", lab.addrs["leader"]+port, "--leader", "--auth-key", key,
 		"--replicas", r1+","+r2, "--heartbeat-timeout", "2s", "--serial", "file:"+dir+"/leader.txt",
 		"--channel", "unix:"+dir+"/leader.ch")
 	procs = append(procs,
-		lab.start("r1", nil, "replica", "--listen", r1),
-		lab.start("r2", nil, "replica", "--listen", r2),
+		lab.start("r1", nil, "replica", "--listen", r1, "--auth-key", key),
+		lab.start("r2", nil, "replica", "--listen", r2, "--auth-key", key),
 		leader)
 	for _, p := range procs {
 		waitStderr(t, p, "replica listening")
@@ -60,7 +61,7 @@ func linuxFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, kernel, initr
 	primary := lab.start("primary", nil, "run", "--kernel", kernel, "--initrd", initrd, "--mem", "128M",
 		"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_counter=1",
 		"--channel", "unix:"+dir+"/primary.ch", "--serial", "file:"+dir+"/primary.txt",
-		"--ha", "--replicas", r1+","+r2+","+r1, "--leader", lab.addrs["leader"]+port,
+		"--ha", "--auth-key", key, "--replicas", r1+","+r2+","+r1, "--leader", lab.addrs["leader"]+port,
 		"--policy", policy, "--mode", mode, "--epoch", "50ms")
 	procs = append(procs, primary)
 	// The counter answers once the guest is up, which takes the boot; the

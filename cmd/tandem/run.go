@@ -114,13 +114,15 @@ func cmdRun(ctx context.Context, args []string) error {
 	default:
 		return usagef("say what to run: --guest NAME|PATH, --kernel PATH or --restore FILE")
 	}
+	if *ha.enabled {
+		if err := haReplicable(spec.virtio); err != nil {
+			return err
+		}
+	}
 	if spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log); err != nil {
 		return err
 	}
 	if spec.ha != nil {
-		if err := haReplicable(spec.virtio); err != nil {
-			return err
-		}
 		spec.outputs = &haOutputs{}
 	}
 	if spec.ha != nil && spec.dirty == vmm.DirtyOff {
