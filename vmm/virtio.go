@@ -173,6 +173,9 @@ func (d *VirtioDevice) close() {
 	}
 }
 
+// Device is the device behind the transport.
+func (d *VirtioDevice) Device() virtio.Device { return d.dev }
+
 // VirtioDevices lists the virtio devices in the order they were added.
 func (v *VM) VirtioDevices() []*VirtioDevice {
 	v.virtio.mu.Lock()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tandemvm/tandem/devices"
+	"github.com/tandemvm/tandem/devices/virtio"
 	"github.com/tandemvm/tandem/replicate"
 	"github.com/tandemvm/tandem/vmm"
 )
@@ -153,6 +154,25 @@ func (o *haOutputs) gateConsole(host devices.Console) devices.Console {
 	return gatedConsole{Console: host, gate: g}
 }
 
+// gateNet puts the transmit side of a network interface behind a gate.
+func (o *haOutputs) gateNet(be virtio.NetBackend) virtio.NetBackend {
+	g := newGatedNet(be, haOutputLimit)
+	o.gates = append(o.gates, g.gate)
+	return g
+}
+
+// announceInterfaces tells the L2 network where the MACs of a VM's
+// network interfaces are now, after a takeover (see virtio.Net.Announce).
+func announceInterfaces(vm *vmm.VM, log *slog.Logger) {
+	for _, d := range vm.VirtioDevices() {
+		if n, ok := d.Device().(*virtio.Net); ok {
+			if err := n.Announce(3); err != nil {
+				log.Warn("announcing the recovered guest's interface", "err", err)
+			}
+		}
+	}
+}
+
 // gatedConsole is a console whose writes go through an output gate; reads
 // (host input to the guest) do not wait.
 type gatedConsole struct {
@@ -168,15 +188,12 @@ func (c gatedConsole) Close() error {
 }
 
 // haReplicable refuses, by name, the devices whose state replication
-// cannot carry yet: a disk's or a network interface's writes would leave
-// the host outside the epochs.
+// cannot carry yet: a disk's writes would reach the leader's copy outside
+// the epochs.
 func haReplicable(virtio []vmm.VirtioConfig) error {
 	for _, c := range virtio {
-		switch c.Type {
-		case "blk":
+		if c.Type == "blk" {
 			return usagef("--ha cannot replicate virtio-blk disk %s yet; run without --disk", c.Path)
-		case "net":
-			return usagef("--ha cannot replicate virtio-net interface tap:%s yet; run without --net", c.TAP)
 		}
 	}
 	return nil

@@ -333,9 +333,14 @@ func (d linuxDevices) add(vm *vmm.VM, spec *vmSpec) error {
 		if err != nil {
 			return fmt.Errorf("network interface tap:%s: %w", n.tap, err)
 		}
-		dev, err := virtio.NewNet(be, n.mac, spec.log)
+		var backend virtio.NetBackend = be
+		if spec.outputs != nil {
+			// Replicated: transmitted frames leave with their epoch.
+			backend = spec.outputs.gateNet(be)
+		}
+		dev, err := virtio.NewNet(backend, n.mac, spec.log)
 		if err != nil {
-			be.Close()
+			backend.Close()
 			return err
 		}
 		if err := add(dev, "net tap:"+name); err != nil {

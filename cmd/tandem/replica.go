@@ -20,6 +20,8 @@ func cmdReplica(ctx context.Context, args []string) error {
 	serial := fs.String("serial", "stdio", "leader: COM1 of the recovered VM: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
 	control := fs.String("control", "", "leader: control socket of the recovered VM")
 	channel := fs.String("channel", "", "leader: the recovered Linux guest's virtio-console (/dev/hvc0): unix:PATH, tcp:ADDR, file:PATH or none (default none)")
+	var nets listFlag
+	fs.Var(&nets, "net", "leader: a TAP device for the recovered Linux guest's network interface, tap:NAME (repeatable, in the primary's order)")
 	timeout := fs.Duration("heartbeat-timeout", time.Second, "leader: declare the primary failed after this long without a heartbeat")
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -47,8 +49,11 @@ func cmdReplica(ctx context.Context, args []string) error {
 		return usagef("--replicas is for the leader (--leader)")
 	case *timeout <= 0:
 		return usagef("--heartbeat-timeout %v: want a positive duration", *timeout)
-	case *channel != "" && !*leader:
-		return usagef("--channel is for the leader (--leader)")
+	case (*channel != "" || len(nets) > 0) && !*leader:
+		return usagef("--channel and --net are for the leader (--leader)")
+	}
+	if _, err := parseNets(nets); err != nil {
+		return err
 	}
 	if err := checkChannel(*channel); err != nil {
 		return err
@@ -119,6 +124,13 @@ func cmdReplica(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
 		}
+		if len(nets) > 0 {
+			if err := devs.override(&linuxFlags{nets: nets}, map[string]bool{"net": true}); err != nil {
+				return fmt.Errorf("the recovered guest's network: %w", err)
+			}
+		} else if len(devs.nets) > 0 {
+			log.Warn("the recovered guest's network interfaces attach to the primary's TAP names here: give the leader --net tap:NAME for each", "interfaces", len(devs.nets))
+		}
 		if devs.channel != "" {
 			devs.channel = *channel
 			if devs.channel == "" {
@@ -133,6 +145,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 			}
 			return vm.RestoreImage(rec.Memory, state)
 		}
+		spec.ready = func(vm *vmm.VM) { announceInterfaces(vm, log) }
 	}
 	res, err := runVM(ctx, spec)
 	if err != nil {

@@ -14,7 +14,9 @@
 //      the environment (the kernel passes unknown name=value parameters
 //      without a dot to init that way), configure eth0, send the UDP
 //      datagram "ping from tandem-init" to the peer until it answers (at
-//      most 10 s) and print "tandem-init: net: <answer>";
+//      most 10 s) and print "tandem-init: net: <answer>"; with tandem_ip
+//      alone, only configure eth0 and print "tandem-init: net: eth0 up at
+//      <ADDR/PREFIX>";
 //   4. channel: if /dev/hvc0 exists, write "tandem-init: hello over
 //      virtio-console" to it and print "tandem-init: hvc0: ok";
 //   5. rng: if /dev/hwrng exists, read 16 bytes from it and print
@@ -109,11 +111,11 @@ static struct sockaddr_in net_peer;
 
 static void network(void) {
 	const char *ip = getenv("tandem_ip"), *peer = getenv("tandem_peer");
-	if (!ip || !peer)
+	if (!ip)
 		return;
 	char addr[64], paddr[64];
 	snprintf(addr, sizeof addr, "%s", ip);
-	snprintf(paddr, sizeof paddr, "%s", peer);
+	snprintf(paddr, sizeof paddr, "%s", peer ? peer : "none:0");
 	char *slash = strchr(addr, '/'), *colon = strchr(paddr, ':');
 	if (!slash || !colon) {
 		say("net: FAIL want tandem_ip=ADDR/PREFIX and tandem_peer=ADDR:PORT, got %s and %s", ip, peer);
@@ -140,6 +142,11 @@ static void network(void) {
 	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
 	if (ifreq_ioctl(s, SIOCSIFFLAGS, &ifr, "bring eth0 up") != 0)
 		return;
+	if (!peer) {
+		say("net: eth0 up at %s", ip);
+		close(s);
+		return;
+	}
 
 	struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(atoi(colon + 1))};
 	inet_pton(AF_INET, paddr, &to.sin_addr);
@@ -398,19 +405,20 @@ static void kv_request(int disk, char *line, char *out, size_t size) {
 	}
 }
 
-// kv_serve runs the key-value store on port, for good: one poll loop over
-// the listening socket and up to 16 clients, each with a line buffer.
-static void kv_serve(const char *dev, int port) {
-	int disk = open(dev, O_RDWR);
+// serve_lines serves a line protocol on TCP port for good: one poll loop
+// over the listening socket and up to 16 clients, each with a line buffer;
+// answer turns each request line into its answer. name prefixes the
+// "listening" line.
+static void serve_lines(const char *name, int port, void (*answer)(char *line, char *out, size_t size)) {
 	int ls = socket(AF_INET, SOCK_STREAM, 0);
 	int one = 1;
 	setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY)};
-	if (disk < 0 || ls < 0 || bind(ls, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(ls, 16) != 0) {
-		say("kv: FAIL serve %s on port %d: %s", dev, port, strerror(errno));
+	if (ls < 0 || bind(ls, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(ls, 16) != 0) {
+		say("%s: FAIL listen on port %d: %s", name, port, strerror(errno));
 		_exit(1);
 	}
-	say("kv: listening on %d", port);
+	say("%s: listening on %d", name, port);
 	enum { maxClients = 16, lineMax = 512 };
 	struct pollfd fds[1 + maxClients];
 	static char lines[maxClients][lineMax];
@@ -450,7 +458,7 @@ static void kv_serve(const char *dev, int port) {
 			while ((nl = memchr(buf, '\n', used[i - 1])) != NULL) {
 				*nl = 0;
 				char out[lineMax];
-				kv_request(disk, buf, out, sizeof out);
+				answer(buf, out, sizeof out);
 				size_t rest = used[i - 1] - (nl + 1 - buf);
 				memmove(buf, nl + 1, rest);
 				used[i - 1] = rest;
@@ -463,6 +471,32 @@ static void kv_serve(const char *dev, int port) {
 			}
 		}
 	}
+}
+
+// The key-value store's disk, for kv_answer.
+static int kv_disk = -1;
+
+static void kv_answer(char *line, char *out, size_t size) { kv_request(kv_disk, line, out, size); }
+
+// kv_serve runs the key-value store on port, kept on dev, for good.
+static void kv_serve(const char *dev, int port) {
+	if ((kv_disk = open(dev, O_RDWR)) < 0) {
+		say("kv: FAIL open %s: %s", dev, strerror(errno));
+		_exit(1);
+	}
+	serve_lines("kv", port, kv_answer);
+}
+
+// The counter of tandem_counter, in memory.
+static unsigned long counter_value;
+
+static void counter_answer(char *line, char *out, size_t size) {
+	if (strncmp(line, "INC", 3) == 0)
+		snprintf(out, size, "OK %lu\n", ++counter_value);
+	else if (strcmp(line, "GET") == 0)
+		snprintf(out, size, "VALUE %lu\n", counter_value);
+	else
+		snprintf(out, size, "ERR want INC <id> or GET\n");
 }
 
 // counter_serve answers INC and GET on /dev/hvc0 for good.
@@ -479,7 +513,6 @@ static void counter_serve(void) {
 		tcsetattr(hvc, TCSANOW, &tio);
 	}
 	say("counter: ready");
-	unsigned long count = 0;
 	char line[128];
 	size_t n = 0;
 	for (;;) {
@@ -500,10 +533,10 @@ static void counter_serve(void) {
 		}
 		line[n] = 0;
 		n = 0;
-		if (strncmp(line, "INC", 3) == 0)
-			dprintf(hvc, "OK %lu\n", ++count);
-		else if (strcmp(line, "GET") == 0)
-			dprintf(hvc, "VALUE %lu\n", count);
+		char out[64];
+		counter_answer(line, out, sizeof out);
+		if (write(hvc, out, strlen(out)) < 0)
+			continue;
 	}
 }
 
@@ -526,12 +559,14 @@ int main(void) {
 	network();
 	channel();
 	rng();
-	const char *kv = getenv("tandem_kv");
+	const char *kv = getenv("tandem_kv"), *counter;
 	if (loop && kv && fork() == 0)
 		kv_serve(loop, atoi(kv));
 	if (loop)
 		counter_loop(loop);
-	else if (getenv("tandem_counter"))
+	else if ((counter = getenv("tandem_counter")) != NULL && strncmp(counter, "tcp:", 4) == 0)
+		serve_lines("counter", atoi(counter + 4), counter_answer);
+	else if (counter)
 		counter_serve();
 	say("done");
 	sync();
