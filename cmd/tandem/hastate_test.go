@@ -34,3 +34,26 @@ func TestLinuxHAStateRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSplitHAState: whatever state a leader recovers, splitting it never
+// panics, and a Linux state it accepts round-trips.
+func FuzzSplitHAState(f *testing.F) {
+	src, _ := newLinuxSource(nil, []vmm.VirtioConfig{{Type: "net", TAP: "t0", MAC: "02:54:4e:44:4d:00"}, {Type: "rng"}})
+	f.Add(append(append([]byte(nil), src.head...), "state"...))
+	f.Add([]byte(linuxStateMagic))
+	f.Add([]byte("flat state"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		devs, st, linux, err := splitHAState(b)
+		if err != nil || !linux {
+			return
+		}
+		again, err := newLinuxSource(nil, devs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs2, st2, _, err := splitHAState(append(append([]byte(nil), again.head...), st...))
+		if err != nil || string(st2) != string(st) || fmt.Sprint(devs2) != fmt.Sprint(devs) {
+			t.Fatalf("round trip of %q: %v, %q, %v", b, devs2, st2, err)
+		}
+	})
+}
