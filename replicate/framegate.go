@@ -30,20 +30,17 @@ type FrameGate struct {
 
 	wmu sync.Mutex // serialises sends, so that releases go out in epoch order
 
-	mu        sync.Mutex
-	open      heldFrames
-	sealed    []heldFrames
-	held      int // bytes held, open and sealed
-	lastEpoch uint64
-	anySealed bool
-	refused   bool // a frame was refused since the last release
-	writable  func()
-	closed    bool
+	mu       sync.Mutex
+	open     heldFrames
+	sealed   epochQueue[heldFrames]
+	held     int  // bytes held, open and sealed
+	refused  bool // a frame was refused since the last release
+	writable func()
+	closed   bool
 }
 
 // heldFrames is one epoch's frames, back to back in data.
 type heldFrames struct {
-	epoch uint64
 	data  []byte
 	sizes []int
 }
@@ -87,15 +84,10 @@ func (g *FrameGate) NotifyWritable(fn func()) {
 func (g *FrameGate) Seal(epoch uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.anySealed && epoch <= g.lastEpoch {
+	if !g.sealed.advance(epoch) || len(g.open.sizes) == 0 {
 		return
 	}
-	g.lastEpoch, g.anySealed = epoch, true
-	if len(g.open.sizes) == 0 {
-		return
-	}
-	g.open.epoch = epoch
-	g.sealed = append(g.sealed, g.open)
+	g.sealed.push(epoch, g.open)
 	g.open = heldFrames{}
 }
 
@@ -110,24 +102,17 @@ func (g *FrameGate) Release(epoch uint64) error {
 	defer g.wmu.Unlock()
 
 	g.mu.Lock()
-	n := 0
-	for n < len(g.sealed) && g.sealed[n].epoch <= epoch {
-		n++
-	}
-	out := append([]heldFrames(nil), g.sealed[:n]...)
-	rest := copy(g.sealed, g.sealed[n:])
-	clear(g.sealed[rest:])
-	g.sealed = g.sealed[:rest]
+	out := g.sealed.take(epoch, nil)
 	for _, h := range out {
-		g.held -= len(h.data)
+		g.held -= len(h.v.data)
 	}
 	g.mu.Unlock()
 
 	var err error
 	for _, h := range out {
 		off := 0
-		for _, size := range h.sizes {
-			if e := g.send(h.data[off : off+size]); e != nil && err == nil {
+		for _, size := range h.v.sizes {
+			if e := g.send(h.v.data[off : off+size]); e != nil && err == nil {
 				err = e
 			}
 			off += size
@@ -135,7 +120,7 @@ func (g *FrameGate) Release(epoch uint64) error {
 	}
 
 	g.mu.Lock()
-	notify := g.refused && n > 0
+	notify := g.refused && len(out) > 0
 	if notify {
 		g.refused = false
 	}

@@ -26,23 +26,61 @@ type OutputGate struct {
 	// slow w stalls Release but not the guest.
 	wmu sync.Mutex
 
-	mu        sync.Mutex
-	cond      sync.Cond // signalled when sealed bytes are dropped or on Close
-	open      []byte    // output of the epoch in progress
-	sealed    []heldEpoch
-	held      int // bytes in open and sealed
-	heldSeal  int // bytes in sealed
-	lastEpoch uint64
-	anySealed bool // lastEpoch is valid
-	closed    bool
-	pausing   int      // BeginPause depth: Write does not block while > 0
-	waiting   int      // Writes blocked on cond, for tests
-	spare     [][]byte // released buffers kept for reuse
+	mu       sync.Mutex
+	cond     sync.Cond // signalled when sealed bytes are dropped or on Close
+	open     []byte    // output of the epoch in progress
+	sealed   epochQueue[[]byte]
+	held     int // bytes in open and sealed
+	heldSeal int // bytes in sealed
+	closed   bool
+	pausing  int      // BeginPause depth: Write does not block while > 0
+	waiting  int      // Writes blocked on cond, for tests
+	spare    [][]byte // released buffers kept for reuse
 }
 
-type heldEpoch struct {
+// epochQueue is what a gate keeps of sealed output: one entry per epoch
+// that emitted something, under epochs that only increase, taken oldest
+// first. It is the part of the output commit rule both gates share.
+type epochQueue[T any] struct {
+	entries   []epochEntry[T]
+	lastEpoch uint64
+	anySealed bool // lastEpoch is valid
+}
+
+type epochEntry[T any] struct {
 	epoch uint64
-	buf   []byte
+	v     T
+}
+
+// advance records a Seal of epoch, and reports false when epoch is not
+// greater than every epoch sealed before: such a Seal must be ignored, its
+// output staying open, since releasing it early is the one thing a gate
+// must never do.
+func (q *epochQueue[T]) advance(epoch uint64) bool {
+	if q.anySealed && epoch <= q.lastEpoch {
+		return false
+	}
+	q.lastEpoch, q.anySealed = epoch, true
+	return true
+}
+
+// push adds epoch's output; call it after advance(epoch).
+func (q *epochQueue[T]) push(epoch uint64, v T) {
+	q.entries = append(q.entries, epochEntry[T]{epoch, v})
+}
+
+// take removes the entries of every epoch up to and including epoch and
+// appends them to dst, oldest first.
+func (q *epochQueue[T]) take(epoch uint64, dst []epochEntry[T]) []epochEntry[T] {
+	n := 0
+	for n < len(q.entries) && q.entries[n].epoch <= epoch {
+		n++
+	}
+	dst = append(dst, q.entries[:n]...)
+	rest := copy(q.entries, q.entries[n:])
+	clear(q.entries[rest:])
+	q.entries = q.entries[:rest]
+	return dst
 }
 
 // A gate keeps up to maxSpare released buffers of at most maxSpareCap bytes
@@ -134,14 +172,10 @@ func (g *OutputGate) EndPause() {
 func (g *OutputGate) Seal(epoch uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.anySealed && epoch <= g.lastEpoch {
+	if !g.sealed.advance(epoch) || len(g.open) == 0 {
 		return
 	}
-	g.lastEpoch, g.anySealed = epoch, true
-	if len(g.open) == 0 {
-		return
-	}
-	g.sealed = append(g.sealed, heldEpoch{epoch: epoch, buf: g.open})
+	g.sealed.push(epoch, g.open)
 	g.heldSeal += len(g.open)
 	g.open = nil
 }
@@ -160,23 +194,15 @@ func (g *OutputGate) Release(epoch uint64) error {
 	defer g.wmu.Unlock()
 
 	g.mu.Lock()
-	n := 0
-	for n < len(g.sealed) && g.sealed[n].epoch <= epoch {
-		n++
-	}
-	if n == 0 {
+	var stack [8]epochEntry[[]byte]
+	out := g.sealed.take(epoch, stack[:0])
+	if len(out) == 0 {
 		g.mu.Unlock()
 		return nil
 	}
-	// Copy the released entries out so that g.sealed can be compacted.
-	var stack [8]heldEpoch
-	out := append(stack[:0], g.sealed[:n]...)
-	rest := copy(g.sealed, g.sealed[n:])
-	clear(g.sealed[rest:])
-	g.sealed = g.sealed[:rest]
 	for _, h := range out {
-		g.held -= len(h.buf)
-		g.heldSeal -= len(h.buf)
+		g.held -= len(h.v)
+		g.heldSeal -= len(h.v)
 	}
 	g.cond.Broadcast()
 	g.mu.Unlock()
@@ -187,8 +213,8 @@ func (g *OutputGate) Release(epoch uint64) error {
 			break
 		}
 		var k int
-		k, err = g.w.Write(h.buf)
-		if err == nil && k < len(h.buf) {
+		k, err = g.w.Write(h.v)
+		if err == nil && k < len(h.v) {
 			err = io.ErrShortWrite
 		}
 	}
@@ -198,10 +224,10 @@ func (g *OutputGate) Release(epoch uint64) error {
 		if len(g.spare) == maxSpare {
 			break
 		}
-		if cap(h.buf) > maxSpareCap {
+		if cap(h.v) > maxSpareCap {
 			continue
 		}
-		g.spare = append(g.spare, h.buf[:0])
+		g.spare = append(g.spare, h.v[:0])
 	}
 	g.mu.Unlock()
 	return err

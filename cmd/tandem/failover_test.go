@@ -264,26 +264,7 @@ func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, fc failoverCase) {
 
 	lconn := dialWhenReady(t, procs[2], dir+"/leader.sock")
 	defer lconn.Close()
-	lconn.SetDeadline(time.Now().Add(30 * time.Second))
-	fmt.Fprintf(lconn, "GET\n")
-	r := bufio.NewReader(lconn)
-	var value int64 = -1
-	for value < 0 {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("no VALUE from the leader: %v", err)
-		}
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "VALUE "); ok {
-			value, _ = strconv.ParseInt(v, 10, 64)
-		}
-	}
-	t.Logf("sent %d, acknowledged %d, leader counts %d", sent, acked, value)
-	if value < acked {
-		t.Errorf("LOST INCREMENTS: %d acknowledged, the leader's counter is %d", acked, value)
-	}
-	if value > sent {
-		t.Errorf("the leader's counter %d exceeds the %d increments sent", value, sent)
-	}
+	checkCount(t, askCount(t, lconn), sent, acked)
 	if !strings.Contains(procs[2].stdout.String(), "leader: recovered epoch") {
 		t.Errorf("the leader did not report its recovery; stdout %q", procs[2].stdout.String())
 	}

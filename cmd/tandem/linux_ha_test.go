@@ -22,100 +22,133 @@ import (
 // nothing that was never sent. The guest's memory, its vCPUs, its
 // virtio-mmio devices and their queues all come from the recovered epoch.
 func TestLinuxFailoverLosesNoAcknowledgedIncrement(t *testing.T) {
-	k, initrd := linuxGuest(t)
+	linuxGuest(t)
 	lab := newNetLab(t, "primary", "r1", "r2", "leader")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
 	for _, c := range []struct{ policy, mode string }{{"fast", "sync"}, {"ft", "async"}} {
 		t.Run(c.policy+"/"+c.mode, func(t *testing.T) {
-			linuxFailoverRound(t, lab, rng, k.Vmlinux, initrd, c.policy, c.mode)
+			linuxFailoverRound(t, lab, rng, c.policy, c.mode)
 		})
 	}
 }
 
-func linuxFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, kernel, initrd, policy, mode string) {
-	dir := t.TempDir()
+// haCluster is one round's replicas and leader, started in a lab.
+type haCluster struct {
+	key            string
+	r1, r2, leader string // their addresses
+	procs          []*process
+	leaderProc     *process
+}
+
+// startHACluster starts two replicas and a leader (with leaderArgs added)
+// in lab's namespaces, waits until they listen, and at the end of the test
+// kills them and whatever was added to procs, dumping their stderr and the
+// consoles in dir if the test failed.
+func startHACluster(t *testing.T, lab *netLab, dir string, leaderArgs ...string) *haCluster {
+	t.Helper()
 	const port = ":7070"
-	var procs []*process
-	defer func() {
-		for _, p := range procs {
+	c := &haCluster{key: testKeyFile(t), r1: lab.addrs["r1"] + port, r2: lab.addrs["r2"] + port, leader: lab.addrs["leader"] + port}
+	t.Cleanup(func() {
+		for _, p := range c.procs {
 			p.kill()
 		}
 		if t.Failed() {
-			for i, p := range procs {
+			for i, p := range c.procs {
 				t.Logf("process %d (%v) stderr:\n%s", i, p.cmd.Args[3:], p.stderr.String())
 			}
-			b, _ := os.ReadFile(dir + "/primary.txt")
-			t.Logf("primary's console:\n%s", b)
+			for _, f := range []string{"primary.txt", "leader.txt"} {
+				b, _ := os.ReadFile(filepath.Join(dir, f))
+				t.Logf("%s:\n%s", f, b)
+			}
 		}
-	}()
-	r1, r2 := lab.addrs["r1"]+port, lab.addrs["r2"]+port
-	key := testKeyFile(t)
-	leader := lab.start("leader", nil, "replica", "--listen", lab.addrs["leader"]+port, "--leader", "--auth-key", key,
-		"--replicas", r1+","+r2, "--heartbeat-timeout", "2s", "--serial", "file:"+dir+"/leader.txt",
-		"--channel", "unix:"+dir+"/leader.ch")
-	procs = append(procs,
-		lab.start("r1", nil, "replica", "--listen", r1, "--auth-key", key),
-		lab.start("r2", nil, "replica", "--listen", r2, "--auth-key", key),
-		leader)
-	for _, p := range procs {
+	})
+	c.leaderProc = lab.start("leader", nil, append([]string{"replica", "--listen", c.leader, "--leader", "--auth-key", c.key,
+		"--replicas", c.r1 + "," + c.r2, "--heartbeat-timeout", "2s", "--serial", "file:" + dir + "/leader.txt"}, leaderArgs...)...)
+	c.procs = append(c.procs,
+		lab.start("r1", nil, "replica", "--listen", c.r1, "--auth-key", c.key),
+		lab.start("r2", nil, "replica", "--listen", c.r2, "--auth-key", c.key),
+		c.leaderProc)
+	for _, p := range c.procs {
 		waitStderr(t, p, "replica listening")
 	}
-	primary := lab.start("primary", nil, "run", "--kernel", kernel, "--initrd", initrd, "--mem", "128M",
-		"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_counter=1",
-		"--channel", "unix:"+dir+"/primary.ch", "--serial", "file:"+dir+"/primary.txt",
-		"--ha", "--auth-key", key, "--replicas", r1+","+r2+","+r1, "--leader", lab.addrs["leader"]+port,
-		"--policy", policy, "--mode", mode, "--epoch", "50ms")
-	procs = append(procs, primary)
-	// The counter answers once the guest is up, which takes the boot; the
-	// guest drops what reaches hvc0 before it listens.
-	conn := dialWhenReady(t, primary, dir+"/primary.ch")
-	pollFor(t, "the guest's counter", 6*time.Minute, func() bool {
-		b, _ := os.ReadFile(dir + "/primary.txt")
-		return strings.Contains(string(b), "tandem-init: counter: ready")
-	})
-	client := runCounterClient(conn, 4)
-	deadline := time.Now().Add(time.Minute)
-	for client.acked.Load() < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no increments acknowledged in a minute; primary stderr:\n%s", primary.stderr.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
-	primary.cmd.Process.Kill()
-	select {
-	case <-primary.done:
-		primary.done <- nil
-	case <-time.After(time.Minute):
-		t.Fatal("the primary did not die")
-	}
-	conn.Close()
-	<-client.done
-	sent, acked := client.sent.Load(), client.acked.Load()
+	return c
+}
 
-	lconn := dialWhenReady(t, leader, dir+"/leader.ch")
-	defer lconn.Close()
-	lconn.SetDeadline(time.Now().Add(time.Minute))
-	fmt.Fprintf(lconn, "GET\n")
-	r := bufio.NewReader(lconn)
-	var value int64 = -1
-	for value < 0 {
+// startLinuxPrimary runs the Linux test guest under --ha against c, with
+// its console in dir/primary.txt, and waits for the init's line ready.
+func (c *haCluster) startLinuxPrimary(t *testing.T, lab *netLab, dir, policy, mode, cmdline, ready string, args ...string) *process {
+	t.Helper()
+	k, initrd := linuxGuest(t)
+	primary := lab.start("primary", nil, append([]string{"run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
+		"--cmdline", "console=ttyS0 reboot=k panic=-1 " + cmdline, "--serial", "file:" + dir + "/primary.txt",
+		"--ha", "--auth-key", c.key, "--replicas", c.r1 + "," + c.r2 + "," + c.r1, "--leader", c.leader,
+		"--policy", policy, "--mode", mode, "--epoch", "50ms"}, args...)...)
+	c.procs = append(c.procs, primary)
+	pollFor(t, "the guest's "+ready, 6*time.Minute, func() bool {
+		b, _ := os.ReadFile(dir + "/primary.txt")
+		return strings.Contains(string(b), "tandem-init: "+ready)
+	})
+	return primary
+}
+
+// killAfter kills p once client has three increments acknowledged and a
+// random moment more has passed.
+func killAfter(t *testing.T, rng *rand.Rand, client *counterClient, p *process) {
+	t.Helper()
+	pollFor(t, "three acknowledged increments", time.Minute, func() bool { return client.acked.Load() >= 3 })
+	time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
+	p.kill()
+}
+
+// askCount sends GET on conn and returns the counter's VALUE.
+func askCount(t *testing.T, conn net.Conn) int64 {
+	t.Helper()
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	fmt.Fprintf(conn, "GET\n")
+	r := bufio.NewReader(conn)
+	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
-			t.Fatalf("no VALUE from the leader's guest: %v", err)
+			t.Fatalf("no VALUE from the counter: %v", err)
 		}
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "VALUE "); ok {
-			value, _ = strconv.ParseInt(v, 10, 64)
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatalf("counter answered %q", line)
+			}
+			return n
 		}
 	}
-	t.Logf("sent %d, acknowledged %d, the leader's guest counts %d", sent, acked, value)
+}
+
+// checkCount fails the test if a recovered counter lost an acknowledged
+// increment or counts one never sent.
+func checkCount(t *testing.T, value, sent, acked int64) {
+	t.Helper()
+	t.Logf("sent %d, acknowledged %d, the recovered counter holds %d", sent, acked, value)
 	if value < acked {
-		t.Errorf("LOST INCREMENTS: %d acknowledged, the leader's guest counts %d", acked, value)
+		t.Errorf("LOST INCREMENTS: %d acknowledged, the recovered counter holds %d", acked, value)
 	}
 	if value > sent {
-		t.Errorf("the leader's guest counts %d, more than the %d increments sent", value, sent)
+		t.Errorf("the recovered counter holds %d, more than the %d increments sent", value, sent)
 	}
-	if out := leader.stdout.String(); !strings.Contains(out, "leader: recovered epoch") {
+}
+
+func linuxFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, policy, mode string) {
+	dir := t.TempDir()
+	c := startHACluster(t, lab, dir, "--channel", "unix:"+dir+"/leader.ch")
+	// The guest drops what reaches hvc0 before its counter listens.
+	primary := c.startLinuxPrimary(t, lab, dir, policy, mode, "tandem_counter=1", "counter: ready",
+		"--channel", "unix:"+dir+"/primary.ch")
+	conn := dialWhenReady(t, primary, dir+"/primary.ch")
+	client := runCounterClient(conn, 4)
+	killAfter(t, rng, client, primary)
+	conn.Close()
+	<-client.done
+	lconn := dialWhenReady(t, c.leaderProc, dir+"/leader.ch")
+	defer lconn.Close()
+	checkCount(t, askCount(t, lconn), client.sent.Load(), client.acked.Load())
+	if out := c.leaderProc.stdout.String(); !strings.Contains(out, "leader: recovered epoch") {
 		t.Errorf("the leader did not report its recovery; stdout %q", out)
 	}
 }
@@ -180,62 +213,25 @@ func (l *netLab) dialFrom(role, addr string) (net.Conn, error) {
 // client's and the guest's TCP agree), and that the counter holds every
 // acknowledged increment and nothing never sent.
 func TestLinuxFailoverKeepsTCPConnections(t *testing.T) {
-	k, initrd := linuxGuest(t)
+	linuxGuest(t)
 	lab := newNetLab(t, "primary", "r1", "r2", "leader", "client")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 13))
 	for round, c := range []struct{ policy, mode string }{{"fast", "sync"}, {"ft", "async"}} {
 		t.Run(c.policy+"/"+c.mode, func(t *testing.T) {
 			tap := lab.guestSegment(round, "client", "primary", "leader")
-			guest := fmt.Sprintf("10.78.%d.15", round)
+			guest := fmt.Sprintf("10.78.%d.15:7000", round)
 			dir := t.TempDir()
-			const port = ":7070"
-			var procs []*process
-			defer func() {
-				for _, p := range procs {
-					p.kill()
-				}
-				if t.Failed() {
-					for i, p := range procs {
-						t.Logf("process %d (%v) stderr:\n%s", i, p.cmd.Args[3:], p.stderr.String())
-					}
-					for _, f := range []string{"primary.txt", "leader.txt"} {
-						b, _ := os.ReadFile(filepath.Join(dir, f))
-						t.Logf("%s:\n%s", f, b)
-					}
-				}
-			}()
-			r1, r2 := lab.addrs["r1"]+port, lab.addrs["r2"]+port
-			key := testKeyFile(t)
-			leader := lab.start("leader", nil, "replica", "--listen", lab.addrs["leader"]+port, "--leader", "--auth-key", key,
-				"--replicas", r1+","+r2, "--heartbeat-timeout", "2s", "--serial", "file:"+dir+"/leader.txt", "--net", "tap:"+tap)
-			procs = append(procs,
-				lab.start("r1", nil, "replica", "--listen", r1, "--auth-key", key),
-				lab.start("r2", nil, "replica", "--listen", r2, "--auth-key", key),
-				leader)
-			for _, p := range procs {
-				waitStderr(t, p, "replica listening")
-			}
-			primary := lab.start("primary", nil, "run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
-				"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_ip="+guest+"/24 tandem_counter=tcp:7000",
-				"--net", "tap:"+tap, "--serial", "file:"+dir+"/primary.txt",
-				"--ha", "--auth-key", key, "--replicas", r1+","+r2+","+r1, "--leader", lab.addrs["leader"]+port,
-				"--policy", c.policy, "--mode", c.mode, "--epoch", "50ms")
-			procs = append(procs, primary)
-			pollFor(t, "the guest's counter", 6*time.Minute, func() bool {
-				b, _ := os.ReadFile(dir + "/primary.txt")
-				return strings.Contains(string(b), "tandem-init: counter: listening on 7000")
-			})
-			conn, err := lab.dialFrom("client", guest+":7000")
+			cl := startHACluster(t, lab, dir, "--net", "tap:"+tap)
+			primary := cl.startLinuxPrimary(t, lab, dir, c.policy, c.mode,
+				fmt.Sprintf("tandem_ip=10.78.%d.15/24 tandem_counter=tcp:7000", round), "counter: listening on 7000",
+				"--net", "tap:"+tap)
+			conn, err := lab.dialFrom("client", guest)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close()
 			client := runCounterClient(conn, 4)
-			pollFor(t, "three acknowledged increments", time.Minute, func() bool { return client.acked.Load() >= 3 })
-			time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
-			primary.cmd.Process.Kill()
-			<-primary.done
-			primary.done <- nil
+			killAfter(t, rng, client, primary)
 			atKill := client.acked.Load()
 			// The same connection goes on with the recovered guest.
 			pollFor(t, "increments acknowledged by the recovered guest", 2*time.Minute, func() bool {
@@ -243,26 +239,13 @@ func TestLinuxFailoverKeepsTCPConnections(t *testing.T) {
 			})
 			conn.Close()
 			<-client.done
-			sent, acked := client.sent.Load(), client.acked.Load()
-			fresh, err := lab.dialFrom("client", guest+":7000")
+			fresh, err := lab.dialFrom("client", guest)
 			if err != nil {
 				t.Fatalf("a new connection to the recovered guest: %v", err)
 			}
 			defer fresh.Close()
-			fresh.SetDeadline(time.Now().Add(time.Minute))
-			fmt.Fprintf(fresh, "GET\n")
-			line, err := bufio.NewReader(fresh).ReadString('\n')
-			value, perr := strconv.ParseInt(strings.TrimPrefix(strings.TrimSpace(line), "VALUE "), 10, 64)
-			if err != nil || perr != nil {
-				t.Fatalf("GET from the recovered guest: %q, %v", line, err)
-			}
-			t.Logf("acknowledged %d before the kill; sent %d, acknowledged %d over the same connection; the recovered guest counts %d", atKill, sent, acked, value)
-			if value < acked {
-				t.Errorf("LOST INCREMENTS: %d acknowledged, the recovered guest counts %d", acked, value)
-			}
-			if value > sent {
-				t.Errorf("the recovered guest counts %d, more than the %d increments sent", value, sent)
-			}
+			t.Logf("%d increments acknowledged before the kill, over the connection that carried on", atKill)
+			checkCount(t, askCount(t, fresh), client.sent.Load(), client.acked.Load())
 		})
 	}
 }
