@@ -13,21 +13,22 @@ import (
 	"time"
 )
 
-// TestLinuxFailoverLosesNoAcknowledgedIncrement runs a Linux guest under
-// --ha — primary, two replicas and a leader, each in its own network
-// namespace — whose init serves a counter on /dev/hvc0 (tandem_counter),
-// drives it over the primary's virtio-console, kills the primary at a
+// TestLinuxFailoverLosesNoAcknowledgedIncrement boots a Linux guest whose
+// init serves a counter on /dev/hvc0 (tandem_counter) and snapshots it;
+// each round restores the snapshot under --ha — primary, two replicas and
+// a leader, each in its own network namespace —, drives the counter over
+// the primary's virtio-console, kills the primary at a
 // random moment, and checks that the leader's recovered guest, reached on
 // the leader's own --channel, counts every acknowledged increment and
 // nothing that was never sent. The guest's memory, its vCPUs, its
 // virtio-mmio devices and their queues all come from the recovered epoch.
 func TestLinuxFailoverLosesNoAcknowledgedIncrement(t *testing.T) {
-	linuxGuest(t)
+	snap := bootedCounterSnapshot(t)
 	lab := newNetLab(t, "primary", "r1", "r2", "leader")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
 	for _, c := range []struct{ policy, mode string }{{"fast", "sync"}, {"ft", "async"}} {
 		t.Run(c.policy+"/"+c.mode, func(t *testing.T) {
-			linuxFailoverRound(t, lab, rng, c.policy, c.mode)
+			linuxFailoverRound(t, lab, rng, snap, c.policy, c.mode)
 		})
 	}
 }
@@ -79,16 +80,51 @@ func startHACluster(t *testing.T, lab *netLab, dir string, leaderArgs ...string)
 func (c *haCluster) startLinuxPrimary(t *testing.T, lab *netLab, dir, policy, mode, cmdline, ready string, args ...string) *process {
 	t.Helper()
 	k, initrd := linuxGuest(t)
-	primary := lab.start("primary", nil, append([]string{"run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
-		"--cmdline", "console=ttyS0 reboot=k panic=-1 " + cmdline, "--serial", "file:" + dir + "/primary.txt",
-		"--ha", "--auth-key", c.key, "--replicas", c.r1 + "," + c.r2 + "," + c.r1, "--leader", c.leader,
-		"--policy", policy, "--mode", mode, "--epoch", "50ms"}, args...)...)
-	c.procs = append(c.procs, primary)
+	primary := c.startPrimary(t, lab, dir, policy, mode, append([]string{"--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
+		"--cmdline", "console=ttyS0 reboot=k panic=-1 " + cmdline}, args...)...)
 	pollFor(t, "the guest's "+ready, 6*time.Minute, func() bool {
 		b, _ := os.ReadFile(dir + "/primary.txt")
 		return strings.Contains(string(b), "tandem-init: "+ready)
 	})
 	return primary
+}
+
+// startPrimary runs `tandem run` with args (what to run) under --ha
+// against c, with COM1 in dir/primary.txt.
+func (c *haCluster) startPrimary(t *testing.T, lab *netLab, dir, policy, mode string, args ...string) *process {
+	t.Helper()
+	primary := lab.start("primary", nil, append(append([]string{"run"}, args...),
+		"--serial", "file:"+dir+"/primary.txt",
+		"--ha", "--auth-key", c.key, "--replicas", c.r1+","+c.r2+","+c.r1, "--leader", c.leader,
+		"--policy", policy, "--mode", mode, "--epoch", "50ms")...)
+	c.procs = append(c.procs, primary)
+	return primary
+}
+
+// bootedCounterSnapshot boots the Linux test guest with its counter on
+// hvc0 (tandem_counter), without --ha, and snapshots it once the counter
+// is ready: the Linux HA rounds restore it under --ha, so that they test
+// --restore with --ha and boot once between them.
+func bootedCounterSnapshot(t *testing.T) string {
+	t.Helper()
+	k, initrd := linuxGuest(t)
+	dir := t.TempDir()
+	ctl := "unix:" + filepath.Join(dir, "ctl")
+	p := startCommand(t, tandemBin, "run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
+		"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_counter=1",
+		"--channel", "unix:"+filepath.Join(dir, "ch"), "--serial", "file:"+filepath.Join(dir, "console.txt"), "--control", ctl)
+	pollFor(t, "the guest's counter", 6*time.Minute, func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "console.txt"))
+		return strings.Contains(string(b), "tandem-init: counter: ready")
+	})
+	snap := filepath.Join(dir, "counter.snap")
+	if _, stderr, status := runTandem(t, "snapshot", "--control", ctl, "--out", snap, "--stop"); status != 0 {
+		t.Fatalf("snapshot: status %d, stderr %q", status, stderr)
+	}
+	if status := p.wait(t, time.Minute); status != 0 {
+		t.Fatalf("the snapshotted tandem exited with %d; stderr:\n%s", status, p.stderr.String())
+	}
+	return snap
 }
 
 // killAfter kills p once client has three increments acknowledged and a
@@ -134,12 +170,10 @@ func checkCount(t *testing.T, value, sent, acked int64) {
 	}
 }
 
-func linuxFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, policy, mode string) {
+func linuxFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, snap, policy, mode string) {
 	dir := t.TempDir()
 	c := startHACluster(t, lab, dir, "--channel", "unix:"+dir+"/leader.ch")
-	// The guest drops what reaches hvc0 before its counter listens.
-	primary := c.startLinuxPrimary(t, lab, dir, policy, mode, "tandem_counter=1", "counter: ready",
-		"--channel", "unix:"+dir+"/primary.ch")
+	primary := c.startPrimary(t, lab, dir, policy, mode, "--restore", snap, "--channel", "unix:"+dir+"/primary.ch")
 	conn := dialWhenReady(t, primary, dir+"/primary.ch")
 	client := runCounterClient(conn, 4)
 	killAfter(t, rng, client, primary)
