@@ -40,6 +40,26 @@
 // It may be newer (a request processed whose reply was still held): clients
 // see that as at-least-once delivery.
 //
+// # Disks
+//
+// Disk replication rides the commit rule. Before the first epoch the
+// primary brings the leader's copy of each disk to its own content over
+// the state connection, sending only the chunks whose hashes differ
+// (package disk), and the leader makes each copy durable; the leader
+// refuses state for an epoch while a copy it holds is not synchronised,
+// and refuses a disk it holds no copy of, or one of another size. Each
+// epoch's disk writes (the blocks written, as they are at the pause, and
+// whether the guest flushed) travel inside that epoch's state, and the
+// leader applies an epoch's writes to its copies only once it learns the
+// epoch is committed, in epoch order (ReplicaConfig.Committed); at
+// recovery it applies those up to E and discards the rest. So the disk and
+// the memory of a recovered VM are always of the same epoch, no write of
+// an uncommitted epoch reaches a copy, and none of a committed epoch is
+// lost. A write is complete for the guest once the primary's disk has it;
+// a flush is durable on the primary at once and on the leader once its
+// epoch commits: what the outside learns of either waits for the commit
+// in the output gates.
+//
 // # Authentication and the binding rules
 //
 // Every replication connection (links, the state connection, recovery,

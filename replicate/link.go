@@ -3,6 +3,7 @@ package replicate
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
@@ -216,16 +217,29 @@ type stateLink struct {
 	once sync.Once
 }
 
-func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID uint64, hello Hello, acks chan<- Ack, heartbeat time.Duration) (*stateLink, error) {
+func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID uint64, hello Hello, acks chan<- Ack, heartbeat time.Duration, disks []DiskImage, log *slog.Logger) (*stateLink, error) {
+	hashes, err := hashDisks(disks)
+	if err != nil {
+		return nil, err
+	}
 	c, err := dialHello(ctx, creds, addr, vmID, hello)
 	if err != nil {
+		return nil, fmt.Errorf("replicate: leader: %w", err)
+	}
+	if err := syncDisks(c, disks, hashes, log); err != nil {
+		c.c.Close()
 		return nil, fmt.Errorf("replicate: leader: %w", err)
 	}
 	s := &stateLink{c: c, stop: make(chan struct{})}
 	go func() {
 		for {
 			h, err := readHeader(c.r, vmID)
-			if err == nil && h.Type != MsgAck {
+			switch {
+			case err != nil:
+			case h.Type == MsgError:
+				p, _ := readPayload(c.r, h)
+				err = fmt.Errorf("refused: %s", p)
+			case h.Type != MsgAck:
 				err = fmt.Errorf("%w: unexpected %v message", ErrProtocol, h.Type)
 			}
 			if err != nil {

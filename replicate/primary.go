@@ -81,6 +81,10 @@ type PrimaryConfig struct {
 	// has failed.
 	AckTimeout time.Duration
 	Heartbeat  time.Duration
+	// Disks are the guest's disks: before the first epoch the leader's
+	// copies are brought to their content (diskrep.go). Their writes then
+	// travel in each epoch's state, which the Source captures.
+	Disks []DiskImage
 	Trace      *TraceWriter
 	Log        *slog.Logger
 	// Summary, when set, receives a one-line summary about every second.
@@ -206,7 +210,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 		h := hello
 		h.Role = RoleState
 		var err error
-		p.leader, err = dialLeader(ctx, p.cfg.Auth, p.cfg.Leader, p.cfg.VMID, h, p.acks, p.cfg.Heartbeat)
+		p.leader, err = dialLeader(ctx, p.cfg.Auth, p.cfg.Leader, p.cfg.VMID, h, p.acks, p.cfg.Heartbeat, p.cfg.Disks, p.log)
 		errs[len(errs)-1] = err
 	}()
 	wg.Wait()

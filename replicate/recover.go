@@ -130,6 +130,11 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 			if err != nil {
 				return nil, err
 			}
+			// The disk copies take every write up to the recovered epoch
+			// and none after it: disk and memory are of one epoch.
+			if err := r.deliverCommitted(rec.Epoch); err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrUnrecoverable, err)
+			}
 			rec.Took = time.Since(start)
 			return rec, nil
 		}

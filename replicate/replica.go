@@ -106,6 +106,15 @@ type ReplicaConfig struct {
 	// leader's recovery connections to the replicas; its Timeout bounds
 	// each handshake. Required: Serve, ServeRDMA and Recover fail without.
 	Auth *auth.Credentials
+	// Disks are the leader's copies of the primary's disks, in its order:
+	// the primary brings each to its own content before the first epoch
+	// (diskrep.go), and refuses to start if the counts or sizes differ.
+	Disks []DiskCopy
+	// Committed, when set, is given the state of every epoch the leader
+	// learns is committed, once, in epoch order, and at recovery those of
+	// the recovered epoch and earlier not given yet: what applies an
+	// epoch's disk writes to the copies. An error makes recovery refuse.
+	Committed func(epoch uint64, state []byte) error
 }
 
 // maxHandshakes bounds the connections a replica authenticates at once:
@@ -137,6 +146,7 @@ type Replica struct {
 	failed      chan struct{}
 	failOnce    sync.Once
 	failReason  string
+	disks       leaderDisks
 	ended       bool // the primary said goodbye: its VM stopped on purpose
 	stateActive bool
 
@@ -156,6 +166,7 @@ func NewReplica(cfg ReplicaConfig) *Replica {
 		cfg.HeartbeatTimeout = time.Second
 	}
 	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{}),
+		disks: leaderDisks{synced: make([]bool, len(cfg.Disks))},
 		handshakes: make(chan struct{}, maxHandshakes), liveLinks: map[uint32]bool{}}
 }
 
@@ -599,6 +610,14 @@ func (r *Replica) serveState(c *conn) error {
 			r.mu.Unlock()
 			r.declareFailed("the primary stopped its VM on purpose")
 			return c.send(MsgAck, h.Epoch, nil)
+		case MsgDiskHashes, MsgDiskChunk, MsgDiskDone:
+			p, err := readPayload(c.r, h)
+			if err != nil {
+				return c.errorf("state: %w", err)
+			}
+			if err := r.serveDiskSync(c, h, p); err != nil {
+				return err
+			}
 		case MsgState:
 			p, err := readPayload(c.r, h)
 			if err != nil {
@@ -608,6 +627,10 @@ func (r *Replica) serveState(c *conn) error {
 			if err != nil {
 				return c.errorf("state: %w", err)
 			}
+			if err := r.checkDisksSynced(); err != nil {
+				c.sendError(err.Error())
+				return c.errorf("state: %w", err)
+			}
 			r.mu.Lock()
 			r.states[s.Epoch] = s
 			r.mu.Unlock()
@@ -615,6 +638,9 @@ func (r *Replica) serveState(c *conn) error {
 				return c.errorf("state: %w", err)
 			}
 		case MsgCommit:
+			// The copies of the disks follow the commits (an error is kept
+			// for recovery to refuse).
+			r.deliverCommitted(h.Epoch)
 			r.mu.Lock()
 			if h.Epoch > r.committed {
 				r.committed = h.Epoch

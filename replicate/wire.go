@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/tandemvm/tandem/replicate/disk"
 )
 
 // Wire format. Every message is a 32-byte header followed by its payload:
@@ -51,10 +53,14 @@ const (
 	MsgFetch
 	MsgBye
 	MsgTicket
+	MsgDiskHashes // primary → leader: a disk's chunk hashes (diskrep.go)
+	MsgDiskWant   // leader → primary: the chunks its copy lacks
+	MsgDiskChunk  // primary → leader: one of them
+	MsgDiskDone   // primary → leader: that disk is sent; the leader acks once durable
 	msgTypeEnd
 )
 
-var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket"}
+var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done"}
 
 func (t MsgType) String() string {
 	if t > 0 && t < msgTypeEnd {
@@ -76,12 +82,16 @@ func maxPayload(t MsgType) uint64 {
 	switch t {
 	case MsgData, MsgEpochs:
 		return maxDataPayload
-	case MsgState:
+	case MsgState, MsgDiskHashes, MsgDiskWant:
 		return maxStatePayload
+	case MsgDiskChunk:
+		return 4 + 8 + disk.ChunkSize
 	case MsgMap, MsgFetch:
 		return 8 + 4 + maxMapRegions*16
 	case MsgDone, MsgAck, MsgCommit, MsgHeartbeat, MsgQuery, MsgResolve, MsgBye:
 		return 0
+	case MsgDiskDone:
+		return 4
 	}
 	return maxSmallPayload
 }
