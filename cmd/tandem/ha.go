@@ -145,6 +145,19 @@ func faultInjection(cfg *replicate.PrimaryConfig) error {
 // epoch that wrote it commits. Devices add theirs as they are opened.
 type haOutputs struct {
 	gates []replicate.Gate
+	// disks record what each epoch writes to the guest's disks, which
+	// then travels in the epoch's state; images are the same disks for
+	// the leader's initial copy.
+	disks  []*virtio.TrackedBackend
+	images []replicate.DiskImage
+}
+
+// trackDisk records the writes to a disk of a replicated guest.
+func (o *haOutputs) trackDisk(be virtio.BlockBackend, path string) virtio.BlockBackend {
+	t := virtio.NewTrackedBackend(be)
+	o.disks = append(o.disks, t)
+	o.images = append(o.images, replicate.DiskImage{Name: path, Size: be.Size(), R: t})
+	return t
 }
 
 // gateConsole puts the guest-to-host direction of a console behind a gate.
@@ -187,29 +200,17 @@ func (c gatedConsole) Close() error {
 	return c.Console.Close()
 }
 
-// haReplicable refuses, by name, the devices whose state replication
-// cannot carry yet: a disk's writes would reach the leader's copy outside
-// the epochs.
-func haReplicable(virtio []vmm.VirtioConfig) error {
-	for _, c := range virtio {
-		if c.Type == "blk" {
-			return usagef("--ha cannot replicate virtio-blk disk %s yet; run without --disk", c.Path)
-		}
-	}
-	return nil
-}
-
 // haSource is the replication source of a VM: a Linux guest's carries its
 // virtio devices in its state (hastate.go).
-func haSource(vm *vmm.VM, virtio []vmm.VirtioConfig) (replicate.Source, error) {
+func haSource(vm *vmm.VM, devs []vmm.VirtioConfig, outputs *haOutputs) (replicate.Source, error) {
 	src, err := vmm.NewReplicationSource(vm)
 	if err != nil {
 		return nil, err
 	}
-	if len(virtio) == 0 {
+	if len(devs) == 0 {
 		return src, nil
 	}
-	return newLinuxSource(src, virtio)
+	return newLinuxSource(src, devs, outputs.disks)
 }
 
 // startPrimary connects the replication links before the guest runs, so an

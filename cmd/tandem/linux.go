@@ -320,9 +320,14 @@ func (d linuxDevices) add(vm *vmm.VM, spec *vmSpec) error {
 		return nil
 	}
 	for i, ds := range d.disks {
+		var be virtio.BlockBackend
 		be, err := virtio.OpenFileBackend(ds.path, ds.readOnly)
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", ds.path, err)
+		}
+		if spec.outputs != nil {
+			// Replicated: each epoch's writes travel with it.
+			be = spec.outputs.trackDisk(be, ds.path)
 		}
 		if err := add(virtio.NewBlock(be, fmt.Sprintf("tandem-disk-%d", i)), "disk "+ds.path); err != nil {
 			return err

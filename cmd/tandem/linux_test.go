@@ -38,7 +38,6 @@ func TestLinuxUsageErrors(t *testing.T) {
 		{[]string{"run", "--disk", "d.img"}, 2, "--disk needs --kernel"},
 		{[]string{"run", "--guest", "hello", "--cmdline", "quiet"}, 2, "--cmdline needs --kernel"},
 		{[]string{"run", "--kernel", notKernel, "--entry", "real16"}, 2, "--entry does not apply to --kernel"},
-		{[]string{"run", "--kernel", notKernel, "--disk", "d.img", "--ha", "--replicas", "127.0.0.1:1", "--leader", "127.0.0.1:2"}, 2, "--ha cannot replicate virtio-blk disk d.img yet"},
 		{[]string{"run", "--kernel", notKernel, "--kernel-entry", "uefi"}, 2, "unknown Linux entry"},
 		{[]string{"run", "--kernel", notKernel, "--disk", "d.img,rw"}, 2, `unknown option "rw"`},
 		{[]string{"run", "--kernel", notKernel, "--net", "bridge:br0"}, 2, "want tap:NAME"},

@@ -4,12 +4,74 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/tandemvm/tandem/replicate"
+	"github.com/tandemvm/tandem/replicate/disk"
 	"github.com/tandemvm/tandem/vmm"
 )
+
+// diskCopies are the leader's copies of the primary's disks (--disk).
+type diskCopies struct {
+	files     []*os.File
+	sizes     []int64
+	replicate []replicate.DiskCopy
+}
+
+func openDiskCopies(paths []string) (*diskCopies, error) {
+	c := &diskCopies{}
+	for _, p := range paths {
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			c.close()
+			return nil, usagef("--disk: %v", err)
+		}
+		st, err := f.Stat()
+		if err == nil && st.Size() == 0 {
+			err = fmt.Errorf("%s is empty: the copy must be the size of the primary's disk", p)
+		}
+		if err != nil {
+			f.Close()
+			c.close()
+			return nil, usagef("--disk: %v", err)
+		}
+		c.files = append(c.files, f)
+		c.sizes = append(c.sizes, st.Size())
+		c.replicate = append(c.replicate, replicate.DiskCopy{Name: p, Size: st.Size(), F: f})
+	}
+	return c, nil
+}
+
+// apply writes a committed epoch's disk writes to the copies, and makes
+// them durable where the guest flushed (replicate.ReplicaConfig.Committed).
+func (c *diskCopies) apply(epoch uint64, state []byte) error {
+	if len(c.files) == 0 {
+		return nil
+	}
+	st, linux, err := splitHAState(state)
+	if err != nil || !linux {
+		return fmt.Errorf("epoch %d: a state without disk writes for %d disk copies (%v)", epoch, len(c.files), err)
+	}
+	writes, err := st.diskWrites(c.sizes)
+	if err != nil {
+		return fmt.Errorf("epoch %d: %w", epoch, err)
+	}
+	for i, w := range writes {
+		if err := disk.Apply(c.files[i], w); err != nil {
+			return fmt.Errorf("epoch %d: disk %s: %w", epoch, c.files[i].Name(), err)
+		}
+	}
+	return nil
+}
+
+func (c *diskCopies) close() {
+	for _, f := range c.files {
+		f.Close()
+	}
+	c.files = nil
+}
 
 func cmdReplica(ctx context.Context, args []string) error {
 	fs := newFlagSet("replica", "--listen ADDR --auth-key FILE [--leader --replicas ADDR[,ADDR...] [--serial SPEC]]")
@@ -20,8 +82,9 @@ func cmdReplica(ctx context.Context, args []string) error {
 	serial := fs.String("serial", "stdio", "leader: COM1 of the recovered VM: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
 	control := fs.String("control", "", "leader: control socket of the recovered VM")
 	channel := fs.String("channel", "", "leader: the recovered Linux guest's virtio-console (/dev/hvc0): unix:PATH, tcp:ADDR, file:PATH or none (default none)")
-	var nets listFlag
+	var nets, disks listFlag
 	fs.Var(&nets, "net", "leader: a TAP device for the recovered Linux guest's network interface, tap:NAME (repeatable, in the primary's order)")
+	fs.Var(&disks, "disk", "leader: this node's copy of one of the primary's disks, PATH (repeatable, in the primary's order, each the size of its disk): brought to the primary's content when replication starts, then fed every committed epoch's writes")
 	timeout := fs.Duration("heartbeat-timeout", time.Second, "leader: declare the primary failed after this long without a heartbeat")
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -49,8 +112,8 @@ func cmdReplica(ctx context.Context, args []string) error {
 		return usagef("--replicas is for the leader (--leader)")
 	case *timeout <= 0:
 		return usagef("--heartbeat-timeout %v: want a positive duration", *timeout)
-	case (*channel != "" || len(nets) > 0) && !*leader:
-		return usagef("--channel and --net are for the leader (--leader)")
+	case (*channel != "" || len(nets) > 0 || len(disks) > 0) && !*leader:
+		return usagef("--channel, --net and --disk are for the leader (--leader)")
 	}
 	if _, err := parseNets(nets); err != nil {
 		return err
@@ -72,7 +135,13 @@ func cmdReplica(ctx context.Context, args []string) error {
 	if err != nil {
 		return usagef("--listen: %v", err)
 	}
-	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: *leader, HeartbeatTimeout: *timeout, MaxMemBytes: maxMemBytes, Auth: creds})
+	copies, err := openDiskCopies(disks)
+	if err != nil {
+		return err
+	}
+	defer copies.close()
+	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: *leader, HeartbeatTimeout: *timeout, MaxMemBytes: maxMemBytes, Auth: creds,
+		Disks: copies.replicate, Committed: copies.apply})
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
 	served := make(chan error, 1)
@@ -113,17 +182,26 @@ func cmdReplica(ctx context.Context, args []string) error {
 		memBytes: rec.MemBytes, vcpus: rec.VCPUs, serial: *serial, control: *control,
 		guestName: rec.Guest, log: log,
 	}
-	virtioDevs, state, isLinux, err := splitHAState(rec.State)
+	st, isLinux, err := splitHAState(rec.State)
 	if err != nil {
 		return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
 	}
+	state := st.vm
 	spec.load = func(vm *vmm.VM) error { return vm.RestoreImage(rec.Memory, state) }
 	if isLinux {
 		// The guest's devices come first: the state includes theirs.
-		devs, err := devicesFromMeta(virtioDevs)
+		devs, err := devicesFromMeta(st.virtio)
 		if err != nil {
 			return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
 		}
+		// Its disks are this node's copies, now of the recovered epoch.
+		if len(devs.disks) != len(disks) {
+			return fmt.Errorf("the recovered guest has %d disks, this leader holds %d copies", len(devs.disks), len(disks))
+		}
+		for i := range devs.disks {
+			devs.disks[i].path = disks[i]
+		}
+		copies.close()
 		if len(nets) > 0 {
 			if err := devs.override(&linuxFlags{nets: nets}, map[string]bool{"net": true}); err != nil {
 				return fmt.Errorf("the recovered guest's network: %w", err)

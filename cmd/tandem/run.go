@@ -114,11 +114,6 @@ func cmdRun(ctx context.Context, args []string) error {
 	default:
 		return usagef("say what to run: --guest NAME|PATH, --kernel PATH or --restore FILE")
 	}
-	if *ha.enabled {
-		if err := haReplicable(spec.virtio); err != nil {
-			return err
-		}
-	}
 	if spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log); err != nil {
 		return err
 	}
@@ -252,15 +247,14 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	defer cancel()
 	var primary *replicate.Primary
 	if spec.ha != nil {
-		src, err := haSource(vm, spec.virtio)
+		src, err := haSource(vm, spec.virtio, spec.outputs)
 		if err != nil {
 			return vmm.Result{}, err
 		}
-		gates := replicate.Gates{gate}
-		if spec.outputs != nil {
-			gates = append(gates, spec.outputs.gates...)
-		}
-		if primary, err = startPrimary(ctx, src, gates, *spec.ha); err != nil {
+		gates := append(replicate.Gates{gate}, spec.outputs.gates...)
+		cfg := *spec.ha
+		cfg.Disks = spec.outputs.images
+		if primary, err = startPrimary(ctx, src, gates, cfg); err != nil {
 			return vmm.Result{}, err
 		}
 	}
