@@ -116,7 +116,8 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 // faultEnv makes the primary kill itself in the middle of an epoch, for
 // failover tests: "EPOCH:BYTES" sends SIGKILL once the epochs from EPOCH on
 // have put BYTES bytes on the wire (over all links), which happens while an
-// epoch is being sent.
+// epoch is being sent; "after:PATH:BYTES" counts the bytes from the moment
+// the file PATH exists (a test that waits for its guest to be busy first).
 const faultEnv = "TANDEM_FAULT_KILL_AT"
 
 func faultInjection(cfg *replicate.PrimaryConfig) error {
@@ -124,16 +125,41 @@ func faultInjection(cfg *replicate.PrimaryConfig) error {
 	if spec == "" {
 		return nil
 	}
-	e, b, ok := strings.Cut(spec, ":")
-	epoch, err1 := strconv.ParseUint(e, 10, 64)
-	bytes, err2 := strconv.ParseInt(b, 10, 64)
-	if !ok || err1 != nil || err2 != nil {
-		return fmt.Errorf("%s=%q: want EPOCH:BYTES", faultEnv, spec)
+	armed := func() bool { return true }
+	var epoch uint64
+	var bytes int64
+	var err1, err2 error
+	if rest, ok := strings.CutPrefix(spec, "after:"); ok {
+		i := strings.LastIndexByte(rest, ':')
+		if i <= 0 {
+			return fmt.Errorf("%s=%q: want after:PATH:BYTES", faultEnv, spec)
+		}
+		path := rest[:i]
+		var seen atomic.Bool
+		armed = func() bool {
+			if !seen.Load() {
+				if _, err := os.Stat(path); err == nil {
+					seen.Store(true)
+				}
+			}
+			return seen.Load()
+		}
+		bytes, err2 = strconv.ParseInt(rest[i+1:], 10, 64)
+	} else {
+		e, b, ok := strings.Cut(spec, ":")
+		if !ok {
+			return fmt.Errorf("%s=%q: want EPOCH:BYTES or after:PATH:BYTES", faultEnv, spec)
+		}
+		epoch, err1 = strconv.ParseUint(e, 10, 64)
+		bytes, err2 = strconv.ParseInt(b, 10, 64)
+	}
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("%s=%q: want EPOCH:BYTES or after:PATH:BYTES", faultEnv, spec)
 	}
 	var sent atomic.Int64
 	cfg.FaultChunk = 4096
 	cfg.FaultProgress = func(ep uint64, n int) {
-		if ep >= epoch && sent.Add(int64(n)) >= bytes {
+		if ep >= epoch && armed() && sent.Add(int64(n)) >= bytes {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		}
 	}

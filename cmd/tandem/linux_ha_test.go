@@ -41,6 +41,7 @@ type haCluster struct {
 	r1, r2, leader string // their addresses
 	procs          []*process
 	leaderProc     *process
+	primaryEnv     []string // the primary's extra environment (fault injection)
 }
 
 // startHACluster starts two replicas and a leader (with leaderArgs added)
@@ -95,7 +96,7 @@ func (c *haCluster) startLinuxPrimary(t *testing.T, lab *netLab, dir, policy, mo
 // against c, with COM1 in dir/primary.txt.
 func (c *haCluster) startPrimary(t *testing.T, lab *netLab, dir, policy, mode string, args ...string) *process {
 	t.Helper()
-	primary := lab.start("primary", nil, append(append([]string{"run"}, args...),
+	primary := lab.start("primary", c.primaryEnv, append(append([]string{"run"}, args...),
 		"--serial", "file:"+dir+"/primary.txt",
 		"--ha", "--auth-key", c.key, "--replicas", c.r1+","+c.r2+","+c.r1, "--leader", c.leader,
 		"--policy", policy, "--mode", mode, "--epoch", "50ms")...)
@@ -290,23 +291,46 @@ func TestLinuxFailoverKeepsTCPConnections(t *testing.T) {
 // (tandem_kv: every PUT is fsynced to /dev/vda before its OK) under --ha
 // with its disk replicated: the leader's copy starts out different and is
 // brought to the primary's disk when replication starts, then takes every
-// committed epoch's writes. A client PUTs keys over TCP, the primary is
-// killed, and every acknowledged key must come back from the recovered
-// guest — which runs on the leader's copy — and be in that copy's bytes.
+// committed epoch's writes. A client PUTs keys over one TCP connection,
+// the primary dies — killed at a random moment, or by fault injection in
+// the middle of an epoch's transfer —, and every acknowledged key must come
+// back from the recovered guest, which runs on the leader's copy, over the
+// same connection and a new one, and be in that copy's bytes. Both
+// policies, both modes.
 func TestLinuxFailoverKeepsDiskWrites(t *testing.T) {
 	linuxGuest(t)
 	lab := newNetLab(t, "primary", "r1", "r2", "leader", "client")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 17))
-	tap := lab.guestSegment(0, "client", "primary", "leader")
-	const guest = "10.78.0.15:7000"
+	for round, c := range []struct {
+		policy, mode string
+		midTransfer  bool
+	}{{"fast", "sync", false}, {"ft", "async", false}, {"fast", "async", true}, {"ft", "sync", true}} {
+		name := c.policy + "/" + c.mode
+		if c.midTransfer {
+			name += "/mid-transfer"
+		}
+		t.Run(name, func(t *testing.T) {
+			diskFailoverRound(t, lab, rng, round, c.policy, c.mode, c.midTransfer)
+		})
+	}
+}
+
+func diskFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, round int, policy, mode string, midTransfer bool) {
+	tap := lab.guestSegment(round, "client", "primary", "leader")
+	guest := fmt.Sprintf("10.78.%d.15:7000", round)
 	dir := t.TempDir()
 	primaryDisk, leaderDisk := filepath.Join(dir, "primary.img"), filepath.Join(dir, "leader.img")
 	os.WriteFile(primaryDisk, make([]byte, 1<<20), 0o600)
 	// The leader's copy differs: garbage the sync must replace.
 	os.WriteFile(leaderDisk, bytes.Repeat([]byte("stale copy "), (1<<20)/11+1)[:1<<20], 0o600)
 	c := startHACluster(t, lab, dir, "--net", "tap:"+tap, "--disk", leaderDisk)
-	primary := c.startLinuxPrimary(t, lab, dir, "fast", "sync",
-		"tandem_loop=/dev/vda tandem_ip=10.78.0.15/24 tandem_kv=7000", "kv: listening on 7000",
+	armed := filepath.Join(dir, "armed")
+	if midTransfer {
+		// Die while an epoch's pages are on the wire, once PUTs flow.
+		c.primaryEnv = []string{fmt.Sprintf("%s=after:%s:%d", faultEnv, armed, 1+rng.IntN(3*4096))}
+	}
+	primary := c.startLinuxPrimary(t, lab, dir, policy, mode,
+		fmt.Sprintf("tandem_loop=/dev/vda tandem_ip=10.78.%d.15/24 tandem_kv=7000", round), "kv: listening on 7000",
 		"--net", "tap:"+tap, "--disk", primaryDisk)
 	if !strings.Contains(primary.stderr.String(), "disk sync done") {
 		t.Errorf("the primary did not report its disk sync; stderr:\n%s", primary.stderr.String())
@@ -316,7 +340,7 @@ func TestLinuxFailoverKeepsDiskWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	// PUT keys one after the other until the connection ends; acked holds
+	// PUT keys one after the other until the connection ends; acked counts
 	// those answered OK.
 	var acked atomic.Int64
 	done := make(chan struct{})
@@ -336,8 +360,18 @@ func TestLinuxFailoverKeepsDiskWrites(t *testing.T) {
 		}
 	}()
 	pollFor(t, "five acknowledged PUTs", time.Minute, func() bool { return acked.Load() >= 5 })
-	time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
-	primary.kill()
+	if midTransfer {
+		os.WriteFile(armed, nil, 0o600)
+		select {
+		case <-primary.done:
+			primary.done <- nil
+		case <-time.After(time.Minute):
+			t.Fatal("the fault injection did not kill the primary")
+		}
+	} else {
+		time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
+		primary.kill()
+	}
 	atKill := acked.Load()
 	pollFor(t, "PUTs acknowledged by the recovered guest", 2*time.Minute, func() bool { return acked.Load() >= atKill+5 })
 	conn.Close()
@@ -349,9 +383,11 @@ func TestLinuxFailoverKeepsDiskWrites(t *testing.T) {
 	}
 	defer fresh.Close()
 	kv := newKVClient(t, fresh)
+	lost := 0
 	for i := int64(0); i < n; i++ {
 		if got, want := kv.ask(t, fmt.Sprintf("GET key%d", i)), fmt.Sprintf("VALUE value%d", i); got != want {
 			t.Errorf("LOST WRITE: GET key%d answered %q, want %q", i, got, want)
+			lost++
 		}
 	}
 	// Every acknowledged value is in the leader's copy, which the
@@ -368,5 +404,5 @@ func TestLinuxFailoverKeepsDiskWrites(t *testing.T) {
 	if bytes.Contains(raw, []byte("stale copy")) {
 		t.Error("the leader's disk still holds its stale content: the sync missed chunks")
 	}
-	t.Logf("%d PUTs acknowledged before the kill, %d in all; every one read back from the recovered guest", atKill, n)
+	t.Logf("%d PUTs acknowledged before the primary died, %d in all over one connection; lost %d", atKill, n, lost)
 }
