@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -23,8 +24,9 @@ import (
 // counter, the primary killed with SIGKILL, the leader taking over, and the
 // count checked against what the client was told.
 func cmdDemo(ctx context.Context, args []string) error {
-	fs := newFlagSet("demo", "[--incs N] [--policy fast|ft] [--mode sync|async]")
-	incs := fs.Int("incs", 50, "kill the primary once this many increments are acknowledged")
+	fs := newFlagSet("demo", "[--linux] [--incs N] [--policy fast|ft] [--mode sync|async]")
+	incs := fs.Int("incs", 50, "kill the primary once this many increments (with --linux: PUTs) are acknowledged")
+	linux := fs.Bool("linux", false, "run the story with a Linux guest: its key-value store on a replicated disk, over TCP on a TAP (needs root; builds or reuses the guest kernel)")
 	policy := fs.String("policy", "fast", "replication policy: fast or ft")
 	mode := fs.String("mode", "sync", "replication mode: sync or async")
 	if err := parseFlags(fs, args); err != nil {
@@ -51,6 +53,14 @@ func cmdDemo(ctx context.Context, args []string) error {
 	}
 	if err := auth.WriteKeyFile(key, k); err != nil {
 		return err
+	}
+	if *linux {
+		given := false
+		fs.Visit(func(f *flag.Flag) { given = given || f.Name == "incs" })
+		if !given {
+			*incs = 20
+		}
+		return demoLinux(ctx, self, dir, key, *policy, *mode, *incs)
 	}
 	ports, err := freePorts(3)
 	if err != nil {

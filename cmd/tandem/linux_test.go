@@ -10,14 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	linuxguest "github.com/tandemvm/tandem/images/linux"
 	"github.com/tandemvm/tandem/kvm/kvmtest"
@@ -121,27 +118,8 @@ type guestPeers struct {
 	tcpConns  atomic.Int32
 }
 
-// inNamespace runs fn on a thread of its own that has entered the
-// namespace; sockets fn opens stay there. The thread ends with fn (it is
-// never returned to the scheduler in the namespace).
-func (p *guestPeers) inNamespace(fn func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		f, err := os.Open("/run/netns/" + p.ns)
-		if err != nil {
-			done <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- err
-			return
-		}
-		done <- fn()
-	}()
-	return <-done
-}
+// inNamespace runs fn in the namespace (see inNetns).
+func (p *guestPeers) inNamespace(fn func() error) error { return inNetns(p.ns, fn) }
 
 // dialGuest opens a TCP connection to the guest from the namespace.
 func (p *guestPeers) dialGuest(t *testing.T, addr string) net.Conn {

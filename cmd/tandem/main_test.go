@@ -328,6 +328,20 @@ func TestDemo(t *testing.T) {
 	}
 }
 
+// TestDemoLinux runs `tandem demo --linux`, the Linux HA story in one
+// command: it must end with nothing lost and its namespace removed.
+func TestDemoLinux(t *testing.T) {
+	linuxGuest(t)
+	stdout, stderr, status := runTandemFor(t, 10*time.Minute, "demo", "--linux", "--incs", "5")
+	if status != 0 || !strings.Contains(stdout, ": 0 lost; the leader's disk copy holds") || !strings.Contains(stdout, "connection carried on") {
+		t.Errorf("status %d\nstdout:\n%s\nstderr:\n%s", status, stdout, stderr)
+	}
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	if strings.Contains(string(out), "tandem-demo-") {
+		t.Errorf("the demo left its namespace behind: %s", out)
+	}
+}
+
 // BenchmarkResidentMemory starts `tandem run` with an idle counter guest and
 // reports the process's resident memory outside guest RAM, and the guest RAM
 // that is resident. Firecracker documents at most 5 MiB of VMM overhead.
