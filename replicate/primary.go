@@ -85,8 +85,8 @@ type PrimaryConfig struct {
 	// copies are brought to their content (diskrep.go). Their writes then
 	// travel in each epoch's state, which the Source captures.
 	Disks []DiskImage
-	Trace      *TraceWriter
-	Log        *slog.Logger
+	Trace *TraceWriter
+	Log   *slog.Logger
 	// Summary, when set, receives a one-line summary about every second.
 	Summary func(line string)
 	// FaultChunk and FaultProgress inject faults: epoch data is written in

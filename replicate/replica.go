@@ -166,7 +166,7 @@ func NewReplica(cfg ReplicaConfig) *Replica {
 		cfg.HeartbeatTimeout = time.Second
 	}
 	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{}),
-		disks: leaderDisks{synced: make([]bool, len(cfg.Disks))},
+		disks:      leaderDisks{synced: make([]bool, len(cfg.Disks))},
 		handshakes: make(chan struct{}, maxHandshakes), liveLinks: map[uint32]bool{}}
 }
 
