@@ -406,3 +406,28 @@ func diskFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, round int, pol
 	}
 	t.Logf("%d PUTs acknowledged before the primary died, %d in all over one connection; lost %d", atKill, n, lost)
 }
+
+// TestLeaderDeviceUsageErrors: the leader's devices for a recovered Linux
+// guest are checked when it starts, not at takeover.
+func TestLeaderDeviceUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.img")
+	os.WriteFile(empty, nil, 0o600)
+	key := testKeyFile(t)
+	leader := []string{"replica", "--listen", "127.0.0.1:0", "--auth-key", key, "--leader", "--replicas", "127.0.0.1:1"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"replica", "--listen", "127.0.0.1:0", "--auth-key", key, "--net", "tap:x"}, "are for the leader"},
+		{append(leader, "--net", "tap:tndmnosuch0"), "no such network device"},
+		{append(leader, "--net", "bridge:br0"), "want tap:NAME"},
+		{append(leader, "--disk", filepath.Join(dir, "missing.img")), "missing.img"},
+		{append(leader, "--disk", empty), "is empty"},
+	} {
+		_, stderr, status := runTandem(t, tc.args...)
+		if status != 2 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: status %d, stderr %q; want status 2 and %q", tc.args[5:], status, stderr, tc.want)
+		}
+	}
+}

@@ -115,8 +115,16 @@ func cmdReplica(ctx context.Context, args []string) error {
 	case (*channel != "" || len(nets) > 0 || len(disks) > 0) && !*leader:
 		return usagef("--channel, --net and --disk are for the leader (--leader)")
 	}
-	if _, err := parseNets(nets); err != nil {
+	leaderNets, err := parseNets(nets)
+	if err != nil {
 		return err
+	}
+	// A TAP the recovered guest cannot have would only show at takeover:
+	// check now that each exists.
+	for _, n := range leaderNets {
+		if _, err := os.Stat("/sys/class/net/" + n.tap); err != nil {
+			return usagef("--net tap:%s: no such network device on this host; create it (ip tuntap add dev %s mode tap) and attach it to the guest's network", n.tap, n.tap)
+		}
 	}
 	if err := checkChannel(*channel); err != nil {
 		return err
