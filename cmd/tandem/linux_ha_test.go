@@ -78,20 +78,6 @@ func startHACluster(t *testing.T, lab *netLab, dir string, leaderArgs ...string)
 	return c
 }
 
-// startLinuxPrimary runs the Linux test guest under --ha against c, with
-// its console in dir/primary.txt, and waits for the init's line ready.
-func (c *haCluster) startLinuxPrimary(t *testing.T, lab *netLab, dir, policy, mode, cmdline, ready string, args ...string) *process {
-	t.Helper()
-	k, initrd := linuxGuest(t)
-	primary := c.startPrimary(t, lab, dir, policy, mode, append([]string{"--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
-		"--cmdline", "console=ttyS0 reboot=k panic=-1 " + cmdline}, args...)...)
-	pollFor(t, "the guest's "+ready, 6*time.Minute, func() bool {
-		b, _ := os.ReadFile(dir + "/primary.txt")
-		return strings.Contains(string(b), "tandem-init: "+ready)
-	})
-	return primary
-}
-
 // startPrimary runs `tandem run` with args (what to run) under --ha
 // against c, with COM1 in dir/primary.txt.
 func (c *haCluster) startPrimary(t *testing.T, lab *netLab, dir, policy, mode string, args ...string) *process {
@@ -110,24 +96,34 @@ func (c *haCluster) startPrimary(t *testing.T, lab *netLab, dir, policy, mode st
 // --restore with --ha and boot once between them.
 func bootedCounterSnapshot(t *testing.T) string {
 	t.Helper()
+	snap, _ := bootedSnapshot(t, "tandem_counter=1", "counter: ready", "--channel", "unix:"+filepath.Join(t.TempDir(), "ch"))
+	return snap
+}
+
+// bootedSnapshot boots the Linux test guest with cmdline and device args,
+// without --ha, waits for its init's line ready, and snapshots it; it
+// returns the snapshot and the directory holding what the guest used (its
+// disk, if args name one there).
+func bootedSnapshot(t *testing.T, cmdline, ready string, args ...string) (snap, dir string) {
+	t.Helper()
 	k, initrd := linuxGuest(t)
-	dir := t.TempDir()
+	dir = t.TempDir()
 	ctl := "unix:" + filepath.Join(dir, "ctl")
-	p := startCommand(t, tandemBin, "run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
-		"--cmdline", "console=ttyS0 reboot=k panic=-1 tandem_counter=1",
-		"--channel", "unix:"+filepath.Join(dir, "ch"), "--serial", "file:"+filepath.Join(dir, "console.txt"), "--control", ctl)
-	pollFor(t, "the guest's counter", 6*time.Minute, func() bool {
+	p := startCommand(t, tandemBin, append([]string{"run", "--kernel", k.Vmlinux, "--initrd", initrd, "--mem", "128M",
+		"--cmdline", "console=ttyS0 reboot=k panic=-1 " + cmdline,
+		"--serial", "file:" + filepath.Join(dir, "console.txt"), "--control", ctl}, args...)...)
+	pollFor(t, "the guest's "+ready, 6*time.Minute, func() bool {
 		b, _ := os.ReadFile(filepath.Join(dir, "console.txt"))
-		return strings.Contains(string(b), "tandem-init: counter: ready")
+		return strings.Contains(string(b), "tandem-init: "+ready)
 	})
-	snap := filepath.Join(dir, "counter.snap")
+	snap = filepath.Join(dir, "guest.snap")
 	if _, stderr, status := runTandem(t, "snapshot", "--control", ctl, "--out", snap, "--stop"); status != 0 {
 		t.Fatalf("snapshot: status %d, stderr %q", status, stderr)
 	}
 	if status := p.wait(t, time.Minute); status != 0 {
 		t.Fatalf("the snapshotted tandem exited with %d; stderr:\n%s", status, p.stderr.String())
 	}
-	return snap
+	return snap, dir
 }
 
 // killAfter kills p once client has three increments acknowledged and a
@@ -229,6 +225,34 @@ func (l *netLab) guestSegment(n int, client string, tapRoles ...string) string {
 	return tap
 }
 
+// dialGuestFor connects from the client's namespace to a guest that p
+// runs, retrying until it answers (a restored guest's network takes a
+// moment to be reached: replication starts first).
+func dialGuestFor(t *testing.T, lab *netLab, p *process, addr string) net.Conn {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var c net.Conn
+		err := inNetns(lab.hosts["client"], func() (err error) {
+			c, err = net.DialTimeout("tcp4", addr, time.Second)
+			return err
+		})
+		if err == nil {
+			return c
+		}
+		select {
+		case err := <-p.done:
+			p.done <- err
+			t.Fatalf("the primary exited (%v) before its guest answered; stderr:\n%s", err, p.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest at %s did not answer in 2 minutes: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // dialFrom opens a TCP connection from role's namespace.
 func (l *netLab) dialFrom(role, addr string) (net.Conn, error) {
 	p := &guestPeers{ns: l.hosts[role]}
@@ -250,22 +274,19 @@ func (l *netLab) dialFrom(role, addr string) (net.Conn, error) {
 // client's and the guest's TCP agree), and that the counter holds every
 // acknowledged increment and nothing never sent.
 func TestLinuxFailoverKeepsTCPConnections(t *testing.T) {
-	linuxGuest(t)
+	// The guest boots once, on a TAP of its own, and every round restores
+	// it onto the segment (announcing its MAC there).
+	snap, _ := bootedSnapshot(t, "tandem_ip=10.78.0.15/24 tandem_counter=tcp:7000", "counter: listening on 7000", "--net", "tap:tndmboot0")
 	lab := newNetLab(t, "primary", "r1", "r2", "leader", "client")
+	tap := lab.guestSegment(0, "client", "primary", "leader")
+	const guest = "10.78.0.15:7000"
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 13))
-	for round, c := range []struct{ policy, mode string }{{"fast", "sync"}, {"ft", "async"}} {
+	for _, c := range []struct{ policy, mode string }{{"fast", "sync"}, {"ft", "async"}} {
 		t.Run(c.policy+"/"+c.mode, func(t *testing.T) {
-			tap := lab.guestSegment(round, "client", "primary", "leader")
-			guest := fmt.Sprintf("10.78.%d.15:7000", round)
 			dir := t.TempDir()
 			cl := startHACluster(t, lab, dir, "--net", "tap:"+tap)
-			primary := cl.startLinuxPrimary(t, lab, dir, c.policy, c.mode,
-				fmt.Sprintf("tandem_ip=10.78.%d.15/24 tandem_counter=tcp:7000", round), "counter: listening on 7000",
-				"--net", "tap:"+tap)
-			conn, err := lab.dialFrom("client", guest)
-			if err != nil {
-				t.Fatal(err)
-			}
+			primary := cl.startPrimary(t, lab, dir, c.policy, c.mode, "--restore", snap, "--net", "tap:"+tap)
+			conn := dialGuestFor(t, lab, primary, guest)
 			defer conn.Close()
 			client := runCounterClient(conn, 4)
 			killAfter(t, rng, client, primary)
@@ -298,10 +319,16 @@ func TestLinuxFailoverKeepsTCPConnections(t *testing.T) {
 // same connection and a new one, and be in that copy's bytes. Both
 // policies, both modes.
 func TestLinuxFailoverKeepsDiskWrites(t *testing.T) {
-	linuxGuest(t)
+	// The guest boots once, on its own disk and TAP; every round restores
+	// it onto the segment with a copy of that disk.
+	bootDisk := filepath.Join(t.TempDir(), "boot.img")
+	os.WriteFile(bootDisk, make([]byte, 1<<20), 0o600)
+	snap, _ := bootedSnapshot(t, "tandem_loop=/dev/vda tandem_ip=10.78.0.15/24 tandem_kv=7000", "kv: listening on 7000",
+		"--net", "tap:tndmboot1", "--disk", bootDisk)
 	lab := newNetLab(t, "primary", "r1", "r2", "leader", "client")
+	tap := lab.guestSegment(0, "client", "primary", "leader")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 17))
-	for round, c := range []struct {
+	for _, c := range []struct {
 		policy, mode string
 		midTransfer  bool
 	}{{"fast", "sync", false}, {"ft", "async", false}, {"fast", "async", true}, {"ft", "sync", true}} {
@@ -310,17 +337,20 @@ func TestLinuxFailoverKeepsDiskWrites(t *testing.T) {
 			name += "/mid-transfer"
 		}
 		t.Run(name, func(t *testing.T) {
-			diskFailoverRound(t, lab, rng, round, c.policy, c.mode, c.midTransfer)
+			diskFailoverRound(t, lab, rng, snap, bootDisk, tap, c.policy, c.mode, c.midTransfer)
 		})
 	}
 }
 
-func diskFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, round int, policy, mode string, midTransfer bool) {
-	tap := lab.guestSegment(round, "client", "primary", "leader")
-	guest := fmt.Sprintf("10.78.%d.15:7000", round)
+func diskFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, snap, bootDisk, tap, policy, mode string, midTransfer bool) {
+	const guest = "10.78.0.15:7000"
 	dir := t.TempDir()
 	primaryDisk, leaderDisk := filepath.Join(dir, "primary.img"), filepath.Join(dir, "leader.img")
-	os.WriteFile(primaryDisk, make([]byte, 1<<20), 0o600)
+	booted, err := os.ReadFile(bootDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(primaryDisk, booted, 0o600)
 	// The leader's copy differs: garbage the sync must replace.
 	os.WriteFile(leaderDisk, bytes.Repeat([]byte("stale copy "), (1<<20)/11+1)[:1<<20], 0o600)
 	c := startHACluster(t, lab, dir, "--net", "tap:"+tap, "--disk", leaderDisk)
@@ -329,17 +359,12 @@ func diskFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, round int, pol
 		// Die while an epoch's pages are on the wire, once PUTs flow.
 		c.primaryEnv = []string{fmt.Sprintf("%s=after:%s:%d", faultEnv, armed, 1+rng.IntN(3*4096))}
 	}
-	primary := c.startLinuxPrimary(t, lab, dir, policy, mode,
-		fmt.Sprintf("tandem_loop=/dev/vda tandem_ip=10.78.%d.15/24 tandem_kv=7000", round), "kv: listening on 7000",
-		"--net", "tap:"+tap, "--disk", primaryDisk)
+	primary := c.startPrimary(t, lab, dir, policy, mode, "--restore", snap, "--net", "tap:"+tap, "--disk", primaryDisk)
+	conn := dialGuestFor(t, lab, primary, guest)
+	defer conn.Close()
 	if !strings.Contains(primary.stderr.String(), "disk sync done") {
 		t.Errorf("the primary did not report its disk sync; stderr:\n%s", primary.stderr.String())
 	}
-	conn, err := lab.dialFrom("client", guest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	// PUT keys one after the other until the connection ends; acked counts
 	// those answered OK.
 	var acked atomic.Int64

@@ -277,6 +277,11 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 		io.Copy(vm.Serial(), console)
 		vm.Stop()
 	}()
+	if spec.snapshot != nil {
+		// A restored guest may be on another host than when it was
+		// snapshotted: tell the L2 network where its MACs are now.
+		announceInterfaces(vm, spec.log)
+	}
 	if spec.ready != nil {
 		spec.ready(vm)
 	}
