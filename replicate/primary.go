@@ -59,6 +59,13 @@ type Source interface {
 	CaptureState() ([]byte, error)
 }
 
+// DiskWriteSizer is implemented by a Source whose captured state carries
+// the epoch's disk writes: DiskWriteBytes is how many bytes of the last
+// CaptureState they were, for the epoch's trace.
+type DiskWriteSizer interface {
+	DiskWriteBytes() int
+}
+
 // PrimaryConfig configures the replicating side.
 type PrimaryConfig struct {
 	// Links are the replica addresses, one per link; several links may
@@ -436,6 +443,9 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 		return err // leave the VM paused: no output may escape unreplicated
 	}
 	rec.StateBytes = len(state)
+	if d, ok := p.src.(DiskWriteSizer); ok {
+		rec.DiskBytes = d.DiskWriteBytes()
+	}
 	p.gate.Seal(e)
 	t1 := time.Now()
 	rec.Pause.Harvest = t1.Sub(t0)

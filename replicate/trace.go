@@ -28,6 +28,9 @@ type EpochTrace struct {
 	TransferredPages uint64   `json:"transferred_pages"`
 	LinkBytes        []uint64 `json:"link_bytes"` // payload bytes sent on each link this epoch
 	StateBytes       int      `json:"state_bytes"`
+	// DiskBytes is the part of StateBytes that is the epoch's disk writes,
+	// for a Source that says (DiskWriteSizer).
+	DiskBytes int `json:"disk_bytes,omitempty"`
 	// Pause times the steps of the pause, in microseconds in JSON.
 	Pause  Durations `json:"pause_us"`
 	Failed string    `json:"failed,omitempty"` // why the epoch failed, if it did

@@ -41,7 +41,12 @@ type linuxSource struct {
 	head  []byte // magic, length and JSON, encoded once
 	disks []*virtio.TrackedBackend
 	block []byte
+	// diskBytes is the disk data the last state carried.
+	diskBytes int
 }
+
+// DiskWriteBytes implements replicate.DiskWriteSizer.
+func (s *linuxSource) DiskWriteBytes() int { return s.diskBytes }
 
 func newLinuxSource(src *vmm.ReplicationSource, devs []vmm.VirtioConfig, disks []*virtio.TrackedBackend) (*linuxSource, error) {
 	js, err := json.Marshal(devs)
@@ -90,6 +95,7 @@ func (s *linuxSource) diskSection() ([]byte, error) {
 		}
 		b = disk.AppendWrites(b, &rec)
 	}
+	s.diskBytes = total
 	return b, nil
 }
 

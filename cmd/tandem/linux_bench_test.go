@@ -20,8 +20,8 @@ import (
 // store (a disk write fsynced before the answer) over TCP on a TAP,
 // without --ha and with it at 10, 25 and 50 ms epochs (fast, sync); and,
 // from the primary's per-epoch trace, the pause of the epochs it ran
-// meanwhile and the state each carried (the VM state and the epoch's disk
-// writes). It needs root (the story's network namespace) and boots one
+// meanwhile, the state each carried and the part of it that was the
+// epoch's disk writes. It needs root (the story's network namespace) and boots one
 // guest per configuration, so give it a fixed count:
 //
 //	TANDEM_REQUIRE_KVM=1 go test ./cmd/tandem -run X -bench LinuxPutLatency -benchtime 200x
@@ -99,7 +99,7 @@ func benchPutLatency(b *testing.B, epoch time.Duration) {
 	}
 	defer f.Close()
 	var pause time.Duration
-	var stateBytes, epochs int
+	var stateBytes, diskBytes, epochs int
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -109,6 +109,7 @@ func benchPutLatency(b *testing.B, epoch time.Duration) {
 		}
 		pause += e.Pause.Total
 		stateBytes += e.StateBytes
+		diskBytes += e.DiskBytes
 		epochs++
 	}
 	if epochs == 0 {
@@ -116,5 +117,6 @@ func benchPutLatency(b *testing.B, epoch time.Duration) {
 	}
 	b.ReportMetric(float64(pause.Microseconds())/1000/float64(epochs), "ms-pause/epoch")
 	b.ReportMetric(float64(stateBytes)/1024/float64(epochs), "KiB-state/epoch")
+	b.ReportMetric(float64(diskBytes)/1024/float64(epochs), "KiB-disk/epoch")
 	b.ReportMetric(float64(epochs)/float64(b.N), "epochs/put")
 }
