@@ -40,6 +40,34 @@
 // It may be newer (a request processed whose reply was still held): clients
 // see that as at-least-once delivery.
 //
+// # Deadlines and liveness
+//
+// Nothing waits on a peer without a deadline, and no deadline assumes a
+// fixed link speed. Each link keeps a measured rate (an EWMA of the bytes
+// per second of its acknowledged epochs of 1 MiB or more); an epoch's
+// sends and acknowledgement on a link must be done within AckTimeout plus
+// the link's bytes at a quarter of that rate, and never at less than the
+// floor, PrimaryConfig.MinLinkRate (1 MB/s unless set). A link that does
+// not make its deadline has failed; a slow one is given the time its
+// bytes need. The state and the leader's acknowledgement get AckTimeout
+// plus the state's bytes at the floor.
+//
+// For the leader, a primary is alive while its epochs progress, not while
+// some goroutine of it sends heartbeats. Every state message announces how
+// long the primary allows that epoch's transfer (Within) and its epoch
+// interval; after it, the leader expects the epoch's commit, or the next
+// epoch's state, within Within + interval + HeartbeatTimeout, and after a
+// commit the next state within interval + HeartbeatTimeout. Heartbeats
+// carry the newest committed epoch, and a new one counts as a commit. A
+// primary that misses its bound is declared failed even while heartbeats
+// arrive (an epoch loop wedged in a pause, a capture or an output device).
+// An idle primary is not: it pauses and commits every epoch anyway. The
+// rule starts with the first state (the initial copy has none, and a
+// leader without a state could not take over anyway); before it, and
+// always, a connection silent for HeartbeatTimeout has failed too. A state
+// message, once its header arrived, may take HeartbeatTimeout plus its
+// length at ReplicaConfig.MinLinkRate.
+//
 // # Authentication and the binding rules
 //
 // Every replication connection (links, the state connection, recovery,

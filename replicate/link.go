@@ -216,7 +216,9 @@ type stateLink struct {
 	once sync.Once
 }
 
-func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID uint64, hello Hello, acks chan<- Ack, heartbeat time.Duration) (*stateLink, error) {
+// dialLeader opens the state connection. Its heartbeats carry committed(),
+// the newest committed epoch, so that the leader sees the epochs progress.
+func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID uint64, hello Hello, acks chan<- Ack, heartbeat time.Duration, committed func() uint64) (*stateLink, error) {
 	c, err := dialHello(ctx, creds, addr, vmID, hello)
 	if err != nil {
 		return nil, fmt.Errorf("replicate: leader: %w", err)
@@ -243,7 +245,7 @@ func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID 
 			case <-s.stop:
 				return
 			case <-t.C:
-				if c.send(MsgHeartbeat, 0, nil) != nil {
+				if c.send(MsgHeartbeat, committed(), nil) != nil {
 					return
 				}
 			}

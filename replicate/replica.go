@@ -88,8 +88,17 @@ type ReplicaConfig struct {
 	// and report primary failure through Failed.
 	Leader bool
 	// HeartbeatTimeout is how long the leader waits for a heartbeat or
-	// state message before it declares the primary failed.
+	// state message before it declares the primary failed. It is also the
+	// slack of the progress rule (see the package documentation,
+	// "Liveness"): once the primary has sent a state, the leader declares
+	// it failed when its next state or commit is later than the primary
+	// announced plus HeartbeatTimeout, heartbeats or not.
 	HeartbeatTimeout time.Duration
+	// MinLinkRate is the slowest rate, in bytes per second, at which the
+	// leader expects a state message to arrive once its header has: its
+	// payload may take its length at this rate on top of
+	// HeartbeatTimeout. Zero means 1 MB/s.
+	MinLinkRate float64
 	// Delay, when set, is called after every data read of n bytes into
 	// staging: tandem bench uses it to emulate memory with slow writes.
 	Delay func(n int)
@@ -139,6 +148,12 @@ type Replica struct {
 	failReason  string
 	ended       bool // the primary said goodbye: its VM stopped on purpose
 	stateActive bool
+	// progressBy is when the primary's next progress (a new state or
+	// commit) is due; zero until its first state. interval is the epoch
+	// interval it announced, progressEpoch the newest epoch seen committed.
+	progressBy    time.Time
+	interval      time.Duration
+	progressEpoch uint64
 
 	// liveLinks holds the link indices bound to a live connection of the
 	// primary (TCP or RDMA): a second connection claiming one is refused.
@@ -154,6 +169,9 @@ func NewReplica(cfg ReplicaConfig) *Replica {
 	}
 	if cfg.HeartbeatTimeout == 0 {
 		cfg.HeartbeatTimeout = time.Second
+	}
+	if cfg.MinLinkRate <= 0 {
+		cfg.MinLinkRate = defaultMinLinkRate
 	}
 	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{}),
 		handshakes: make(chan struct{}, maxHandshakes), liveLinks: map[uint32]bool{}}
@@ -578,21 +596,36 @@ func (r *Replica) waitApplies() {
 }
 
 // serveState receives the primary's state stream (leader only) and watches
-// the primary's heartbeat.
+// the primary: heartbeats show its connection is alive, new states and
+// commits that its epochs progress (see the package documentation).
 func (r *Replica) serveState(c *conn) error {
 	defer r.declareFailed("state connection lost")
 	for {
-		c.c.SetReadDeadline(time.Now().Add(r.cfg.HeartbeatTimeout))
+		now := time.Now()
+		deadline, progress := now.Add(r.cfg.HeartbeatTimeout), false
+		r.mu.Lock()
+		if by := r.progressBy; !by.IsZero() && by.Before(deadline) {
+			deadline, progress = by, true
+		}
+		r.mu.Unlock()
+		c.c.SetReadDeadline(deadline)
 		h, err := readHeader(c.r, c.vmID)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				r.declareFailed(fmt.Sprintf("no heartbeat from %s for %v", c.peer, r.cfg.HeartbeatTimeout))
+				if progress {
+					r.declareFailed(fmt.Sprintf("the epochs of %s stopped progressing: no new state or commit by %s", c.peer, deadline.Format(time.RFC3339Nano)))
+				} else {
+					r.declareFailed(fmt.Sprintf("no heartbeat from %s for %v", c.peer, r.cfg.HeartbeatTimeout))
+				}
 			}
 			return c.errorf("state: %w", err)
 		}
 		switch h.Type {
 		case MsgHeartbeat:
+			// A heartbeat carries the newest committed epoch: a new one is
+			// progress too.
+			r.progressed(h.Epoch)
 		case MsgBye:
 			r.mu.Lock()
 			r.ended = true
@@ -600,6 +633,9 @@ func (r *Replica) serveState(c *conn) error {
 			r.declareFailed("the primary stopped its VM on purpose")
 			return c.send(MsgAck, h.Epoch, nil)
 		case MsgState:
+			// Reading the state may take its bytes at the floor rate on
+			// top of the heartbeat timeout.
+			c.c.SetReadDeadline(time.Now().Add(stateReadTime(r.cfg.HeartbeatTimeout, h.Length, r.cfg.MinLinkRate)))
 			p, err := readPayload(c.r, h)
 			if err != nil {
 				return c.errorf("state: %w", err)
@@ -610,6 +646,10 @@ func (r *Replica) serveState(c *conn) error {
 			}
 			r.mu.Lock()
 			r.states[s.Epoch] = s
+			r.interval = s.Interval
+			// Next: this epoch's commit once its transfer is done, or, if
+			// it fails, the next epoch's state an interval later.
+			r.progressBy = time.Now().Add(s.Within + s.Interval + r.cfg.HeartbeatTimeout)
 			r.mu.Unlock()
 			if err := c.send(MsgAck, h.Epoch, nil); err != nil {
 				return c.errorf("state: %w", err)
@@ -625,10 +665,32 @@ func (r *Replica) serveState(c *conn) error {
 				}
 			}
 			r.mu.Unlock()
+			r.progressed(h.Epoch)
 		default:
 			return c.errorf("state: %w: unexpected %v message", ErrProtocol, h.Type)
 		}
 	}
+}
+
+// progressed records that the primary committed epoch e: if it is new
+// (and the primary has sent a state), its next state is due an epoch
+// interval later, plus the heartbeat timeout.
+func (r *Replica) progressed(e uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e <= r.progressEpoch {
+		return
+	}
+	r.progressEpoch = e
+	if !r.progressBy.IsZero() {
+		r.progressBy = time.Now().Add(r.interval + r.cfg.HeartbeatTimeout)
+	}
+}
+
+// stateReadTime is how long the leader gives a state message's payload of
+// n bytes once its header has arrived.
+func stateReadTime(heartbeat time.Duration, n uint32, floor float64) time.Duration {
+	return heartbeat + time.Duration(float64(n)/floor*float64(time.Second))
 }
 
 func (r *Replica) declareFailed(reason string) {
