@@ -150,10 +150,11 @@ type Replica struct {
 	stateActive bool
 	// progressBy is when the primary's next progress (a new state or
 	// commit) is due; zero until its first state. interval is the epoch
-	// interval it announced, progressEpoch the newest epoch seen committed.
-	progressBy    time.Time
-	interval      time.Duration
-	progressEpoch uint64
+	// interval it announced, stateEpoch the newest epoch whose state
+	// arrived, progressEpoch the newest epoch seen committed.
+	progressBy                time.Time
+	interval                  time.Duration
+	stateEpoch, progressEpoch uint64
 
 	// liveLinks holds the link indices bound to a live connection of the
 	// primary (TCP or RDMA): a second connection claiming one is refused.
@@ -647,6 +648,7 @@ func (r *Replica) serveState(c *conn) error {
 			r.mu.Lock()
 			r.states[s.Epoch] = s
 			r.interval = s.Interval
+			r.stateEpoch = max(r.stateEpoch, s.Epoch)
 			// Next: this epoch's commit once its transfer is done, or, if
 			// it fails, the next epoch's state an interval later.
 			r.progressBy = time.Now().Add(s.Within + s.Interval + r.cfg.HeartbeatTimeout)
@@ -672,19 +674,19 @@ func (r *Replica) serveState(c *conn) error {
 	}
 }
 
-// progressed records that the primary committed epoch e: if it is new
-// (and the primary has sent a state), its next state is due an epoch
-// interval later, plus the heartbeat timeout.
+// progressed records that the primary committed epoch e. A commit of the
+// newest epoch whose state arrived ends that epoch: the next state is due
+// an epoch interval later, plus the heartbeat timeout. An older commit (a
+// heartbeat sent before the newest state) changes nothing: that epoch is
+// still in flight, and its own bound holds.
 func (r *Replica) progressed(e uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e <= r.progressEpoch {
+	if e <= r.progressEpoch || e < r.stateEpoch || r.progressBy.IsZero() {
 		return
 	}
 	r.progressEpoch = e
-	if !r.progressBy.IsZero() {
-		r.progressBy = time.Now().Add(r.interval + r.cfg.HeartbeatTimeout)
-	}
+	r.progressBy = time.Now().Add(r.interval + r.cfg.HeartbeatTimeout)
 }
 
 // stateReadTime is how long the leader gives a state message's payload of
