@@ -96,6 +96,20 @@
 //
 // A refused message changes neither the store nor the link's staging.
 //
+// The leader's state connection follows the same rule. The first hello
+// of any role that authenticates binds the leader to its VM id (every
+// connection is authenticated, so only a holder of the key can bind it);
+// a state hello for another VM is refused, and so is a second state
+// connection while one is live. When the state connection ends (not by
+// goodbye) its slot is free again and the primary redials it, for up to
+// its AckTimeout, sending again the state the leader had not acknowledged
+// and its newest commit; if no state connection is admitted within the
+// leader's HeartbeatTimeout of the break, the leader declares the primary
+// failed, and from then on refuses every state hello: a primary that comes
+// back later would contradict the takeover. A connection that goes silent
+// (no message for HeartbeatTimeout) or whose epochs stop progressing is
+// failed at once, without the grace.
+//
 // The leader never builds an image unless every page's newest copy came
 // from a replica that answered every step. A replica that fails or goes
 // silent after answering the query (each step has a deadline, and

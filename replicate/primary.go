@@ -217,7 +217,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 		h := hello
 		h.Role = RoleState
 		var err error
-		p.leader, err = dialLeader(ctx, p.cfg.Auth, p.cfg.Leader, p.cfg.VMID, h, p.acks, p.cfg.Heartbeat, p.committed.Load)
+		p.leader, err = dialLeader(ctx, p.cfg.Auth, p.cfg.Leader, p.cfg.VMID, h, p.acks, p.cfg.Heartbeat, p.cfg.AckTimeout, p.committed.Load)
 		errs[len(errs)-1] = err
 	}()
 	wg.Wait()

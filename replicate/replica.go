@@ -148,6 +148,7 @@ type Replica struct {
 	failReason  string
 	ended       bool // the primary said goodbye: its VM stopped on purpose
 	stateActive bool
+	stateGen    uint64 // state connections admitted so far
 	// progressBy is when the primary's next progress (a new state or
 	// commit) is due; zero until its first state. interval is the epoch
 	// interval it announced, stateEpoch the newest epoch whose state
@@ -379,12 +380,15 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 		return errors.New("this replica is not the leader")
 	case h.Role == RoleState && r.stateActive:
 		return errors.New("the leader already has a state connection")
+	case h.Role == RoleState && r.isFailed():
+		return errors.New("the leader has declared the primary failed")
 	case (h.Role == RoleLink || h.Role == RoleRDMA) && r.liveLinks[h.Link]:
 		return fmt.Errorf("link %d of this VM is already connected", h.Link)
 	}
 	switch h.Role {
 	case RoleState:
-		r.stateActive = true
+		r.stateActive = true // until serveState ends
+		r.stateGen++
 		r.hello.VCPUs, r.hello.Guest, r.hello.Links, r.hello.Policy = h.VCPUs, h.Guest, h.Links, h.Policy
 	case RoleLink:
 		// Only a replica that links feed holds a copy of guest memory.
@@ -600,7 +604,7 @@ func (r *Replica) waitApplies() {
 // the primary: heartbeats show its connection is alive, new states and
 // commits that its epochs progress (see the package documentation).
 func (r *Replica) serveState(c *conn) error {
-	defer r.declareFailed("state connection lost")
+	defer r.stateEnded(c.peer)
 	for {
 		now := time.Now()
 		deadline, progress := now.Add(r.cfg.HeartbeatTimeout), false
@@ -693,6 +697,34 @@ func (r *Replica) progressed(e uint64) {
 // n bytes once its header has arrived.
 func stateReadTime(heartbeat time.Duration, n uint32, floor float64) time.Duration {
 	return heartbeat + time.Duration(float64(n)/floor*float64(time.Second))
+}
+
+// stateEnded frees the state connection's slot. The primary may redial
+// (stateLink.redial) within the heartbeat timeout; if no state connection
+// is admitted by then, it has failed.
+func (r *Replica) stateEnded(peer string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stateActive = false
+	gen := r.stateGen
+	timeout := r.cfg.HeartbeatTimeout
+	time.AfterFunc(timeout, func() {
+		r.mu.Lock()
+		again := r.stateGen != gen
+		r.mu.Unlock()
+		if !again {
+			r.declareFailed(fmt.Sprintf("state connection from %s lost, and the primary did not reconnect within %v", peer, timeout))
+		}
+	})
+}
+
+func (r *Replica) isFailed() bool {
+	select {
+	case <-r.failed:
+		return true
+	default:
+		return false
+	}
 }
 
 func (r *Replica) declareFailed(reason string) {
