@@ -95,29 +95,52 @@ func cmdReplica(ctx context.Context, args []string) error {
 		return nil
 	}
 	log.Warn("primary failed; recovering", "reason", r.FailReason())
-	rec, err := r.Recover(ctx, recoverFrom)
+	// Recovery settles the replicas on an epoch first; its pages are then
+	// fetched straight into the new VM's memory (load), so the leader
+	// never holds a second copy of guest RAM.
+	rc, err := r.StartRecovery(ctx, recoverFrom)
 	if err != nil {
 		return err
 	}
-	log.Info("recovered", "epoch", rec.Epoch, "mem_MiB", rec.MemBytes>>20, "took", rec.Took.Round(time.Microsecond), "unreachable", rec.Unreachable)
-	fmt.Printf("leader: recovered epoch %d of %s (%d MiB) in %v; resuming the VM\n", rec.Epoch, rec.Guest, rec.MemBytes>>20, rec.Took.Round(time.Millisecond))
-	// The replicas are no longer fed; stop serving them and run the VM.
-	stopServing()
-	<-served
+	defer rc.Close()
+	info := rc.Info()
 	spec := vmSpec{
-		memBytes: rec.MemBytes, vcpus: rec.VCPUs, serial: *serial, control: *control,
-		guestName: rec.Guest, log: log,
+		memBytes: info.MemBytes, vcpus: info.VCPUs, serial: *serial, control: *control,
+		guestName: info.Guest, log: log,
 	}
-	virtioDevs, state, isLinux, err := splitHAState(rec.State)
+	virtioDevs, _, isLinux, err := splitHAState(info.State)
 	if err != nil {
-		return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
+		return fmt.Errorf("recovered state of epoch %d: %w", info.Epoch, err)
 	}
-	spec.load = func(vm *vmm.VM) error { return vm.RestoreImage(rec.Memory, state) }
+	// fetch fills the VM's memory and restores the state of the epoch
+	// recovered (FetchInto may settle on an older one if a replica is lost
+	// meanwhile); the replicas are no longer fed, so serving stops.
+	fetch := func(vm *vmm.VM) error {
+		rec, err := rc.FetchInto(ctx, vm.Memory().Bytes())
+		if err != nil {
+			return err
+		}
+		rc.Close()
+		stopServing()
+		<-served
+		log.Info("recovered", "epoch", rec.Epoch, "mem_MiB", rec.MemBytes>>20, "took", rec.Took.Round(time.Microsecond), "unreachable", rec.Unreachable)
+		fmt.Printf("leader: recovered epoch %d of %s (%d MiB) in %v; resuming the VM\n", rec.Epoch, rec.Guest, rec.MemBytes>>20, rec.Took.Round(time.Millisecond))
+		_, state, _, err := splitHAState(rec.State)
+		if err != nil {
+			return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
+		}
+		var st vmm.State
+		if err := st.UnmarshalBinary(state); err != nil {
+			return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
+		}
+		return vm.RestoreState(&st)
+	}
+	spec.load = fetch
 	if isLinux {
 		// The guest's devices come first: the state includes theirs.
 		devs, err := devicesFromMeta(virtioDevs)
 		if err != nil {
-			return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
+			return fmt.Errorf("recovered state of epoch %d: %w", info.Epoch, err)
 		}
 		if devs.channel != "" {
 			devs.channel = *channel
@@ -131,7 +154,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 			if err := devs.add(vm, &spec); err != nil {
 				return err
 			}
-			return vm.RestoreImage(rec.Memory, state)
+			return fetch(vm)
 		}
 	}
 	res, err := runVM(ctx, spec)
