@@ -58,6 +58,8 @@ type stage struct {
 	complete bool
 	// appliedEpoch is the newest epoch of this link applied to the store.
 	appliedEpoch uint64
+	// recent is the staging the link needed lately (see beginEpoch).
+	recent uint64
 	// The binding rules (see the package documentation): the newest epoch
 	// whose map the link carried, the newest it acknowledged, and the
 	// newest it was told is committed. They outlive a connection.
@@ -70,6 +72,10 @@ type stage struct {
 	// already written when the replica learns of the epoch (rdma.go).
 	buf func(epoch, need uint64) []byte
 }
+
+// stagingKeep is the staging buffer a link keeps however small its
+// epochs: below it, releasing saves too little to be worth a reallocation.
+const stagingKeep = 1 << 20
 
 // waitApplied waits for a link's background apply; call without r.mu.
 func (r *Replica) waitApplied(st *stage) {
@@ -510,10 +516,16 @@ func (r *Replica) beginEpoch(link uint32, m *MapRecord) error {
 		st.appliedEpoch = max(st.appliedEpoch, st.epoch)
 	}
 	need := m.Pages() * PageSize
-	if st.buf != nil {
+	// recent is the link's recent need, decaying by an eighth per epoch: a
+	// buffer over four times it (a full copy long past) is released.
+	st.recent = max(need, st.recent-st.recent/8)
+	switch {
+	case st.buf != nil:
 		st.data = st.buf(m.Epoch, need)
-	} else if uint64(cap(st.data)) < need {
+	case uint64(cap(st.data)) < need:
 		st.data = make([]byte, need)
+	case uint64(cap(st.data)) > stagingKeep && uint64(cap(st.data)) > 4*st.recent:
+		st.data = make([]byte, need, max(need, st.recent))
 	}
 	st.epoch, st.regions, st.data, st.received, st.complete = m.Epoch, m.Regions, st.data[:need], 0, false
 	return nil
