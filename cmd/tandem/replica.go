@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tandemvm/tandem/replicate"
 	"github.com/tandemvm/tandem/vmm"
@@ -95,52 +98,51 @@ func cmdReplica(ctx context.Context, args []string) error {
 		return nil
 	}
 	log.Warn("primary failed; recovering", "reason", r.FailReason())
-	// Recovery settles the replicas on an epoch first; its pages are then
-	// fetched straight into the new VM's memory (load), so the leader
-	// never holds a second copy of guest RAM.
+	// The pages go straight into the memory the new VM will run on (a
+	// memfd, which the VM maps as its --mem-file), so the leader never
+	// holds a second copy of guest RAM. Recovery settles the replicas on an
+	// epoch first, which gives the size.
 	rc, err := r.StartRecovery(ctx, recoverFrom)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	info := rc.Info()
-	spec := vmSpec{
-		memBytes: info.MemBytes, vcpus: info.VCPUs, serial: *serial, control: *control,
-		guestName: info.Guest, log: log,
-	}
-	virtioDevs, _, isLinux, err := splitHAState(info.State)
+	memPath, memFile, err := recoveryMemory(rc.Info().MemBytes)
 	if err != nil {
-		return fmt.Errorf("recovered state of epoch %d: %w", info.Epoch, err)
+		return err
 	}
-	// fetch fills the VM's memory and restores the state of the epoch
-	// recovered (FetchInto may settle on an older one if a replica is lost
-	// meanwhile); the replicas are no longer fed, so serving stops.
-	fetch := func(vm *vmm.VM) error {
-		rec, err := rc.FetchInto(ctx, vm.Memory().Bytes())
-		if err != nil {
-			return err
-		}
-		rc.Close()
-		stopServing()
-		<-served
-		log.Info("recovered", "epoch", rec.Epoch, "mem_MiB", rec.MemBytes>>20, "took", rec.Took.Round(time.Microsecond), "unreachable", rec.Unreachable)
-		fmt.Printf("leader: recovered epoch %d of %s (%d MiB) in %v; resuming the VM\n", rec.Epoch, rec.Guest, rec.MemBytes>>20, rec.Took.Round(time.Millisecond))
-		_, state, _, err := splitHAState(rec.State)
-		if err != nil {
-			return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
-		}
+	defer memFile.Close()
+	rec, err := fetchInto(ctx, rc, memFile, rc.Info().MemBytes)
+	if err != nil {
+		return err
+	}
+	rc.Close()
+	log.Info("recovered", "epoch", rec.Epoch, "mem_MiB", rec.MemBytes>>20, "took", rec.Took.Round(time.Microsecond), "unreachable", rec.Unreachable)
+	fmt.Printf("leader: recovered epoch %d of %s (%d MiB) in %v; resuming the VM\n", rec.Epoch, rec.Guest, rec.MemBytes>>20, rec.Took.Round(time.Millisecond))
+	// The replicas are no longer fed; stop serving them and run the VM.
+	stopServing()
+	<-served
+	spec := vmSpec{
+		memBytes: rec.MemBytes, vcpus: rec.VCPUs, serial: *serial, control: *control,
+		guestName: rec.Guest, log: log, memFile: memPath,
+	}
+	virtioDevs, state, isLinux, err := splitHAState(rec.State)
+	if err != nil {
+		return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
+	}
+	restore := func(vm *vmm.VM) error {
 		var st vmm.State
 		if err := st.UnmarshalBinary(state); err != nil {
 			return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
 		}
-		return vm.RestoreState(&st)
+		return vm.RestoreState(&st) // the memory is already in place
 	}
-	spec.load = fetch
+	spec.load = restore
 	if isLinux {
 		// The guest's devices come first: the state includes theirs.
 		devs, err := devicesFromMeta(virtioDevs)
 		if err != nil {
-			return fmt.Errorf("recovered state of epoch %d: %w", info.Epoch, err)
+			return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
 		}
 		if devs.channel != "" {
 			devs.channel = *channel
@@ -154,7 +156,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 			if err := devs.add(vm, &spec); err != nil {
 				return err
 			}
-			return fetch(vm)
+			return restore(vm)
 		}
 	}
 	res, err := runVM(ctx, spec)
@@ -163,4 +165,35 @@ func cmdReplica(ctx context.Context, args []string) error {
 	}
 	log.Info("VM stopped", "reason", res.Kind, "status", res.Code)
 	return nil
+}
+
+// recoveryMemory makes the file the recovered VM's memory lives in: a
+// memfd of memBytes, named by a path the VM can open as its memory file.
+func recoveryMemory(memBytes uint64) (string, *os.File, error) {
+	fd, err := unix.MemfdCreate("tandem-recovered-guest", unix.MFD_CLOEXEC)
+	if err != nil {
+		return "", nil, fmt.Errorf("recovery: guest memory: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "tandem-recovered-guest")
+	if err := f.Truncate(int64(memBytes)); err != nil {
+		f.Close()
+		return "", nil, fmt.Errorf("recovery: guest memory of %d MiB: %w", memBytes>>20, err)
+	}
+	return fmt.Sprintf("/proc/self/fd/%d", fd), f, nil
+}
+
+// fetchInto gathers the recovered pages into f through a mapping that is
+// gone once they are in: the VM maps the file again.
+func fetchInto(ctx context.Context, rc *replicate.Recovery, f *os.File, memBytes uint64) (*replicate.Recovered, error) {
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(memBytes), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("recovery: map guest memory: %w", err)
+	}
+	defer unix.Munmap(mem)
+	rec, err := rc.FetchInto(ctx, mem)
+	if err != nil {
+		return nil, err
+	}
+	rec.Memory = nil // unmapped below
+	return rec, nil
 }
