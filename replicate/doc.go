@@ -35,6 +35,9 @@
 // of it completed its transfer and the leader holds the state. Replicas apply
 // staged epochs up to E and discard later ones; the leader then takes, for
 // every page, the copy with the highest epoch and restores the state of E.
+// The leader fetches the pages straight into the memory the new VM will
+// run on (StartRecovery, then Recovery.FetchInto), so a takeover holds one
+// copy of guest RAM, not an image beside the VM's memory.
 // Output is released only after its epoch commits, and a committed epoch is
 // complete everywhere, so E is never older than anything a client has seen.
 // It may be newer (a request processed whose reply was still held): clients
