@@ -203,11 +203,32 @@ func (l *tcpLink) WriteImm(epoch uint64) error {
 	return nil
 }
 
+// WriteCommit sends a commit, bounded by commitSendTimeout: a replica
+// that stopped reading fails the link instead of holding the primary.
 func (l *tcpLink) WriteCommit(epoch uint64) error {
-	return l.c.send(MsgCommit, epoch, nil)
+	return l.c.sendBy(time.Now().Add(commitSendTimeout), MsgCommit, epoch, nil)
 }
 
+// commitSendTimeout bounds the send of a commit (a 32-byte message).
+const commitSendTimeout = time.Second
+
 func (l *tcpLink) Close() error { return l.c.c.Close() }
+
+// abort closes the link at once (see closeNow): the primary gives up on it.
+func (l *tcpLink) abort() { closeNow(l.c.c) }
+
+// closeNow closes a connection at once. A TLS connection's Close first
+// sends a close_notify alert and waits up to 5 s for a peer that stopped
+// reading to take it: closing the TCP connection underneath does not wait,
+// and the primary only closes connections it gives up on.
+func closeNow(c net.Conn) error {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		err := tc.NetConn().Close()
+		c.Close() // frees the TLS state; fails at once on the closed socket
+		return err
+	}
+	return c.Close()
+}
 
 // stateLink is the primary's connection to the leader: state records,
 // commits and heartbeats. When the connection breaks, it redials (for up to
@@ -260,7 +281,7 @@ func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID 
 				// A leader that stopped reading must not hold the sends
 				// of states and commits up behind a heartbeat.
 				if err := s.c.sendBy(time.Now().Add(s.redialWithin), MsgHeartbeat, committed(), nil); err != nil {
-					s.c.c.Close() // readAcks notices, and redials
+					closeNow(s.c.c) // readAcks notices, and redials
 				}
 				s.mu.Unlock()
 			}
@@ -300,7 +321,7 @@ func (s *stateLink) readAcks(acks chan<- Ack) {
 // redialWithin has passed, then sends the unacknowledged state and the
 // newest commit on the new connection.
 func (s *stateLink) redial(old *conn) error {
-	old.c.Close() // a sender blocked on it lets go of s.mu
+	closeNow(old.c) // a sender blocked on it lets go of s.mu
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
@@ -357,7 +378,7 @@ func (s *stateLink) sendState(rec *StateRecord, deadline time.Time) error {
 	defer s.mu.Unlock()
 	s.pending = rec
 	if err := s.c.sendBy(deadline, MsgState, rec.Epoch, rec.marshal()); err != nil {
-		s.c.c.Close()
+		closeNow(s.c.c)
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			return err // the leader stopped reading: no redial helps
@@ -371,7 +392,7 @@ func (s *stateLink) sendCommit(epoch uint64) error {
 	defer s.mu.Unlock()
 	s.lastCommit = max(s.lastCommit, epoch)
 	if err := s.c.sendBy(time.Now().Add(s.redialWithin), MsgCommit, epoch, nil); err != nil {
-		s.c.c.Close() // readAcks redials and sends the commit again
+		closeNow(s.c.c) // readAcks redials and sends the commit again
 		return err
 	}
 	return nil

@@ -726,7 +726,11 @@ func (p *Primary) linkFailed(i int, err error) {
 		return
 	}
 	l.alive = false
-	l.Close()
+	if a, ok := l.Link.(interface{ abort() }); ok {
+		a.abort() // no goodbye to a peer that may have stopped reading
+	} else {
+		l.Close()
+	}
 	what := "continuing degraded on the remaining links (every link has every page)"
 	if p.cfg.Policy == PolicyFast {
 		what = "the epoch fails and the remaining links get a full copy of memory"

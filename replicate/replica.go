@@ -160,6 +160,7 @@ type Replica struct {
 	// interval it announced, stateEpoch the newest epoch whose state
 	// arrived, progressEpoch the newest epoch seen committed.
 	progressBy                time.Time
+	progressWhy               string // what set progressBy, for the failure's reason
 	interval                  time.Duration
 	stateEpoch, progressEpoch uint64
 
@@ -619,10 +620,10 @@ func (r *Replica) serveState(c *conn) error {
 	defer r.stateEnded(c.peer)
 	for {
 		now := time.Now()
-		deadline, progress := now.Add(r.cfg.HeartbeatTimeout), false
+		deadline, progress, why := now.Add(r.cfg.HeartbeatTimeout), false, ""
 		r.mu.Lock()
 		if by := r.progressBy; !by.IsZero() && by.Before(deadline) {
-			deadline, progress = by, true
+			deadline, progress, why = by, true, r.progressWhy
 		}
 		r.mu.Unlock()
 		c.c.SetReadDeadline(deadline)
@@ -631,7 +632,7 @@ func (r *Replica) serveState(c *conn) error {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				if progress {
-					r.declareFailed(fmt.Sprintf("the epochs of %s stopped progressing: no new state or commit by %s", c.peer, deadline.Format(time.RFC3339Nano)))
+					r.declareFailed(fmt.Sprintf("the epochs of %s stopped progressing: no new state or commit by %s (%s)", c.peer, deadline.Format(time.RFC3339Nano), why))
 				} else {
 					r.declareFailed(fmt.Sprintf("no heartbeat from %s for %v", c.peer, r.cfg.HeartbeatTimeout))
 				}
@@ -668,6 +669,7 @@ func (r *Replica) serveState(c *conn) error {
 			// Next: this epoch's commit once its transfer is done, or, if
 			// it fails, the next epoch's state an interval later.
 			r.progressBy = time.Now().Add(s.Within + s.Interval + r.cfg.HeartbeatTimeout)
+			r.progressWhy = fmt.Sprintf("the state of epoch %d allowed its transfer %v", s.Epoch, s.Within)
 			r.mu.Unlock()
 			if err := c.send(MsgAck, h.Epoch, nil); err != nil {
 				return c.errorf("state: %w", err)
@@ -703,6 +705,7 @@ func (r *Replica) progressed(e uint64) {
 	}
 	r.progressEpoch = e
 	r.progressBy = time.Now().Add(r.interval + r.cfg.HeartbeatTimeout)
+	r.progressWhy = fmt.Sprintf("epoch %d committed", e)
 }
 
 // stateReadTime is how long the leader gives a state message's payload of
