@@ -209,11 +209,12 @@ func (rc *Recovery) settle(ctx context.Context) error {
 var errRetry = errors.New("replicate: recovery retry")
 
 // Deadlines of the recovery steps (ReplicaConfig.RecoveryStepTimeout):
-// answering a query or settling is small work; a fetch moves data, at no
-// less than recoveryMinRate.
+// answering a query or settling is small work; a fetch moves data, and
+// each fetchChunk of it gets a step of its own, so a slow link is given
+// the time its bytes need while a silent replica fails within a step.
 const (
 	defaultRecoveryStepTimeout = 10 * time.Second
-	recoveryMinRate            = 10 << 20 // bytes per second
+	fetchChunk                 = 1 << 20
 )
 
 func (r *Replica) recoveryStepTimeout() time.Duration {
@@ -420,7 +421,7 @@ func fetchPages(c *conn, regions []Region, mem []byte, step time.Duration) error
 			batch = append(batch, regions[0])
 			regions = regions[1:]
 		}
-		c.c.SetDeadline(time.Now().Add(step + time.Duration(n)*time.Second/recoveryMinRate))
+		c.c.SetDeadline(time.Now().Add(step))
 		if err := c.send(MsgFetch, 0, appendRegions(nil, batch)); err != nil {
 			return c.errorf("fetch: %w", err)
 		}
@@ -432,8 +433,13 @@ func fetchPages(c *conn, regions []Region, mem []byte, step time.Duration) error
 			return c.errorf("fetch: %w", noEOF(err))
 		}
 		for _, g := range batch {
-			if _, err := io.ReadFull(c.r, mem[g.First*PageSize:g.End()*PageSize]); err != nil {
-				return c.errorf("fetch: %w", noEOF(err))
+			for b := mem[g.First*PageSize : g.End()*PageSize]; len(b) > 0; {
+				k := min(len(b), fetchChunk)
+				c.c.SetReadDeadline(time.Now().Add(step))
+				if _, err := io.ReadFull(c.r, b[:k]); err != nil {
+					return c.errorf("fetch: %w", noEOF(err))
+				}
+				b = b[k:]
 			}
 		}
 	}

@@ -114,7 +114,7 @@ type ReplicaConfig struct {
 	// memory (HostMemBytes).
 	MaxMemBytes uint64
 	// RecoveryStepTimeout bounds each step of a recovery a replica must
-	// answer (query, settle; a fetch gets this plus its bytes at 10 MB/s).
+	// answer (query, settle; a fetch gets this for every MiB it moves).
 	// Zero means 10 s.
 	RecoveryStepTimeout time.Duration
 	// Auth authenticates every connection this replica accepts, and the
