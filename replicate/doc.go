@@ -53,7 +53,8 @@
 // floor, PrimaryConfig.MinLinkRate (1 MB/s unless set). A link that does
 // not make its deadline has failed; a slow one is given the time its
 // bytes need. The state and the leader's acknowledgement get AckTimeout
-// plus the state's bytes at the floor.
+// plus the state's bytes at the floor. During recovery every step, and
+// every MiB of a fetch, gets RecoveryStepTimeout.
 //
 // For the leader, a primary is alive while its epochs progress, not while
 // some goroutine of it sends heartbeats. Every state message announces how
