@@ -35,6 +35,9 @@
 // of it completed its transfer and the leader holds the state. Replicas apply
 // staged epochs up to E and discard later ones; the leader then takes, for
 // every page, the copy with the highest epoch and restores the state of E.
+// The leader fetches the pages straight into the memory the new VM will
+// run on (StartRecovery, then Recovery.FetchInto), so a takeover holds one
+// copy of guest RAM, not an image beside the VM's memory.
 // Output is released only after its epoch commits, and a committed epoch is
 // complete everywhere, so E is never older than anything a client has seen.
 // It may be newer (a request processed whose reply was still held): clients
@@ -59,6 +62,35 @@
 // a flush is durable on the primary at once and on the leader once its
 // epoch commits: what the outside learns of either waits for the commit
 // in the output gates.
+//
+// # Deadlines and liveness
+//
+// Nothing waits on a peer without a deadline, and no deadline assumes a
+// fixed link speed. Each link keeps a measured rate (an EWMA of the bytes
+// per second of its acknowledged epochs of 1 MiB or more); an epoch's
+// sends and acknowledgement on a link must be done within AckTimeout plus
+// the link's bytes at a quarter of that rate, and never at less than the
+// floor, PrimaryConfig.MinLinkRate (1 MB/s unless set). A link that does
+// not make its deadline has failed; a slow one is given the time its
+// bytes need. The state and the leader's acknowledgement get AckTimeout
+// plus the state's bytes at the floor. During recovery every step, and
+// every MiB of a fetch, gets RecoveryStepTimeout.
+//
+// For the leader, a primary is alive while its epochs progress, not while
+// some goroutine of it sends heartbeats. Every state message announces how
+// long the primary allows that epoch's transfer (Within) and its epoch
+// interval; after it, the leader expects the epoch's commit, or the next
+// epoch's state, within Within + interval + HeartbeatTimeout, and after a
+// commit the next state within interval + HeartbeatTimeout. Heartbeats
+// carry the newest committed epoch, and a new one counts as a commit. A
+// primary that misses its bound is declared failed even while heartbeats
+// arrive (an epoch loop wedged in a pause, a capture or an output device).
+// An idle primary is not: it pauses and commits every epoch anyway. The
+// rule starts with the first state (the initial copy has none, and a
+// leader without a state could not take over anyway); before it, and
+// always, a connection silent for HeartbeatTimeout has failed too. A state
+// message, once its header arrived, may take HeartbeatTimeout plus its
+// length at ReplicaConfig.MinLinkRate.
 //
 // # Authentication and the binding rules
 //
@@ -87,6 +119,22 @@
 //     refused and the connection dropped.
 //
 // A refused message changes neither the store nor the link's staging.
+//
+// The leader's state connection follows the same rule. The first hello
+// of any role that authenticates binds the leader to its VM id (every
+// connection is authenticated, so only a holder of the key can bind it);
+// a state hello for another VM is refused, and so is a second state
+// connection while one is live. When the state connection ends (not by
+// goodbye) its slot is free again and the primary redials it, for up to
+// its AckTimeout, sending again the state the leader had not acknowledged
+// and its newest commit; if no state connection is admitted within the
+// leader's ReconnectWait of the break (250 ms unless set: a live primary
+// redials at once, and the wait is downtime after a crash), the leader
+// declares the primary
+// failed, and from then on refuses every state hello: a primary that comes
+// back later would contradict the takeover. A connection that goes silent
+// (no message for HeartbeatTimeout) or whose epochs stop progressing is
+// failed at once, without the grace.
 //
 // The leader never builds an image unless every page's newest copy came
 // from a replica that answered every step. A replica that fails or goes

@@ -178,6 +178,11 @@ func replicaAddr(tb testing.TB, cfg ReplicaConfig) string {
 }
 
 func newCluster(t *testing.T, replicas int) *cluster {
+	return newClusterWith(t, replicas, ReplicaConfig{Leader: true, HeartbeatTimeout: 2 * time.Second})
+}
+
+// newClusterWith is newCluster with the leader configured by leader.
+func newClusterWith(t *testing.T, replicas int, leader ReplicaConfig) *cluster {
 	c := &cluster{t: t}
 	for i := 0; i < replicas; i++ {
 		r, addr, cancel := startReplica(t, ReplicaConfig{})
@@ -185,7 +190,7 @@ func newCluster(t *testing.T, replicas int) *cluster {
 		c.addrs = append(c.addrs, addr)
 		c.cancels = append(c.cancels, cancel)
 	}
-	c.leader, c.leadAddr, _ = startReplica(t, ReplicaConfig{Leader: true, HeartbeatTimeout: 2 * time.Second})
+	c.leader, c.leadAddr, _ = startReplica(t, leader)
 	return c
 }
 

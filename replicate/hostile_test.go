@@ -165,6 +165,20 @@ func TestHostileRecoveryWithoutTheKey(t *testing.T) {
 	waitCommitted(t, p, 4, 10*time.Second, nil)
 	cancel()
 	<-runErr
+	// The replica has taken everything the primary sent once its link
+	// connection has ended: only then is the report the one to compare.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		r := c.replicas[0]
+		r.mu.Lock()
+		live := len(r.liveLinks)
+		r.mu.Unlock()
+		if live == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the replica still serves the dead primary's link")
+		}
+	}
 	before := c.replicas[0].report()
 
 	const vmID = 0x7E57

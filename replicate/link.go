@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -203,52 +204,82 @@ func (l *tcpLink) WriteImm(epoch uint64) error {
 	return nil
 }
 
+// WriteCommit sends a commit, bounded by commitSendTimeout: a replica
+// that stopped reading fails the link instead of holding the primary.
 func (l *tcpLink) WriteCommit(epoch uint64) error {
-	return l.c.send(MsgCommit, epoch, nil)
+	return l.c.sendBy(time.Now().Add(commitSendTimeout), MsgCommit, epoch, nil)
 }
+
+// commitSendTimeout bounds the send of a commit (a 32-byte message).
+const commitSendTimeout = time.Second
 
 func (l *tcpLink) Close() error { return l.c.c.Close() }
 
+// abort closes the link at once (see closeNow): the primary gives up on it.
+func (l *tcpLink) abort() { closeNow(l.c.c) }
+
+// closeNow closes a connection at once. A TLS connection's Close first
+// sends a close_notify alert and waits up to 5 s for a peer that stopped
+// reading to take it: closing the TCP connection underneath does not wait,
+// and the primary only closes connections it gives up on.
+func closeNow(c net.Conn) error {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		err := tc.NetConn().Close()
+		c.Close() // frees the TLS state; fails at once on the closed socket
+		return err
+	}
+	return c.Close()
+}
+
 // stateLink is the primary's connection to the leader: state records,
-// commits and heartbeats.
+// commits and heartbeats. When the connection breaks, it redials (for up to
+// redialWithin, the leader holding the primary's slot free for its
+// heartbeat timeout) and sends again the state the leader has not
+// acknowledged and the newest commit, so a broken connection alone does not
+// make the leader take over. If the redial fails, the acks channel gets
+// the error.
 type stateLink struct {
-	c    *conn
+	dial         func(ctx context.Context) (*conn, error)
+	redialWithin time.Duration
+	vmID         uint64
+
+	mu         sync.Mutex
+	c          *conn
+	pending    *StateRecord // sent, not yet acknowledged
+	lastCommit uint64
+	closed     bool
+
 	stop chan struct{}
 	once sync.Once
 }
 
-func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID uint64, hello Hello, acks chan<- Ack, heartbeat time.Duration, disks []DiskImage, log *slog.Logger) (*stateLink, error) {
+// dialLeader opens the state connection, bringing the leader's disk
+// copies to the guest's disks first (diskrep.go; on a redial they already
+// are). Its heartbeats carry committed(), the newest committed epoch, so
+// that the leader sees the epochs progress.
+func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID uint64, hello Hello, acks chan<- Ack, heartbeat, redialWithin time.Duration, committed func() uint64, disks []DiskImage, log *slog.Logger) (*stateLink, error) {
 	hashes, err := hashDisks(disks)
 	if err != nil {
 		return nil, err
 	}
-	c, err := dialHello(ctx, creds, addr, vmID, hello)
+	s := &stateLink{stop: make(chan struct{}), vmID: vmID, redialWithin: redialWithin}
+	s.dial = func(ctx context.Context) (*conn, error) {
+		c, err := dialHello(ctx, creds, addr, vmID, hello)
+		if err != nil {
+			return nil, fmt.Errorf("replicate: leader: %w", err)
+		}
+		return c, nil
+	}
+	c, err := s.dial(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("replicate: leader: %w", err)
+		return nil, err
 	}
 	if err := syncDisks(c, disks, hashes, log); err != nil {
 		c.c.Close()
 		return nil, fmt.Errorf("replicate: leader: %w", err)
 	}
-	s := &stateLink{c: c, stop: make(chan struct{})}
-	go func() {
-		for {
-			h, err := readHeader(c.r, vmID)
-			switch {
-			case err != nil:
-			case h.Type == MsgError:
-				p, _ := readPayload(c.r, h)
-				err = fmt.Errorf("refused: %s", p)
-			case h.Type != MsgAck:
-				err = fmt.Errorf("%w: unexpected %v message", ErrProtocol, h.Type)
-			}
-			if err != nil {
-				acks <- Ack{Link: -1, Err: c.errorf("leader: %w", noEOF(err))}
-				return
-			}
-			acks <- Ack{Link: -1, Epoch: h.Epoch}
-		}
-	}()
+	s.c = c
+	go s.readAcks(acks)
 	go func() {
 		t := time.NewTicker(heartbeat)
 		defer t.Stop()
@@ -257,26 +288,145 @@ func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID 
 			case <-s.stop:
 				return
 			case <-t.C:
-				if c.send(MsgHeartbeat, 0, nil) != nil {
-					return
+				s.mu.Lock()
+				// A leader that stopped reading must not hold the sends
+				// of states and commits up behind a heartbeat.
+				if err := s.c.sendBy(time.Now().Add(s.redialWithin), MsgHeartbeat, committed(), nil); err != nil {
+					closeNow(s.c.c) // readAcks notices, and redials
 				}
+				s.mu.Unlock()
 			}
 		}
 	}()
 	return s, nil
 }
 
-// sendState sends an epoch's state, failing once deadline passes (a
-// leader that stopped reading).
-func (s *stateLink) sendState(rec *StateRecord, deadline time.Time) error {
-	return s.c.sendBy(deadline, MsgState, rec.Epoch, rec.marshal())
+// readAcks reads the leader's acknowledgements, redialling once per break.
+func (s *stateLink) readAcks(acks chan<- Ack) {
+	for {
+		s.mu.Lock()
+		c := s.c
+		s.mu.Unlock()
+		h, err := readHeader(c.r, s.vmID)
+		switch {
+		case err != nil:
+		case h.Type == MsgError:
+			// A refusal is the leader's answer, not a broken connection:
+			// redialling would only be refused again.
+			p, _ := readPayload(c.r, h)
+			acks <- Ack{Link: -1, Err: c.errorf("leader: refused: %s", p)}
+			return
+		case h.Type != MsgAck:
+			err = fmt.Errorf("%w: unexpected %v message", ErrProtocol, h.Type)
+		}
+		if err != nil {
+			err = c.errorf("leader: %w", noEOF(err))
+			if rerr := s.redial(c); rerr != nil {
+				acks <- Ack{Link: -1, Err: fmt.Errorf("%w; redialling: %w", err, rerr)}
+				return
+			}
+			continue
+		}
+		s.mu.Lock()
+		if s.pending != nil && s.pending.Epoch <= h.Epoch {
+			s.pending = nil
+		}
+		s.mu.Unlock()
+		acks <- Ack{Link: -1, Epoch: h.Epoch}
+	}
 }
 
-func (s *stateLink) sendCommit(epoch uint64) error { return s.c.send(MsgCommit, epoch, nil) }
+// redial replaces the broken connection old: it dials again until
+// redialWithin has passed, then sends the unacknowledged state and the
+// newest commit on the new connection.
+func (s *stateLink) redial(old *conn) error {
+	closeNow(old.c) // a sender blocked on it lets go of s.mu
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return errors.New("the state connection was closed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.redialWithin)
+	defer cancel()
+	go func() { // Close ends a redial at once
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var err error
+	for {
+		var c *conn
+		if c, err = s.dial(ctx); err == nil {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.closed {
+				c.c.Close()
+				return errors.New("the state connection was closed")
+			}
+			s.c = c
+			deadline := time.Now().Add(s.redialWithin)
+			if s.pending != nil {
+				err = c.sendBy(deadline, MsgState, s.pending.Epoch, s.pending.marshal())
+			}
+			if err == nil && s.lastCommit > 0 {
+				err = c.sendBy(deadline, MsgCommit, s.lastCommit, nil)
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(redialPause):
+		}
+	}
+}
 
-func (s *stateLink) sendBye() error { return s.c.send(MsgBye, 0, nil) }
+// redialPause spaces the attempts of a redial: the leader frees the
+// primary's slot only once it has seen the old connection end.
+const redialPause = 20 * time.Millisecond
+
+// sendState sends an epoch's state, failing once deadline passes (a
+// leader that stopped reading). A connection that breaks meanwhile is
+// redialled and the state sent again (readAcks): its acknowledgement, or
+// the failure of the redial, comes on the acks channel.
+func (s *stateLink) sendState(rec *StateRecord, deadline time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending = rec
+	if err := s.c.sendBy(deadline, MsgState, rec.Epoch, rec.marshal()); err != nil {
+		closeNow(s.c.c)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return err // the leader stopped reading: no redial helps
+		}
+	}
+	return nil
+}
+
+func (s *stateLink) sendCommit(epoch uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastCommit = max(s.lastCommit, epoch)
+	if err := s.c.sendBy(time.Now().Add(s.redialWithin), MsgCommit, epoch, nil); err != nil {
+		closeNow(s.c.c) // readAcks redials and sends the commit again
+		return err
+	}
+	return nil
+}
+
+func (s *stateLink) sendBye() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.sendBy(time.Now().Add(s.redialWithin), MsgBye, 0, nil)
+}
 
 func (s *stateLink) Close() error {
 	s.once.Do(func() { close(s.stop) })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
 	return s.c.c.Close()
 }

@@ -82,12 +82,17 @@ type PrimaryConfig struct {
 	Mode   Mode
 	// SGMax bounds the regions an epoch's dirty pages are grouped into.
 	SGMax int
-	// AckTimeout is what an epoch may take beyond the time its bytes need
-	// at 10 MB/s, from its first send to its last acknowledgement; a link
-	// (or leader) that has not taken its bytes and acknowledged by then
-	// has failed.
+	// AckTimeout is what an epoch may take on a link beyond the time the
+	// link's bytes need at its rate (see MinLinkRate), from the first send
+	// to the acknowledgement; a link (or leader) that has not taken its
+	// bytes and acknowledged by then has failed.
 	AckTimeout time.Duration
-	Heartbeat  time.Duration
+	// MinLinkRate is the slowest a link may move bytes, in bytes per
+	// second, before it counts as failed: a link's deadlines assume a
+	// quarter of the rate it was measured at on earlier acknowledgements,
+	// never less than this. Zero means 1 MB/s.
+	MinLinkRate float64
+	Heartbeat   time.Duration
 	// Disks are the guest's disks: before the first epoch the leader's
 	// copies are brought to their content (diskrep.go). Their writes then
 	// travel in each epoch's state, which the Source captures.
@@ -124,6 +129,9 @@ type linkState struct {
 	Link
 	index int
 	alive bool
+	// rate is the link's measured rate in bytes per second (an EWMA over
+	// epochs large enough to measure; 0: not measured yet).
+	rate float64
 }
 
 // Primary replicates a running VM, epoch by epoch.
@@ -179,6 +187,9 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = 100 * time.Millisecond
 	}
+	if cfg.MinLinkRate <= 0 {
+		cfg.MinLinkRate = defaultMinLinkRate
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -217,7 +228,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 		h := hello
 		h.Role = RoleState
 		var err error
-		p.leader, err = dialLeader(ctx, p.cfg.Auth, p.cfg.Leader, p.cfg.VMID, h, p.acks, p.cfg.Heartbeat, p.cfg.Disks, p.log)
+		p.leader, err = dialLeader(ctx, p.cfg.Auth, p.cfg.Leader, p.cfg.VMID, h, p.acks, p.cfg.Heartbeat, p.cfg.AckTimeout, p.committed.Load, p.cfg.Disks, p.log)
 		errs[len(errs)-1] = err
 	}()
 	wg.Wait()
@@ -384,14 +395,39 @@ func isZero(b []byte) bool {
 	return true
 }
 
-// minLinkRate is the slowest a link may move an epoch's bytes before it
-// counts as failed (see PrimaryConfig.AckTimeout).
-const minLinkRate = 10e6 // bytes per second
+// defaultMinLinkRate is PrimaryConfig.MinLinkRate's default: a floor well
+// below any link Tandem should run on, so that a slow link is never taken
+// for a failed one.
+const defaultMinLinkRate = 1e6 // bytes per second
 
-// epochAllowance is how long an epoch of bytes may take from its first
-// send to its last acknowledgement.
-func (p *Primary) epochAllowance(bytes uint64) time.Duration {
-	return p.cfg.AckTimeout + time.Duration(float64(bytes)/minLinkRate*float64(time.Second))
+// rateMargin is how much slower than its measured rate a link may move an
+// epoch before its deadline passes: rates vary with load, and a link that
+// slows down is not a link that failed.
+const rateMargin = 4
+
+// minRateSample is the smallest transfer that updates a link's measured
+// rate: smaller ones measure round trips, not bandwidth.
+const minRateSample = 1 << 20
+
+// allowance is how long bytes may take on a link measured at rate (0: not
+// measured) from the first send to the acknowledgement: AckTimeout plus
+// the bytes at a quarter of the measured rate, never at less than floor.
+func allowance(ackTimeout time.Duration, bytes uint64, rate, floor float64) time.Duration {
+	r := max(rate/rateMargin, floor)
+	return ackTimeout + time.Duration(float64(bytes)/r*float64(time.Second))
+}
+
+// observeRate updates a link's measured rate with one acknowledged
+// transfer of bytes that took d.
+func observeRate(old float64, bytes uint64, d time.Duration) float64 {
+	if bytes < minRateSample || d <= 0 {
+		return old
+	}
+	r := float64(bytes) / d.Seconds()
+	if old == 0 {
+		return r
+	}
+	return 0.7*old + 0.3*r
 }
 
 // pauseSource pauses the VM with the output gate open to blocked writers
@@ -533,7 +569,6 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 	p.perLink = p.assigner.Assign(p.perLink, regions)
 	rec.LinkBytes = make([]uint64, len(p.links))
 	sgs := make([][][]byte, len(alive))
-	var total uint64
 	for slot, li := range alive {
 		l := p.links[li]
 		ext := p.perLink[slot]
@@ -542,12 +577,25 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 			sgs[slot][i] = src(x)
 			rec.LinkBytes[l.index] += uint64(len(sgs[slot][i]))
 		}
-		total += rec.LinkBytes[l.index]
 	}
-	// One deadline for the whole epoch, set before anything is sent: the
-	// sends, the state and the acknowledgements must all be done by then,
-	// so a peer that stops reading fails instead of stalling the VM.
-	deadline := start.Add(p.epochAllowance(total))
+	// Every deadline is set before anything is sent: a link's sends and
+	// its acknowledgement must be done by its deadline (its bytes at its
+	// rate, see allowance), the state and the leader's acknowledgement by
+	// the leader's, so a peer that stops reading fails instead of stalling
+	// the VM.
+	deadlines := map[int]time.Time{}
+	for _, li := range alive {
+		l := p.links[li]
+		deadlines[l.index] = start.Add(allowance(p.cfg.AckTimeout, rec.LinkBytes[l.index], l.rate, p.cfg.MinLinkRate))
+	}
+	var within time.Duration // the latest deadline: the leader's progress bound
+	for _, d := range deadlines {
+		within = max(within, d.Sub(start))
+	}
+	if state != nil {
+		deadlines[-1] = start.Add(allowance(p.cfg.AckTimeout, uint64(len(state)), 0, p.cfg.MinLinkRate))
+		within = max(within, deadlines[-1].Sub(start))
+	}
 	var wg sync.WaitGroup
 	sendErrs := make([]error, len(p.links))
 	for slot, li := range alive {
@@ -555,7 +603,7 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 		ext := p.perLink[slot]
 		sg := sgs[slot]
 		if d, ok := l.Link.(sendDeadliner); ok {
-			d.SetSendDeadline(deadline)
+			d.SetSendDeadline(deadlines[l.index])
 		}
 		wg.Add(1)
 		go func() {
@@ -572,7 +620,8 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 		}()
 	}
 	if state != nil {
-		if err := p.leader.sendState(&StateRecord{Epoch: e, Links: alive, Blob: state}, deadline); err != nil {
+		st := &StateRecord{Epoch: e, Within: within, Interval: p.cfg.Epoch, Links: alive, Blob: state}
+		if err := p.leader.sendState(st, deadlines[-1]); err != nil {
 			return false, fmt.Errorf("%w: %v", ErrLeaderLost, err)
 		}
 	}
@@ -603,11 +652,25 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 			p.linkFailed(a.Link, a.Err)
 			delete(waiting, a.Link)
 		case a.Epoch == e:
+			if a.Link >= 0 && waiting[a.Link] {
+				l := p.links[a.Link]
+				l.rate = observeRate(l.rate, rec.LinkBytes[a.Link], time.Since(start))
+			}
 			delete(waiting, a.Link)
 		}
 		return nil
 	}
-	timeout := time.NewTimer(time.Until(deadline))
+	// next is the earliest deadline of those still waited for.
+	next := func() time.Time {
+		var t time.Time
+		for i := range waiting {
+			if d := deadlines[i]; t.IsZero() || d.Before(t) {
+				t = d
+			}
+		}
+		return t
+	}
+	timeout := time.NewTimer(time.Until(next()))
 	defer timeout.Stop()
 	for len(waiting) > 0 {
 		select {
@@ -629,12 +692,21 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 					break drain
 				}
 			}
-			if waiting[-1] {
+			now := time.Now()
+			if waiting[-1] && !now.Before(deadlines[-1]) {
 				return false, fmt.Errorf("%w: no acknowledgement of epoch %d", ErrLeaderLost, e)
 			}
 			for i := range waiting {
-				p.linkFailed(i, fmt.Errorf("no acknowledgement of epoch %d (%d bytes) within %v", e, total, p.epochAllowance(total).Round(time.Millisecond)))
+				if i < 0 || now.Before(deadlines[i]) {
+					continue
+				}
+				l := p.links[i]
+				p.linkFailed(i, fmt.Errorf("no acknowledgement of epoch %d (%d bytes) within %v (link measured at %.1f MB/s, floor %.1f MB/s)",
+					e, rec.LinkBytes[i], deadlines[i].Sub(start).Round(time.Millisecond), l.rate/1e6, p.cfg.MinLinkRate/1e6))
 				delete(waiting, i)
+			}
+			if len(waiting) > 0 {
+				timeout.Reset(time.Until(next()))
 			}
 		case <-ctx.Done():
 			return false, ctx.Err()
@@ -668,7 +740,11 @@ func (p *Primary) linkFailed(i int, err error) {
 		return
 	}
 	l.alive = false
-	l.Close()
+	if a, ok := l.Link.(interface{ abort() }); ok {
+		a.abort() // no goodbye to a peer that may have stopped reading
+	} else {
+		l.Close()
+	}
 	what := "continuing degraded on the remaining links (every link has every page)"
 	if p.cfg.Policy == PolicyFast {
 		what = "the epoch fails and the remaining links get a full copy of memory"

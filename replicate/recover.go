@@ -42,9 +42,36 @@ type replicaView struct {
 // Recover rebuilds the VM after the primary failed: it asks every replica
 // what it holds, picks the epoch E to recover (see the package
 // documentation), has the replicas settle on E, and gathers for every page
-// the copy with the highest epoch. Only the leader (ReplicaConfig.Leader)
-// can recover.
+// the copy with the highest epoch into a new image. Only the leader
+// (ReplicaConfig.Leader) can recover. To gather the pages straight into
+// the memory of the VM that will run them, without a second copy of guest
+// RAM, use StartRecovery and Recovery.FetchInto.
 func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, error) {
+	rc, err := r.StartRecovery(ctx, replicas)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return rc.FetchInto(ctx, make([]byte, rc.rec.MemBytes))
+}
+
+// Recovery is a recovery under way: E is chosen and every replica still
+// answering has settled on it; FetchInto gathers the pages.
+type Recovery struct {
+	r      *Replica
+	start  time.Time
+	views  []*replicaView
+	states map[uint64]*StateRecord
+	hello  Hello
+	pages  uint64
+	rec    *Recovered
+}
+
+// StartRecovery asks every replica what it holds, picks E and has the
+// replicas settle on it. Info then tells what will be recovered (epoch,
+// state, memory size, vCPUs, guest): enough to build the VM whose memory
+// FetchInto fills. Close the Recovery when done.
+func (r *Replica) StartRecovery(ctx context.Context, replicas []string) (*Recovery, error) {
 	start := time.Now()
 	if r.cfg.Auth == nil {
 		return nil, errNoCredentials
@@ -60,17 +87,18 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 		states[e] = s
 	}
 	r.mu.Unlock()
-	pages := hello.MemBytes / PageSize
+	rc := &Recovery{r: r, start: start, states: states, hello: hello, pages: hello.MemBytes / PageSize,
+		rec: &Recovered{MemBytes: hello.MemBytes, VCPUs: int(hello.VCPUs), Guest: hello.Guest}}
 
 	// Ask everyone what they hold.
-	views := make([]*replicaView, len(replicas))
+	rc.views = make([]*replicaView, len(replicas))
 	var wg sync.WaitGroup
 	for i, addr := range replicas {
-		views[i] = &replicaView{addr: addr}
+		rc.views[i] = &replicaView{addr: addr}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v := views[i]
+			v := rc.views[i]
 			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			v.c, v.err = dialHello(qctx, r.cfg.Auth, addr, vmID, Hello{Role: RoleRecovery, MemBytes: hello.MemBytes, Policy: hello.Policy})
@@ -81,75 +109,117 @@ func (r *Replica) Recover(ctx context.Context, replicas []string) (*Recovered, e
 		}()
 	}
 	wg.Wait()
-	defer func() {
-		for _, v := range views {
-			if v.c != nil {
-				v.c.c.Close()
-			}
-		}
-	}()
-	// A replica that goes silent must not hold recovery up: every step has
-	// a deadline, and cancelling ctx closes every connection.
-	stopClosing := context.AfterFunc(ctx, func() {
-		for _, v := range views {
-			if v.c != nil {
-				v.c.c.Close()
-			}
-		}
-	})
-	defer stopClosing()
-
-	rec := &Recovered{MemBytes: hello.MemBytes, VCPUs: int(hello.VCPUs), Guest: hello.Guest}
-	for _, v := range views {
+	for _, v := range rc.views {
 		if v.err != nil {
-			rec.Unreachable = append(rec.Unreachable, v.addr)
+			rc.rec.Unreachable = append(rc.rec.Unreachable, v.addr)
 			r.log.Warn("replica unreachable at recovery", "replica", v.addr, "err", v.err)
 		}
 	}
-	// lost handles replicas that failed after answering the query: their
-	// newest copies of some pages are unknown or unreadable. With fast,
-	// those pages have no other copy: recovery stops and names them. With
-	// ft every link carried every page: E is chosen again without them.
-	lost := func(step string, failed []*replicaView) error {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("%w: %w", ErrUnrecoverable, err)
-		}
-		var names []string
-		for _, v := range failed {
-			names = append(names, fmt.Sprintf("%s (%v)", v.addr, v.err))
-			rec.Unreachable = append(rec.Unreachable, v.addr)
-			r.log.Warn("replica failed during recovery", "replica", v.addr, "step", step, "err", v.err)
-		}
-		if hello.Policy == PolicyFast {
-			return fmt.Errorf("%w: replica %s failed while %s; with policy fast the pages it holds have no other copy", ErrUnrecoverable, strings.Join(names, ", "), step)
-		}
-		return nil
+	if err := rc.settle(ctx); err != nil {
+		rc.Close()
+		return nil, err
 	}
-	for {
-		if err := r.recoverOnce(ctx, rec, views, states, hello, pages, lost); err != errRetry {
-			if err != nil {
-				return nil, err
-			}
-			// The disk copies take every write up to the recovered epoch
-			// and none after it: disk and memory are of one epoch.
-			if err := r.deliverCommitted(rec.Epoch); err != nil {
-				return nil, fmt.Errorf("%w: %w", ErrUnrecoverable, err)
-			}
-			rec.Took = time.Since(start)
-			return rec, nil
+	return rc, nil
+}
+
+// Info is what the recovery will produce, without the memory: the epoch
+// chosen, its state, the memory size, vCPUs and guest. FetchInto may still
+// choose an older epoch (a replica lost while sending pages, with ft):
+// use what it returns.
+func (rc *Recovery) Info() Recovered {
+	i := *rc.rec
+	i.Memory = nil
+	return i
+}
+
+// Close closes the recovery's connections to the replicas.
+func (rc *Recovery) Close() {
+	for _, v := range rc.views {
+		if v.c != nil {
+			v.c.c.Close()
 		}
 	}
 }
 
-// errRetry makes Recover choose E again after replicas were lost (ft).
+// FetchInto gathers every page's newest copy into mem, which must be
+// MemBytes long and zero (fresh guest memory is): pages never written stay
+// as they are. If a replica fails while sending pages and the policy allows
+// going on without it (ft), E is chosen again and the pages gathered again.
+// The Recovered it returns has Memory = mem.
+func (rc *Recovery) FetchInto(ctx context.Context, mem []byte) (*Recovered, error) {
+	if uint64(len(mem)) != rc.hello.MemBytes {
+		return nil, fmt.Errorf("replicate: recovery into %d bytes of memory for a guest of %d", len(mem), rc.hello.MemBytes)
+	}
+	// A replica that goes silent must not hold recovery up: every step has
+	// a deadline, and cancelling ctx closes every connection.
+	stop := context.AfterFunc(ctx, rc.Close)
+	defer stop()
+	for dirty := false; ; dirty = true {
+		if dirty {
+			clear(mem) // an earlier attempt wrote pages of another epoch
+		}
+		err := rc.gather(ctx, mem)
+		if err == nil {
+			// The disk copies take every write up to the recovered epoch
+			// and none after it: disk and memory are of one epoch.
+			if err := rc.r.deliverCommitted(rc.rec.Epoch); err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrUnrecoverable, err)
+			}
+			rc.rec.Memory = mem
+			rc.rec.Took = time.Since(rc.start)
+			return rc.rec, nil
+		}
+		if err != errRetry {
+			return nil, err
+		}
+		if err := rc.settle(ctx); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// lost handles replicas that failed after answering the query: their
+// newest copies of some pages are unknown or unreadable. With fast, those
+// pages have no other copy: recovery stops and names them. With ft every
+// link carried every page: E is chosen again without them.
+func (rc *Recovery) lost(ctx context.Context, step string, failed []*replicaView) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnrecoverable, err)
+	}
+	var names []string
+	for _, v := range failed {
+		names = append(names, fmt.Sprintf("%s (%v)", v.addr, v.err))
+		rc.rec.Unreachable = append(rc.rec.Unreachable, v.addr)
+		rc.r.log.Warn("replica failed during recovery", "replica", v.addr, "step", step, "err", v.err)
+	}
+	if rc.hello.Policy == PolicyFast {
+		return fmt.Errorf("%w: replica %s failed while %s; with policy fast the pages it holds have no other copy", ErrUnrecoverable, strings.Join(names, ", "), step)
+	}
+	return nil
+}
+
+// settle chooses E among the replicas still answering and settles them on
+// it, again as long as replicas are lost and the policy allows it.
+func (rc *Recovery) settle(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, rc.Close)
+	defer stop()
+	for {
+		if err := rc.settleOnce(ctx); err != errRetry {
+			return err
+		}
+	}
+}
+
+// errRetry makes recovery choose E again after replicas were lost (ft).
 var errRetry = errors.New("replicate: recovery retry")
 
 // Deadlines of the recovery steps (ReplicaConfig.RecoveryStepTimeout):
-// answering a query or settling is small work; a fetch moves data, at no
-// less than recoveryMinRate.
+// answering a query or settling is small work; a fetch moves data, and
+// each fetchChunk of it gets a step of its own, so a slow link is given
+// the time its bytes need while a silent replica fails within a step.
 const (
 	defaultRecoveryStepTimeout = 10 * time.Second
-	recoveryMinRate            = 10 << 20 // bytes per second
+	fetchChunk                 = 1 << 20
 )
 
 func (r *Replica) recoveryStepTimeout() time.Duration {
@@ -159,10 +229,11 @@ func (r *Replica) recoveryStepTimeout() time.Duration {
 	return defaultRecoveryStepTimeout
 }
 
-// recoverOnce chooses E among the replicas still answering, settles them
-// on it and gathers the pages. It returns errRetry when replicas were lost
-// and lost allowed going on without them.
-func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*replicaView, states map[uint64]*StateRecord, hello Hello, pages uint64, lost func(string, []*replicaView) error) error {
+// settleOnce chooses E among the replicas still answering and settles
+// them on it. It returns errRetry when replicas were lost and lost allowed
+// going on without them.
+func (rc *Recovery) settleOnce(ctx context.Context) error {
+	rec, views := rc.rec, rc.views
 	links := map[uint32]Staged{}
 	for _, v := range views {
 		if v.err != nil {
@@ -176,7 +247,7 @@ func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*repl
 	// E: the newest epoch whose state the leader holds and whose data
 	// survives: on every link that carried it (fast), or on one (ft).
 	var candidates []uint64
-	for e := range states {
+	for e := range rc.states {
 		candidates = append(candidates, e)
 	}
 	slices.Sort(candidates)
@@ -185,14 +256,14 @@ func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*repl
 	rec.Epoch = 0
 	for _, e := range candidates {
 		done, missing := 0, 0
-		for _, l := range states[e].Links {
+		for _, l := range rc.states[e].Links {
 			if s, ok := links[l]; ok && s.Completed(e) {
 				done++
 			} else {
 				missing++
 			}
 		}
-		if (hello.Policy == PolicyFT && done > 0) || (hello.Policy == PolicyFast && missing == 0) {
+		if (rc.hello.Policy == PolicyFT && done > 0) || (rc.hello.Policy == PolicyFast && missing == 0) {
 			rec.Epoch = e
 			break
 		}
@@ -201,7 +272,7 @@ func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*repl
 	if rec.Epoch == 0 {
 		return fmt.Errorf("%w: no epoch is complete on the surviving replicas (%v; unreachable: %v)", ErrUnrecoverable, why, rec.Unreachable)
 	}
-	rec.State = states[rec.Epoch].Blob
+	rec.State = rc.states[rec.Epoch].Blob
 
 	// Settle every replica on E and read its page epochs.
 	var wg sync.WaitGroup
@@ -212,20 +283,26 @@ func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*repl
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v.c.c.SetDeadline(time.Now().Add(r.recoveryStepTimeout()))
-			v.epochs, v.err = resolve(v.c, rec.Epoch, pages)
+			v.c.c.SetDeadline(time.Now().Add(rc.r.recoveryStepTimeout()))
+			v.epochs, v.err = resolve(v.c, rec.Epoch, rc.pages)
 		}()
 	}
 	wg.Wait()
 	if failed := failedViews(views); len(failed) > 0 {
-		if err := lost("settling on epoch "+fmt.Sprint(rec.Epoch), failed); err != nil {
+		if err := rc.lost(ctx, "settling on epoch "+fmt.Sprint(rec.Epoch), failed); err != nil {
 			return err
 		}
 		return errRetry
 	}
+	return nil
+}
 
-	// Each page comes from the replica holding its newest copy; every
-	// replica still in views has answered for all its pages.
+// gather reads every page from the replica holding its newest copy into
+// mem; every replica still in views has answered for all its pages. It
+// returns errRetry when replicas were lost and lost allowed going on
+// without them (E must then be chosen again).
+func (rc *Recovery) gather(ctx context.Context, mem []byte) error {
+	views, pages := rc.views, rc.pages
 	owner := make([]int, pages)
 	best := make([]uint64, pages)
 	for i, v := range views {
@@ -237,11 +314,6 @@ func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*repl
 				best[p], owner[p] = e, i
 			}
 		}
-	}
-	if rec.Memory == nil {
-		rec.Memory = make([]byte, hello.MemBytes)
-	} else {
-		clear(rec.Memory)
 	}
 	fetch := make([][]Region, len(views))
 	for p := uint64(0); p < pages; p++ {
@@ -255,6 +327,7 @@ func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*repl
 			fetch[o] = append(fetch[o], Region{First: p, Pages: 1})
 		}
 	}
+	var wg sync.WaitGroup
 	for i, v := range views {
 		if len(fetch[i]) == 0 {
 			continue
@@ -262,12 +335,12 @@ func (r *Replica) recoverOnce(ctx context.Context, rec *Recovered, views []*repl
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v.err = fetchPages(v.c, fetch[i], rec.Memory, r.recoveryStepTimeout())
+			v.err = fetchPages(v.c, fetch[i], mem, rc.r.recoveryStepTimeout())
 		}()
 	}
 	wg.Wait()
 	if failed := failedViews(views); len(failed) > 0 {
-		if err := lost("sending pages", failed); err != nil {
+		if err := rc.lost(ctx, "sending pages", failed); err != nil {
 			return err
 		}
 		return errRetry
@@ -353,7 +426,7 @@ func fetchPages(c *conn, regions []Region, mem []byte, step time.Duration) error
 			batch = append(batch, regions[0])
 			regions = regions[1:]
 		}
-		c.c.SetDeadline(time.Now().Add(step + time.Duration(n)*time.Second/recoveryMinRate))
+		c.c.SetDeadline(time.Now().Add(step))
 		if err := c.send(MsgFetch, 0, appendRegions(nil, batch)); err != nil {
 			return c.errorf("fetch: %w", err)
 		}
@@ -365,8 +438,13 @@ func fetchPages(c *conn, regions []Region, mem []byte, step time.Duration) error
 			return c.errorf("fetch: %w", noEOF(err))
 		}
 		for _, g := range batch {
-			if _, err := io.ReadFull(c.r, mem[g.First*PageSize:g.End()*PageSize]); err != nil {
-				return c.errorf("fetch: %w", noEOF(err))
+			for b := mem[g.First*PageSize : g.End()*PageSize]; len(b) > 0; {
+				k := min(len(b), fetchChunk)
+				c.c.SetReadDeadline(time.Now().Add(step))
+				if _, err := io.ReadFull(c.r, b[:k]); err != nil {
+					return c.errorf("fetch: %w", noEOF(err))
+				}
+				b = b[k:]
 			}
 		}
 	}

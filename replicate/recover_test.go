@@ -383,7 +383,9 @@ func TestStalledLinkFailsInsteadOfHanging(t *testing.T) {
 	p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
 		Links: []string{c.addrs[0], frozen}, Leader: c.leadAddr, VMID: 0x57A1, Guest: "fake", VCPUs: 1,
 		Epoch: 5 * time.Millisecond, Policy: PolicyFast, Mode: ModeSync, SGMax: 8, Log: quietLog(),
-		AckTimeout: 500 * time.Millisecond,
+		// A floor of 10 MB/s bounds the frozen link's deadline (32 MiB:
+		// under 4 s) whatever rate the loaded proxy was measured at.
+		AckTimeout: 500 * time.Millisecond, MinLinkRate: 10e6,
 	}, vm, NewOutputGate(io.Discard, 1<<20))
 	if err != nil {
 		t.Fatal(err)

@@ -58,6 +58,8 @@ type stage struct {
 	complete bool
 	// appliedEpoch is the newest epoch of this link applied to the store.
 	appliedEpoch uint64
+	// recent is the staging the link needed lately (see beginEpoch).
+	recent uint64
 	// The binding rules (see the package documentation): the newest epoch
 	// whose map the link carried, the newest it acknowledged, and the
 	// newest it was told is committed. They outlive a connection.
@@ -70,6 +72,10 @@ type stage struct {
 	// already written when the replica learns of the epoch (rdma.go).
 	buf func(epoch, need uint64) []byte
 }
+
+// stagingKeep is the staging buffer a link keeps however small its
+// epochs: below it, releasing saves too little to be worth a reallocation.
+const stagingKeep = 1 << 20
 
 // waitApplied waits for a link's background apply; call without r.mu.
 func (r *Replica) waitApplied(st *stage) {
@@ -88,8 +94,23 @@ type ReplicaConfig struct {
 	// and report primary failure through Failed.
 	Leader bool
 	// HeartbeatTimeout is how long the leader waits for a heartbeat or
-	// state message before it declares the primary failed.
+	// state message before it declares the primary failed. It is also the
+	// slack of the progress rule (see the package documentation,
+	// "Liveness"): once the primary has sent a state, the leader declares
+	// it failed when its next state or commit is later than the primary
+	// announced plus HeartbeatTimeout, heartbeats or not.
 	HeartbeatTimeout time.Duration
+	// ReconnectWait is how long the leader waits, once the state
+	// connection breaks, for the primary to reconnect before it declares
+	// it failed: a primary that is alive redials at once, and every
+	// millisecond of the wait is one more of downtime after a real crash.
+	// Zero means 250 ms, or HeartbeatTimeout if that is shorter.
+	ReconnectWait time.Duration
+	// MinLinkRate is the slowest rate, in bytes per second, at which the
+	// leader expects a state message to arrive once its header has: its
+	// payload may take its length at this rate on top of
+	// HeartbeatTimeout. Zero means 1 MB/s.
+	MinLinkRate float64
 	// Delay, when set, is called after every data read of n bytes into
 	// staging: tandem bench uses it to emulate memory with slow writes.
 	Delay func(n int)
@@ -99,7 +120,7 @@ type ReplicaConfig struct {
 	// memory (HostMemBytes).
 	MaxMemBytes uint64
 	// RecoveryStepTimeout bounds each step of a recovery a replica must
-	// answer (query, settle; a fetch gets this plus its bytes at 10 MB/s).
+	// answer (query, settle; a fetch gets this for every MiB it moves).
 	// Zero means 10 s.
 	RecoveryStepTimeout time.Duration
 	// Auth authenticates every connection this replica accepts, and the
@@ -149,6 +170,15 @@ type Replica struct {
 	disks       leaderDisks
 	ended       bool // the primary said goodbye: its VM stopped on purpose
 	stateActive bool
+	stateGen    uint64 // state connections admitted so far
+	// progressBy is when the primary's next progress (a new state or
+	// commit) is due; zero until its first state. interval is the epoch
+	// interval it announced, stateEpoch the newest epoch whose state
+	// arrived, progressEpoch the newest epoch seen committed.
+	progressBy                time.Time
+	progressWhy               string // what set progressBy, for the failure's reason
+	interval                  time.Duration
+	stateEpoch, progressEpoch uint64
 
 	// liveLinks holds the link indices bound to a live connection of the
 	// primary (TCP or RDMA): a second connection claiming one is refused.
@@ -164,6 +194,12 @@ func NewReplica(cfg ReplicaConfig) *Replica {
 	}
 	if cfg.HeartbeatTimeout == 0 {
 		cfg.HeartbeatTimeout = time.Second
+	}
+	if cfg.ReconnectWait == 0 {
+		cfg.ReconnectWait = min(250*time.Millisecond, cfg.HeartbeatTimeout)
+	}
+	if cfg.MinLinkRate <= 0 {
+		cfg.MinLinkRate = defaultMinLinkRate
 	}
 	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{}),
 		disks:      leaderDisks{synced: make([]bool, len(cfg.Disks))},
@@ -371,12 +407,15 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 		return errors.New("this replica is not the leader")
 	case h.Role == RoleState && r.stateActive:
 		return errors.New("the leader already has a state connection")
+	case h.Role == RoleState && r.isFailed():
+		return errors.New("the leader has declared the primary failed")
 	case (h.Role == RoleLink || h.Role == RoleRDMA) && r.liveLinks[h.Link]:
 		return fmt.Errorf("link %d of this VM is already connected", h.Link)
 	}
 	switch h.Role {
 	case RoleState:
-		r.stateActive = true
+		r.stateActive = true // until serveState ends
+		r.stateGen++
 		r.hello.VCPUs, r.hello.Guest, r.hello.Links, r.hello.Policy = h.VCPUs, h.Guest, h.Links, h.Policy
 	case RoleLink:
 		// Only a replica that links feed holds a copy of guest memory.
@@ -498,10 +537,16 @@ func (r *Replica) beginEpoch(link uint32, m *MapRecord) error {
 		st.appliedEpoch = max(st.appliedEpoch, st.epoch)
 	}
 	need := m.Pages() * PageSize
-	if st.buf != nil {
+	// recent is the link's recent need, decaying by an eighth per epoch: a
+	// buffer over four times it (a full copy long past) is released.
+	st.recent = max(need, st.recent-st.recent/8)
+	switch {
+	case st.buf != nil:
 		st.data = st.buf(m.Epoch, need)
-	} else if uint64(cap(st.data)) < need {
+	case uint64(cap(st.data)) < need:
 		st.data = make([]byte, need)
+	case uint64(cap(st.data)) > stagingKeep && uint64(cap(st.data)) > 4*st.recent:
+		st.data = make([]byte, need, max(need, st.recent))
 	}
 	st.epoch, st.regions, st.data, st.received, st.complete = m.Epoch, m.Regions, st.data[:need], 0, false
 	return nil
@@ -589,21 +634,36 @@ func (r *Replica) waitApplies() {
 }
 
 // serveState receives the primary's state stream (leader only) and watches
-// the primary's heartbeat.
+// the primary: heartbeats show its connection is alive, new states and
+// commits that its epochs progress (see the package documentation).
 func (r *Replica) serveState(c *conn) error {
-	defer r.declareFailed("state connection lost")
+	defer r.stateEnded(c.peer)
 	for {
-		c.c.SetReadDeadline(time.Now().Add(r.cfg.HeartbeatTimeout))
+		now := time.Now()
+		deadline, progress, why := now.Add(r.cfg.HeartbeatTimeout), false, ""
+		r.mu.Lock()
+		if by := r.progressBy; !by.IsZero() && by.Before(deadline) {
+			deadline, progress, why = by, true, r.progressWhy
+		}
+		r.mu.Unlock()
+		c.c.SetReadDeadline(deadline)
 		h, err := readHeader(c.r, c.vmID)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				r.declareFailed(fmt.Sprintf("no heartbeat from %s for %v", c.peer, r.cfg.HeartbeatTimeout))
+				if progress {
+					r.declareFailed(fmt.Sprintf("the epochs of %s stopped progressing: no new state or commit by %s (%s)", c.peer, deadline.Format(time.RFC3339Nano), why))
+				} else {
+					r.declareFailed(fmt.Sprintf("no heartbeat from %s for %v", c.peer, r.cfg.HeartbeatTimeout))
+				}
 			}
 			return c.errorf("state: %w", err)
 		}
 		switch h.Type {
 		case MsgHeartbeat:
+			// A heartbeat carries the newest committed epoch: a new one is
+			// progress too.
+			r.progressed(h.Epoch)
 		case MsgBye:
 			r.mu.Lock()
 			r.ended = true
@@ -619,6 +679,9 @@ func (r *Replica) serveState(c *conn) error {
 				return err
 			}
 		case MsgState:
+			// Reading the state may take its bytes at the floor rate on
+			// top of the heartbeat timeout.
+			c.c.SetReadDeadline(time.Now().Add(stateReadTime(r.cfg.HeartbeatTimeout, h.Length, r.cfg.MinLinkRate)))
 			p, err := readPayload(c.r, h)
 			if err != nil {
 				return c.errorf("state: %w", err)
@@ -633,6 +696,12 @@ func (r *Replica) serveState(c *conn) error {
 			}
 			r.mu.Lock()
 			r.states[s.Epoch] = s
+			r.interval = s.Interval
+			r.stateEpoch = max(r.stateEpoch, s.Epoch)
+			// Next: this epoch's commit once its transfer is done, or, if
+			// it fails, the next epoch's state an interval later.
+			r.progressBy = time.Now().Add(s.Within + s.Interval + r.cfg.HeartbeatTimeout)
+			r.progressWhy = fmt.Sprintf("the state of epoch %d allowed its transfer %v", s.Epoch, s.Within)
 			r.mu.Unlock()
 			if err := c.send(MsgAck, h.Epoch, nil); err != nil {
 				return c.errorf("state: %w", err)
@@ -651,9 +720,60 @@ func (r *Replica) serveState(c *conn) error {
 				}
 			}
 			r.mu.Unlock()
+			r.progressed(h.Epoch)
 		default:
 			return c.errorf("state: %w: unexpected %v message", ErrProtocol, h.Type)
 		}
+	}
+}
+
+// progressed records that the primary committed epoch e. A commit of the
+// newest epoch whose state arrived ends that epoch: the next state is due
+// an epoch interval later, plus the heartbeat timeout. An older commit (a
+// heartbeat sent before the newest state) changes nothing: that epoch is
+// still in flight, and its own bound holds.
+func (r *Replica) progressed(e uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e <= r.progressEpoch || e < r.stateEpoch || r.progressBy.IsZero() {
+		return
+	}
+	r.progressEpoch = e
+	r.progressBy = time.Now().Add(r.interval + r.cfg.HeartbeatTimeout)
+	r.progressWhy = fmt.Sprintf("epoch %d committed", e)
+}
+
+// stateReadTime is how long the leader gives a state message's payload of
+// n bytes once its header has arrived.
+func stateReadTime(heartbeat time.Duration, n uint32, floor float64) time.Duration {
+	return heartbeat + time.Duration(float64(n)/floor*float64(time.Second))
+}
+
+// stateEnded frees the state connection's slot. The primary may redial
+// (stateLink.redial) within ReconnectWait; if no state connection is
+// admitted by then, it has failed.
+func (r *Replica) stateEnded(peer string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stateActive = false
+	gen := r.stateGen
+	timeout := r.cfg.ReconnectWait
+	time.AfterFunc(timeout, func() {
+		r.mu.Lock()
+		again := r.stateGen != gen
+		r.mu.Unlock()
+		if !again {
+			r.declareFailed(fmt.Sprintf("state connection from %s lost, and the primary did not reconnect within %v", peer, timeout))
+		}
+	})
+}
+
+func (r *Replica) isFailed() bool {
+	select {
+	case <-r.failed:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/tandemvm/tandem/replicate/disk"
 )
@@ -350,15 +351,31 @@ func parseRegions(b []byte, pages uint64) ([]Region, error) {
 
 // StateRecord is an epoch's VM state as the leader receives it, with the
 // links that carried the epoch: recovery needs every one of them complete.
+//
+// Within and Interval tell the leader when to expect the primary's next
+// progress (see the package documentation, "Liveness"): Within is how long
+// the primary allows this epoch's transfer and acknowledgements, Interval
+// how long its VM runs between two pauses.
 type StateRecord struct {
-	Epoch uint64
-	Links []uint32
-	Blob  []byte
+	Epoch    uint64
+	Within   time.Duration
+	Interval time.Duration
+	Links    []uint32
+	Blob     []byte
 }
+
+// stateFixed is the size of a state payload's fixed part: Within,
+// Interval (nanoseconds) and the number of links.
+const stateFixed = 8 + 8 + 4
+
+// maxStateWait bounds the Within and Interval a state may announce.
+const maxStateWait = 24 * time.Hour
 
 func (s *StateRecord) marshal() []byte {
 	le := binary.LittleEndian
-	b := le.AppendUint32(nil, uint32(len(s.Links)))
+	b := le.AppendUint64(nil, uint64(max(s.Within, 0)))
+	b = le.AppendUint64(b, uint64(max(s.Interval, 0)))
+	b = le.AppendUint32(b, uint32(len(s.Links)))
 	for _, l := range s.Links {
 		b = le.AppendUint32(b, l)
 	}
@@ -366,21 +383,26 @@ func (s *StateRecord) marshal() []byte {
 }
 
 func parseState(h Header, b []byte) (*StateRecord, error) {
-	if len(b) < 4 {
+	if len(b) < stateFixed {
 		return nil, fmt.Errorf("%w: state of %d bytes", ErrProtocol, len(b))
 	}
-	n := binary.LittleEndian.Uint32(b)
-	if n == 0 || n > MaxLinks || uint64(len(b)) < 4+4*uint64(n) {
+	le := binary.LittleEndian
+	within, interval := le.Uint64(b), le.Uint64(b[8:])
+	if within > uint64(maxStateWait) || interval > uint64(maxStateWait) {
+		return nil, fmt.Errorf("%w: state announcing its next progress in %d+%d ns", ErrProtocol, within, interval)
+	}
+	n := le.Uint32(b[16:])
+	if n == 0 || n > MaxLinks || uint64(len(b)) < stateFixed+4*uint64(n) {
 		return nil, fmt.Errorf("%w: state naming %d links in %d bytes", ErrProtocol, n, len(b))
 	}
-	s := &StateRecord{Epoch: h.Epoch, Links: make([]uint32, n)}
+	s := &StateRecord{Epoch: h.Epoch, Within: time.Duration(within), Interval: time.Duration(interval), Links: make([]uint32, n)}
 	for i := range s.Links {
-		s.Links[i] = binary.LittleEndian.Uint32(b[4+4*i:])
+		s.Links[i] = le.Uint32(b[stateFixed+4*i:])
 		if s.Links[i] >= MaxLinks {
 			return nil, fmt.Errorf("%w: state names link %d", ErrProtocol, s.Links[i])
 		}
 	}
-	s.Blob = b[4+4*n:]
+	s.Blob = b[stateFixed+4*n:]
 	return s, nil
 }
 

@@ -97,7 +97,7 @@ func TestHelloStateReportRoundTrip(t *testing.T) {
 	if err := h2.unmarshal(bad.marshal()); !errors.Is(err, ErrProtocol) {
 		t.Errorf("hello for link 3 of 3 accepted: %v", err)
 	}
-	s := &StateRecord{Epoch: 4, Links: []uint32{0, 2}, Blob: []byte("state")}
+	s := &StateRecord{Epoch: 4, Within: 3 * time.Second, Interval: 5 * time.Millisecond, Links: []uint32{0, 2}, Blob: []byte("state")}
 	s2, err := parseState(Header{Epoch: 4}, s.marshal())
 	if err != nil || !reflect.DeepEqual(s2, s) {
 		t.Errorf("state round trip: %+v, %v", s2, err)

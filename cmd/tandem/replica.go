@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tandemvm/tandem/replicate"
 	"github.com/tandemvm/tandem/replicate/disk"
 	"github.com/tandemvm/tandem/vmm"
@@ -85,7 +87,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	var nets, disks listFlag
 	fs.Var(&nets, "net", "leader: a TAP device for the recovered Linux guest's network interface, tap:NAME (repeatable, in the primary's order)")
 	fs.Var(&disks, "disk", "leader: this node's copy of one of the primary's disks, PATH (repeatable, in the primary's order, each the size of its disk): brought to the primary's content when replication starts, then fed every committed epoch's writes")
-	timeout := fs.Duration("heartbeat-timeout", time.Second, "leader: declare the primary failed after this long without a heartbeat")
+	timeout := fs.Duration("heartbeat-timeout", time.Second, "leader: declare the primary failed after this long without a message, once its epochs are this long overdue, or this long after its state connection broke if it does not reconnect")
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	authf := addAuthFlags(fs)
@@ -177,10 +179,25 @@ func cmdReplica(ctx context.Context, args []string) error {
 		return nil
 	}
 	log.Warn("primary failed; recovering", "reason", r.FailReason())
-	rec, err := r.Recover(ctx, recoverFrom)
+	// The pages go straight into the memory the new VM will run on (a
+	// memfd, which the VM maps as its --mem-file), so the leader never
+	// holds a second copy of guest RAM. Recovery settles the replicas on an
+	// epoch first, which gives the size.
+	rc, err := r.StartRecovery(ctx, recoverFrom)
 	if err != nil {
 		return err
 	}
+	defer rc.Close()
+	memPath, memFile, err := recoveryMemory(rc.Info().MemBytes)
+	if err != nil {
+		return err
+	}
+	defer memFile.Close()
+	rec, err := fetchInto(ctx, rc, memFile, rc.Info().MemBytes)
+	if err != nil {
+		return err
+	}
+	rc.Close()
 	log.Info("recovered", "epoch", rec.Epoch, "mem_MiB", rec.MemBytes>>20, "took", rec.Took.Round(time.Microsecond), "unreachable", rec.Unreachable)
 	fmt.Printf("leader: recovered epoch %d of %s (%d MiB) in %v; resuming the VM\n", rec.Epoch, rec.Guest, rec.MemBytes>>20, rec.Took.Round(time.Millisecond))
 	// The replicas are no longer fed; stop serving them and run the VM.
@@ -188,14 +205,21 @@ func cmdReplica(ctx context.Context, args []string) error {
 	<-served
 	spec := vmSpec{
 		memBytes: rec.MemBytes, vcpus: rec.VCPUs, serial: *serial, control: *control,
-		guestName: rec.Guest, log: log,
+		guestName: rec.Guest, log: log, memFile: memPath,
 	}
 	st, isLinux, err := splitHAState(rec.State)
 	if err != nil {
 		return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
 	}
 	state := st.vm
-	spec.load = func(vm *vmm.VM) error { return vm.RestoreImage(rec.Memory, state) }
+	restore := func(vm *vmm.VM) error {
+		var st vmm.State
+		if err := st.UnmarshalBinary(state); err != nil {
+			return fmt.Errorf("recovered state of epoch %d: %w", rec.Epoch, err)
+		}
+		return vm.RestoreState(&st) // the memory is already in place
+	}
+	spec.load = restore
 	if isLinux {
 		// The guest's devices come first: the state includes theirs.
 		devs, err := devicesFromMeta(st.virtio)
@@ -229,7 +253,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 			if err := devs.add(vm, &spec); err != nil {
 				return err
 			}
-			return vm.RestoreImage(rec.Memory, state)
+			return restore(vm)
 		}
 		spec.ready = func(vm *vmm.VM) { announceInterfaces(vm, log) }
 	}
@@ -239,4 +263,35 @@ func cmdReplica(ctx context.Context, args []string) error {
 	}
 	log.Info("VM stopped", "reason", res.Kind, "status", res.Code)
 	return nil
+}
+
+// recoveryMemory makes the file the recovered VM's memory lives in: a
+// memfd of memBytes, named by a path the VM can open as its memory file.
+func recoveryMemory(memBytes uint64) (string, *os.File, error) {
+	fd, err := unix.MemfdCreate("tandem-recovered-guest", unix.MFD_CLOEXEC)
+	if err != nil {
+		return "", nil, fmt.Errorf("recovery: guest memory: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "tandem-recovered-guest")
+	if err := f.Truncate(int64(memBytes)); err != nil {
+		f.Close()
+		return "", nil, fmt.Errorf("recovery: guest memory of %d MiB: %w", memBytes>>20, err)
+	}
+	return fmt.Sprintf("/proc/self/fd/%d", fd), f, nil
+}
+
+// fetchInto gathers the recovered pages into f through a mapping that is
+// gone once they are in: the VM maps the file again.
+func fetchInto(ctx context.Context, rc *replicate.Recovery, f *os.File, memBytes uint64) (*replicate.Recovered, error) {
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(memBytes), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("recovery: map guest memory: %w", err)
+	}
+	defer unix.Munmap(mem)
+	rec, err := rc.FetchInto(ctx, mem)
+	if err != nil {
+		return nil, err
+	}
+	rec.Memory = nil // unmapped below
+	return rec, nil
 }
