@@ -71,14 +71,8 @@ func diskCluster(t *testing.T, copies []DiskCopy, log *committedLog) *cluster {
 }
 
 func diskPrimary(c *cluster, src Source, disks []DiskImage) (*Primary, error) {
-	p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: c.addrs, Leader: c.leadAddr, VMID: 0xD15C, Guest: "fake", VCPUs: 1,
-		Epoch: 5 * time.Millisecond, SGMax: 8, Log: quietLog(), Disks: disks}, src, NewOutputGate(nil, 0))
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	return p, p.Connect(ctx)
+	return connectPrimary(PrimaryConfig{Links: c.addrs, Leader: c.leadAddr, VMID: 0xD15C, Guest: "fake", VCPUs: 1,
+		Epoch: 5 * time.Millisecond, SGMax: 8, Disks: disks}, src, nil)
 }
 
 // TestDiskSyncSendsOnlyWhatDiffers: connecting brings the leader's copy

@@ -194,6 +194,38 @@ func newClusterWith(t *testing.T, replicas int, leader ReplicaConfig) *cluster {
 	return c
 }
 
+// connectPrimary makes a primary of cfg — with the test key, a quiet log
+// and an output gate that discards unless given — and connects it within
+// 20 s.
+func connectPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
+	if cfg.Auth == nil {
+		cfg.Auth = testCreds
+	}
+	if cfg.Log == nil {
+		cfg.Log = quietLog()
+	}
+	if gate == nil {
+		gate = NewOutputGate(io.Discard, 1<<20)
+	}
+	p, err := NewPrimary(cfg, src, gate)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	return p, p.Connect(ctx)
+}
+
+// mustConnectPrimary is connectPrimary, failing the test on an error.
+func mustConnectPrimary(t testing.TB, cfg PrimaryConfig, src Source, gate Gate) *Primary {
+	t.Helper()
+	p, err := connectPrimary(cfg, src, gate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func (c *cluster) primary(src Source, policy Policy, mode Mode, links []string) *Primary {
 	c.t.Helper()
 	p, err := NewPrimary(PrimaryConfig{Auth: testCreds,

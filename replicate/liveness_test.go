@@ -2,7 +2,6 @@ package replicate
 
 import (
 	"context"
-	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -28,18 +27,10 @@ func (w *wedgedVM) Pause() error {
 // 20 ms heartbeat, and returns it with a function that stops it.
 func livenessPrimary(t *testing.T, c *cluster, src Source) (*Primary, func()) {
 	t.Helper()
-	p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
+	p := mustConnectPrimary(t, PrimaryConfig{
 		Links: c.addrs, Leader: c.leadAddr, VMID: 0x11FE, Guest: "fake", VCPUs: 1,
 		Epoch: 5 * time.Millisecond, Heartbeat: 20 * time.Millisecond, Policy: PolicyFT, SGMax: 8, Log: quietLog(),
-	}, src, NewOutputGate(io.Discard, 1<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer ccancel()
-	if err := p.Connect(cctx); err != nil {
-		t.Fatal(err)
-	}
+	}, src, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); p.Run(ctx) }()

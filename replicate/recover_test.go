@@ -327,18 +327,10 @@ func TestGateNeverDeadlocksThePause(t *testing.T) {
 	c := newCluster(t, 2)
 	gate := NewOutputGate(io.Discard, 4<<10)
 	vm := newBarrierVM(t, 128, gate)
-	p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
+	p := mustConnectPrimary(t, PrimaryConfig{
 		Links: c.addrs, Leader: c.leadAddr, VMID: 0x6A7E, Guest: "fake", VCPUs: 1,
 		Epoch: 5 * time.Millisecond, Policy: PolicyFast, Mode: ModeSync, SGMax: 8, Log: quietLog(),
 	}, vm, gate)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer ccancel()
-	if err := p.Connect(cctx); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	guestDone, vcpuDone := make(chan struct{}), make(chan struct{})
@@ -380,21 +372,13 @@ func TestStalledLinkFailsInsteadOfHanging(t *testing.T) {
 		return forward
 	})
 	vm := newFakeVM(t, pages)
-	p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
+	p := mustConnectPrimary(t, PrimaryConfig{
 		Links: []string{c.addrs[0], frozen}, Leader: c.leadAddr, VMID: 0x57A1, Guest: "fake", VCPUs: 1,
 		Epoch: 5 * time.Millisecond, Policy: PolicyFast, Mode: ModeSync, SGMax: 8, Log: quietLog(),
 		// A floor of 10 MB/s bounds the frozen link's deadline (32 MiB:
 		// under 4 s) whatever rate the loaded proxy was measured at.
 		AckTimeout: 500 * time.Millisecond, MinLinkRate: 10e6,
-	}, vm, NewOutputGate(io.Discard, 1<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer ccancel()
-	if err := p.Connect(cctx); err != nil {
-		t.Fatal(err)
-	}
+	}, vm, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	guestDone := make(chan struct{})

@@ -3,7 +3,6 @@ package replicate
 import (
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -141,19 +140,11 @@ func TestSlowShapedLinkIsNotFailed(t *testing.T) {
 	for p := 0; p < pages; p++ {
 		vm.mem[p*PageSize+1] = 1
 	}
-	p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
+	p := mustConnectPrimary(t, PrimaryConfig{
 		Links: []string{ln.Addr().String()}, Leader: leadAddr, VMID: 0x510E, Guest: "fake", VCPUs: 1,
 		Epoch: 5 * time.Millisecond, Policy: PolicyFT, SGMax: 8, Log: quietLog(),
 		AckTimeout: time.Second,
-	}, vm, NewOutputGate(io.Discard, 1<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer ccancel()
-	if err := p.Connect(cctx); err != nil {
-		t.Fatal(err)
-	}
+	}, vm, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
 	running := make(chan struct{})

@@ -3,7 +3,6 @@ package replicate
 import (
 	"context"
 	"errors"
-	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -123,18 +122,10 @@ func TestPrimaryRedialsItsStateConnection(t *testing.T) {
 		return forward
 	})
 	vm := newFakeVM(t, 64)
-	p, err := NewPrimary(PrimaryConfig{Auth: testCreds,
+	p := mustConnectPrimary(t, PrimaryConfig{
 		Links: c.addrs, Leader: proxy, VMID: 0x4ED1, Guest: "fake", VCPUs: 1,
 		Epoch: 5 * time.Millisecond, Heartbeat: 20 * time.Millisecond, Policy: PolicyFT, SGMax: 8, Log: quietLog(),
-	}, vm, NewOutputGate(io.Discard, 1<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer ccancel()
-	if err := p.Connect(cctx); err != nil {
-		t.Fatal(err)
-	}
+	}, vm, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
 	go func() { runErr <- p.Run(ctx) }()
