@@ -32,6 +32,8 @@ func cmdBench(ctx context.Context, args []string) error {
 	sgMax := fs.Int("sg-max", full.SGMax, "scatter-gather regions per epoch")
 	rate := fs.Uint64("rate", 0, "dirty guest rate in pages/s (0: as fast as it runs)")
 	writeBW := fs.Float64("write-bw", 0, "DRAM write bandwidth in bytes/s for the write-latency model (0: measure it)")
+	linux := fs.Bool("linux", false, "instead of the matrix, time the PUTs of a replicated Linux guest's client without --ha and at each --epochs (default 10ms,25ms,50ms); needs root, builds or reuses the guest")
+	puts := fs.Int("puts", 100, "with --linux: PUTs timed per configuration")
 	plaintext := fs.Bool("insecure-plaintext", false, "carry the bench's replication connections unencrypted (still authenticated, with a key made for the run); default: encrypted, as tandem run --ha")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -50,6 +52,24 @@ func cmdBench(ctx context.Context, args []string) error {
 		}
 		fmt.Printf("wrote %s/report.md (%d runs)\n", *analyze, len(res.Runs))
 		return nil
+	}
+	if *linux {
+		for name := range set {
+			if name != "linux" && name != "epochs" && name != "puts" {
+				return usagef("--linux takes --epochs and --puts only (--%s)", name)
+			}
+		}
+		eps := []time.Duration{10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond}
+		if set["epochs"] {
+			var err error
+			if eps, err = bench.ParseList(*epochs, time.ParseDuration); err != nil {
+				return usagef("--epochs: %v", err)
+			}
+		}
+		if *puts < 10 {
+			return usagef("--puts %d: want at least 10", *puts)
+		}
+		return benchLinux(ctx, eps, *puts)
 	}
 	preset := bench.PresetFull
 	switch {

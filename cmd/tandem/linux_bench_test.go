@@ -1,18 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
-	"fmt"
-	"os"
-	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/tandemvm/tandem/kvm/kvmtest"
-	"github.com/tandemvm/tandem/replicate"
 )
 
 // BenchmarkLinuxPutLatency measures what a client of a replicated Linux
@@ -42,81 +35,17 @@ func BenchmarkLinuxPutLatency(b *testing.B) {
 }
 
 func benchPutLatency(b *testing.B, epoch time.Duration) {
-	ctx := context.Background()
-	dir := b.TempDir()
-	s, err := newLinuxHAStory(ctx, tandemBin, dir, testKeyFile(b))
+	r, err := measurePutLatency(context.Background(), tandemBin, epoch, b.N)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer s.Close()
-	trace := filepath.Join(dir, "trace.jsonl")
-	var args []string
-	if epoch > 0 {
-		if err := s.startCluster(ctx); err != nil {
-			b.Fatal(err)
-		}
-		args = append(s.haArgs("fast", "sync", epoch), "--trace", trace)
-	}
-	if _, err := s.bootPrimary(ctx, args...); err != nil {
-		b.Fatal(err)
-	}
-	conn, err := s.dial()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	r := bufio.NewReader(conn)
-	put := func(i int) time.Duration {
-		t0 := time.Now()
-		conn.SetDeadline(time.Now().Add(time.Minute))
-		fmt.Fprintf(conn, "PUT bench%d value%d\n", i, i)
-		if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
-			b.Fatalf("PUT %d: %q, %v", i, line, err)
-		}
-		return time.Since(t0)
-	}
-	for i := 0; i < 10; i++ { // warm the connection and the guest up
-		put(i)
-	}
-	lat := make([]time.Duration, b.N)
-	start := time.Now()
-	b.ResetTimer()
-	for i := range lat {
-		lat[i] = put(10 + i)
-	}
-	b.StopTimer()
-	end := time.Now()
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "ms-p50")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "ms-p99")
+	b.ReportMetric(float64(r.p50.Microseconds())/1000, "ms-p50")
+	b.ReportMetric(float64(r.p99.Microseconds())/1000, "ms-p99")
 	if epoch == 0 {
 		return
 	}
-	s.primary.stop() // flushes the trace
-	f, err := os.Open(trace)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	var pause time.Duration
-	var stateBytes, diskBytes, epochs int
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var e replicate.EpochTrace
-		if json.Unmarshal(sc.Bytes(), &e) != nil || e.Time.Before(start) || e.Time.After(end) || e.Mode == "initial" {
-			continue
-		}
-		pause += e.Pause.Total
-		stateBytes += e.StateBytes
-		diskBytes += e.DiskBytes
-		epochs++
-	}
-	if epochs == 0 {
-		b.Fatal("no epoch traced while the PUTs ran")
-	}
-	b.ReportMetric(float64(pause.Microseconds())/1000/float64(epochs), "ms-pause/epoch")
-	b.ReportMetric(float64(stateBytes)/1024/float64(epochs), "KiB-state/epoch")
-	b.ReportMetric(float64(diskBytes)/1024/float64(epochs), "KiB-disk/epoch")
-	b.ReportMetric(float64(epochs)/float64(b.N), "epochs/put")
+	b.ReportMetric(float64(r.pause.Microseconds())/1000, "ms-pause/epoch")
+	b.ReportMetric(r.stateKiB, "KiB-state/epoch")
+	b.ReportMetric(r.diskKiB, "KiB-disk/epoch")
+	b.ReportMetric(float64(r.epochs)/float64(b.N), "epochs/put")
 }

@@ -195,6 +195,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "--guest", "hello", "stray"}, 2, `unexpected argument "stray"`},
 		{[]string{"run", "--restore", missing}, 1, "no such file"},
 		{[]string{"snapshot"}, 2, "--control and --out are required"},
+		{[]string{"bench", "--linux", "--quick"}, 2, "--linux takes --epochs and --puts only (--quick)"},
+		{[]string{"bench", "--linux", "--puts", "3"}, 2, "--puts 3: want at least 10"},
 		{[]string{"run", "--bogus-flag"}, 2, "flag provided but not defined"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
