@@ -146,12 +146,7 @@ func (s *linuxHAStory) haArgs(policy, mode string, epoch time.Duration) []string
 
 // dial connects the client to the guest's key-value store.
 func (s *linuxHAStory) dial() (net.Conn, error) {
-	var c net.Conn
-	err := inNetns(s.ns, func() (err error) {
-		c, err = net.DialTimeout("tcp4", storyGuest, 30*time.Second)
-		return err
-	})
-	return c, err
+	return dialInNetns(s.ns, storyGuest, 30*time.Second)
 }
 
 // Close stops the processes and removes the namespace with its devices.

@@ -33,8 +33,8 @@ func (l *netLab) ip(args ...string) {
 // runIP runs iproute2's ip and fails the test if it fails.
 func runIP(t *testing.T, args ...string) {
 	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	if err := ipCommand(args...); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -166,10 +166,11 @@ func faultInjection(cfg *replicate.PrimaryConfig) error {
 	return nil
 }
 
-// haOutputs are the output gates of a replicated VM's devices beyond COM1
-// (whose gate runVM makes): each holds what the guest writes until the
-// epoch that wrote it commits. Devices add theirs as they are opened.
-type haOutputs struct {
+// haDevices is what a replicated VM's devices give replication, each added
+// as the device is opened: the output gates beyond COM1's (which runVM
+// makes), each holding what the guest writes until the epoch that wrote it
+// commits, and the disks.
+type haDevices struct {
 	gates []replicate.Gate
 	// disks record what each epoch writes to the guest's disks, which
 	// then travels in the epoch's state; images are the same disks for
@@ -179,7 +180,7 @@ type haOutputs struct {
 }
 
 // trackDisk records the writes to a disk of a replicated guest.
-func (o *haOutputs) trackDisk(be virtio.BlockBackend, path string) virtio.BlockBackend {
+func (o *haDevices) trackDisk(be virtio.BlockBackend, path string) virtio.BlockBackend {
 	t := virtio.NewTrackedBackend(be)
 	o.disks = append(o.disks, t)
 	o.images = append(o.images, replicate.DiskImage{Name: path, Size: be.Size(), R: t})
@@ -187,14 +188,14 @@ func (o *haOutputs) trackDisk(be virtio.BlockBackend, path string) virtio.BlockB
 }
 
 // gateConsole puts the guest-to-host direction of a console behind a gate.
-func (o *haOutputs) gateConsole(host devices.Console) devices.Console {
+func (o *haDevices) gateConsole(host devices.Console) devices.Console {
 	g := replicate.NewOutputGate(host, haOutputLimit)
 	o.gates = append(o.gates, g)
 	return gatedConsole{Console: host, gate: g}
 }
 
 // gateNet puts the transmit side of a network interface behind a gate.
-func (o *haOutputs) gateNet(be virtio.NetBackend) virtio.NetBackend {
+func (o *haDevices) gateNet(be virtio.NetBackend) virtio.NetBackend {
 	g := newGatedNet(be, haOutputLimit)
 	o.gates = append(o.gates, g.gate)
 	return g
@@ -228,15 +229,15 @@ func (c gatedConsole) Close() error {
 
 // haSource is the replication source of a VM: a Linux guest's carries its
 // virtio devices in its state (hastate.go).
-func haSource(vm *vmm.VM, devs []vmm.VirtioConfig, outputs *haOutputs) (replicate.Source, error) {
+func haSource(vm *vmm.VM, virtioDevs []vmm.VirtioConfig, ha *haDevices) (replicate.Source, error) {
 	src, err := vmm.NewReplicationSource(vm)
 	if err != nil {
 		return nil, err
 	}
-	if len(devs) == 0 {
+	if len(virtioDevs) == 0 {
 		return src, nil
 	}
-	return newLinuxSource(src, devs, outputs.disks)
+	return newLinuxSource(src, virtioDevs, ha.disks)
 }
 
 // startPrimary connects the replication links before the guest runs, so an

@@ -29,6 +29,10 @@ const linuxStateMagic = "TNDMLNX2"
 // any guest has.
 const maxLinuxStateDevices = 64 << 10
 
+// maxDiskSection bounds the disk section a leader accepts: what a state
+// message may hold.
+const maxDiskSection = 64 << 20
+
 // maxEpochDiskBytes bounds the disk writes one epoch's state carries, well
 // inside what a state message may hold (64 MiB): an epoch that wrote more
 // stops replication with the VM paused, its output held.
@@ -134,7 +138,7 @@ func splitHAState(b []byte) (st haState, linux bool, err error) {
 	if err := json.Unmarshal(js, &st.virtio); err != nil {
 		return haState{}, true, fmt.Errorf("%w: the Linux guest's devices: %v", vmm.ErrSnapshot, err)
 	}
-	if st.disks, err = field("disk writes", 64<<20); err != nil {
+	if st.disks, err = field("disk writes", maxDiskSection); err != nil {
 		return haState{}, true, err
 	}
 	st.vm = rest

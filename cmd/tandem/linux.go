@@ -325,9 +325,9 @@ func (d linuxDevices) add(vm *vmm.VM, spec *vmSpec) error {
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", ds.path, err)
 		}
-		if spec.outputs != nil {
+		if spec.haDevs != nil {
 			// Replicated: each epoch's writes travel with it.
-			be = spec.outputs.trackDisk(be, ds.path)
+			be = spec.haDevs.trackDisk(be, ds.path)
 		}
 		if err := add(virtio.NewBlock(be, fmt.Sprintf("tandem-disk-%d", i)), "disk "+ds.path); err != nil {
 			return err
@@ -339,9 +339,9 @@ func (d linuxDevices) add(vm *vmm.VM, spec *vmSpec) error {
 			return fmt.Errorf("network interface tap:%s: %w", n.tap, err)
 		}
 		var backend virtio.NetBackend = be
-		if spec.outputs != nil {
+		if spec.haDevs != nil {
 			// Replicated: transmitted frames leave with their epoch.
-			backend = spec.outputs.gateNet(be)
+			backend = spec.haDevs.gateNet(be)
 		}
 		dev, err := virtio.NewNet(backend, n.mac, spec.log)
 		if err != nil {
@@ -360,9 +360,9 @@ func (d linuxDevices) add(vm *vmm.VM, spec *vmSpec) error {
 		if a, ok := host.(devices.Addresser); ok {
 			spec.log.Info("virtio-console channel listening", "addr", a.Addr())
 		}
-		if spec.outputs != nil {
+		if spec.haDevs != nil {
 			// Replicated: what the guest writes leaves with its epoch.
-			host = spec.outputs.gateConsole(host)
+			host = spec.haDevs.gateConsole(host)
 		}
 		if err := add(virtio.NewConsole(host, spec.log), "channel "+d.channel); err != nil {
 			return err

@@ -232,11 +232,7 @@ func dialGuestFor(t *testing.T, lab *netLab, p *process, addr string) net.Conn {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		var c net.Conn
-		err := inNetns(lab.hosts["client"], func() (err error) {
-			c, err = net.DialTimeout("tcp4", addr, time.Second)
-			return err
-		})
+		c, err := dialInNetns(lab.hosts["client"], addr, time.Second)
 		if err == nil {
 			return c
 		}
@@ -255,13 +251,7 @@ func dialGuestFor(t *testing.T, lab *netLab, p *process, addr string) net.Conn {
 
 // dialFrom opens a TCP connection from role's namespace.
 func (l *netLab) dialFrom(role, addr string) (net.Conn, error) {
-	p := &guestPeers{ns: l.hosts[role]}
-	var c net.Conn
-	err := p.inNamespace(func() (err error) {
-		c, err = net.DialTimeout("tcp4", addr, 30*time.Second)
-		return err
-	})
-	return c, err
+	return dialInNetns(l.hosts[role], addr, 30*time.Second)
 }
 
 // TestLinuxFailoverKeepsTCPConnections runs a Linux guest under --ha with a

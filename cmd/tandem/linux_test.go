@@ -124,11 +124,7 @@ func (p *guestPeers) inNamespace(fn func() error) error { return inNetns(p.ns, f
 // dialGuest opens a TCP connection to the guest from the namespace.
 func (p *guestPeers) dialGuest(t *testing.T, addr string) net.Conn {
 	t.Helper()
-	var c net.Conn
-	err := p.inNamespace(func() (err error) {
-		c, err = net.DialTimeout("tcp4", addr, 30*time.Second)
-		return err
-	})
+	c, err := dialInNetns(p.ns, addr, 30*time.Second)
 	if err != nil {
 		t.Fatalf("dial the guest at %s: %v", addr, err)
 	}

@@ -334,6 +334,12 @@ func TestDemo(t *testing.T) {
 // command: it must end with nothing lost and its namespace removed.
 func TestDemoLinux(t *testing.T) {
 	linuxGuest(t)
+	if os.Geteuid() != 0 {
+		if kvmtest.Required() {
+			t.Fatal("tandem demo --linux needs root for its network namespace")
+		}
+		t.Skip("tandem demo --linux needs root for its network namespace")
+	}
 	stdout, stderr, status := runTandemFor(t, 10*time.Minute, "demo", "--linux", "--incs", "5")
 	if status != 0 || !strings.Contains(stdout, ": 0 lost; the leader's disk copy holds") || !strings.Contains(stdout, "connection carried on") {
 		t.Errorf("status %d\nstdout:\n%s\nstderr:\n%s", status, stdout, stderr)

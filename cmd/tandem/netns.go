@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +33,17 @@ func inNetns(name string, fn func() error) error {
 		done <- fn()
 	}()
 	return <-done
+}
+
+// dialInNetns opens a TCP connection to addr from the named network
+// namespace.
+func dialInNetns(name, addr string, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := inNetns(name, func() (err error) {
+		c, err = net.DialTimeout("tcp4", addr, timeout)
+		return err
+	})
+	return c, err
 }
 
 // ipCommand runs iproute2's ip.

@@ -118,7 +118,7 @@ func cmdRun(ctx context.Context, args []string) error {
 		return err
 	}
 	if spec.ha != nil {
-		spec.outputs = &haOutputs{}
+		spec.haDevs = &haDevices{}
 	}
 	if spec.ha != nil && spec.dirty == vmm.DirtyOff {
 		if set["dirty"] {
@@ -190,10 +190,10 @@ type vmSpec struct {
 	// load fills a new VM before it runs (with a snapshot: adds the devices
 	// its state needs, before the restore); nil loads the flat guest.
 	load func(*vmm.VM) error
-	// ha, when set, replicates the VM (see ha.go), and outputs holds the
-	// gates of its devices' output.
-	ha      *replicate.PrimaryConfig
-	outputs *haOutputs
+	// ha, when set, replicates the VM (see ha.go), and haDevs collects
+	// what its devices give replication.
+	ha     *replicate.PrimaryConfig
+	haDevs *haDevices
 	// ready, when set, is called once the VM is about to run.
 	ready func(*vmm.VM)
 }
@@ -247,13 +247,13 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	defer cancel()
 	var primary *replicate.Primary
 	if spec.ha != nil {
-		src, err := haSource(vm, spec.virtio, spec.outputs)
+		src, err := haSource(vm, spec.virtio, spec.haDevs)
 		if err != nil {
 			return vmm.Result{}, err
 		}
-		gates := append(replicate.Gates{gate}, spec.outputs.gates...)
+		gates := append(replicate.Gates{gate}, spec.haDevs.gates...)
 		cfg := *spec.ha
-		cfg.Disks = spec.outputs.images
+		cfg.Disks = spec.haDevs.images
 		if primary, err = startPrimary(ctx, src, gates, cfg); err != nil {
 			return vmm.Result{}, err
 		}

@@ -44,14 +44,22 @@ func waitUsed(t *testing.T, q *testDriver, n int) []usedElem {
 	return got
 }
 
-func TestNetTransmitAndReceive(t *testing.T) {
+// newPairedNet returns a virtio-net device over one end of a frame socket
+// pair, and the test's peer end; both are closed when the test ends.
+func newPairedNet(t *testing.T) (*Net, *os.File) {
+	t.Helper()
 	devEnd, peer := seqpacketPair(t)
-	defer peer.Close()
+	t.Cleanup(func() { peer.Close() })
 	dev, err := NewNet(FrameFile(devEnd), testMAC, quietLog)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dev.Close()
+	t.Cleanup(func() { dev.Close() })
+	return dev, peer
+}
+
+func TestNetTransmitAndReceive(t *testing.T) {
+	dev, peer := newPairedNet(t)
 	d, irq := newMMIODriver(t, dev)
 
 	var cfg [8]byte
@@ -364,13 +372,7 @@ func TestNetTransmitBackpressure(t *testing.T) {
 }
 
 func TestNetAnnounce(t *testing.T) {
-	devEnd, peer := seqpacketPair(t)
-	defer peer.Close()
-	dev, err := NewNet(FrameFile(devEnd), testMAC, quietLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
+	dev, peer := newPairedNet(t)
 	if err := dev.Announce(2); err != nil {
 		t.Fatal(err)
 	}
