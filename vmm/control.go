@@ -87,14 +87,21 @@ func (c *Controller) serveConn(ctx context.Context, conn net.Conn) {
 	for sc.Scan() {
 		var req ControlRequest
 		resp := ControlResponse{OK: true}
+		var after func()
 		if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
 			resp = ControlResponse{Error: "malformed request: " + err.Error()}
-		} else if st, err := c.Handle(req); err != nil {
+		} else if st, then, err := c.Handle(req); err != nil {
 			resp = ControlResponse{Error: err.Error()}
 		} else {
-			resp.Status = st
+			resp.Status, after = st, then
 		}
-		if err := enc.Encode(resp); err != nil {
+		err := enc.Encode(resp)
+		if after != nil {
+			// Only now: stopping the VM ends the run, and with it the
+			// context that closes this connection, before the answer.
+			after()
+		}
+		if err != nil {
 			return
 		}
 	}
@@ -103,48 +110,57 @@ func (c *Controller) serveConn(ctx context.Context, conn net.Conn) {
 	}
 }
 
-// Handle carries out one request.
-func (c *Controller) Handle(req ControlRequest) (*ControlStatus, error) {
+// Handle carries out one request. A request that stops the VM (stop, or a
+// snapshot with Stop, which leaves the VM paused) returns the stopping as
+// after, for the caller to run once it has answered: stopping ends the run
+// that serves the answer.
+func (c *Controller) Handle(req ControlRequest) (_ *ControlStatus, after func(), err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch req.Op {
 	case "status":
 	case "pause":
 		if err := c.VM.Pause(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		c.pauses++
 	case "resume":
 		if c.pauses == 0 {
-			return nil, errors.New("not paused through the control socket")
+			return nil, nil, errors.New("not paused through the control socket")
 		}
 		c.pauses--
 		c.VM.Resume()
 	case "snapshot":
 		if req.Path == "" {
-			return nil, errors.New("snapshot needs a path")
+			return nil, nil, errors.New("snapshot needs a path")
 		}
 		err := c.VM.Pause()
 		if err != nil && !errors.Is(err, ErrNotRunning) {
-			return nil, err
+			return nil, nil, err
 		}
-		if err == nil {
-			defer c.VM.Resume()
-		}
+		paused := err == nil
 		meta := c.Meta
 		meta.Created = time.Now().UTC()
-		if err := c.VM.WriteSnapshot(req.Path, meta); err != nil {
-			return nil, err
+		err = c.VM.WriteSnapshot(req.Path, meta)
+		switch {
+		case paused && (err != nil || !req.Stop):
+			c.VM.Resume()
+		case paused:
+			// Stopped before it runs again: nothing happens after the
+			// snapshot that the snapshot does not hold.
+			after = func() { c.VM.Stop(); c.VM.Resume() }
+		case req.Stop:
+			after = c.VM.Stop
 		}
-		if req.Stop {
-			c.VM.Stop()
+		if err != nil {
+			return nil, nil, err
 		}
 	case "stop":
-		c.VM.Stop()
+		after = c.VM.Stop
 	default:
-		return nil, fmt.Errorf("unknown op %q (want status, pause, resume, snapshot or stop)", req.Op)
+		return nil, nil, fmt.Errorf("unknown op %q (want status, pause, resume, snapshot or stop)", req.Op)
 	}
-	return &ControlStatus{MemBytes: c.VM.mem.Size(), VCPUs: len(c.VM.vcpus), Paused: c.VM.Paused()}, nil
+	return &ControlStatus{MemBytes: c.VM.mem.Size(), VCPUs: len(c.VM.vcpus), Paused: c.VM.Paused()}, after, nil
 }
 
 // ControlCall sends one request to the control socket at addr ("unix:PATH",

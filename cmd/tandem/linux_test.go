@@ -253,7 +253,7 @@ func TestLinuxSnapshotRestore(t *testing.T) {
 		t.Fatalf("PUT before the snapshot: %q", got)
 	}
 	if _, stderr, status := runTandem(t, "snapshot", "--control", ctl, "--out", filepath.Join(dir, "snap"), "--stop"); status != 0 {
-		t.Fatalf("snapshot: status %d, stderr %q", status, stderr)
+		t.Fatalf("snapshot: status %d, stderr %q; the snapshotted tandem's stderr:\n%s", status, stderr, a.stderr.String())
 	}
 	if status := a.wait(t, time.Minute); status != 0 {
 		t.Fatalf("the snapshotted tandem exited with %d; stderr:\n%s", status, a.stderr.String())
