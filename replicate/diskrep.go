@@ -111,7 +111,7 @@ func syncDisks(c *conn, disks []DiskImage, hashes [][]disk.Hash, log *slog.Logge
 
 // readReply reads one message of type want, or the peer's refusal.
 func readReply(c *conn, want MsgType) (Header, []byte, error) {
-	h, err := readHeader(c.r, c.vmID)
+	h, err := c.readHeader()
 	if err != nil {
 		return h, nil, noEOF(err)
 	}

@@ -43,6 +43,39 @@
 // It may be newer (a request processed whose reply was still held): clients
 // see that as at-least-once delivery.
 //
+// # Generations and fencing
+//
+// Every primary term has a generation: the VM's first primary runs
+// generation 1 (or what the coordinator granted), and a takeover runs the
+// next one. The rule that keeps a deposed primary harmless is the commit
+// rule's twin:
+//
+//   - Every message carries its connection's generation, fixed by the
+//     connection's hello; a message carrying another is a protocol error
+//     and the connection is dropped.
+//   - A node remembers the newest generation any hello brought it. A hello
+//     of an older one is refused with MsgFenced (which names the newer),
+//     and every live connection of an older one is told so and closed;
+//     from then on nothing of the older term changes the node: no map, no
+//     data, no completion, no commit, no state.
+//   - A link's first map of a newer generation starts a fresh stage: the
+//     older term's staged epoch was settled by the recovery that began the
+//     new term (or, at a node the recovery did not reach, is dropped; such
+//     a node gets a full copy from the new primary before it counts), and
+//     the binding rules start again with the term. The leader drops the
+//     older term's states when a newer one's state connection arrives.
+//   - A primary told it is fenced, on any connection, stops: it neither
+//     commits nor releases output, and does not carry on degraded.
+//
+// So epoch (g, e) commits only when every live link and the state holder
+// acknowledged it within generation g; a takeover's recovery reaches the
+// replicas with generation g+1 before it reads them, so once it has chosen
+// E the old primary can make no replica apply, and no leader acknowledge,
+// anything more. Epoch numbers go on across terms (the new primary starts
+// after the epoch it recovered), so a page's epoch in a store never goes
+// back. RDMA links are bound to the generation of the authenticated set-up
+// that issued their ticket, and checked against it at every epoch.
+//
 // # Disks
 //
 // Disk replication rides the commit rule. Before the first epoch the

@@ -407,7 +407,7 @@ func TestInitialCopyOfAFragmentedGuestFitsAMap(t *testing.T) {
 		runs = append(runs, Region{First: 2 * i, Pages: 1})
 	}
 	accepted := func(regions []Region) error {
-		b := appendMap(nil, 1, &MapRecord{Epoch: 1, Regions: regions})
+		b := appendMap(nil, 1, 1, &MapRecord{Epoch: 1, Regions: regions})
 		h, err := parseHeader(b, 1)
 		if err != nil {
 			return err

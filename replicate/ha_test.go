@@ -432,16 +432,16 @@ func TestReplicaRejectsMalformedInput(t *testing.T) {
 		msg    []byte
 	}{
 		{"garbage", false, []byte("GET / HTTP/1.1\r\nHost: replica\r\n\r\n")},
-		{"hello without handshake", false, append(appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: uint32(len(hello.marshal()))}), hello.marshal()...)},
+		{"hello without handshake", false, append(appendHeader(nil, Header{Generation: 1, Type: MsgHello, VMID: 0x7E57, Length: uint32(len(hello.marshal()))}), hello.marshal()...)},
 		{"garbage after handshake", true, []byte("GET / HTTP/1.1\r\nHost: replica\r\n\r\n")},
-		{"truncated header", true, appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57})[:20]},
-		{"other VM", true, append(appendHeader(nil, Header{Type: MsgHello, VMID: 0xBAD, Length: uint32(len(hello.marshal()))}), hello.marshal()...)},
-		{"huge payload", true, appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: 1 << 30})},
+		{"truncated header", true, appendHeader(nil, Header{Generation: 1, Type: MsgHello, VMID: 0x7E57})[:20]},
+		{"other VM", true, append(appendHeader(nil, Header{Generation: 1, Type: MsgHello, VMID: 0xBAD, Length: uint32(len(hello.marshal()))}), hello.marshal()...)},
+		{"huge payload", true, appendHeader(nil, Header{Generation: 1, Type: MsgHello, VMID: 0x7E57, Length: 1 << 30})},
 		{"map outside the guest", true, func() []byte {
 			h := hello
 			h.Link = 0
-			b := append(appendHeader(nil, Header{Type: MsgHello, VMID: 0x7E57, Length: uint32(len(h.marshal()))}), h.marshal()...)
-			return appendMap(b, 0x7E57, &MapRecord{Epoch: 99, Regions: []Region{{First: 60, Pages: 10}}})
+			b := append(appendHeader(nil, Header{Generation: 1, Type: MsgHello, VMID: 0x7E57, Length: uint32(len(h.marshal()))}), h.marshal()...)
+			return appendMap(b, 0x7E57, 1, &MapRecord{Epoch: 99, Regions: []Region{{First: 60, Pages: 10}}})
 		}()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

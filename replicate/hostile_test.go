@@ -25,7 +25,7 @@ var otherKey = mustGenerateKey()
 func hostileHello(vmID uint64, mem uint64) []byte {
 	h := Hello{Role: RoleLink, Links: 1, MemBytes: mem, Policy: PolicyFast}
 	p := h.marshal()
-	return append(appendHeader(nil, Header{Type: MsgHello, VMID: vmID, Length: uint32(len(p))}), p...)
+	return append(appendHeader(nil, Header{Generation: 1, Type: MsgHello, VMID: vmID, Length: uint32(len(p))}), p...)
 }
 
 // expectHangUp waits for the replica to close c (an EOF or reset, not a
@@ -83,7 +83,7 @@ func TestHostilePeersWithoutTheKey(t *testing.T) {
 				"wrong key, other mode": mustCredentials(otherKey, other),
 				"right key, other mode": mustCredentials(testKey, other),
 			} {
-				_, err := dialHello(ctx, c, addr, vmID, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
+				_, err := dialHello(ctx, c, addr, vmID, 1, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
 				if !errors.Is(err, auth.ErrHandshake) {
 					t.Errorf("%s: %v, want a failed handshake", name, err)
 				}
@@ -93,7 +93,7 @@ func TestHostilePeersWithoutTheKey(t *testing.T) {
 				untouched(t, r, name)
 			}
 			// The right key in the right mode is served.
-			c, err := dialHello(ctx, creds, addr, vmID, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
+			c, err := dialHello(ctx, creds, addr, vmID, 1, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
 			if err != nil {
 				t.Fatalf("the key holder: %v", err)
 			}
@@ -103,7 +103,8 @@ func TestHostilePeersWithoutTheKey(t *testing.T) {
 }
 
 // TestHostileHugeMemoryClaim: a 62-byte hello claiming 1 TiB once crashed a
-// replica with out of memory. Before the handshake it is not even decoded:
+// replica with out of memory (70 bytes now that the header carries the
+// generation). Before the handshake it is not even decoded:
 // nothing is allocated, and the replica then serves the real primary.
 func TestHostileHugeMemoryClaim(t *testing.T) {
 	c := newCluster(t, 1)
@@ -112,8 +113,8 @@ func TestHostileHugeMemoryClaim(t *testing.T) {
 	r, addr, _ := startReplica(t, ReplicaConfig{MaxMemBytes: 1 << 40})
 	c.replicas[0], c.addrs[0] = r, addr
 	hello := hostileHello(0xB16, 1<<40)
-	if len(hello) != 62 {
-		t.Fatalf("the hostile hello is %d bytes, want the 62 of the finding", len(hello))
+	if len(hello) != 70 {
+		t.Fatalf("the hostile hello is %d bytes, want the 70 of the finding", len(hello))
 	}
 	for _, mode := range []string{"no handshake", "wrong key"} {
 		nc, err := net.Dial("tcp", c.addrs[0])
@@ -184,11 +185,11 @@ func TestHostileRecoveryWithoutTheKey(t *testing.T) {
 	const vmID = 0x7E57
 	hello := Hello{Role: RoleRecovery, MemBytes: 64 * PageSize, Policy: PolicyFT}
 	attack := func(nc net.Conn) {
-		b := append(appendHeader(nil, Header{Type: MsgHello, VMID: vmID, Length: uint32(len(hello.marshal()))}), hello.marshal()...)
-		b = appendHeader(b, Header{Type: MsgResolve, VMID: vmID, Epoch: 0})
-		b = appendHeader(b, Header{Type: MsgQuery, VMID: vmID})
+		b := append(appendHeader(nil, Header{Generation: 1, Type: MsgHello, VMID: vmID, Length: uint32(len(hello.marshal()))}), hello.marshal()...)
+		b = appendHeader(b, Header{Generation: 1, Type: MsgResolve, VMID: vmID, Epoch: 0})
+		b = appendHeader(b, Header{Generation: 1, Type: MsgQuery, VMID: vmID})
 		f := appendRegions(nil, []Region{{First: 0, Pages: 64}})
-		b = append(appendHeader(b, Header{Type: MsgFetch, VMID: vmID, Length: uint32(len(f))}), f...)
+		b = append(appendHeader(b, Header{Generation: 1, Type: MsgFetch, VMID: vmID, Length: uint32(len(f))}), f...)
 		nc.Write(b)
 		nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 		got, _ := io.ReadAll(nc)
@@ -213,7 +214,7 @@ func TestHostileRecoveryWithoutTheKey(t *testing.T) {
 		if _, err := mustCredentials(otherKey, m).Client(context.Background(), raw, auth.Role(RoleRecovery)); err == nil {
 			t.Fatalf("%v: a wrong key passed the handshake", m)
 		}
-		_, err = dialHello(context.Background(), mustCredentials(otherKey, m), c.addrs[0], vmID, hello)
+		_, err = dialHello(context.Background(), mustCredentials(otherKey, m), c.addrs[0], 1, vmID, hello)
 		if !errors.Is(err, auth.ErrHandshake) {
 			t.Fatalf("%v: recovery dial with a wrong key: %v", m, err)
 		}
@@ -239,7 +240,7 @@ func TestHostileSecondLinkConnection(t *testing.T) {
 	waitCommitted(t, p, 3, 10*time.Second, nil)
 	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer dcancel()
-	_, err := dialHello(dctx, testCreds, c.addrs[0], 0x7E57, Hello{Role: RoleLink, Link: 0, Links: 1, MemBytes: 64 * PageSize, Policy: PolicyFT})
+	_, err := dialHello(dctx, testCreds, c.addrs[0], 0x7E57, 1, Hello{Role: RoleLink, Link: 0, Links: 1, MemBytes: 64 * PageSize, Policy: PolicyFT})
 	if err == nil || !strings.Contains(err.Error(), "link 0 of this VM is already connected") {
 		t.Fatalf("a second connection for live link 0: %v, want a refusal", err)
 	}
@@ -253,7 +254,7 @@ func TestHostileSecondLinkConnection(t *testing.T) {
 	waitFor(t, "link 0 to be released", func() bool {
 		c.replicas[0].mu.Lock()
 		defer c.replicas[0].mu.Unlock()
-		return !c.replicas[0].liveLinks[0]
+		return c.replicas[0].liveLinks[0] == 0
 	})
 }
 
@@ -290,25 +291,25 @@ func TestHostileBindingRules(t *testing.T) {
 		msg  func() []byte
 	}{
 		{"map epoch repeats", func() []byte {
-			return appendMap(nil, vm, &MapRecord{Epoch: 3, Committed: 2, Regions: []Region{{First: 8, Pages: 1}}})
+			return appendMap(nil, vm, 1, &MapRecord{Epoch: 3, Committed: 2, Regions: []Region{{First: 8, Pages: 1}}})
 		}},
 		{"map epoch regresses", func() []byte {
-			return appendMap(nil, vm, &MapRecord{Epoch: 1, Committed: 0, Regions: []Region{{First: 8, Pages: 1}}})
+			return appendMap(nil, vm, 1, &MapRecord{Epoch: 1, Committed: 0, Regions: []Region{{First: 8, Pages: 1}}})
 		}},
 		{"map commits an unacknowledged epoch", func() []byte {
-			return appendMap(nil, vm, &MapRecord{Epoch: 5, Committed: 4, Regions: []Region{{First: 8, Pages: 1}}})
+			return appendMap(nil, vm, 1, &MapRecord{Epoch: 5, Committed: 4, Regions: []Region{{First: 8, Pages: 1}}})
 		}},
 		{"map commits far ahead", func() []byte {
-			return appendMap(nil, vm, &MapRecord{Epoch: 1 << 40, Committed: 1<<40 - 1, Regions: []Region{{First: 8, Pages: 1}}})
+			return appendMap(nil, vm, 1, &MapRecord{Epoch: 1 << 40, Committed: 1<<40 - 1, Regions: []Region{{First: 8, Pages: 1}}})
 		}},
 		{"map commit goes back", func() []byte {
-			return appendMap(nil, vm, &MapRecord{Epoch: 4, Committed: 1, Regions: []Region{{First: 8, Pages: 1}}})
+			return appendMap(nil, vm, 1, &MapRecord{Epoch: 4, Committed: 1, Regions: []Region{{First: 8, Pages: 1}}})
 		}},
 		{"commit of an unacknowledged epoch", func() []byte {
-			return appendHeader(nil, Header{Type: MsgCommit, VMID: vm, Epoch: 9})
+			return appendHeader(nil, Header{Generation: 1, Type: MsgCommit, VMID: vm, Epoch: 9})
 		}},
 		{"commit goes back", func() []byte {
-			return appendHeader(nil, Header{Type: MsgCommit, VMID: vm, Epoch: 1})
+			return appendHeader(nil, Header{Generation: 1, Type: MsgCommit, VMID: vm, Epoch: 1})
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -324,10 +325,10 @@ func TestHostileBindingRules(t *testing.T) {
 			waitFor(t, "link 0 to be released", func() bool {
 				r.mu.Lock()
 				defer r.mu.Unlock()
-				return !r.liveLinks[0]
+				return r.liveLinks[0] == 0
 			})
 			l2 := dialAs(t, addr, vm, hello)
-			send(t, l2, appendMap(nil, vm, &MapRecord{Epoch: 2, Committed: 2, Regions: []Region{{First: 8, Pages: 1}}}))
+			send(t, l2, appendMap(nil, vm, 1, &MapRecord{Epoch: 2, Committed: 2, Regions: []Region{{First: 8, Pages: 1}}}))
 			expectHangUp(t, l2.c.c, "a regression on a new connection")
 			l3 := dialAs(t, addr, vm, hello)
 			l3.epoch(4, 3, []Region{{First: 8, Pages: 1}}, 0x44, true)
@@ -380,7 +381,7 @@ func TestHostileTruncatedHandshakes(t *testing.T) {
 					untouched(t, r, fmt.Sprintf("cut at %d", cut))
 				}
 			}
-			c, err := dialHello(context.Background(), creds, addr, 0x600D, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
+			c, err := dialHello(context.Background(), creds, addr, 0x600D, 1, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
 			if err != nil {
 				t.Fatalf("the key holder after truncated handshakes: %v", err)
 			}
@@ -423,7 +424,7 @@ func TestHostileSilentPeersHoldNothing(t *testing.T) {
 		nc.Close()
 	}
 	untouched(t, r, "silent peers")
-	c, err := dialHello(context.Background(), testCreds, addr, 0x600D, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
+	c, err := dialHello(context.Background(), testCreds, addr, 0x600D, 1, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
 	if err != nil {
 		t.Fatalf("after the silent peers: %v", err)
 	}

@@ -69,8 +69,8 @@ type sendDeadliner interface {
 func (l *tcpLink) SetSendDeadline(t time.Time) { l.deadline = t }
 
 // dialLink connects link index to a replica and says hello.
-func dialLink(ctx context.Context, creds *auth.Credentials, addr string, index int, vmID uint64, hello Hello, acks chan<- Ack) (*tcpLink, error) {
-	c, err := dialHello(ctx, creds, addr, vmID, hello)
+func dialLink(ctx context.Context, creds *auth.Credentials, addr string, index int, vmID, gen uint64, hello Hello, acks chan<- Ack) (*tcpLink, error) {
+	c, err := dialHello(ctx, creds, addr, vmID, gen, hello)
 	if err != nil {
 		return nil, fmt.Errorf("replicate: link %d: %w", index, err)
 	}
@@ -82,7 +82,9 @@ func dialLink(ctx context.Context, creds *auth.Credentials, addr string, index i
 // dialHello opens a connection, authenticates it with creds (both ends
 // prove they hold the key; see package auth) and exchanges hello and
 // welcome. Nothing is sent in a Tandem message before the handshake.
-func dialHello(ctx context.Context, creds *auth.Credentials, addr string, vmID uint64, hello Hello) (*conn, error) {
+// gen is the primary term the connection belongs to: a node that has seen
+// a newer one answers MsgFenced, and the error wraps ErrFenced.
+func dialHello(ctx context.Context, creds *auth.Credentials, addr string, vmID, gen uint64, hello Hello) (*conn, error) {
 	if creds == nil {
 		return nil, errNoCredentials
 	}
@@ -99,7 +101,7 @@ func dialHello(ctx context.Context, creds *auth.Credentials, addr string, vmID u
 		return nil, fmt.Errorf("replicate: peer %s: %w", addr, err)
 	}
 	c := newConn(nc)
-	c.vmID = vmID
+	c.vmID, c.gen = vmID, gen
 	c.peer = addr
 	if err := c.send(MsgHello, 0, hello.marshal()); err != nil {
 		nc.Close()
@@ -109,10 +111,12 @@ func dialHello(ctx context.Context, creds *auth.Credentials, addr string, vmID u
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetReadDeadline(dl)
 	}
-	h, err := readHeader(c.r, vmID)
+	h, err := c.readHeader()
 	if err == nil && h.Type == MsgError {
 		p, _ := readPayload(c.r, h)
 		err = fmt.Errorf("refused: %s", p)
+	} else if err == nil && h.Type == MsgFenced {
+		err = c.readFenced(h)
 	} else if err == nil && (h.Type != MsgWelcome || h.Length != 0) {
 		err = fmt.Errorf("%w: answer to hello is %v", ErrProtocol, h.Type)
 	}
@@ -128,8 +132,10 @@ func (l *tcpLink) String() string { return fmt.Sprintf("link %d (%s)", l.index, 
 
 func (l *tcpLink) readAcks(acks chan<- Ack) {
 	for {
-		h, err := readHeader(l.c.r, l.c.vmID)
-		if err == nil && h.Type != MsgAck {
+		h, err := l.c.readHeader()
+		if err == nil && h.Type == MsgFenced {
+			err = l.c.readFenced(h)
+		} else if err == nil && h.Type != MsgAck {
 			err = fmt.Errorf("%w: unexpected %v message", ErrProtocol, h.Type)
 		}
 		if err != nil {
@@ -141,7 +147,7 @@ func (l *tcpLink) readAcks(acks chan<- Ack) {
 }
 
 func (l *tcpLink) WriteMap(m *MapRecord) error {
-	l.hdrs = appendMap(l.hdrs[:0], l.c.vmID, m)
+	l.hdrs = appendMap(l.hdrs[:0], l.c.vmID, l.c.gen, m)
 	l.bufs = append(l.bufs[:0], l.hdrs)
 	return nil
 }
@@ -162,7 +168,7 @@ func (l *tcpLink) WriteSG(sg [][]byte) error {
 			part, sg[0] = [][]byte{sg[0][:maxDataMessage]}, sg[0][maxDataMessage:]
 			n = maxDataMessage
 		}
-		l.bufs = append(l.bufs, appendHeader(nil, Header{Type: MsgData, VMID: l.c.vmID, Epoch: epoch, Length: uint32(n)}))
+		l.bufs = append(l.bufs, appendHeader(nil, Header{Type: MsgData, VMID: l.c.vmID, Generation: l.c.gen, Epoch: epoch, Length: uint32(n)}))
 		for _, p := range part {
 			l.bufs = append(l.bufs, p)
 		}
@@ -177,7 +183,7 @@ func (l *tcpLink) epochOfMap() uint64 {
 }
 
 func (l *tcpLink) WriteImm(epoch uint64) error {
-	l.bufs = append(l.bufs, appendHeader(nil, Header{Type: MsgDone, VMID: l.c.vmID, Epoch: epoch}))
+	l.bufs = append(l.bufs, appendHeader(nil, Header{Type: MsgDone, VMID: l.c.vmID, Generation: l.c.gen, Epoch: epoch}))
 	bufs := l.bufs
 	l.bufs = l.bufs[:0]
 	l.c.wmu.Lock()
@@ -257,14 +263,14 @@ type stateLink struct {
 // copies to the guest's disks first (diskrep.go; on a redial they already
 // are). Its heartbeats carry committed(), the newest committed epoch, so
 // that the leader sees the epochs progress.
-func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID uint64, hello Hello, acks chan<- Ack, heartbeat, redialWithin time.Duration, committed func() uint64, disks []DiskImage, log *slog.Logger) (*stateLink, error) {
+func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID, gen uint64, hello Hello, acks chan<- Ack, heartbeat, redialWithin time.Duration, committed func() uint64, disks []DiskImage, log *slog.Logger) (*stateLink, error) {
 	hashes, err := hashDisks(disks)
 	if err != nil {
 		return nil, err
 	}
 	s := &stateLink{stop: make(chan struct{}), vmID: vmID, redialWithin: redialWithin}
 	s.dial = func(ctx context.Context) (*conn, error) {
-		c, err := dialHello(ctx, creds, addr, vmID, hello)
+		c, err := dialHello(ctx, creds, addr, vmID, gen, hello)
 		if err != nil {
 			return nil, fmt.Errorf("replicate: leader: %w", err)
 		}
@@ -307,9 +313,14 @@ func (s *stateLink) readAcks(acks chan<- Ack) {
 		s.mu.Lock()
 		c := s.c
 		s.mu.Unlock()
-		h, err := readHeader(c.r, s.vmID)
+		h, err := c.readHeader()
 		switch {
 		case err != nil:
+		case h.Type == MsgFenced:
+			// Another primary term has begun: no redial may go on with
+			// this one.
+			acks <- Ack{Link: -1, Err: c.errorf("leader: %w", c.readFenced(h))}
+			return
 		case h.Type == MsgError:
 			// A refusal is the leader's answer, not a broken connection:
 			// redialling would only be refused again.

@@ -74,8 +74,13 @@ type PrimaryConfig struct {
 	// Leader is the address of the leader's state endpoint.
 	Leader string
 	VMID   uint64
-	Guest  string
-	VCPUs  int
+	// Generation is this primary's term (see the package documentation,
+	// "Generations and fencing"): every message carries it, and a node
+	// that has seen a newer one refuses it. Zero means 1, a VM's first
+	// term; a takeover runs under Recovered.Generation.
+	Generation uint64
+	Guest      string
+	VCPUs      int
 	// Epoch is how long the VM runs between two pauses.
 	Epoch  time.Duration
 	Policy Policy
@@ -181,6 +186,9 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	if cfg.SGMax < 1 {
 		cfg.SGMax = 32
 	}
+	if cfg.Generation == 0 {
+		cfg.Generation = 1
+	}
 	if cfg.AckTimeout <= 0 {
 		cfg.AckTimeout = 2 * time.Second
 	}
@@ -228,7 +236,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 		h := hello
 		h.Role = RoleState
 		var err error
-		p.leader, err = dialLeader(ctx, p.cfg.Auth, p.cfg.Leader, p.cfg.VMID, h, p.acks, p.cfg.Heartbeat, p.cfg.AckTimeout, p.committed.Load, p.cfg.Disks, p.log)
+		p.leader, err = dialLeader(ctx, p.cfg.Auth, p.cfg.Leader, p.cfg.VMID, p.cfg.Generation, h, p.acks, p.cfg.Heartbeat, p.cfg.AckTimeout, p.committed.Load, p.cfg.Disks, p.log)
 		errs[len(errs)-1] = err
 	}()
 	wg.Wait()
@@ -278,6 +286,9 @@ func (p *Primary) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		if err := p.runEpoch(ctx); err != nil {
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				return nil // cancelled in the middle of an epoch: not a failure
+			}
 			return p.stopped(ctx, err)
 		}
 		t.Reset(p.cfg.Epoch)
@@ -646,6 +657,9 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 	}
 	handle := func(a Ack) error {
 		switch {
+		case a.Err != nil && errors.Is(a.Err, ErrFenced):
+			// Another term has begun: this one must stop, not degrade.
+			return a.Err
 		case a.Err != nil && a.Link < 0:
 			return fmt.Errorf("%w: %v", ErrLeaderLost, a.Err)
 		case a.Err != nil:

@@ -246,7 +246,7 @@ type rdmaDial struct {
 }
 
 func (p *Primary) dialTCP(ctx context.Context, addr string, index int, hello Hello) (Link, error) {
-	l, err := dialLink(ctx, p.cfg.Auth, addr, index, p.cfg.VMID, hello, p.acks)
+	l, err := dialLink(ctx, p.cfg.Auth, addr, index, p.cfg.VMID, p.cfg.Generation, hello, p.acks)
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,7 @@ type rdmaGrant struct {
 	ticket  rdmaTicket
 	confirm [32]byte
 	vmID    uint64
+	gen     uint64
 	hello   Hello // RoleLink
 	expires time.Time
 }
@@ -53,8 +54,8 @@ const ticketPayload = 16 + 32
 // serveRDMASetup answers an authenticated RoleRDMA connection: it issues a
 // ticket for the admitted hello and revokes it when the connection closes
 // or the handshake timeout passes, whichever is first.
-func (r *Replica) serveRDMASetup(c *conn, vmID uint64, hello Hello) error {
-	g := &rdmaGrant{vmID: vmID, hello: hello, expires: time.Now().Add(r.cfg.Auth.Timeout())}
+func (r *Replica) serveRDMASetup(c *conn, hello Hello) error {
+	g := &rdmaGrant{vmID: c.vmID, gen: c.gen, hello: hello, expires: time.Now().Add(r.cfg.Auth.Timeout())}
 	g.hello.Role = RoleLink
 	if _, err := rand.Read(g.ticket[:]); err != nil {
 		return c.errorf("rdma setup: %w", err)
@@ -78,7 +79,7 @@ func (r *Replica) serveRDMASetup(c *conn, vmID uint64, hello Hello) error {
 	// The primary closes the connection once its RDMA link is up (or
 	// failed); nothing else may arrive on it.
 	c.c.SetReadDeadline(g.expires)
-	h, err := readHeader(c.r, vmID)
+	h, err := c.readHeader()
 	if err == nil {
 		return c.errorf("rdma setup: %w: unexpected %v message", ErrProtocol, h.Type)
 	}
@@ -103,7 +104,7 @@ var errNoTicket = &refusal{public: "the RDMA link was not authenticated", detail
 
 // takeRDMATicket consumes the ticket of a connect request and returns what
 // it stands for. Every outstanding ticket is compared in constant time.
-func (r *Replica) takeRDMATicket(t rdmaTicket) (uint64, Hello, [32]byte, error) {
+func (r *Replica) takeRDMATicket(t rdmaTicket) (*rdmaGrant, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
@@ -114,11 +115,11 @@ func (r *Replica) takeRDMATicket(t rdmaTicket) (uint64, Hello, [32]byte, error) 
 		}
 	}
 	if found < 0 {
-		return 0, Hello{}, [32]byte{}, errNoTicket
+		return nil, errNoTicket
 	}
 	g := r.rdmaGrants[found]
 	r.rdmaGrants = append(r.rdmaGrants[:found], r.rdmaGrants[found+1:]...)
-	return g.vmID, g.hello, g.confirm, nil
+	return g, nil
 }
 
 // rdmaSetup is the primary's side: an authenticated connection to the
@@ -132,7 +133,7 @@ func (p *Primary) rdmaSetup(ctx context.Context, a LinkAddr, hello Hello) (*conn
 	}
 	h := hello
 	h.Role = RoleRDMA
-	c, err := dialHello(ctx, p.cfg.Auth, a.Auth, p.cfg.VMID, h)
+	c, err := dialHello(ctx, p.cfg.Auth, a.Auth, p.cfg.VMID, p.cfg.Generation, h)
 	if err != nil {
 		return nil, t, key, fmt.Errorf("authenticating at %s: %w", a.Auth, err)
 	}
@@ -141,7 +142,7 @@ func (p *Primary) rdmaSetup(ctx context.Context, a LinkAddr, hello Hello) (*conn
 	} else {
 		c.c.SetReadDeadline(time.Now().Add(p.cfg.Auth.Timeout()))
 	}
-	hd, err := readHeader(c.r, p.cfg.VMID)
+	hd, err := c.readHeader()
 	if err == nil && hd.Type == MsgError {
 		pl, _ := readPayload(c.r, hd)
 		err = fmt.Errorf("refused: %s", pl)

@@ -19,7 +19,7 @@ func TestRDMASetupTickets(t *testing.T) {
 	r, addr, _ := startReplica(t, ReplicaConfig{})
 	const vmID = 0x4D4A
 	hello := Hello{Links: 2, MemBytes: 64 * PageSize, Policy: PolicyFast, Link: 1}
-	p := &Primary{cfg: PrimaryConfig{Auth: testCreds, VMID: vmID}}
+	p := &Primary{cfg: PrimaryConfig{Auth: testCreds, Generation: 1, VMID: vmID}}
 	a := LinkAddr{Transport: TransportRDMA, Host: "192.0.2.1", Port: "7471", Auth: addr}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -45,7 +45,7 @@ func TestRDMASetupTickets(t *testing.T) {
 	}
 
 	// A random ticket is refused, with a reason that names nothing.
-	if _, _, _, err := r.takeRDMATicket(rdmaTicket{1, 2, 3}); err == nil || strings.Contains(publicText(err), "4d4a") {
+	if _, err := r.takeRDMATicket(rdmaTicket{1, 2, 3}); err == nil || strings.Contains(publicText(err), "4d4a") {
 		t.Fatalf("random ticket: %v", err)
 	}
 
@@ -54,11 +54,15 @@ func TestRDMASetupTickets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, h, key, err := r.takeRDMATicket(tk)
-	if err != nil || id != vmID || h.Role != RoleLink || h.Link != 1 || h.MemBytes != hello.MemBytes || key != confirm {
+	g, err := r.takeRDMATicket(tk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, h, key := g.vmID, g.hello, g.confirm
+	if g.gen != 1 || id != vmID || h.Role != RoleLink || h.Link != 1 || h.MemBytes != hello.MemBytes || key != confirm {
 		t.Fatalf("ticket stands for %x %+v (key matches: %v), %v", id, h, key == confirm, err)
 	}
-	if _, _, _, err := r.takeRDMATicket(tk); err == nil {
+	if _, err := r.takeRDMATicket(tk); err == nil {
 		t.Fatal("a ticket was used twice")
 	}
 	c.c.Close()
@@ -70,13 +74,13 @@ func TestRDMASetupTickets(t *testing.T) {
 	}
 	c.c.Close()
 	waitFor(t, "the ticket to be revoked", func() bool { return outstanding() == 0 })
-	if _, _, _, err := r.takeRDMATicket(tk); err == nil {
+	if _, err := r.takeRDMATicket(tk); err == nil {
 		t.Fatal("a ticket outlived its set-up connection")
 	}
 
 	// A live link index gets no ticket.
 	r.mu.Lock()
-	r.liveLinks[1] = true
+	r.liveLinks[1] = 1
 	r.mu.Unlock()
 	if _, _, _, err := p.rdmaSetup(ctx, a, hello); err == nil || !strings.Contains(err.Error(), "link 1 of this VM is already connected") {
 		t.Fatalf("set-up for a live link: %v", err)
@@ -87,7 +91,7 @@ func TestRDMASetupTickets(t *testing.T) {
 // its ticket past the handshake timeout.
 func TestRDMASetupTicketExpires(t *testing.T) {
 	r, addr, _ := startReplica(t, ReplicaConfig{Auth: testCreds.WithTimeout(200 * time.Millisecond)})
-	p := &Primary{cfg: PrimaryConfig{Auth: testCreds, VMID: 0x4D4B}}
+	p := &Primary{cfg: PrimaryConfig{Auth: testCreds, Generation: 1, VMID: 0x4D4B}}
 	a := LinkAddr{Transport: TransportRDMA, Host: "192.0.2.1", Port: "7471", Auth: addr}
 	c, tk, _, err := p.rdmaSetup(context.Background(), a, Hello{Links: 1, MemBytes: 64 * PageSize, Policy: PolicyFT})
 	if err != nil {
@@ -95,7 +99,7 @@ func TestRDMASetupTicketExpires(t *testing.T) {
 	}
 	defer c.c.Close()
 	expectHangUp(t, c.c, "an idle rdma set-up")
-	if _, _, _, err := r.takeRDMATicket(tk); err == nil {
+	if _, err := r.takeRDMATicket(tk); err == nil {
 		t.Fatal("a ticket outlived the handshake timeout")
 	}
 }

@@ -169,6 +169,7 @@ type rdmaConn struct {
 	id         cmID
 	link       uint32
 	vmID       uint64
+	gen        uint64 // the generation of the set-up's hello
 	memBytes   uint64
 	dev        *verbsDevice
 	ep         *rdmaEndpoint
@@ -200,15 +201,16 @@ func (r *Replica) acceptRDMA(ev cmEventInfo) (*rdmaConn, error) {
 	}
 	// Only a request with a ticket from an authenticated set-up gets
 	// anywhere; the hello is the one admitted there (rdma_auth.go).
-	vmID, hello, confirm, err := r.takeRDMATicket(ticket)
+	g, err := r.takeRDMATicket(ticket)
 	if err != nil {
 		return fail(err)
 	}
-	if err := r.admit(vmID, &hello); err != nil {
+	hello, confirm := g.hello, g.confirm
+	if err := r.admit(g.vmID, g.gen, &hello, nil); err != nil {
 		return fail(err)
 	}
 	c.claimed = true // link index bound: released in teardown
-	c.link, c.vmID, c.memBytes = hello.Link, vmID, hello.MemBytes
+	c.link, c.vmID, c.gen, c.memBytes = hello.Link, g.vmID, g.gen, hello.MemBytes
 	if c.dev, err = acquireDevice(cmVerbs(ev.id)); err != nil {
 		return fail(err)
 	}
@@ -223,7 +225,7 @@ func (r *Replica) acceptRDMA(ev cmEventInfo) (*rdmaConn, error) {
 	if c.ep, err = newEndpoint(ev.id, c.dev, rdmaConnSendDepth, rdmaConnRecvDepth, c.onRecv, c.onFail); err != nil {
 		return fail(err)
 	}
-	r.attachRDMAStaging(c.link, c.staging, c.memBytes)
+	r.attachRDMAStaging(c.link, c.gen, c.staging, c.memBytes)
 	acc := rdmaAcceptData{
 		StagingAddr: uint64(addrOf(c.staging)), StagingHalf: c.memBytes, StagingKey: c.stagingReg.rkey,
 		MapKey: c.mapReg.rkey, MapAddr: uint64(addrOf(c.mapBuf)), MapLen: uint32(len(c.mapBuf)),
@@ -243,7 +245,7 @@ func (c *rdmaConn) onRecv(w wcInfo) error {
 	case w.opcode == wcOpRecvImm:
 		return c.epochDone(decodeImm(w.imm), w.byteLen)
 	case w.opcode == wcOpRecv && w.flags&wcFlagWithImm != 0:
-		return c.r.commit(c.link, expandEpoch(decodeImm(w.imm), c.last))
+		return c.r.commit(c.link, c.gen, expandEpoch(decodeImm(w.imm), c.last))
 	}
 	return fmt.Errorf("%w: link %d: unexpected RDMA message (completion opcode %d)", ErrProtocol, c.link, w.opcode)
 }
@@ -251,7 +253,7 @@ func (c *rdmaConn) onRecv(w wcInfo) error {
 // epochDone stages an epoch whose map and data the primary has written,
 // and acknowledges it.
 func (c *rdmaConn) epochDone(low, finalBytes uint32) error {
-	m, err := c.r.stageRDMAEpoch(c.link, c.vmID, c.mapBuf, low, finalBytes)
+	m, err := c.r.stageRDMAEpoch(c.link, c.vmID, c.gen, c.mapBuf, low, finalBytes)
 	if err != nil {
 		return err
 	}
@@ -307,6 +309,6 @@ func (c *rdmaConn) teardown() {
 	cmDestroyID(c.id)
 	if c.claimed {
 		c.claimed = false
-		c.r.releaseLink(c.link)
+		c.r.releaseLink(c.link, c.gen)
 	}
 }

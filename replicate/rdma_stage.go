@@ -8,13 +8,17 @@ import "fmt"
 // drive it with a software stand-in for the NIC.
 
 // attachRDMAStaging makes an RDMA link's registered buffer the staging
-// area of its link: epoch e is staged in half e%2 (see rdma.go).
-func (r *Replica) attachRDMAStaging(link uint32, buf []byte, half uint64) {
+// area of its link: epoch e is staged in half e%2 (see rdma.go). A link
+// of a newer generation gets a fresh stage, as in beginEpoch.
+func (r *Replica) attachRDMAStaging(link uint32, gen uint64, buf []byte, half uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := r.stages[link]
-	if st == nil {
-		st = &stage{link: link}
+	if st == nil || st.gen < gen {
+		st = &stage{link: link, gen: gen}
+		if old := r.stages[link]; old != nil {
+			st.appliedEpoch = old.appliedEpoch
+		}
 		r.stages[link] = st
 	}
 	st.buf = func(e, need uint64) []byte {
@@ -28,7 +32,7 @@ func (r *Replica) attachRDMAStaging(link uint32, buf []byte, half uint64) {
 // checks the map against the immediate's low 32 bits and the final write's
 // byte count, then the TCP replica's own logic applies or drops the
 // previous epoch and stages this one, complete. The caller acknowledges it.
-func (r *Replica) stageRDMAEpoch(link uint32, vmID uint64, mapBuf []byte, low, finalBytes uint32) (*MapRecord, error) {
+func (r *Replica) stageRDMAEpoch(link uint32, vmID, gen uint64, mapBuf []byte, low, finalBytes uint32) (*MapRecord, error) {
 	r.mu.Lock()
 	pages := uint64(len(r.store.epochs))
 	r.mu.Unlock()
@@ -48,7 +52,7 @@ func (r *Replica) stageRDMAEpoch(link uint32, vmID uint64, mapBuf []byte, low, f
 	if !attached {
 		return nil, fmt.Errorf("link %d: no RDMA staging buffer attached", link)
 	}
-	if err := r.beginEpoch(link, m); err != nil {
+	if err := r.beginEpoch(link, gen, m); err != nil {
 		return nil, err
 	}
 	r.mu.Lock()

@@ -568,12 +568,12 @@ func TestRDMADataPathSoftNIC(t *testing.T) {
 	}
 
 	r := NewReplica(ReplicaConfig{Log: quietLog(), Auth: testCreds})
-	if err := r.admit(vmID, &Hello{Role: RoleLink, Links: 1, MemBytes: mem, Policy: PolicyFT}); err != nil {
+	if err := r.admit(vmID, 1, &Hello{Role: RoleLink, Links: 1, MemBytes: mem, Policy: PolicyFT}, nil); err != nil {
 		t.Fatal(err)
 	}
 	staging := make([]byte, 2*mem)
 	mapBuf := make([]byte, rdmaMapCapacity(pages))
-	r.attachRDMAStaging(0, staging, mem)
+	r.attachRDMAStaging(0, 1, staging, mem)
 	remote := rdmaAcceptData{
 		StagingAddr: uint64(addrOf(staging)), StagingHalf: mem, StagingKey: 0x51, MapKey: 0x52,
 		MapAddr: uint64(addrOf(mapBuf)), MapLen: uint32(len(mapBuf)), Receives: 32, MaxMsg: 1 << 31,
@@ -612,7 +612,7 @@ func TestRDMADataPathSoftNIC(t *testing.T) {
 		}
 		imm, final, _ := nic.run(t, plan.descs, -1)
 		snaps[e] = bytes.Clone(guest)
-		got, err := r.stageRDMAEpoch(0, vmID, mapBuf, decodeImm(imm), final)
+		got, err := r.stageRDMAEpoch(0, vmID, 1, mapBuf, decodeImm(imm), final)
 		if err != nil {
 			t.Fatalf("epoch %d: %v", e, err)
 		}
@@ -625,7 +625,7 @@ func TestRDMADataPathSoftNIC(t *testing.T) {
 		switch x := rng.IntN(10); {
 		case x < 6:
 			committed = e
-			r.commit(0, e)
+			r.commit(0, 1, e)
 			full = false
 		case x < 8:
 			committed = e // committed, but the message is lost
@@ -685,7 +685,7 @@ func TestRDMADataPathSoftNIC(t *testing.T) {
 func TestStageRDMAEpochRejectsMismatches(t *testing.T) {
 	const pages = 16
 	r := NewReplica(ReplicaConfig{Log: quietLog(), Auth: testCreds})
-	if err := r.admit(9, &Hello{Role: RoleLink, Links: 1, MemBytes: pages * PageSize, Policy: PolicyFT}); err != nil {
+	if err := r.admit(9, 1, &Hello{Role: RoleLink, Links: 1, MemBytes: pages * PageSize, Policy: PolicyFT}, nil); err != nil {
 		t.Fatal(err)
 	}
 	mapBuf := make([]byte, rdmaMapCapacity(pages))
@@ -693,20 +693,20 @@ func TestStageRDMAEpochRejectsMismatches(t *testing.T) {
 	if _, err := putRDMAMap(mapBuf, 9, m, 2*PageSize); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.stageRDMAEpoch(0, 9, mapBuf, 7, 2*PageSize); err == nil {
+	if _, err := r.stageRDMAEpoch(0, 9, 1, mapBuf, 7, 2*PageSize); err == nil {
 		t.Error("epoch staged with no RDMA buffer attached")
 	}
-	r.attachRDMAStaging(0, make([]byte, 2*pages*PageSize), pages*PageSize)
-	if _, err := r.stageRDMAEpoch(0, 9, mapBuf, 8, 2*PageSize); !errors.Is(err, ErrProtocol) {
+	r.attachRDMAStaging(0, 1, make([]byte, 2*pages*PageSize), pages*PageSize)
+	if _, err := r.stageRDMAEpoch(0, 9, 1, mapBuf, 8, 2*PageSize); !errors.Is(err, ErrProtocol) {
 		t.Errorf("immediate of another epoch: %v", err)
 	}
-	if _, err := r.stageRDMAEpoch(0, 9, mapBuf, 7, PageSize); !errors.Is(err, ErrProtocol) {
+	if _, err := r.stageRDMAEpoch(0, 9, 1, mapBuf, 7, PageSize); !errors.Is(err, ErrProtocol) {
 		t.Errorf("final write of the wrong length: %v", err)
 	}
-	if _, err := r.stageRDMAEpoch(0, 10, mapBuf, 7, 2*PageSize); !errors.Is(err, ErrProtocol) {
+	if _, err := r.stageRDMAEpoch(0, 10, 1, mapBuf, 7, 2*PageSize); !errors.Is(err, ErrProtocol) {
 		t.Errorf("map of another VM: %v", err)
 	}
-	if got, err := r.stageRDMAEpoch(0, 9, mapBuf, 7, 2*PageSize); err != nil || got.Epoch != 7 {
+	if got, err := r.stageRDMAEpoch(0, 9, 1, mapBuf, 7, 2*PageSize); err != nil || got.Epoch != 7 {
 		t.Errorf("good epoch: %v, %v", got, err)
 	}
 }

@@ -24,6 +24,10 @@ type Recovered struct {
 	Unreachable []string
 	// Took is the time from the start of recovery to a complete image.
 	Took time.Duration
+	// Generation is the takeover's primary term: one more than the newest
+	// this leader had seen, already fencing the failed primary at every
+	// replica that answered. The recovered VM replicates under it.
+	Generation uint64
 }
 
 // ErrUnrecoverable means no epoch can be rebuilt from what survives.
@@ -82,13 +86,18 @@ func (r *Replica) StartRecovery(ctx context.Context, replicas []string) (*Recove
 		return nil, fmt.Errorf("%w: this leader never received the primary's state", ErrUnrecoverable)
 	}
 	vmID, hello := r.vmID, r.hello
+	// The takeover is the next primary term: its generation fences the
+	// failed primary here and at every replica its hellos reach, before
+	// anything is read from them.
+	gen := r.gen + 1
+	r.fence(gen)
 	states := make(map[uint64]*StateRecord, len(r.states))
 	for e, s := range r.states {
 		states[e] = s
 	}
 	r.mu.Unlock()
 	rc := &Recovery{r: r, start: start, states: states, hello: hello, pages: hello.MemBytes / PageSize,
-		rec: &Recovered{MemBytes: hello.MemBytes, VCPUs: int(hello.VCPUs), Guest: hello.Guest}}
+		rec: &Recovered{MemBytes: hello.MemBytes, VCPUs: int(hello.VCPUs), Guest: hello.Guest, Generation: gen}}
 
 	// Ask everyone what they hold.
 	rc.views = make([]*replicaView, len(replicas))
@@ -101,7 +110,7 @@ func (r *Replica) StartRecovery(ctx context.Context, replicas []string) (*Recove
 			v := rc.views[i]
 			qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			v.c, v.err = dialHello(qctx, r.cfg.Auth, addr, vmID, Hello{Role: RoleRecovery, MemBytes: hello.MemBytes, Policy: hello.Policy})
+			v.c, v.err = dialHello(qctx, r.cfg.Auth, addr, vmID, gen, Hello{Role: RoleRecovery, MemBytes: hello.MemBytes, Policy: hello.Policy})
 			if v.err == nil {
 				v.c.c.SetDeadline(time.Now().Add(r.recoveryStepTimeout()))
 				v.report, v.err = query(v.c)
@@ -370,7 +379,7 @@ func query(c *conn) (*Report, error) {
 	if err := c.send(MsgQuery, 0, nil); err != nil {
 		return nil, c.errorf("query: %w", err)
 	}
-	h, err := readHeader(c.r, c.vmID)
+	h, err := c.readHeader()
 	if err == nil && h.Type != MsgReport {
 		err = fmt.Errorf("%w: answer to query is %v", ErrProtocol, h.Type)
 	}
@@ -392,7 +401,7 @@ func resolve(c *conn, e, pages uint64) ([]uint64, error) {
 	if err := c.send(MsgResolve, e, nil); err != nil {
 		return nil, c.errorf("resolve: %w", err)
 	}
-	h, err := readHeader(c.r, c.vmID)
+	h, err := c.readHeader()
 	if err == nil && (h.Type != MsgEpochs || uint64(h.Length) != 8*pages) {
 		err = fmt.Errorf("%w: answer to resolve is %v of %d bytes for %d pages", ErrProtocol, h.Type, h.Length, pages)
 	}
@@ -430,7 +439,7 @@ func fetchPages(c *conn, regions []Region, mem []byte, step time.Duration) error
 		if err := c.send(MsgFetch, 0, appendRegions(nil, batch)); err != nil {
 			return c.errorf("fetch: %w", err)
 		}
-		h, err := readHeader(c.r, c.vmID)
+		h, err := c.readHeader()
 		if err == nil && (h.Type != MsgData || uint64(h.Length) != n) {
 			err = fmt.Errorf("%w: answer to fetch is %v of %d bytes, want %d", ErrProtocol, h.Type, h.Length, n)
 		}

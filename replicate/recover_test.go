@@ -99,7 +99,7 @@ func startMessageProxy(t *testing.T, target string, rcvBuf int, decide func(typ 
 						return
 					}
 					typ := MsgType(binary.LittleEndian.Uint16(hb[6:]))
-					length := binary.LittleEndian.Uint32(hb[24:])
+					length := binary.LittleEndian.Uint32(hb[32:])
 					switch decide(typ, length) {
 					case hangUp:
 						client.Close()
@@ -201,7 +201,7 @@ func TestRefusalsReachTheClient(t *testing.T) {
 	const served = 0x5EC12E7
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := dialHello(ctx, testCreds, addr, served, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
+	c, err := dialHello(ctx, testCreds, addr, served, 1, Hello{Role: RoleLink, Links: 1, MemBytes: 64 * PageSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +216,7 @@ func TestRefusalsReachTheClient(t *testing.T) {
 		{"other memory size", served, Hello{Role: RoleLink, Links: 1, MemBytes: 128 * PageSize}, "refused: the memory size in the hello differs"},
 		{"not the leader", served, Hello{Role: RoleState, Links: 1, MemBytes: 64 * PageSize}, "refused: this replica is not the leader"},
 	} {
-		_, err := dialHello(ctx, testCreds, addr, tc.vmID, tc.hello)
+		_, err := dialHello(ctx, testCreds, addr, tc.vmID, 1, tc.hello)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 			continue
@@ -238,7 +238,7 @@ func TestReplicaRefusesGuestsLargerThanItsLimit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, mem := range []uint64{1 << 40, 257 * PageSize} {
-		_, err := dialHello(ctx, testCreds, addr, 0xB16, Hello{Role: RoleLink, Links: 1, MemBytes: mem})
+		_, err := dialHello(ctx, testCreds, addr, 0xB16, 1, Hello{Role: RoleLink, Links: 1, MemBytes: mem})
 		if err == nil || !strings.Contains(err.Error(), "more than this replica takes") {
 			t.Errorf("hello for %d bytes: %v, want a refusal naming the limit", mem, err)
 		}
@@ -249,7 +249,7 @@ func TestReplicaRefusesGuestsLargerThanItsLimit(t *testing.T) {
 	if bound != 0 || store != nil {
 		t.Fatalf("refused hellos bound the replica to VM %x (store allocated: %v)", bound, store != nil)
 	}
-	c, err := dialHello(ctx, testCreds, addr, 0x600D, Hello{Role: RoleLink, Links: 1, MemBytes: 256 * PageSize})
+	c, err := dialHello(ctx, testCreds, addr, 0x600D, 1, Hello{Role: RoleLink, Links: 1, MemBytes: 256 * PageSize})
 	if err != nil {
 		t.Fatalf("a guest within the limit: %v", err)
 	}

@@ -58,6 +58,10 @@ type stage struct {
 	complete bool
 	// appliedEpoch is the newest epoch of this link applied to the store.
 	appliedEpoch uint64
+	// gen is the generation whose epochs the stage holds: a link's first
+	// map of a newer generation starts a fresh stage (see beginEpoch), and
+	// no connection of another generation may touch it.
+	gen uint64
 	// recent is the staging the link needed lately (see beginEpoch).
 	recent uint64
 	// The binding rules (see the package documentation): the newest epoch
@@ -170,7 +174,7 @@ type Replica struct {
 	disks       leaderDisks
 	ended       bool // the primary said goodbye: its VM stopped on purpose
 	stateActive bool
-	stateGen    uint64 // state connections admitted so far
+	stateConns  uint64 // state connections admitted so far
 	// progressBy is when the primary's next progress (a new state or
 	// commit) is due; zero until its first state. interval is the epoch
 	// interval it announced, stateEpoch the newest epoch whose state
@@ -181,8 +185,14 @@ type Replica struct {
 	stateEpoch, progressEpoch uint64
 
 	// liveLinks holds the link indices bound to a live connection of the
-	// primary (TCP or RDMA): a second connection claiming one is refused.
-	liveLinks map[uint32]bool
+	// primary (TCP or RDMA), with that connection's generation: a second
+	// connection of the generation claiming one is refused.
+	liveLinks map[uint32]uint64
+	// gen is the newest generation any hello brought here; conns are the
+	// admitted connections, fenced (told and closed) once a newer
+	// generation arrives.
+	gen   uint64
+	conns map[*conn]struct{}
 	// rdmaGrants are the RDMA link tickets outstanding (rdma_auth.go).
 	rdmaGrants []*rdmaGrant
 }
@@ -203,7 +213,7 @@ func NewReplica(cfg ReplicaConfig) *Replica {
 	}
 	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{}),
 		disks:      leaderDisks{synced: make([]bool, len(cfg.Disks))},
-		handshakes: make(chan struct{}, maxHandshakes), liveLinks: map[uint32]bool{}}
+		handshakes: make(chan struct{}, maxHandshakes), liveLinks: map[uint32]uint64{}, conns: map[*conn]struct{}{}}
 }
 
 // Serve accepts connections until ctx is done.
@@ -250,11 +260,24 @@ type conn struct {
 	r    *bufio.Reader
 	peer string
 	vmID uint64
-	wmu  sync.Mutex
+	// gen is the generation of the primary term the connection belongs
+	// to: its hello's, carried by every message either way.
+	gen uint64
+	wmu sync.Mutex
 }
 
 func newConn(c net.Conn) *conn {
 	return &conn{c: c, r: bufio.NewReaderSize(c, 256<<10), peer: c.RemoteAddr().String()}
+}
+
+// readHeader reads and checks the next header: of this connection's VM
+// and generation.
+func (c *conn) readHeader() (Header, error) {
+	h, err := readHeader(c.r, c.vmID)
+	if err == nil {
+		err = checkGeneration(h, c.gen)
+	}
+	return h, err
 }
 
 func (c *conn) errorf(format string, args ...any) error {
@@ -269,7 +292,7 @@ func (c *conn) send(t MsgType, epoch uint64, payload []byte) error {
 // sendBy is send with a write deadline (none when zero): the write fails
 // once deadline passes rather than wait for a peer that stopped reading.
 func (c *conn) sendBy(deadline time.Time, t MsgType, epoch uint64, payload []byte) error {
-	b := appendHeader(make([]byte, 0, headerSize+len(payload)), Header{Type: t, VMID: c.vmID, Epoch: epoch, Length: uint32(len(payload))})
+	b := appendHeader(make([]byte, 0, headerSize+len(payload)), Header{Type: t, VMID: c.vmID, Generation: c.gen, Epoch: epoch, Length: uint32(len(payload))})
 	b = append(b, payload...)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -311,7 +334,7 @@ func (r *Replica) serveConn(ctx context.Context, raw net.Conn) error {
 	// A refusal goes out under the VM id the peer sent, so that its client
 	// reads it instead of rejecting a message for another VM; it says what
 	// is wrong without telling the peer anything about the VM served here.
-	c.vmID = h.VMID
+	c.vmID, c.gen = h.VMID, h.Generation
 	var hello Hello
 	if err := hello.unmarshal(p); err != nil {
 		c.sendError(err.Error())
@@ -322,12 +345,18 @@ func (r *Replica) serveConn(ctx context.Context, raw net.Conn) error {
 		c.sendError(err.Error())
 		return c.errorf("%w", err)
 	}
-	if err := r.admit(h.VMID, &hello); err != nil {
-		c.sendError(publicText(err))
+	if err := r.admit(c.vmID, c.gen, &hello, c); err != nil {
+		var f *fencedError
+		if errors.As(err, &f) {
+			c.sendFenced(f.newer)
+		} else {
+			c.sendError(publicText(err))
+		}
 		return c.errorf("%w", err)
 	}
+	defer r.release(c)
 	if hello.Role == RoleLink {
-		defer r.releaseLink(hello.Link)
+		defer r.releaseLink(hello.Link, c.gen)
 	}
 	nc.SetReadDeadline(time.Time{})
 	if err := c.send(MsgWelcome, 0, nil); err != nil {
@@ -339,7 +368,7 @@ func (r *Replica) serveConn(ctx context.Context, raw net.Conn) error {
 	case RoleState:
 		return r.serveState(c)
 	case RoleRDMA:
-		return r.serveRDMASetup(c, h.VMID, hello)
+		return r.serveRDMASetup(c, hello)
 	default:
 		return r.serveRecovery(c)
 	}
@@ -378,12 +407,89 @@ func publicText(err error) string {
 	return err.Error()
 }
 
-// admit checks a hello against the VM this replica serves.
-func (r *Replica) admit(vmID uint64, h *Hello) error {
+// fencedError refuses a connection of a generation older than one this
+// node has seen: its peer is told the newer one (MsgFenced).
+type fencedError struct{ gen, newer uint64 }
+
+func (e *fencedError) Error() string {
+	return fmt.Sprintf("generation %d is fenced: this node has seen generation %d", e.gen, e.newer)
+}
+
+func (e *fencedError) Unwrap() error { return ErrFenced }
+
+// ErrFenced reports that a node has seen a newer generation than a
+// connection's: another primary term has begun, so this one may neither
+// commit nor release output, and none of its data is applied.
+var ErrFenced = errors.New("replicate: fenced: a newer primary term has begun")
+
+// sendFenced tells the peer of an older generation that a newer one
+// exists, without waiting long for a peer that may not read.
+func (c *conn) sendFenced(newer uint64) {
+	c.sendBy(time.Now().Add(100*time.Millisecond), MsgFenced, 0, binary.LittleEndian.AppendUint64(nil, newer))
+}
+
+// readFenced reads a MsgFenced payload and returns the error it means.
+func (c *conn) readFenced(h Header) error {
+	p, err := readPayload(c.r, h)
+	if err != nil {
+		return err
+	}
+	if len(p) != 8 || binary.LittleEndian.Uint64(p) <= c.gen {
+		return fmt.Errorf("%w: a fenced message that names no newer generation than %d", ErrProtocol, c.gen)
+	}
+	return fmt.Errorf("%w: %s has seen generation %d, this term is generation %d", ErrFenced, c.peer, binary.LittleEndian.Uint64(p), c.gen)
+}
+
+// checkGen is the node half of fencing: a connection of a generation
+// older than the newest seen here may do nothing more. Call with r.mu.
+func (r *Replica) checkGen(gen uint64) error {
+	if gen < r.gen {
+		return &fencedError{gen: gen, newer: r.gen}
+	}
+	return nil
+}
+
+// fence raises the newest generation to gen and fences every connection
+// of an older one: each is told, and closed, so a deposed primary's links
+// and state connection end here at once. Call with r.mu.
+func (r *Replica) fence(gen uint64) {
+	if gen <= r.gen {
+		return
+	}
+	if r.gen != 0 {
+		r.log.Warn("a newer primary term: fencing the older one", "generation", gen, "fenced", r.gen)
+	}
+	r.gen = gen
+	for c := range r.conns {
+		if c.gen < gen {
+			delete(r.conns, c)
+			go func() {
+				c.sendFenced(gen)
+				closeNow(c.c)
+			}()
+		}
+	}
+}
+
+// release forgets an admitted connection that ended.
+func (r *Replica) release(c *conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.conns, c)
+}
+
+// admit checks a hello (with the VM id and generation of its header)
+// against the VM this replica serves and the newest generation seen here,
+// fences older generations, and records the connection c (nil for RDMA)
+// to be fenced in turn.
+func (r *Replica) admit(vmID, gen uint64, h *Hello, c *conn) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if vmID == 0 {
 		return fmt.Errorf("%w: hello without a VM id", ErrProtocol)
+	}
+	if gen == 0 {
+		return fmt.Errorf("%w: hello without a generation", ErrProtocol)
 	}
 	if limit := r.maxMem(); h.MemBytes > limit {
 		msg := fmt.Sprintf("a guest of %d MiB is more than this replica takes (%d MiB; tandem replica --max-mem)", h.MemBytes>>20, limit>>20)
@@ -405,24 +511,39 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 			detail: fmt.Sprintf("VM %016x has %d bytes of memory here, hello says %d", vmID, r.hello.MemBytes, h.MemBytes)}
 	case h.Role == RoleState && !r.cfg.Leader:
 		return errors.New("this replica is not the leader")
-	case h.Role == RoleState && r.stateActive:
+	}
+	if err := r.checkGen(gen); err != nil {
+		return err
+	}
+	newer := gen > r.gen
+	switch {
+	case h.Role == RoleState && r.stateActive && !newer:
 		return errors.New("the leader already has a state connection")
 	case h.Role == RoleState && r.isFailed():
 		return errors.New("the leader has declared the primary failed")
-	case (h.Role == RoleLink || h.Role == RoleRDMA) && r.liveLinks[h.Link]:
+	case (h.Role == RoleLink || h.Role == RoleRDMA) && r.liveLinks[h.Link] == gen:
 		return fmt.Errorf("link %d of this VM is already connected", h.Link)
+	}
+	r.fence(gen)
+	if c != nil {
+		r.conns[c] = struct{}{}
 	}
 	switch h.Role {
 	case RoleState:
+		if newer {
+			// The states of an older term are of no use to this one:
+			// a takeover uses only this term's.
+			clear(r.states)
+		}
 		r.stateActive = true // until serveState ends
-		r.stateGen++
+		r.stateConns++
 		r.hello.VCPUs, r.hello.Guest, r.hello.Links, r.hello.Policy = h.VCPUs, h.Guest, h.Links, h.Policy
 	case RoleLink:
 		// Only a replica that links feed holds a copy of guest memory.
 		if r.store == nil {
 			r.store = newStore(h.MemBytes)
 		}
-		r.liveLinks[h.Link] = true // until releaseLink
+		r.liveLinks[h.Link] = gen // until releaseLink
 	case RoleRecovery:
 		if r.store == nil {
 			return errors.New("this replica holds no pages: no link feeds it")
@@ -431,11 +552,14 @@ func (r *Replica) admit(vmID uint64, h *Hello) error {
 	return nil
 }
 
-// releaseLink frees a link index when its connection ends.
-func (r *Replica) releaseLink(link uint32) {
+// releaseLink frees a link index when its connection (of generation gen)
+// ends, unless a connection of a newer generation holds it now.
+func (r *Replica) releaseLink(link uint32, gen uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.liveLinks, link)
+	if r.liveLinks[link] == gen {
+		delete(r.liveLinks, link)
+	}
 }
 
 // serveLink receives one link's epochs: map, data, completion; acknowledges
@@ -443,7 +567,7 @@ func (r *Replica) releaseLink(link uint32) {
 func (r *Replica) serveLink(c *conn, link uint32) error {
 	pages := uint64(len(r.store.epochs))
 	for {
-		h, err := readHeader(c.r, c.vmID)
+		h, err := c.readHeader()
 		if err != nil {
 			return c.errorf("link %d: %w", link, err)
 		}
@@ -457,7 +581,7 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			if err != nil {
 				return c.errorf("link %d: %w", link, err)
 			}
-			if err := r.beginEpoch(link, m); err != nil {
+			if err := r.beginEpoch(link, c.gen, m); err != nil {
 				return c.errorf("%w", err)
 			}
 		case MsgData:
@@ -466,13 +590,16 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			}
 		case MsgDone:
 			r.mu.Lock()
-			st := r.stages[link]
+			st, err := r.linkStage(link, c.gen)
 			ok := st != nil && st.epoch == h.Epoch && !st.complete && st.received == uint64(len(st.data))
 			if ok {
 				st.complete = true
 				st.acked = max(st.acked, h.Epoch)
 			}
 			r.mu.Unlock()
+			if err != nil {
+				return c.errorf("link %d: %w", link, err)
+			}
 			if !ok {
 				return c.errorf("link %d: %w: completion of epoch %d does not match the data received", link, ErrProtocol, h.Epoch)
 			}
@@ -480,7 +607,7 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 				return c.errorf("link %d: %w", link, err)
 			}
 		case MsgCommit:
-			if err := r.commit(link, h.Epoch); err != nil {
+			if err := r.commit(link, c.gen, h.Epoch); err != nil {
 				return c.errorf("%w", err)
 			}
 		default:
@@ -493,6 +620,20 @@ func (r *Replica) stageOf(link uint32) *stage {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.stages[link]
+}
+
+// linkStage is the stage of a link for a connection of generation gen: nil
+// if the link has none, an error if a newer generation holds the link or
+// was seen here. Call with r.mu.
+func (r *Replica) linkStage(link uint32, gen uint64) (*stage, error) {
+	if err := r.checkGen(gen); err != nil {
+		return nil, err
+	}
+	st := r.stages[link]
+	if st != nil && st.gen != gen {
+		return nil, &fencedError{gen: gen, newer: st.gen}
+	}
+	return st, nil
 }
 
 // checkCommitted applies the binding rule on commits to a link: the
@@ -514,15 +655,30 @@ func checkCommitted(st *stage, what string, e uint64) error {
 // committed in the meantime is applied first; one that was not will never
 // be (the primary decided every earlier epoch before starting this one).
 // A map that breaks the binding rules is refused and changes nothing.
-func (r *Replica) beginEpoch(link uint32, m *MapRecord) error {
+//
+// A link's first map of a newer generation replaces its stage with a fresh
+// one (no buffer of the old is reused, so a fenced connection's last
+// write cannot land in it): the older term's staged epoch was either
+// settled by the recovery that began the new term or is of no use, and
+// the binding rules start again with the term.
+func (r *Replica) beginEpoch(link uint32, gen uint64, m *MapRecord) error {
 	if st := r.stageOf(link); st != nil {
 		r.waitApplied(st)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := r.checkGen(gen); err != nil {
+		return err
+	}
 	st := r.stages[link]
-	if st == nil {
-		st = &stage{link: link}
+	switch {
+	case st == nil:
+		st = &stage{link: link, gen: gen}
+		r.stages[link] = st
+	case st.gen > gen:
+		return &fencedError{gen: gen, newer: st.gen}
+	case st.gen < gen:
+		st = &stage{link: link, gen: gen, appliedEpoch: st.appliedEpoch}
 		r.stages[link] = st
 	}
 	if m.Epoch <= st.lastMap {
@@ -556,10 +712,11 @@ func (r *Replica) beginEpoch(link uint32, m *MapRecord) error {
 func (r *Replica) receiveData(c *conn, link uint32, h Header) error {
 	n := uint64(h.Length)
 	r.mu.Lock()
-	st := r.stages[link]
+	st, err := r.linkStage(link, c.gen)
 	var dst []byte
-	var err error
 	switch {
+	case err != nil:
+		err = c.errorf("link %d: %w", link, err)
 	case st == nil || st.epoch != h.Epoch || st.complete:
 		err = c.errorf("link %d: %w: data for epoch %d without its map", link, ErrProtocol, h.Epoch)
 	case n > uint64(len(st.data))-st.received:
@@ -588,10 +745,13 @@ func (r *Replica) receiveData(c *conn, link uint32, h Header) error {
 // commit applies a link's staged epoch once it is committed, in the
 // background; the next map on the link waits for it. A commit that breaks
 // the binding rules is refused.
-func (r *Replica) commit(link uint32, epoch uint64) error {
+func (r *Replica) commit(link uint32, gen, epoch uint64) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	st := r.stages[link]
+	st, err := r.linkStage(link, gen)
+	if err != nil {
+		return fmt.Errorf("link %d: %w", link, err)
+	}
 	if st == nil {
 		return fmt.Errorf("%w: link %d: commit of epoch %d before any epoch", ErrProtocol, link, epoch)
 	}
@@ -637,7 +797,7 @@ func (r *Replica) waitApplies() {
 // the primary: heartbeats show its connection is alive, new states and
 // commits that its epochs progress (see the package documentation).
 func (r *Replica) serveState(c *conn) error {
-	defer r.stateEnded(c.peer)
+	defer r.stateEnded(c)
 	for {
 		now := time.Now()
 		deadline, progress, why := now.Add(r.cfg.HeartbeatTimeout), false, ""
@@ -647,7 +807,7 @@ func (r *Replica) serveState(c *conn) error {
 		}
 		r.mu.Unlock()
 		c.c.SetReadDeadline(deadline)
-		h, err := readHeader(c.r, c.vmID)
+		h, err := c.readHeader()
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -695,6 +855,10 @@ func (r *Replica) serveState(c *conn) error {
 				return c.errorf("state: %w", err)
 			}
 			r.mu.Lock()
+			if err := r.checkGen(c.gen); err != nil {
+				r.mu.Unlock()
+				return c.errorf("state: %w", err)
+			}
 			r.states[s.Epoch] = s
 			r.interval = s.Interval
 			r.stateEpoch = max(r.stateEpoch, s.Epoch)
@@ -709,6 +873,12 @@ func (r *Replica) serveState(c *conn) error {
 		case MsgCommit:
 			// The copies of the disks follow the commits (an error is kept
 			// for recovery to refuse).
+			r.mu.Lock()
+			err := r.checkGen(c.gen)
+			r.mu.Unlock()
+			if err != nil {
+				return c.errorf("state: %w", err)
+			}
 			r.deliverCommitted(h.Epoch)
 			r.mu.Lock()
 			if h.Epoch > r.committed {
@@ -752,15 +922,19 @@ func stateReadTime(heartbeat time.Duration, n uint32, floor float64) time.Durati
 // stateEnded frees the state connection's slot. The primary may redial
 // (stateLink.redial) within ReconnectWait; if no state connection is
 // admitted by then, it has failed.
-func (r *Replica) stateEnded(peer string) {
+func (r *Replica) stateEnded(c *conn) {
+	peer := c.peer
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if c.gen < r.gen {
+		return // fenced: a newer term's connection holds the slot, or will
+	}
 	r.stateActive = false
-	gen := r.stateGen
+	n := r.stateConns
 	timeout := r.cfg.ReconnectWait
 	time.AfterFunc(timeout, func() {
 		r.mu.Lock()
-		again := r.stateGen != gen
+		again := r.stateConns != n
 		r.mu.Unlock()
 		if !again {
 			r.declareFailed(fmt.Sprintf("state connection from %s lost, and the primary did not reconnect within %v", peer, timeout))
@@ -808,7 +982,7 @@ func (r *Replica) FailReason() string {
 func (r *Replica) serveRecovery(c *conn) error {
 	pages := uint64(len(r.store.epochs))
 	for {
-		h, err := readHeader(c.r, c.vmID)
+		h, err := c.readHeader()
 		if err != nil {
 			return c.errorf("recovery: %w", err)
 		}
@@ -882,7 +1056,7 @@ func (r *Replica) sendPages(c *conn, regions []Region) error {
 	for _, g := range regions {
 		n += g.Pages * PageSize
 	}
-	bufs := net.Buffers{appendHeader(nil, Header{Type: MsgData, VMID: c.vmID, Length: uint32(n)})}
+	bufs := net.Buffers{appendHeader(nil, Header{Type: MsgData, VMID: c.vmID, Generation: c.gen, Length: uint32(n)})}
 	if n > 1<<31 {
 		return fmt.Errorf("fetch of %d bytes is too large for one message", n)
 	}

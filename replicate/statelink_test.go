@@ -14,7 +14,7 @@ import (
 func stateHello(addr string, vmID uint64) (*conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return dialHello(ctx, testCreds, addr, vmID, Hello{Role: RoleState, Links: 1, MemBytes: 64 * PageSize, VCPUs: 1, Policy: PolicyFT, Guest: "fake"})
+	return dialHello(ctx, testCreds, addr, vmID, 1, Hello{Role: RoleState, Links: 1, MemBytes: 64 * PageSize, VCPUs: 1, Policy: PolicyFT, Guest: "fake"})
 }
 
 // expectRefused checks that a state hello was refused with want in the

@@ -10,19 +10,22 @@ import (
 	"github.com/tandemvm/tandem/replicate/disk"
 )
 
-// Wire format. Every message is a 32-byte header followed by its payload:
+// Wire format. Every message is a 40-byte header followed by its payload:
 //
-//	0  u32 magic "TNDM"     8  u64 VM id        24 u32 payload length
-//	4  u16 version          16 u64 epoch        28 u32 reserved (0)
-//	6  u16 type
+//	0  u32 magic "TNDM"     8  u64 VM id        24 u64 generation
+//	4  u16 version          16 u64 epoch        32 u32 payload length
+//	6  u16 type                                 36 u32 reserved (0)
 //
 // All integers are little endian. Decoders check magic, version, VM id,
 // type and the payload bound of the type before reading a payload, so a
-// malformed or hostile peer costs at most one bounded read.
+// malformed or hostile peer costs at most one bounded read. The
+// generation is the primary term the connection belongs to (see the
+// package documentation, "Generations and fencing"): fixed by the hello,
+// carried by every message in both directions, and checked on every read.
 const (
 	wireMagic   = 0x4D444E54 // "TNDM"
-	wireVersion = 1
-	headerSize  = 32
+	wireVersion = 2
+	headerSize  = 40
 )
 
 // MsgType is the kind of a protocol message.
@@ -58,10 +61,11 @@ const (
 	MsgDiskWant   // leader → primary: the chunks its copy lacks
 	MsgDiskChunk  // primary → leader: one of them
 	MsgDiskDone   // primary → leader: that disk is sent; the leader acks once durable
+	MsgFenced     // node → primary: a newer generation was seen here; payload: it (u64)
 	msgTypeEnd
 )
 
-var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done"}
+var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced"}
 
 func (t MsgType) String() string {
 	if t > 0 && t < msgTypeEnd {
@@ -93,6 +97,8 @@ func maxPayload(t MsgType) uint64 {
 		return 0
 	case MsgDiskDone:
 		return 4
+	case MsgFenced:
+		return 8
 	}
 	return maxSmallPayload
 }
@@ -103,10 +109,11 @@ var ErrProtocol = errors.New("replicate: protocol error")
 
 // Header is a decoded message header.
 type Header struct {
-	Type   MsgType
-	VMID   uint64
-	Epoch  uint64
-	Length uint32
+	Type       MsgType
+	VMID       uint64
+	Epoch      uint64
+	Generation uint64
+	Length     uint32
 }
 
 func (h Header) put(b []byte) {
@@ -116,8 +123,9 @@ func (h Header) put(b []byte) {
 	le.PutUint16(b[6:], uint16(h.Type))
 	le.PutUint64(b[8:], h.VMID)
 	le.PutUint64(b[16:], h.Epoch)
-	le.PutUint32(b[24:], h.Length)
-	le.PutUint32(b[28:], 0)
+	le.PutUint64(b[24:], h.Generation)
+	le.PutUint32(b[32:], h.Length)
+	le.PutUint32(b[36:], 0)
 }
 
 // appendHeader appends an encoded header to b.
@@ -138,10 +146,11 @@ func parseHeader(b []byte, vmID uint64) (Header, error) {
 		return Header{}, fmt.Errorf("%w: protocol version %d, this build speaks %d", ErrProtocol, v, wireVersion)
 	}
 	h := Header{
-		Type:   MsgType(le.Uint16(b[6:])),
-		VMID:   le.Uint64(b[8:]),
-		Epoch:  le.Uint64(b[16:]),
-		Length: le.Uint32(b[24:]),
+		Type:       MsgType(le.Uint16(b[6:])),
+		VMID:       le.Uint64(b[8:]),
+		Epoch:      le.Uint64(b[16:]),
+		Generation: le.Uint64(b[24:]),
+		Length:     le.Uint32(b[32:]),
 	}
 	if h.Type == 0 || h.Type >= msgTypeEnd {
 		return Header{}, fmt.Errorf("%w: unknown message type %d", ErrProtocol, uint16(h.Type))
@@ -162,6 +171,15 @@ func readHeader(r io.Reader, vmID uint64) (Header, error) {
 		return Header{}, err
 	}
 	return parseHeader(b[:], vmID)
+}
+
+// checkGeneration is the per-message half of fencing: every message on a
+// connection carries the generation its hello fixed.
+func checkGeneration(h Header, gen uint64) error {
+	if h.Generation != gen {
+		return fmt.Errorf("%w: %v message of generation %d on a connection of generation %d", ErrProtocol, h.Type, h.Generation, gen)
+	}
+	return nil
 }
 
 // readPayload reads a header's payload into a fresh slice.
@@ -294,8 +312,8 @@ func (m *MapRecord) Pages() uint64 {
 }
 
 // appendMap appends a map message (header and payload) to b.
-func appendMap(b []byte, vmID uint64, m *MapRecord) []byte {
-	b = appendHeader(b, Header{Type: MsgMap, VMID: vmID, Epoch: m.Epoch, Length: uint32(12 + 16*len(m.Regions))})
+func appendMap(b []byte, vmID, gen uint64, m *MapRecord) []byte {
+	b = appendHeader(b, Header{Type: MsgMap, VMID: vmID, Generation: gen, Epoch: m.Epoch, Length: uint32(12 + 16*len(m.Regions))})
 	return appendRegions(binary.LittleEndian.AppendUint64(b, m.Committed), m.Regions)
 }
 

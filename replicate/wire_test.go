@@ -11,7 +11,7 @@ import (
 )
 
 func TestHeaderRoundTripAndRejects(t *testing.T) {
-	h := Header{Type: MsgMap, VMID: 42, Epoch: 7, Length: 28}
+	h := Header{Generation: 1, Type: MsgMap, VMID: 42, Epoch: 7, Length: 28}
 	b := appendHeader(nil, h)
 	if len(b) != headerSize {
 		t.Fatalf("header is %d bytes, want %d", len(b), headerSize)
@@ -46,7 +46,7 @@ func TestHeaderRoundTripAndRejects(t *testing.T) {
 
 func TestMapRoundTripAndRejects(t *testing.T) {
 	m := &MapRecord{Epoch: 9, Committed: 8, Regions: []Region{{First: 0, Pages: 3}, {First: 10, Pages: 1}, {First: 20, Pages: 12}}}
-	b := appendMap(nil, 5, m)
+	b := appendMap(nil, 5, 1, m)
 	h, err := parseHeader(b, 5)
 	if err != nil {
 		t.Fatal(err)
@@ -70,14 +70,14 @@ func TestMapRoundTripAndRejects(t *testing.T) {
 		{"wraps around", []Region{{First: 1, Pages: ^uint64(0)}}, "outside"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := appendMap(nil, 5, &MapRecord{Epoch: 1, Regions: tc.regions})
+			b := appendMap(nil, 5, 1, &MapRecord{Epoch: 1, Regions: tc.regions})
 			h, _ := parseHeader(b, 5)
 			if _, err := parseMap(h, b[headerSize:], 64); !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v, want ErrProtocol mentioning %q", err, tc.want)
 			}
 		})
 	}
-	b = appendMap(nil, 5, m)
+	b = appendMap(nil, 5, 1, m)
 	h, _ = parseHeader(b, 5)
 	for n := 0; n < len(b)-headerSize; n++ {
 		if _, err := parseMap(h, b[headerSize:headerSize+n], 64); err == nil {
@@ -112,8 +112,8 @@ func TestHelloStateReportRoundTrip(t *testing.T) {
 // FuzzDecoders feeds arbitrary bytes to every decoder: none may panic, and
 // whatever parses must respect the limits it was given.
 func FuzzDecoders(f *testing.F) {
-	f.Add(appendMap(nil, 1, &MapRecord{Epoch: 2, Regions: []Region{{First: 1, Pages: 2}}}))
-	f.Add(appendHeader(nil, Header{Type: MsgHello, VMID: 1, Length: 30}))
+	f.Add(appendMap(nil, 1, 1, &MapRecord{Epoch: 2, Regions: []Region{{First: 1, Pages: 2}}}))
+	f.Add(appendHeader(nil, Header{Generation: 1, Type: MsgHello, VMID: 1, Length: 30}))
 	f.Add((&Report{Applied: 1, Staged: []Staged{{Link: 0, Epoch: 2}}}).marshal())
 	f.Add((&StateRecord{Links: []uint32{1}, Blob: []byte{1}}).marshal())
 	f.Add(marshalRDMAConnect(rdmaTicket{1}))
@@ -157,7 +157,13 @@ type linkClient struct {
 
 func dialAs(t *testing.T, addr string, vmID uint64, h Hello) *linkClient {
 	t.Helper()
-	c, err := dialHello(context.Background(), testCreds, addr, vmID, h)
+	return dialAsGen(t, addr, vmID, 1, h)
+}
+
+// dialAsGen is dialAs for a primary of generation gen.
+func dialAsGen(t *testing.T, addr string, vmID, gen uint64, h Hello) *linkClient {
+	t.Helper()
+	c, err := dialHello(context.Background(), testCreds, addr, vmID, gen, h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,21 +175,21 @@ func dialAs(t *testing.T, addr string, vmID uint64, h Hello) *linkClient {
 func (l *linkClient) epoch(e, committed uint64, regions []Region, fill byte, complete bool) {
 	l.t.Helper()
 	m := &MapRecord{Epoch: e, Committed: committed, Regions: regions}
-	b := appendMap(nil, l.c.vmID, m)
+	b := appendMap(nil, l.c.vmID, l.c.gen, m)
 	data := bytes.Repeat([]byte{fill}, int(m.Pages()*PageSize))
-	b = appendHeader(b, Header{Type: MsgData, VMID: l.c.vmID, Epoch: e, Length: uint32(len(data))})
+	b = appendHeader(b, Header{Generation: l.c.gen, Type: MsgData, VMID: l.c.vmID, Epoch: e, Length: uint32(len(data))})
 	b = append(b, data...)
 	if !complete {
 		b = b[:len(b)-100] // the primary dies before the end of the data
 	}
 	if complete {
-		b = appendHeader(b, Header{Type: MsgDone, VMID: l.c.vmID, Epoch: e})
+		b = appendHeader(b, Header{Generation: l.c.gen, Type: MsgDone, VMID: l.c.vmID, Epoch: e})
 	}
 	if _, err := l.c.c.Write(b); err != nil {
 		l.t.Fatal(err)
 	}
 	if complete {
-		h, err := readHeader(l.c.r, l.c.vmID)
+		h, err := l.c.readHeader()
 		if err != nil || h.Type != MsgAck || h.Epoch != e {
 			l.t.Fatalf("after epoch %d: %+v, %v; want its ack", e, h, err)
 		}

@@ -287,7 +287,11 @@ func runReplicated(ctx context.Context, vm *vmm.VM, p *replicate.Primary, log *s
 			r := <-vmDone
 			return r.res, r.err
 		}
-		log.Error("replication failed; stopping the VM with its output held", "err", err)
+		if errors.Is(err, replicate.ErrFenced) {
+			log.Error("this primary was deposed: a newer primary term (a takeover) runs this VM elsewhere; stopping this copy with its output held", "err", err)
+		} else {
+			log.Error("replication failed; stopping the VM with its output held", "err", err)
+		}
 		vm.Stop()
 		<-vmDone
 		return vmm.Result{}, err
