@@ -143,13 +143,22 @@ type cluster struct {
 	cancels  []context.CancelFunc
 	leader   *Replica
 	leadAddr string
+	// stopLeader ends the leader (its listener and connections close).
+	stopLeader context.CancelFunc
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func startReplica(t testing.TB, cfg ReplicaConfig) (*Replica, string, context.CancelFunc) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startReplicaAt(t, cfg, "127.0.0.1:0")
+}
+
+// startReplicaAt is startReplica listening on addr (a replica that comes
+// back on the address it had).
+func startReplicaAt(t testing.TB, cfg ReplicaConfig, addr string) (*Replica, string, context.CancelFunc) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +199,7 @@ func newClusterWith(t *testing.T, replicas int, leader ReplicaConfig) *cluster {
 		c.addrs = append(c.addrs, addr)
 		c.cancels = append(c.cancels, cancel)
 	}
-	c.leader, c.leadAddr, _ = startReplica(t, leader)
+	c.leader, c.leadAddr, c.stopLeader = startReplica(t, leader)
 	return c
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tandemvm/tandem/replicate/auth"
+	"github.com/tandemvm/tandem/replicate/disk"
 )
 
 // Link is one path from the primary to a replica, shaped like an RDMA
@@ -35,6 +36,10 @@ type Ack struct {
 	Link  int
 	Epoch uint64
 	Err   error
+	// from is the link or state link that sent it: one that has been
+	// replaced (a redial after a failure) may still report, and is not
+	// heard.
+	from any
 }
 
 // maxDataMessage bounds one data message; an epoch's data is split into as
@@ -139,10 +144,10 @@ func (l *tcpLink) readAcks(acks chan<- Ack) {
 			err = fmt.Errorf("%w: unexpected %v message", ErrProtocol, h.Type)
 		}
 		if err != nil {
-			acks <- Ack{Link: l.index, Err: l.c.errorf("link %d: %w", l.index, noEOF(err))}
+			acks <- Ack{from: l, Link: l.index, Err: l.c.errorf("link %d: %w", l.index, noEOF(err))}
 			return
 		}
-		acks <- Ack{Link: l.index, Epoch: h.Epoch}
+		acks <- Ack{from: l, Link: l.index, Epoch: h.Epoch}
 	}
 }
 
@@ -245,6 +250,7 @@ func closeNow(c net.Conn) error {
 // make the leader take over. If the redial fails, the acks channel gets
 // the error.
 type stateLink struct {
+	d            stateDial
 	dial         func(ctx context.Context) (*conn, error)
 	redialWithin time.Duration
 	vmID         uint64
@@ -259,18 +265,47 @@ type stateLink struct {
 	once sync.Once
 }
 
+// stateDial is what reaching the leader takes.
+type stateDial struct {
+	creds     *auth.Credentials
+	addr      string
+	vmID, gen uint64
+	hello     Hello
+	acks      chan<- Ack
+	// heartbeat is the heartbeat interval; redialWithin bounds a redial
+	// after a break and every send.
+	heartbeat, redialWithin time.Duration
+	// committed is the newest committed epoch, which heartbeats carry so
+	// that the leader sees the epochs progress.
+	committed func() uint64
+	log       *slog.Logger
+}
+
 // dialLeader opens the state connection, bringing the leader's disk
 // copies to the guest's disks first (diskrep.go; on a redial they already
-// are). Its heartbeats carry committed(), the newest committed epoch, so
-// that the leader sees the epochs progress.
-func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID, gen uint64, hello Hello, acks chan<- Ack, heartbeat, redialWithin time.Duration, committed func() uint64, disks []DiskImage, log *slog.Logger) (*stateLink, error) {
+// are). The guest must not be writing its disks meanwhile: before it
+// runs, or paused (see connect and start).
+func dialLeader(ctx context.Context, d stateDial, disks []DiskImage) (*stateLink, error) {
 	hashes, err := hashDisks(disks)
 	if err != nil {
 		return nil, err
 	}
-	s := &stateLink{stop: make(chan struct{}), vmID: vmID, redialWithin: redialWithin}
+	s, c, err := d.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.start(c, disks, hashes); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// connect dials the leader and exchanges hello and welcome; the link does
+// nothing more until start.
+func (d stateDial) connect(ctx context.Context) (*stateLink, *conn, error) {
+	s := &stateLink{stop: make(chan struct{}), vmID: d.vmID, redialWithin: d.redialWithin, d: d}
 	s.dial = func(ctx context.Context) (*conn, error) {
-		c, err := dialHello(ctx, creds, addr, vmID, gen, hello)
+		c, err := dialHello(ctx, d.creds, d.addr, d.vmID, d.gen, d.hello)
 		if err != nil {
 			return nil, fmt.Errorf("replicate: leader: %w", err)
 		}
@@ -278,16 +313,23 @@ func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID,
 	}
 	c, err := s.dial(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := syncDisks(c, disks, hashes, log); err != nil {
+	return s, c, nil
+}
+
+// start brings the leader's disk copies to the disks' content (hashes are
+// theirs, taken while the guest does not write them), then serves c:
+// acknowledgements, heartbeats, redials.
+func (s *stateLink) start(c *conn, disks []DiskImage, hashes [][]disk.Hash) error {
+	if err := syncDisks(c, disks, hashes, s.d.log); err != nil {
 		c.c.Close()
-		return nil, fmt.Errorf("replicate: leader: %w", err)
+		return fmt.Errorf("replicate: leader: %w", err)
 	}
 	s.c = c
-	go s.readAcks(acks)
+	go s.readAcks(s.d.acks)
 	go func() {
-		t := time.NewTicker(heartbeat)
+		t := time.NewTicker(s.d.heartbeat)
 		defer t.Stop()
 		for {
 			select {
@@ -297,14 +339,14 @@ func dialLeader(ctx context.Context, creds *auth.Credentials, addr string, vmID,
 				s.mu.Lock()
 				// A leader that stopped reading must not hold the sends
 				// of states and commits up behind a heartbeat.
-				if err := s.c.sendBy(time.Now().Add(s.redialWithin), MsgHeartbeat, committed(), nil); err != nil {
+				if err := s.c.sendBy(time.Now().Add(s.redialWithin), MsgHeartbeat, s.d.committed(), nil); err != nil {
 					closeNow(s.c.c) // readAcks notices, and redials
 				}
 				s.mu.Unlock()
 			}
 		}
 	}()
-	return s, nil
+	return nil
 }
 
 // readAcks reads the leader's acknowledgements, redialling once per break.
@@ -319,13 +361,13 @@ func (s *stateLink) readAcks(acks chan<- Ack) {
 		case h.Type == MsgFenced:
 			// Another primary term has begun: no redial may go on with
 			// this one.
-			acks <- Ack{Link: -1, Err: c.errorf("leader: %w", c.readFenced(h))}
+			acks <- Ack{from: s, Link: -1, Err: c.errorf("leader: %w", c.readFenced(h))}
 			return
 		case h.Type == MsgError:
 			// A refusal is the leader's answer, not a broken connection:
 			// redialling would only be refused again.
 			p, _ := readPayload(c.r, h)
-			acks <- Ack{Link: -1, Err: c.errorf("leader: refused: %s", p)}
+			acks <- Ack{from: s, Link: -1, Err: c.errorf("leader: %w: %s", ErrLeaderRefused, p)}
 			return
 		case h.Type != MsgAck:
 			err = fmt.Errorf("%w: unexpected %v message", ErrProtocol, h.Type)
@@ -333,7 +375,7 @@ func (s *stateLink) readAcks(acks chan<- Ack) {
 		if err != nil {
 			err = c.errorf("leader: %w", noEOF(err))
 			if rerr := s.redial(c); rerr != nil {
-				acks <- Ack{Link: -1, Err: fmt.Errorf("%w; redialling: %w", err, rerr)}
+				acks <- Ack{from: s, Link: -1, Err: fmt.Errorf("%w; redialling: %w", err, rerr)}
 				return
 			}
 			continue
@@ -343,7 +385,7 @@ func (s *stateLink) readAcks(acks chan<- Ack) {
 			s.pending = nil
 		}
 		s.mu.Unlock()
-		acks <- Ack{Link: -1, Epoch: h.Epoch}
+		acks <- Ack{from: s, Link: -1, Epoch: h.Epoch}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -127,7 +128,11 @@ var errNoCredentials = errors.New("replicate: no credentials: every replication 
 // Errors that end a primary's run.
 var (
 	ErrLeaderLost = errors.New("replicate: lost the leader: nothing can commit")
-	ErrNoLinks    = errors.New("replicate: every link has failed")
+	// ErrLeaderRefused is a leader refusing what the primary sent (a
+	// configuration the two disagree on): unlike a lost leader, waiting
+	// does not mend it, so replication stops.
+	ErrLeaderRefused = errors.New("replicate: the leader refused")
+	ErrNoLinks       = errors.New("replicate: every link has failed")
 )
 
 type linkState struct {
@@ -153,8 +158,17 @@ type Primary struct {
 	epoch     uint64        // last epoch started
 	committed atomic.Uint64 // newest committed epoch; read by other goroutines
 	needFull  bool          // the next epoch sends all of memory (a fast-mode link was lost)
-	summary   Summary
-	lastSum   time.Time
+	// carry holds the pages of epochs that did not commit: the next
+	// epoch sends them again with its own dirty pages.
+	carry []uint64
+	// stateHello is the hello of the state connection; leaderBackoff
+	// spaces the attempts to reach the leader again while p.leader is
+	// nil (lost: see leaderLost).
+	stateHello    Hello
+	leaderBackoff time.Duration
+	status        statusBoard
+	summary       Summary
+	lastSum       time.Time
 
 	pages   []uint64
 	regions []Region
@@ -230,13 +244,13 @@ func (p *Primary) Connect(ctx context.Context) error {
 			p.links[i] = &linkState{Link: l, index: i, alive: true}
 		}()
 	}
+	p.stateHello = hello
+	p.stateHello.Role = RoleState
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h := hello
-		h.Role = RoleState
 		var err error
-		p.leader, err = dialLeader(ctx, p.cfg.Auth, p.cfg.Leader, p.cfg.VMID, p.cfg.Generation, h, p.acks, p.cfg.Heartbeat, p.cfg.AckTimeout, p.committed.Load, p.cfg.Disks, p.log)
+		p.leader, err = dialLeader(ctx, p.stateDial(), p.cfg.Disks)
 		errs[len(errs)-1] = err
 	}()
 	wg.Wait()
@@ -245,6 +259,12 @@ func (p *Primary) Connect(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// stateDial is how this primary reaches its leader.
+func (p *Primary) stateDial() stateDial {
+	return stateDial{creds: p.cfg.Auth, addr: p.cfg.Leader, vmID: p.cfg.VMID, gen: p.cfg.Generation, hello: p.stateHello,
+		acks: p.acks, heartbeat: p.cfg.Heartbeat, redialWithin: p.cfg.AckTimeout, committed: p.committed.Load, log: p.log}
 }
 
 // Close closes every connection.
@@ -277,6 +297,7 @@ func (p *Primary) Run(ctx context.Context) error {
 	t := time.NewTimer(p.cfg.Epoch)
 	defer t.Stop()
 	p.lastSum = time.Now()
+	p.publishStatus()
 	for {
 		select {
 		case <-ctx.Done():
@@ -285,14 +306,84 @@ func (p *Primary) Run(ctx context.Context) error {
 			return p.goodbye()
 		case <-t.C:
 		}
+		if p.leader == nil {
+			if err := p.reconnectLeader(ctx); err != nil {
+				if errors.Is(err, ErrFenced) || errors.Is(err, errSourcePause) {
+					return p.stopped(ctx, err)
+				}
+				p.log.Debug("the leader is still unreachable", "err", err)
+				p.leaderBackoff = min(2*p.leaderBackoff, maxLeaderBackoff)
+				t.Reset(p.leaderBackoff)
+				continue
+			}
+		}
 		if err := p.runEpoch(ctx); err != nil {
 			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 				return nil // cancelled in the middle of an epoch: not a failure
 			}
+			if errors.Is(err, ErrLeaderLost) && !errors.Is(err, ErrFenced) {
+				p.leaderLost(err)
+				p.publishStatus()
+				t.Reset(p.leaderBackoff)
+				continue
+			}
 			return p.stopped(ctx, err)
 		}
+		p.publishStatus()
 		t.Reset(p.cfg.Epoch)
 	}
+}
+
+// Leader loss. Nothing can commit without the leader, so the guest's
+// output stays held (its writers wait once the gates are full), but the VM
+// goes on running: stopping it would turn the loss of a backup into an
+// outage. No split brain can follow: a leader that takes over fences this
+// primary (its recovery runs as the next generation), and one that comes
+// back empty has no state to take over with. The primary tries to reach
+// the leader again with a growing backoff; once it does, the leader's
+// disk copies are brought to the disks' content and the epochs, and the
+// output, go on.
+const (
+	firstLeaderBackoff = 100 * time.Millisecond
+	maxLeaderBackoff   = 5 * time.Second
+)
+
+// leaderLost takes the state connection out of service after err.
+func (p *Primary) leaderLost(err error) {
+	p.leader.Close()
+	p.leader = nil
+	p.leaderBackoff = firstLeaderBackoff
+	p.log.Error("lost the leader: the VM runs on with its output held until a leader is reachable again",
+		"leader", p.cfg.Leader, "err", err, "committed", p.committed.Load(),
+		"operator", "restart `tandem replica --leader` at that address (it resumes protection), or stop this VM; if the leader took over, this primary is fenced and stops")
+}
+
+// reconnectLeader dials the leader again; once it answers, the guest is
+// paused while the leader's disk copies are brought to its disks.
+func (p *Primary) reconnectLeader(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
+	defer cancel()
+	s, c, err := p.stateDial().connect(cctx)
+	if err != nil {
+		return err
+	}
+	if err := p.pauseSource(); err != nil {
+		c.c.Close()
+		return err
+	}
+	hashes, err := hashDisks(p.cfg.Disks)
+	if err == nil {
+		err = s.start(c, p.cfg.Disks, hashes)
+	} else {
+		c.c.Close()
+	}
+	p.resumeSource()
+	if err != nil {
+		return err
+	}
+	p.leader = s
+	p.log.Warn("the leader is reachable again: protection resumes", "leader", p.cfg.Leader, "committed", p.committed.Load())
+	return nil
 }
 
 // stopped handles an epoch that could not run. If the VM itself has ended
@@ -322,6 +413,9 @@ func (p *Primary) Finish() { p.finishOnce.Do(func() { close(p.finish) }) }
 // goodbye waits for the leader to acknowledge the end; only then can the
 // held output go out, since no takeover can contradict it any more.
 func (p *Primary) goodbye() error {
+	if p.leader == nil {
+		return fmt.Errorf("%w: the VM ended while the leader was unreachable; its last output stays held", ErrLeaderLost)
+	}
 	if err := p.leader.sendBye(); err != nil {
 		return fmt.Errorf("%w: goodbye: %v", ErrLeaderLost, err)
 	}
@@ -329,7 +423,7 @@ func (p *Primary) goodbye() error {
 	for {
 		select {
 		case a := <-p.acks:
-			if a.Link >= 0 {
+			if a.Link >= 0 || a.from != p.leader {
 				continue
 			}
 			if a.Err != nil {
@@ -483,6 +577,12 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 		resume()
 		return err
 	}
+	if len(p.carry) > 0 {
+		p.pages = append(p.pages, p.carry...)
+		slices.Sort(p.pages)
+		p.pages = slices.Compact(p.pages)
+		p.carry = p.carry[:0]
+	}
 	full := p.needFull
 	rec.DirtyPages = len(p.pages)
 	state, err := p.src.CaptureState()
@@ -512,7 +612,13 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	t2 := time.Now()
 	rec.Pause.Group = t2.Sub(t1)
 	ok, err := p.transfer(ctx, e, p.regions, src, state, rec)
+	if !ok {
+		p.carry = append(p.carry, p.pages...) // sent again next epoch
+	}
 	if err != nil {
+		if errors.Is(err, ErrLeaderLost) && !errors.Is(err, ErrFenced) {
+			resume() // the output stays held in the gates
+		}
 		return err
 	}
 	if ok {
@@ -656,9 +762,13 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 		waiting[-1] = true
 	}
 	handle := func(a Ack) error {
+		if !p.current(a) {
+			return nil
+		}
 		switch {
-		case a.Err != nil && errors.Is(a.Err, ErrFenced):
-			// Another term has begun: this one must stop, not degrade.
+		case a.Err != nil && (errors.Is(a.Err, ErrFenced) || errors.Is(a.Err, ErrLeaderRefused)):
+			// Another term has begun, or the leader will not take this
+			// primary's states: stop, neither degrade nor wait.
 			return a.Err
 		case a.Err != nil && a.Link < 0:
 			return fmt.Errorf("%w: %v", ErrLeaderLost, a.Err)
@@ -745,6 +855,18 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 		return false, nil
 	}
 	return true, nil
+}
+
+// current reports whether a was sent by a connection still in service
+// (not one replaced since).
+func (p *Primary) current(a Ack) bool {
+	if a.from == nil {
+		return true
+	}
+	if a.Link < 0 {
+		return a.from == any(p.leader)
+	}
+	return a.Link < len(p.links) && a.from == any(p.links[a.Link].Link)
 }
 
 // linkFailed takes a link out of service.

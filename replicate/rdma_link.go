@@ -215,7 +215,7 @@ func (l *rdmaLink) onRecv(w wcInfo) error {
 	if w.opcode != wcOpRecv || w.flags&wcFlagWithImm == 0 {
 		return fmt.Errorf("%w: unexpected RDMA message from the replica (completion opcode %d)", ErrProtocol, w.opcode)
 	}
-	l.sendAck(Ack{Link: l.index, Epoch: expandEpoch(decodeImm(w.imm), l.epoch.Load())})
+	l.sendAck(Ack{from: l, Link: l.index, Epoch: expandEpoch(decodeImm(w.imm), l.epoch.Load())})
 	return nil
 }
 
@@ -226,7 +226,7 @@ func (l *rdmaLink) onFail(err error) {
 	closed := l.closed
 	l.mu.Unlock()
 	if !closed {
-		l.sendAck(Ack{Link: l.index, Err: fmt.Errorf("replicate: %v: %w", l, err)})
+		l.sendAck(Ack{from: l, Link: l.index, Err: fmt.Errorf("replicate: %v: %w", l, err)})
 	}
 }
 

@@ -258,7 +258,8 @@ func startPrimary(ctx context.Context, src replicate.Source, gate replicate.Gate
 
 // runReplicated runs the VM and its replication together. If replication
 // fails the VM stops: its output stays held, so nothing escapes that the
-// leader's copy could contradict.
+// leader's copy could contradict. A lost leader is not a failure: the VM
+// runs on with its output held until a leader is back (replicate.Primary).
 func runReplicated(ctx context.Context, vm *vmm.VM, p *replicate.Primary, log *slog.Logger) (vmm.Result, error) {
 	repErr := make(chan error, 1)
 	rctx, cancel := context.WithCancel(ctx)
