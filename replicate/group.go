@@ -263,3 +263,27 @@ func MergeRegions(regions []Region, max int) []Region {
 	}
 	return regions[:n]
 }
+
+// unionRegions returns the pages of a and b, both ascending and
+// non-overlapping, as one ascending list of non-overlapping regions
+// (overlapping or touching regions joined). a and b are not changed.
+func unionRegions(a, b []Region) []Region {
+	out := make([]Region, 0, len(a)+len(b))
+	add := func(r Region) {
+		if n := len(out); n > 0 && r.First <= out[n-1].End() {
+			out[n-1].Pages = max(out[n-1].End(), r.End()) - out[n-1].First
+			return
+		}
+		out = append(out, r)
+	}
+	for len(a) > 0 || len(b) > 0 {
+		if len(b) == 0 || (len(a) > 0 && a[0].First <= b[0].First) {
+			add(a[0])
+			a = a[1:]
+		} else {
+			add(b[0])
+			b = b[1:]
+		}
+	}
+	return out
+}

@@ -122,8 +122,13 @@ func dialHello(ctx context.Context, creds *auth.Credentials, addr string, vmID, 
 		err = fmt.Errorf("refused: %s", p)
 	} else if err == nil && h.Type == MsgFenced {
 		err = c.readFenced(h)
-	} else if err == nil && (h.Type != MsgWelcome || h.Length != 0) {
-		err = fmt.Errorf("%w: answer to hello is %v", ErrProtocol, h.Type)
+	} else if err == nil && (h.Type != MsgWelcome || (h.Length != 0 && h.Length != welcomeLinkSize)) {
+		err = fmt.Errorf("%w: answer to hello is %v of %d bytes", ErrProtocol, h.Type, h.Length)
+	} else if err == nil && h.Length == welcomeLinkSize {
+		var p []byte
+		if p, err = readPayload(c.r, h); err == nil {
+			c.resume = parseLinkResume(p)
+		}
 	}
 	if err != nil {
 		nc.Close()
@@ -134,6 +139,10 @@ func dialHello(ctx context.Context, creds *auth.Credentials, addr string, vmID, 
 }
 
 func (l *tcpLink) String() string { return fmt.Sprintf("link %d (%s)", l.index, l.c.peer) }
+
+// resumeCommitted is the commit the link's first map must carry
+// (linkResume).
+func (l *tcpLink) resumeCommitted() uint64 { return l.c.resume.committed }
 
 func (l *tcpLink) readAcks(acks chan<- Ack) {
 	for {

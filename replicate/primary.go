@@ -142,7 +142,18 @@ type linkState struct {
 	// rate is the link's measured rate in bytes per second (an EWMA over
 	// epochs large enough to measure; 0: not measured yet).
 	rate float64
+	// joining marks an ft link that came back and does not hold every
+	// page yet; cursor is the first page it has not been sent since
+	// (rejoin.go).
+	joining bool
+	cursor  uint64
+	// mapped is set once the link's connection carried a map: the first
+	// carries the commit its welcome gave (linkResume), not the newest.
+	mapped bool
 }
+
+// counts reports whether the link's acknowledgements decide its epochs.
+func (l *linkState) counts() bool { return l.alive && !l.joining }
 
 // Primary replicates a running VM, epoch by epoch.
 type Primary struct {
@@ -177,6 +188,14 @@ type Primary struct {
 
 	finish     chan struct{} // closed by Finish: end replication gracefully
 	finishOnce sync.Once
+
+	// hello is the hello of the links, less role and index. bg lives as
+	// long as the primary: the redials of failed links run in it and hand
+	// what they dialled over on rejoined (rejoin.go).
+	hello    Hello
+	bg       context.Context
+	stopBg   context.CancelFunc
+	rejoined chan rejoined
 }
 
 // NewPrimary prepares a primary; Connect and Run start it. gate holds the
@@ -215,10 +234,12 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	bg, stopBg := context.WithCancel(context.Background())
 	return &Primary{
 		cfg: cfg, src: src, gate: gate, log: cfg.Log, finish: make(chan struct{}),
 		acks:     make(chan Ack, 4*(len(cfg.Links)+1)),
 		assigner: NewAssigner(cfg.Policy, len(cfg.Links)),
+		bg:       bg, stopBg: stopBg, rejoined: make(chan rejoined, len(cfg.Links)),
 	}, nil
 }
 
@@ -227,6 +248,7 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 func (p *Primary) Connect(ctx context.Context) error {
 	mem := uint64(len(p.src.Memory()))
 	hello := Hello{Links: uint32(len(p.cfg.Links)), MemBytes: mem, VCPUs: uint32(p.cfg.VCPUs), Policy: p.cfg.Policy, Guest: p.cfg.Guest}
+	p.hello = hello
 	p.links = make([]*linkState, len(p.cfg.Links))
 	errs := make([]error, len(p.cfg.Links)+1)
 	var wg sync.WaitGroup
@@ -234,9 +256,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h := hello
-			h.Role, h.Link = RoleLink, uint32(i)
-			l, err := p.dialTransport(ctx, addr, i, h) // TCP, or RDMA for rdma:// (rdma.go)
+			l, err := p.dialTransport(ctx, addr, i, p.linkHello(i)) // TCP, or RDMA for rdma:// (rdma.go)
 			if err != nil {
 				errs[i] = err
 				return
@@ -267,8 +287,25 @@ func (p *Primary) stateDial() stateDial {
 		acks: p.acks, heartbeat: p.cfg.Heartbeat, redialWithin: p.cfg.AckTimeout, committed: p.committed.Load, log: p.log}
 }
 
+// linkHello is the hello of link i.
+func (p *Primary) linkHello(i int) Hello {
+	h := p.hello
+	h.Role, h.Link = RoleLink, uint32(i)
+	return h
+}
+
 // Close closes every connection.
 func (p *Primary) Close() {
+	p.stopBg()
+	for {
+		select {
+		case r := <-p.rejoined:
+			r.link.Close()
+			continue
+		default:
+		}
+		break
+	}
 	for _, l := range p.links {
 		if l != nil {
 			l.Close()
@@ -306,6 +343,7 @@ func (p *Primary) Run(ctx context.Context) error {
 			return p.goodbye()
 		case <-t.C:
 		}
+		p.installRejoined()
 		if p.leader == nil {
 			if err := p.reconnectLeader(ctx); err != nil {
 				if errors.Is(err, ErrFenced) || errors.Is(err, errSourcePause) {
@@ -317,9 +355,18 @@ func (p *Primary) Run(ctx context.Context) error {
 				continue
 			}
 		}
+		if !p.anyLinkAlive() {
+			t.Reset(firstLinkBackoff) // nothing to send to: wait for a redial
+			continue
+		}
+		p.rebuildIfNoneCounts()
 		if err := p.runEpoch(ctx); err != nil {
 			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 				return nil // cancelled in the middle of an epoch: not a failure
+			}
+			if p.bg.Err() != nil {
+				// Closed under it: whatever failed, nothing is redialled.
+				return fmt.Errorf("replicate: the primary was closed: %w", err)
 			}
 			if errors.Is(err, ErrLeaderLost) && !errors.Is(err, ErrFenced) {
 				p.leaderLost(err)
@@ -327,11 +374,43 @@ func (p *Primary) Run(ctx context.Context) error {
 				t.Reset(p.leaderBackoff)
 				continue
 			}
+			if errors.Is(err, ErrNoLinks) {
+				p.log.Error("every replica link has failed: the VM runs on with its output held while they are redialled", "committed", p.committed.Load())
+				p.publishStatus()
+				t.Reset(firstLinkBackoff)
+				continue
+			}
 			return p.stopped(ctx, err)
 		}
 		p.publishStatus()
 		t.Reset(p.cfg.Epoch)
 	}
+}
+
+// anyLinkAlive reports whether any link is in service, counted or not.
+func (p *Primary) anyLinkAlive() bool {
+	for _, l := range p.links {
+		if l.alive {
+			return true
+		}
+	}
+	return false
+}
+
+// rebuildIfNoneCounts handles links that came back after every counted
+// link was lost: no copy of memory is whole any more, so the next epoch
+// sends all of it to the links in service, which then all count.
+func (p *Primary) rebuildIfNoneCounts() {
+	for _, l := range p.links {
+		if l.counts() {
+			return
+		}
+	}
+	for _, l := range p.links {
+		l.joining = false
+	}
+	p.needFull = true
+	p.log.Warn("replica links back after all were lost: the next epoch sends them all of memory")
 }
 
 // Leader loss. Nothing can commit without the leader, so the guest's
@@ -459,7 +538,7 @@ func (p *Primary) initialSync(ctx context.Context) error {
 	p.regions = MergeRegions(nonZeroRuns(p.regions[:0], mem), maxInitialRegions)
 	p.epoch = 1
 	rec := &EpochTrace{Epoch: 1, Time: start, Mode: "initial", Policy: p.cfg.Policy.String()}
-	ok, err := p.transfer(ctx, 1, p.regions, func(r Region) []byte { return mem[r.First*PageSize : r.End()*PageSize] }, nil, rec)
+	ok, err := p.transfer(ctx, 1, p.regions, nil, func(r Region) []byte { return mem[r.First*PageSize : r.End()*PageSize] }, nil, rec)
 	if err != nil {
 		return err
 	}
@@ -604,25 +683,39 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	}
 	rec.Regions = len(p.regions)
 	rec.TransferredPages = Transferred(p.regions)
+	// Joining links (ft) also get the next slice of memory (rejoin.go).
+	total := uint64(len(mem)) / PageSize
+	var catchUp map[int]Region
+	staged := p.regions
+	for _, l := range p.links {
+		if l.alive && l.joining {
+			if catchUp == nil {
+				catchUp = map[int]Region{}
+			}
+			catchUp[l.index] = p.catchUpSlice(l, total)
+			staged = unionRegions(staged, []Region{catchUp[l.index]})
+		}
+	}
 	src := func(r Region) []byte { return mem[r.First*PageSize : r.End()*PageSize] }
 	if p.cfg.Mode == ModeAsync {
-		src = p.stage(mem)
+		src = p.stage(mem, staged)
 		resume()
 	}
 	t2 := time.Now()
 	rec.Pause.Group = t2.Sub(t1)
-	ok, err := p.transfer(ctx, e, p.regions, src, state, rec)
+	ok, err := p.transfer(ctx, e, p.regions, catchUp, src, state, rec)
 	if !ok {
 		p.carry = append(p.carry, p.pages...) // sent again next epoch
 	}
 	if err != nil {
-		if errors.Is(err, ErrLeaderLost) && !errors.Is(err, ErrFenced) {
+		if (errors.Is(err, ErrLeaderLost) && !errors.Is(err, ErrFenced)) || errors.Is(err, ErrNoLinks) {
 			resume() // the output stays held in the gates
 		}
 		return err
 	}
 	if ok {
 		p.commit(e)
+		p.caughtUp(catchUp, total)
 		if full {
 			p.needFull = false
 			p.log.Info("links resynchronised with a full copy of memory", "epoch", e)
@@ -639,24 +732,24 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	return nil
 }
 
-// stage copies the epoch's regions into the staging buffer (async mode) and
-// returns where each region's pages are found there.
-func (p *Primary) stage(mem []byte) func(Region) []byte {
-	n := Transferred(p.regions) * PageSize
+// stage copies regions (the epoch's, and the slices of joining links) into
+// the staging buffer (async mode) and returns where each region's pages
+// are found there.
+func (p *Primary) stage(mem []byte, regions []Region) func(Region) []byte {
+	n := Transferred(regions) * PageSize
 	if uint64(cap(p.staging)) < n {
 		p.staging = make([]byte, n)
 	}
 	p.staging = p.staging[:n]
-	offs := make([]uint64, len(p.regions))
+	offs := make([]uint64, len(regions))
 	var off uint64
-	for i, r := range p.regions {
+	for i, r := range regions {
 		offs[i] = off
 		off += uint64(copy(p.staging[off:], mem[r.First*PageSize:r.End()*PageSize]))
 	}
 	if p.cfg.StagingDelay != nil {
 		p.cfg.StagingDelay(int(n))
 	}
-	regions := p.regions
 	return func(x Region) []byte {
 		i := sort.Search(len(regions), func(i int) bool { return regions[i].End() > x.First }) // region holding x
 		o := offs[i] + (x.First-regions[i].First)*PageSize
@@ -667,15 +760,22 @@ func (p *Primary) stage(mem []byte) func(Region) []byte {
 // transfer sends epoch e's regions over the live links and the state (if
 // any) to the leader, and waits for the acknowledgements. It reports whether
 // the epoch may commit; an error means replication cannot go on.
-func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src func(Region) []byte, state []byte, rec *EpochTrace) (bool, error) {
+//
+// catchUp holds the slice of memory each joining link gets besides its
+// pages (rejoin.go); only counted links decide whether the epoch commits,
+// and only they are named in its state.
+func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catchUp map[int]Region, src func(Region) []byte, state []byte, rec *EpochTrace) (bool, error) {
 	start := time.Now()
-	var alive []uint32
+	var alive, counted []uint32
 	for _, l := range p.links {
 		if l.alive {
 			alive = append(alive, uint32(l.index))
 		}
+		if l.counts() {
+			counted = append(counted, uint32(l.index))
+		}
 	}
-	if len(alive) == 0 {
+	if len(counted) == 0 {
 		return false, ErrNoLinks
 	}
 	// The assigner spreads work over the live links only; it starts a new
@@ -686,9 +786,14 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 	p.perLink = p.assigner.Assign(p.perLink, regions)
 	rec.LinkBytes = make([]uint64, len(p.links))
 	sgs := make([][][]byte, len(alive))
+	exts := make([][]Region, len(alive))
 	for slot, li := range alive {
 		l := p.links[li]
 		ext := p.perLink[slot]
+		if s, ok := catchUp[l.index]; ok {
+			ext = unionRegions(ext, []Region{s})
+		}
+		exts[slot] = ext
 		sgs[slot] = make([][]byte, len(ext))
 		for i, x := range ext {
 			sgs[slot][i] = src(x)
@@ -717,7 +822,7 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 	sendErrs := make([]error, len(p.links))
 	for slot, li := range alive {
 		l := p.links[li]
-		ext := p.perLink[slot]
+		ext := exts[slot]
 		sg := sgs[slot]
 		if d, ok := l.Link.(sendDeadliner); ok {
 			d.SetSendDeadline(deadlines[l.index])
@@ -726,6 +831,12 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 		go func() {
 			defer wg.Done()
 			m := &MapRecord{Epoch: e, Committed: p.committed.Load(), Regions: ext}
+			if !l.mapped {
+				if r, ok := l.Link.(interface{ resumeCommitted() uint64 }); ok {
+					m.Committed = min(m.Committed, r.resumeCommitted())
+				}
+				l.mapped = true
+			}
 			err := l.WriteMap(m)
 			if err == nil {
 				err = l.WriteSG(sg)
@@ -737,7 +848,7 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 		}()
 	}
 	if state != nil {
-		st := &StateRecord{Epoch: e, Within: within, Interval: p.cfg.Epoch, Links: alive, Blob: state}
+		st := &StateRecord{Epoch: e, Within: within, Interval: p.cfg.Epoch, Links: counted, Blob: state}
 		if err := p.leader.sendState(st, deadlines[-1]); err != nil {
 			return false, fmt.Errorf("%w: %v", ErrLeaderLost, err)
 		}
@@ -838,17 +949,17 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, src 
 	}
 	rec.Pause.Ack = time.Since(ackStart)
 
-	// Which links completed decides the epoch.
+	// Which counted links completed decides the epoch.
 	complete := 0
 	for _, l := range p.links {
-		if l.alive {
+		if l.counts() {
 			complete++
 		}
 	}
 	if complete == 0 {
 		return false, ErrNoLinks
 	}
-	if complete < len(alive) && p.cfg.Policy == PolicyFast {
+	if complete < len(counted) && p.cfg.Policy == PolicyFast {
 		// The lost link held pages no other link has: this epoch cannot
 		// commit, and the next one resends all of memory to the others.
 		p.needFull = true
@@ -875,6 +986,11 @@ func (p *Primary) linkFailed(i int, err error) {
 	if !l.alive {
 		return
 	}
+	if p.cfg.Policy == PolicyFast && !l.joining {
+		// Its pages of every earlier epoch have no other copy: the links
+		// in service get all of memory in the next epoch.
+		p.needFull = true
+	}
 	l.alive = false
 	if a, ok := l.Link.(interface{ abort() }); ok {
 		a.abort() // no goodbye to a peer that may have stopped reading
@@ -882,10 +998,16 @@ func (p *Primary) linkFailed(i int, err error) {
 		l.Close()
 	}
 	what := "continuing degraded on the remaining links (every link has every page)"
-	if p.cfg.Policy == PolicyFast {
+	switch {
+	case l.joining:
+		what = "it was still catching up: nothing else changes"
+	case p.cfg.Policy == PolicyFast:
 		what = "the epoch fails and the remaining links get a full copy of memory"
 	}
-	p.log.Error("replica link failed", "link", l.String(), "err", err, "action", what)
+	p.log.Error("replica link failed; redialling it with backoff", "link", l.String(), "err", err, "action", what)
+	if p.bg.Err() == nil {
+		go p.redialLink(i)
+	}
 }
 
 // commit records epoch e as committed, releases its output and tells the

@@ -263,7 +263,9 @@ type conn struct {
 	// gen is the generation of the primary term the connection belongs
 	// to: its hello's, carried by every message either way.
 	gen uint64
-	wmu sync.Mutex
+	// resume is what a link's welcome said (the primary's end).
+	resume linkResume
+	wmu    sync.Mutex
 }
 
 func newConn(c net.Conn) *conn {
@@ -359,7 +361,11 @@ func (r *Replica) serveConn(ctx context.Context, raw net.Conn) error {
 		defer r.releaseLink(hello.Link, c.gen)
 	}
 	nc.SetReadDeadline(time.Time{})
-	if err := c.send(MsgWelcome, 0, nil); err != nil {
+	var welcome []byte
+	if hello.Role == RoleLink {
+		welcome = r.linkResume(hello.Link, c.gen).marshal()
+	}
+	if err := c.send(MsgWelcome, 0, welcome); err != nil {
 		return c.errorf("%w", err)
 	}
 	switch hello.Role {
@@ -620,6 +626,18 @@ func (r *Replica) stageOf(link uint32) *stage {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.stages[link]
+}
+
+// linkResume is where a new connection of generation gen picks link up
+// (see linkResume): zero for a link new here or of an older generation.
+func (r *Replica) linkResume(link uint32, gen uint64) linkResume {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.stages[link]
+	if st == nil || st.gen != gen {
+		return linkResume{}
+	}
+	return linkResume{acked: st.acked, committed: st.committed}
 }
 
 // linkStage is the stage of a link for a connection of generation gen: nil

@@ -30,6 +30,10 @@ type Status struct {
 type LinkStatus struct {
 	Addr  string
 	Alive bool
+	// Joining is an ft link in service that does not hold every page yet
+	// (CaughtUp of Pages sent); it does not count for commits.
+	Joining         bool
+	CaughtUp, Pages uint64
 	// Rate is the measured rate in bytes per second (0: not measured).
 	Rate float64
 }
@@ -48,13 +52,19 @@ func (s Status) String() string {
 	if !s.LeaderConnected {
 		b.WriteString(" (lost)")
 	}
-	live := 0
+	live, joining := 0, 0
 	for _, l := range s.Links {
-		if l.Alive {
+		switch {
+		case l.Joining:
+			joining++
+		case l.Alive:
 			live++
 		}
 	}
 	fmt.Fprintf(&b, ", links %d/%d live", live, len(s.Links))
+	if joining > 0 {
+		fmt.Fprintf(&b, " (%d catching up)", joining)
+	}
 	return b.String()
 }
 
@@ -90,9 +100,13 @@ func (p *Primary) publishStatus() {
 	for i, addr := range p.cfg.Links {
 		ls := LinkStatus{Addr: addr}
 		if i < len(p.links) && p.links[i] != nil {
-			ls.Alive, ls.Rate = p.links[i].alive, p.links[i].rate
+			l := p.links[i]
+			ls.Alive, ls.Rate, ls.Joining = l.alive, l.rate, l.alive && l.joining
+			if ls.Joining {
+				ls.CaughtUp, ls.Pages = l.cursor, uint64(len(p.src.Memory()))/PageSize
+			}
 		}
-		if ls.Alive {
+		if ls.Alive && !ls.Joining {
 			live++
 		}
 		s.Links = append(s.Links, ls)

@@ -199,6 +199,25 @@ func noEOF(err error) error {
 	return err
 }
 
+// linkResume is what a link's welcome tells the primary (16 bytes: u64
+// acknowledged, u64 committed): the newest epoch the link index
+// acknowledged and the newest commit it carried, on any earlier connection
+// of this generation. The binding rules outlive a connection, so the
+// first map on a new one must carry a commit in between: the primary
+// sends committed, which also leaves a staged epoch the primary never
+// committed unapplied. A replica that restarted says 0, 0.
+type linkResume struct{ acked, committed uint64 }
+
+const welcomeLinkSize = 16
+
+func (r linkResume) marshal() []byte {
+	return binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(nil, r.acked), r.committed)
+}
+
+func parseLinkResume(b []byte) linkResume {
+	return linkResume{acked: binary.LittleEndian.Uint64(b), committed: binary.LittleEndian.Uint64(b[8:])}
+}
+
 // Role says what a connection is for; it is the first field of a hello.
 type Role uint32
 

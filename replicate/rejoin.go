@@ -1,0 +1,106 @@
+package replicate
+
+import (
+	"context"
+	"time"
+)
+
+// Links that come back. A failed link is dialled again in the background
+// with a growing backoff (firstLinkBackoff to maxLinkBackoff) for as long
+// as the primary runs; a link that answers is taken back into service at
+// the start of an epoch (installRejoined).
+//
+// With fast the link counts at once: after its loss the other links got a
+// full copy of memory, so they hold every page's newest copy between them,
+// and the epochs from now on spread over it too. With ft every counted
+// link must hold every page, so a link that comes back (or a replica that
+// restarted empty) first catches up: each epoch it gets that epoch's pages
+// like the others plus the next slice of all of memory, read at the same
+// pause (catchUpSlice), and it counts for commits, and for recovery (the
+// epoch's state lists only counted links), once the slice that ends
+// memory has committed. Until then its acknowledgements are waited for but
+// decide nothing: losing it fails no epoch.
+const (
+	firstLinkBackoff = 100 * time.Millisecond
+	maxLinkBackoff   = 5 * time.Second
+)
+
+// rejoined is a link dialled again, for the run loop to install.
+type rejoined struct {
+	index int
+	link  Link
+}
+
+// redialLink dials link i again until it answers or the primary closes.
+func (p *Primary) redialLink(i int) {
+	h := p.linkHello(i)
+	backoff := firstLinkBackoff
+	for {
+		select {
+		case <-p.bg.Done():
+			return
+		case <-time.After(backoff):
+		}
+		ctx, cancel := context.WithTimeout(p.bg, p.cfg.AckTimeout)
+		l, err := p.dialTransport(ctx, p.cfg.Links[i], i, h)
+		cancel()
+		if err == nil {
+			select {
+			case p.rejoined <- rejoined{i, l}:
+			case <-p.bg.Done():
+				l.Close()
+			}
+			return
+		}
+		p.log.Debug("replica link still unreachable", "link", i, "addr", p.cfg.Links[i], "err", err, "next", backoff)
+		backoff = min(2*backoff, maxLinkBackoff)
+	}
+}
+
+// installRejoined takes the links dialled again into service.
+func (p *Primary) installRejoined() {
+	for {
+		select {
+		case r := <-p.rejoined:
+			joining := p.cfg.Policy == PolicyFT
+			p.links[r.index] = &linkState{Link: r.link, index: r.index, alive: true, joining: joining}
+			if joining {
+				p.log.Warn("replica link back: it gets a full copy of memory, slice by slice, before it counts", "link", r.link.String())
+			} else {
+				p.log.Warn("replica link back in service", "link", r.link.String())
+			}
+		default:
+			return
+		}
+	}
+}
+
+// catchUpSlice is the memory a joining link gets in epoch e beyond the
+// epoch's pages: about a quarter of what the link moves in an epoch
+// interval at its measured rate (4 MiB until measured), at least 1 MiB
+// and at most 64 MiB.
+func (p *Primary) catchUpSlice(l *linkState, pages uint64) Region {
+	bytes := uint64(4 << 20)
+	if l.rate > 0 {
+		bytes = min(max(uint64(l.rate*p.cfg.Epoch.Seconds()/4), 1<<20), 64<<20)
+	}
+	return Region{First: l.cursor, Pages: min(max(bytes/PageSize, 1), pages-l.cursor)}
+}
+
+// caughtUp advances the joining links past the slices of a committed
+// epoch, and counts those that now hold every page.
+func (p *Primary) caughtUp(slices map[int]Region, pages uint64) {
+	for i, s := range slices {
+		l := p.links[i]
+		if !l.alive || !l.joining {
+			continue
+		}
+		l.cursor = s.End()
+		if l.cursor >= pages {
+			l.joining = false
+			p.log.Warn("replica link caught up: it holds every page and counts again", "link", l.String())
+		} else if old := (s.First * 4) / pages; (l.cursor*4)/pages != old {
+			p.log.Info("replica link catching up", "link", l.String(), "done_pct", 100*l.cursor/pages)
+		}
+	}
+}
