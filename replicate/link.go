@@ -287,7 +287,9 @@ type stateDial struct {
 	// committed is the newest committed epoch, which heartbeats carry so
 	// that the leader sees the epochs progress.
 	committed func() uint64
-	log       *slog.Logger
+	// cluster is how the primary replicates, told to the leader first.
+	cluster Cluster
+	log     *slog.Logger
 }
 
 // dialLeader opens the state connection, bringing the leader's disk
@@ -317,6 +319,10 @@ func (d stateDial) connect(ctx context.Context) (*stateLink, *conn, error) {
 		c, err := dialHello(ctx, d.creds, d.addr, d.vmID, d.gen, d.hello)
 		if err != nil {
 			return nil, fmt.Errorf("replicate: leader: %w", err)
+		}
+		if err := c.sendBy(time.Now().Add(d.redialWithin), MsgCluster, 0, d.cluster.marshal()); err != nil {
+			c.c.Close()
+			return nil, c.errorf("leader: %w", err)
 		}
 		return c, nil
 	}

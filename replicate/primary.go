@@ -80,8 +80,20 @@ type PrimaryConfig struct {
 	// that has seen a newer one refuses it. Zero means 1, a VM's first
 	// term; a takeover runs under Recovered.Generation.
 	Generation uint64
-	Guest      string
-	VCPUs      int
+	// StartEpoch is the epoch of the initial copy; the epochs go on from
+	// it. Zero means 1. A takeover continues after the epoch it recovered
+	// (Recovered.Epoch+1), so a page's epoch in a store never goes back;
+	// its initial copy then sends all of memory, zero pages too, since a
+	// store may hold an older generation's copy of a page now zero.
+	StartEpoch uint64
+	// Reprotect starts replication with what answers: Connect succeeds
+	// whatever links or leader it reaches, the others are dialled again
+	// in the background, and the guest runs with its output held until an
+	// epoch commits. A takeover's new primary uses it: its VM must run
+	// even if no backup is left.
+	Reprotect bool
+	Guest     string
+	VCPUs     int
 	// Epoch is how long the VM runs between two pauses.
 	Epoch  time.Duration
 	Policy Policy
@@ -222,6 +234,9 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	if cfg.Generation == 0 {
 		cfg.Generation = 1
 	}
+	if cfg.StartEpoch == 0 {
+		cfg.StartEpoch = 1
+	}
 	if cfg.AckTimeout <= 0 {
 		cfg.AckTimeout = 2 * time.Second
 	}
@@ -274,17 +289,44 @@ func (p *Primary) Connect(ctx context.Context) error {
 		errs[len(errs)-1] = err
 	}()
 	wg.Wait()
+	if p.cfg.Reprotect {
+		for i, err := range errs[:len(p.cfg.Links)] {
+			if err != nil {
+				p.links[i] = &linkState{index: i, Link: deadLink{p.cfg.Links[i]}}
+				p.log.Warn("replica link unreachable; dialling it again in the background", "addr", p.cfg.Links[i], "err", err)
+				go p.redialLink(i)
+			}
+		}
+		if err := errs[len(errs)-1]; err != nil {
+			p.leader = nil
+			p.leaderBackoff = firstLeaderBackoff
+			p.log.Warn("leader unreachable; output is held until it answers", "leader", p.cfg.Leader, "err", err)
+		}
+		p.publishStatus()
+		return nil
+	}
 	if err := errors.Join(errs...); err != nil {
 		p.Close()
 		return err
 	}
+	p.publishStatus()
 	return nil
 }
+
+// deadLink stands for a link that never connected (Reprotect).
+type deadLink struct{ addr string }
+
+func (d deadLink) String() string          { return "link to " + d.addr + " (not connected)" }
+func (deadLink) WriteMap(*MapRecord) error { return ErrNoLinks }
+func (deadLink) WriteSG([][]byte) error    { return ErrNoLinks }
+func (deadLink) WriteImm(uint64) error     { return ErrNoLinks }
+func (deadLink) WriteCommit(uint64) error  { return ErrNoLinks }
+func (deadLink) Close() error              { return nil }
 
 // stateDial is how this primary reaches its leader.
 func (p *Primary) stateDial() stateDial {
 	return stateDial{creds: p.cfg.Auth, addr: p.cfg.Leader, vmID: p.cfg.VMID, gen: p.cfg.Generation, hello: p.stateHello,
-		acks: p.acks, heartbeat: p.cfg.Heartbeat, redialWithin: p.cfg.AckTimeout, committed: p.committed.Load, log: p.log}
+		acks: p.acks, heartbeat: p.cfg.Heartbeat, redialWithin: p.cfg.AckTimeout, committed: p.committed.Load, cluster: p.cluster(), log: p.log}
 }
 
 // linkHello is the hello of link i.
@@ -532,20 +574,40 @@ func (p *Primary) initialSync(ctx context.Context) error {
 	}
 	start := time.Now()
 	mem := p.src.Memory()
-	// A large guest with fragmented memory can have more runs than a map
-	// record may carry (the replica refuses maps over maxMapRegions): merge
-	// the smallest gaps, whose zero pages then travel along.
-	p.regions = MergeRegions(nonZeroRuns(p.regions[:0], mem), maxInitialRegions)
-	p.epoch = 1
-	rec := &EpochTrace{Epoch: 1, Time: start, Mode: "initial", Policy: p.cfg.Policy.String()}
-	ok, err := p.transfer(ctx, 1, p.regions, nil, func(r Region) []byte { return mem[r.First*PageSize : r.End()*PageSize] }, nil, rec)
+	e := p.cfg.StartEpoch
+	p.epoch = e
+	if !p.anyLinkAlive() {
+		// Reprotect with no link yet: the first epoch with one sends it
+		// all of memory instead.
+		p.needFull = true
+		p.prepareStaging(len(mem))
+		return nil
+	}
+	if e == 1 {
+		// A large guest with fragmented memory can have more runs than a
+		// map record may carry (the replica refuses maps over
+		// maxMapRegions): merge the smallest gaps, whose zero pages then
+		// travel along.
+		p.regions = MergeRegions(nonZeroRuns(p.regions[:0], mem), maxInitialRegions)
+	} else {
+		p.regions = append(p.regions[:0], Region{First: 0, Pages: uint64(len(mem)) / PageSize})
+	}
+	rec := &EpochTrace{Epoch: e, Time: start, Mode: "initial", Policy: p.cfg.Policy.String()}
+	ok, err := p.transfer(ctx, e, p.regions, nil, func(r Region) []byte { return mem[r.First*PageSize : r.End()*PageSize] }, nil, rec)
+	if p.cfg.Reprotect && (errors.Is(err, ErrNoLinks) || (err == nil && !ok)) {
+		p.needFull, ok, err = true, true, nil // the next epoch tries again
+	}
 	if err != nil {
 		return err
 	}
 	if !ok {
 		return errors.New("replicate: initial copy of memory failed")
 	}
-	p.commit(1)
+	if p.needFull {
+		p.prepareStaging(len(mem))
+		return nil
+	}
+	p.commit(e)
 	p.prepareStaging(len(mem)) // async: see staging.go
 	p.log.Info("initial copy sent", "pages", Transferred(p.regions), "took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -1024,7 +1086,7 @@ func (p *Primary) commit(e uint64) {
 			}
 		}
 	}
-	if e > 1 { // the initial copy has no state for the leader to commit
+	if e > p.cfg.StartEpoch && p.leader != nil { // the initial copy has no state for the leader to commit
 		if err := p.leader.sendCommit(e); err != nil {
 			p.log.Warn("leader commit", "err", err)
 		}

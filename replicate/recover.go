@@ -26,8 +26,10 @@ type Recovered struct {
 	Took time.Duration
 	// Generation is the takeover's primary term: one more than the newest
 	// this leader had seen, already fencing the failed primary at every
-	// replica that answered. The recovered VM replicates under it.
+	// replica that answered. The recovered VM replicates under it, with
+	// the same VMID, from epoch Epoch+1.
 	Generation uint64
+	VMID       uint64
 }
 
 // ErrUnrecoverable means no epoch can be rebuilt from what survives.
@@ -97,7 +99,7 @@ func (r *Replica) StartRecovery(ctx context.Context, replicas []string) (*Recove
 	}
 	r.mu.Unlock()
 	rc := &Recovery{r: r, start: start, states: states, hello: hello, pages: hello.MemBytes / PageSize,
-		rec: &Recovered{MemBytes: hello.MemBytes, VCPUs: int(hello.VCPUs), Guest: hello.Guest, Generation: gen}}
+		rec: &Recovered{MemBytes: hello.MemBytes, VCPUs: int(hello.VCPUs), Guest: hello.Guest, Generation: gen, VMID: vmID}}
 
 	// Ask everyone what they hold.
 	rc.views = make([]*replicaView, len(replicas))

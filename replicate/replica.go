@@ -165,7 +165,9 @@ type Replica struct {
 	store  *Store
 	stages map[uint32]*stage
 
-	// Leader side (cfg.Leader): the state stream.
+	// Leader side (cfg.Leader): the state stream, and how the primary
+	// replicates (MsgCluster).
+	cluster     *Cluster
 	states      map[uint64]*StateRecord
 	committed   uint64
 	failed      chan struct{}
@@ -848,6 +850,22 @@ func (r *Replica) serveState(c *conn) error {
 			r.mu.Unlock()
 			r.declareFailed("the primary stopped its VM on purpose")
 			return c.send(MsgAck, h.Epoch, nil)
+		case MsgCluster:
+			p, err := readPayload(c.r, h)
+			if err != nil {
+				return c.errorf("state: %w", err)
+			}
+			cl, err := parseCluster(p)
+			if err != nil {
+				return c.errorf("state: %w", err)
+			}
+			r.mu.Lock()
+			if err := r.checkGen(c.gen); err != nil {
+				r.mu.Unlock()
+				return c.errorf("state: %w", err)
+			}
+			r.cluster = cl
+			r.mu.Unlock()
 		case MsgDiskHashes, MsgDiskChunk, MsgDiskDone:
 			p, err := readPayload(c.r, h)
 			if err != nil {

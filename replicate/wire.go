@@ -62,10 +62,11 @@ const (
 	MsgDiskChunk  // primary → leader: one of them
 	MsgDiskDone   // primary → leader: that disk is sent; the leader acks once durable
 	MsgFenced     // node → primary: a newer generation was seen here; payload: it (u64)
+	MsgCluster    // primary → leader, first on a state connection: how it replicates (cluster.go)
 	msgTypeEnd
 )
 
-var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced"}
+var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced", "cluster"}
 
 func (t MsgType) String() string {
 	if t > 0 && t < msgTypeEnd {

@@ -1,0 +1,97 @@
+package replicate
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Cluster is how a primary replicates: the links, the leader and the
+// settings of its epochs. The primary sends it to the leader on every
+// state connection (MsgCluster, before anything else), so that the node
+// that takes over can protect the VM in turn with the nodes that are left
+// (Replica.Cluster), whatever flags it was started with.
+type Cluster struct {
+	Links      []string      `json:"links"`
+	Leader     string        `json:"leader"`
+	Policy     Policy        `json:"policy"`
+	Mode       Mode          `json:"mode"`
+	Epoch      time.Duration `json:"epoch_ns"`
+	SGMax      int           `json:"sg_max"`
+	AckTimeout time.Duration `json:"ack_timeout_ns"`
+	Heartbeat  time.Duration `json:"heartbeat_ns"`
+}
+
+// cluster is this primary's Cluster.
+func (p *Primary) cluster() Cluster {
+	c := p.cfg
+	return Cluster{Links: c.Links, Leader: c.Leader, Policy: c.Policy, Mode: c.Mode, Epoch: c.Epoch,
+		SGMax: c.SGMax, AckTimeout: c.AckTimeout, Heartbeat: c.Heartbeat}
+}
+
+func (c *Cluster) marshal() []byte {
+	b, _ := json.Marshal(c)
+	return b
+}
+
+// parseCluster decodes and checks a MsgCluster payload.
+func parseCluster(b []byte) (*Cluster, error) {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	var c Cluster
+	if err := d.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%w: cluster description: %v", ErrProtocol, err)
+	}
+	switch {
+	case len(c.Links) == 0 || len(c.Links) > MaxLinks:
+		return nil, fmt.Errorf("%w: cluster description with %d links", ErrProtocol, len(c.Links))
+	case c.Policy != PolicyFast && c.Policy != PolicyFT:
+		return nil, fmt.Errorf("%w: cluster description with policy %d", ErrProtocol, c.Policy)
+	case c.Mode != ModeSync && c.Mode != ModeAsync:
+		return nil, fmt.Errorf("%w: cluster description with mode %d", ErrProtocol, c.Mode)
+	case c.Epoch <= 0 || c.SGMax < 1 || c.AckTimeout <= 0 || c.Heartbeat <= 0:
+		return nil, fmt.Errorf("%w: cluster description with epoch %v, sg-max %d, ack timeout %v, heartbeat %v", ErrProtocol, c.Epoch, c.SGMax, c.AckTimeout, c.Heartbeat)
+	}
+	return &c, nil
+}
+
+// Cluster is the replication of the VM whose state this node holds, as
+// its primary described it; false before any.
+func (r *Replica) Cluster() (Cluster, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cluster == nil {
+		return Cluster{}, false
+	}
+	return *r.cluster, true
+}
+
+// Successor is how the node named self protects the VM once it has taken
+// it over (no coordinator): the same links but those to self (a primary
+// keeps no copy of its own memory), and as its leader the first node of
+// them. With no link left, links is empty: the VM runs unprotected.
+func (c Cluster) Successor(self string) (links []string, leader string) {
+	for _, l := range c.Links {
+		if linkNode(l) != self {
+			links = append(links, l)
+		}
+	}
+	if len(links) > 0 {
+		leader = linkNode(links[0])
+	}
+	return links, leader
+}
+
+// linkNode is the node address (its --listen) a link entry names: the
+// entry itself for TCP, the ?auth= address for RDMA.
+func linkNode(link string) string {
+	a, err := ParseLinkAddr(link)
+	if err != nil {
+		return link
+	}
+	if a.Transport == TransportRDMA {
+		return a.Auth
+	}
+	return a.HostPort()
+}
