@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -81,6 +82,18 @@ func (c Cluster) Successor(self string) (links []string, leader string) {
 		leader = linkNode(links[0])
 	}
 	return links, leader
+}
+
+// Nodes are the nodes the links reach, each once, by the address of
+// their --listen: where a recovery finds the pages.
+func (c Cluster) Nodes() []string {
+	var nodes []string
+	for _, l := range c.Links {
+		if n := linkNode(l); !slices.Contains(nodes, n) {
+			nodes = append(nodes, n)
+		}
+	}
+	return nodes
 }
 
 // linkNode is the node address (its --listen) a link entry names: the

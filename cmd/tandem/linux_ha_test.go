@@ -422,8 +422,8 @@ func diskFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, snap, bootDisk
 	t.Logf("%d PUTs acknowledged before the primary died, %d in all over one connection; lost %d", atKill, n, lost)
 }
 
-// TestLeaderDeviceUsageErrors: the leader's devices for a recovered Linux
-// guest are checked when it starts, not at takeover.
+// TestLeaderDeviceUsageErrors: a node's devices for a Linux guest it may
+// take over are checked when it starts, not at takeover.
 func TestLeaderDeviceUsageErrors(t *testing.T) {
 	dir := t.TempDir()
 	empty := filepath.Join(dir, "empty.img")
@@ -434,7 +434,8 @@ func TestLeaderDeviceUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"replica", "--listen", "127.0.0.1:0", "--auth-key", key, "--net", "tap:x"}, "are for the leader"},
+		// Every node may take over: each checks its devices.
+		{[]string{"replica", "--listen", "127.0.0.1:0", "--auth-key", key, "--net", "tap:tndmnosuch0"}, "no such network device"},
 		{append(leader, "--net", "tap:tndmnosuch0"), "no such network device"},
 		{append(leader, "--net", "bridge:br0"), "want tap:NAME"},
 		{append(leader, "--disk", filepath.Join(dir, "missing.img")), "missing.img"},

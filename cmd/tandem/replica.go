@@ -76,18 +76,19 @@ func (c *diskCopies) close() {
 }
 
 func cmdReplica(ctx context.Context, args []string) error {
-	fs := newFlagSet("replica", "--listen ADDR --auth-key FILE [--leader --replicas ADDR[,ADDR...] [--serial SPEC]]")
-	listen := fs.String("listen", "", "address to serve links (and, for the leader, the primary's state) on, HOST:PORT")
+	fs := newFlagSet("replica", "--listen ADDR --auth-key FILE [--serial SPEC] [--leader --replicas ADDR[,ADDR...]]")
+	listen := fs.String("listen", "", "address to serve links and the primary's state on, HOST:PORT; name this node by it everywhere (the primary's --replicas and --leader)")
+	advertise := fs.String("advertise", "", "the address the primary and the other nodes know this node by, if not --listen's")
 	rdmaListen := fs.String("rdma-listen", "", "also accept RDMA links (rdma://HOST:PORT in the primary's --replicas) on this address of an RDMA-capable interface; needs a build with -tags rdma")
-	leader := fs.Bool("leader", false, "also receive the VM state, watch the primary, and take over when it fails")
-	replicas := fs.String("replicas", "", "leader: the replicas to recover from, HOST:PORT[,...] (include this leader's own --listen address if links feed it)")
-	serial := fs.String("serial", "stdio", "leader: COM1 of the recovered VM: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
-	control := fs.String("control", "", "leader: control socket of the recovered VM")
-	channel := fs.String("channel", "", "leader: the recovered Linux guest's virtio-console (/dev/hvc0): unix:PATH, tcp:ADDR, file:PATH or none (default none)")
+	leader := fs.Bool("leader", false, "accepted for compatibility: every node receives the VM state when the primary names it --leader, watches the primary, and takes over when it fails")
+	replicas := fs.String("replicas", "", "the replicas to recover from, HOST:PORT[,...] (default: the primary's links, which it tells its leader)")
+	serial := fs.String("serial", "stdio", "COM1 of the VM if this node takes it over: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
+	control := fs.String("control", "", "control socket of the VM if this node takes it over")
+	channel := fs.String("channel", "", "the virtio-console (/dev/hvc0) of a Linux guest this node takes over: unix:PATH, tcp:ADDR, file:PATH or none (default none)")
 	var nets, disks listFlag
-	fs.Var(&nets, "net", "leader: a TAP device for the recovered Linux guest's network interface, tap:NAME (repeatable, in the primary's order)")
-	fs.Var(&disks, "disk", "leader: this node's copy of one of the primary's disks, PATH (repeatable, in the primary's order, each the size of its disk): brought to the primary's content when replication starts, then fed every committed epoch's writes")
-	timeout := fs.Duration("heartbeat-timeout", time.Second, "leader: declare the primary failed after this long without a message, once its epochs are this long overdue, or this long after its state connection broke if it does not reconnect")
+	fs.Var(&nets, "net", "a TAP device for the network interface of a Linux guest this node takes over, tap:NAME (repeatable, in the primary's order)")
+	fs.Var(&disks, "disk", "this node's copy of one of the primary's disks, PATH (repeatable, in the primary's order, each the size of its disk), for when the primary names it --leader: brought to the primary's content when replication starts, then fed every committed epoch's writes")
+	timeout := fs.Duration("heartbeat-timeout", time.Second, "declare the primary failed after this long without a message, once its epochs are this long overdue, or this long after its state connection broke if it does not reconnect")
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	authf := addAuthFlags(fs)
@@ -107,15 +108,13 @@ func cmdReplica(ctx context.Context, args []string) error {
 			recoverFrom = append(recoverFrom, a)
 		}
 	}
-	switch {
-	case *leader && len(recoverFrom) == 0:
-		return usagef("--leader needs --replicas to recover from")
-	case !*leader && len(recoverFrom) > 0:
-		return usagef("--replicas is for the leader (--leader)")
-	case *timeout <= 0:
+	_ = *leader // every node can lead
+	if *timeout <= 0 {
 		return usagef("--heartbeat-timeout %v: want a positive duration", *timeout)
-	case (*channel != "" || len(nets) > 0 || len(disks) > 0) && !*leader:
-		return usagef("--channel, --net and --disk are for the leader (--leader)")
+	}
+	self := *listen
+	if *advertise != "" {
+		self = *advertise
 	}
 	leaderNets, err := parseNets(nets)
 	if err != nil {
@@ -150,7 +149,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 		return err
 	}
 	defer copies.close()
-	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: *leader, HeartbeatTimeout: *timeout, MaxMemBytes: maxMemBytes, Auth: creds,
+	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: true, HeartbeatTimeout: *timeout, MaxMemBytes: maxMemBytes, Auth: creds,
 		Disks: copies.replicate, Committed: copies.apply})
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
@@ -161,10 +160,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	log.Info("replica listening", "addr", ln.Addr(), "leader", *leader, "connections", creds.Mode())
-	if !*leader {
-		return <-served
-	}
+	log.Info("replica listening", "addr", ln.Addr(), "connections", creds.Mode())
 	select {
 	case <-ctx.Done():
 		stopServing()
@@ -179,6 +175,10 @@ func cmdReplica(ctx context.Context, args []string) error {
 		return nil
 	}
 	log.Warn("primary failed; recovering", "reason", r.FailReason())
+	cluster, _ := r.Cluster()
+	if len(recoverFrom) == 0 {
+		recoverFrom = cluster.Nodes()
+	}
 	// The pages go straight into the memory the new VM will run on (a
 	// memfd, which the VM maps as its --mem-file), so the leader never
 	// holds a second copy of guest RAM. Recovery settles the replicas on an
@@ -206,6 +206,21 @@ func cmdReplica(ctx context.Context, args []string) error {
 	spec := vmSpec{
 		memBytes: rec.MemBytes, vcpus: rec.VCPUs, serial: *serial, control: *control,
 		guestName: rec.Guest, log: log, memFile: memPath,
+	}
+	// The VM is protected again at once, as the next generation, by the
+	// nodes that are left (replicate.Cluster.Successor).
+	if links, next := cluster.Successor(self); len(links) > 0 {
+		spec.ha = &replicate.PrimaryConfig{
+			Links: links, Leader: next, VMID: rec.VMID, Generation: rec.Generation, StartEpoch: rec.Epoch + 1, Reprotect: true,
+			Guest: rec.Guest, VCPUs: rec.VCPUs, Epoch: cluster.Epoch, Policy: cluster.Policy, Mode: cluster.Mode,
+			SGMax: cluster.SGMax, AckTimeout: cluster.AckTimeout, Heartbeat: cluster.Heartbeat, Auth: creds, Log: log,
+			Summary: func(line string) { log.Info(line) },
+		}
+		spec.haDevs = &haDevices{}
+		spec.dirty = vmm.DirtyBitmap
+		log.Info("protecting the VM again", "generation", rec.Generation, "links", links, "leader", next)
+	} else {
+		log.Warn("no node is left to replicate to: the VM runs unprotected", "generation", rec.Generation)
 	}
 	st, isLinux, err := splitHAState(rec.State)
 	if err != nil {
