@@ -140,9 +140,8 @@ func dialHello(ctx context.Context, creds *auth.Credentials, addr string, vmID, 
 
 func (l *tcpLink) String() string { return fmt.Sprintf("link %d (%s)", l.index, l.c.peer) }
 
-// resumeCommitted is the commit the link's first map must carry
-// (linkResume).
-func (l *tcpLink) resumeCommitted() uint64 { return l.c.resume.committed }
+// resume is where the replica stood for this link when it connected.
+func (l *tcpLink) resume() linkResume { return l.c.resume }
 
 func (l *tcpLink) readAcks(acks chan<- Ack) {
 	for {

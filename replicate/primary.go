@@ -159,9 +159,32 @@ type linkState struct {
 	// (rejoin.go).
 	joining bool
 	cursor  uint64
-	// mapped is set once the link's connection carried a map: the first
-	// carries the commit its welcome gave (linkResume), not the newest.
-	mapped bool
+	// acked is the newest epoch the link acknowledged and commitSent the
+	// newest commit it carried, on this connection or, as its welcome
+	// said (linkResume), on earlier ones: a map's commit must lie between
+	// the two (the replica's binding rules), see mapCommit.
+	acked, commitSent uint64
+}
+
+// mapCommit is the commit a map on the link carries: the newest committed
+// epoch if the link acknowledged it, else the newest commit the link
+// already carried (a link that came back, or a new primary of the same
+// term, must not make a replica go back nor apply what it never acked).
+func (l *linkState) mapCommit(committed uint64) uint64 {
+	if committed <= l.acked && committed >= l.commitSent {
+		l.commitSent = committed
+	}
+	return l.commitSent
+}
+
+// newLinkState is a link taken into service, where its welcome said the
+// replica stands.
+func newLinkState(l Link, index int) *linkState {
+	ls := &linkState{Link: l, index: index, alive: true}
+	if r, ok := l.(interface{ resume() linkResume }); ok {
+		ls.acked, ls.commitSent = r.resume().acked, r.resume().committed
+	}
+	return ls
 }
 
 // counts reports whether the link's acknowledgements decide its epochs.
@@ -276,7 +299,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 				errs[i] = err
 				return
 			}
-			p.links[i] = &linkState{Link: l, index: i, alive: true}
+			p.links[i] = newLinkState(l, i)
 		}()
 	}
 	p.stateHello = hello
@@ -892,13 +915,7 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m := &MapRecord{Epoch: e, Committed: p.committed.Load(), Regions: ext}
-			if !l.mapped {
-				if r, ok := l.Link.(interface{ resumeCommitted() uint64 }); ok {
-					m.Committed = min(m.Committed, r.resumeCommitted())
-				}
-				l.mapped = true
-			}
+			m := &MapRecord{Epoch: e, Committed: l.mapCommit(p.committed.Load()), Regions: ext}
 			err := l.WriteMap(m)
 			if err == nil {
 				err = l.WriteSG(sg)
@@ -951,6 +968,7 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 		case a.Epoch == e:
 			if a.Link >= 0 && waiting[a.Link] {
 				l := p.links[a.Link]
+				l.acked = max(l.acked, e)
 				l.rate = observeRate(l.rate, rec.LinkBytes[a.Link], time.Since(start))
 			}
 			delete(waiting, a.Link)
@@ -1080,9 +1098,11 @@ func (p *Primary) commit(e uint64) {
 		p.log.Warn("serial output", "err", err)
 	}
 	for _, l := range p.links {
-		if l.alive {
+		if l.alive && l.acked >= e {
 			if err := l.WriteCommit(e); err != nil {
 				p.linkFailed(l.index, err)
+			} else {
+				l.commitSent = max(l.commitSent, e)
 			}
 		}
 	}

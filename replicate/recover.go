@@ -283,6 +283,15 @@ func (rc *Recovery) settleOnce(ctx context.Context) error {
 	if rec.Epoch == 0 {
 		return fmt.Errorf("%w: no epoch is complete on the surviving replicas (%v; unreachable: %v)", ErrUnrecoverable, why, rec.Unreachable)
 	}
+	// A replica that applied a newer epoch than E proves this leader's
+	// states stale: another node led after it (a primary that moved to
+	// another leader, or a later term). An image from here would mix
+	// epochs; refuse.
+	for _, v := range views {
+		if v.err == nil && v.report.Applied > rec.Epoch {
+			return fmt.Errorf("%w: replica %s applied epoch %d, newer than epoch %d, the newest this node holds a usable state of: its states are stale (another node led after it)", ErrUnrecoverable, v.addr, v.report.Applied, rec.Epoch)
+		}
+	}
 	rec.State = rc.states[rec.Epoch].Blob
 
 	// Settle every replica on E and read its page epochs.

@@ -63,7 +63,8 @@ func (p *Primary) installRejoined() {
 		select {
 		case r := <-p.rejoined:
 			joining := p.cfg.Policy == PolicyFT
-			p.links[r.index] = &linkState{Link: r.link, index: r.index, alive: true, joining: joining}
+			p.links[r.index] = newLinkState(r.link, r.index)
+			p.links[r.index].joining = joining
 			if joining {
 				p.log.Warn("replica link back: it gets a full copy of memory, slice by slice, before it counts", "link", r.link.String())
 			} else {

@@ -3,6 +3,8 @@ package replicate
 import (
 	"context"
 	"encoding/binary"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -94,5 +96,47 @@ func TestTakeoverReprotects(t *testing.T) {
 				t.Logf("generation %d recovered epoch %d; generation %d replicates to %v, led by %s", gen, rec.Epoch, gen+1, links, next)
 			}
 		})
+	}
+}
+
+// TestStaleLeaderRefusesToRecover: a primary moves to another leader in
+// the same term (its first leader unreachable) and commits on. The first
+// leader's states are then older than what the replicas applied: asked to
+// recover, it refuses instead of building an image of mixed epochs.
+func TestStaleLeaderRefusesToRecover(t *testing.T) {
+	c := newCluster(t, 2)
+	l2, l2Addr, _ := startReplica(t, ReplicaConfig{Leader: true, HeartbeatTimeout: time.Second})
+	vm := newFakeVM(t, 256)
+	cfg := PrimaryConfig{Links: c.addrs, Leader: c.leadAddr, VMID: 0x57A1E, Guest: "fake", VCPUs: 1,
+		Epoch: 5 * time.Millisecond, Policy: PolicyFT, SGMax: 8}
+	run := func(cfg PrimaryConfig, epochs uint64) uint64 {
+		p := mustConnectPrimary(t, cfg, vm, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		guestDone := make(chan struct{})
+		go func() { defer close(guestDone); vm.run(ctx, 3) }()
+		runErr := make(chan error, 1)
+		go func() { runErr <- p.Run(ctx) }()
+		waitCommitted(t, p, cfg.StartEpoch+epochs, 20*time.Second, nil)
+		cancel()
+		<-runErr
+		vm.Resume()
+		<-guestDone
+		return p.Committed()
+	}
+	first := run(cfg, 5)
+	// The same term goes on with the second leader, well past the first's
+	// states.
+	cfg.Leader, cfg.StartEpoch, cfg.Reprotect = l2Addr, first+10, true
+	run(cfg, 10)
+	<-c.leader.Failed()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := c.leader.Recover(ctx, c.addrs); !errors.Is(err, ErrUnrecoverable) || !strings.Contains(err.Error(), "stale") {
+		t.Fatalf("recovery from the stale leader: %v; want a refusal naming its stale states", err)
+	}
+	// The current leader recovers.
+	<-l2.Failed()
+	if _, err := l2.Recover(ctx, c.addrs); err != nil {
+		t.Fatalf("recovery from the current leader: %v", err)
 	}
 }
