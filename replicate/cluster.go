@@ -68,6 +68,13 @@ func (r *Replica) Cluster() (Cluster, bool) {
 	return *r.cluster, true
 }
 
+// VMID is the id of the VM this node serves; zero before any.
+func (r *Replica) VMID() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.vmID
+}
+
 // Successor is how the node named self protects the VM once it has taken
 // it over (no coordinator): the same links but those to self (a primary
 // keeps no copy of its own memory), and as its leader the first node of

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -204,5 +206,52 @@ func TestFencedPrimaryStops(t *testing.T) {
 	// Its generation stays fenced there: it cannot come back.
 	if _, err := dialHello(context.Background(), testCreds, c.addrs[1], 0xFE1, 1, Hello{Role: RoleLink, Link: 1, Links: 2, MemBytes: 64 * PageSize, Policy: PolicyFT}); !errors.Is(err, ErrFenced) {
 		t.Fatalf("the fenced primary's link hello: %v, want ErrFenced", err)
+	}
+}
+
+// fakeTerm is a coordinator term whose lease the test ends.
+type fakeTerm struct {
+	gen  uint64
+	lost atomic.Bool
+}
+
+func (f *fakeTerm) Generation() uint64 { return f.gen }
+func (f *fakeTerm) Held() bool         { return !f.lost.Load() }
+
+// TestTermLostStopsThePrimary: a primary whose coordinator term may have
+// ended commits nothing more and releases no output: it stops with
+// ErrTermLost (a kind of ErrFenced), under the term's generation.
+func TestTermLostStopsThePrimary(t *testing.T) {
+	c := newCluster(t, 1)
+	vm := newFakeVM(t, 64)
+	out := &lockedWriter{}
+	gate := NewOutputGate(out, 1<<20)
+	term := &fakeTerm{gen: 41}
+	p := mustConnectPrimary(t, PrimaryConfig{
+		Links: c.addrs, Leader: c.leadAddr, VMID: 0x7E2A, Guest: "fake", VCPUs: 1,
+		Epoch: 5 * time.Millisecond, Policy: PolicyFT, SGMax: 8, Term: term,
+	}, vm, gate)
+	if g := p.Status().Generation; g != 41 {
+		t.Fatalf("generation %d, want the term's 41", g)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go vm.run(ctx, 4)
+	runErr := make(chan error, 1)
+	go func() { runErr <- p.Run(ctx) }()
+	waitCommitted(t, p, 5, 10*time.Second, nil)
+	term.lost.Store(true)
+	gate.Write([]byte("after the term;"))
+	select {
+	case err := <-runErr:
+		if !errors.Is(err, ErrTermLost) || !errors.Is(err, ErrFenced) {
+			t.Fatalf("Run = %v, want ErrTermLost", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the primary goes on without its term")
+	}
+	vm.Resume()
+	if strings.Contains(out.String(), "after the term;") {
+		t.Fatal("output released after the term was lost")
 	}
 }

@@ -92,8 +92,14 @@ type PrimaryConfig struct {
 	// epoch commits. A takeover's new primary uses it: its VM must run
 	// even if no backup is left.
 	Reprotect bool
-	Guest     string
-	VCPUs     int
+	// Term, when set, is this primary's term at a coordinator (package
+	// coord): no epoch is committed, and no output released, unless
+	// Term.Held() says the term certainly still holds; once it does not,
+	// the primary stops with ErrTermLost, since another node may take
+	// over once the term's lease has expired.
+	Term  Term
+	Guest string
+	VCPUs int
 	// Epoch is how long the VM runs between two pauses.
 	Epoch  time.Duration
 	Policy Policy
@@ -137,8 +143,17 @@ type PrimaryConfig struct {
 // connections.
 var errNoCredentials = errors.New("replicate: no credentials: every replication connection is authenticated (a key from tandem keygen, --auth-key)")
 
+// Term is what the primary needs of a coordinator's term (coord.Term).
+type Term interface {
+	Generation() uint64
+	Held() bool
+}
+
 // Errors that end a primary's run.
 var (
+	// ErrTermLost is a primary whose coordinator term may have ended: it
+	// is fenced as much as if a node had said so.
+	ErrTermLost   = fmt.Errorf("%w: this primary's term at the coordinator is lost (its lease may have expired)", ErrFenced)
 	ErrLeaderLost = errors.New("replicate: lost the leader: nothing can commit")
 	// ErrLeaderRefused is a leader refusing what the primary sent (a
 	// configuration the two disagree on): unlike a lost leader, waiting
@@ -253,6 +268,9 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	}
 	if cfg.SGMax < 1 {
 		cfg.SGMax = 32
+	}
+	if cfg.Generation == 0 && cfg.Term != nil {
+		cfg.Generation = cfg.Term.Generation()
 	}
 	if cfg.Generation == 0 {
 		cfg.Generation = 1
@@ -409,6 +427,9 @@ func (p *Primary) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		p.installRejoined()
+		if p.cfg.Term != nil && !p.cfg.Term.Held() {
+			return p.stopped(ctx, ErrTermLost)
+		}
 		if p.leader == nil {
 			if err := p.reconnectLeader(ctx); err != nil {
 				if errors.Is(err, ErrFenced) || errors.Is(err, errSourcePause) {
@@ -630,6 +651,9 @@ func (p *Primary) initialSync(ctx context.Context) error {
 		p.prepareStaging(len(mem))
 		return nil
 	}
+	if p.cfg.Term != nil && !p.cfg.Term.Held() {
+		return ErrTermLost
+	}
 	p.commit(e)
 	p.prepareStaging(len(mem)) // async: see staging.go
 	p.log.Info("initial copy sent", "pages", Transferred(p.regions), "took", time.Since(start).Round(time.Millisecond))
@@ -789,6 +813,9 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	t2 := time.Now()
 	rec.Pause.Group = t2.Sub(t1)
 	ok, err := p.transfer(ctx, e, p.regions, catchUp, src, state, rec)
+	if err == nil && ok && p.cfg.Term != nil && !p.cfg.Term.Held() {
+		ok, err = false, ErrTermLost // checked last: nothing is released after it
+	}
 	if !ok {
 		p.carry = append(p.carry, p.pages...) // sent again next epoch
 	}

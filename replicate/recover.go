@@ -78,6 +78,13 @@ type Recovery struct {
 // state, memory size, vCPUs, guest): enough to build the VM whose memory
 // FetchInto fills. Close the Recovery when done.
 func (r *Replica) StartRecovery(ctx context.Context, replicas []string) (*Recovery, error) {
+	return r.StartRecoveryAs(ctx, replicas, 0)
+}
+
+// StartRecoveryAs is StartRecovery for the takeover generation gen (a
+// coordinator's term: it must be newer than every generation seen here);
+// zero means one more than the newest seen.
+func (r *Replica) StartRecoveryAs(ctx context.Context, replicas []string, gen uint64) (*Recovery, error) {
 	start := time.Now()
 	if r.cfg.Auth == nil {
 		return nil, errNoCredentials
@@ -91,7 +98,13 @@ func (r *Replica) StartRecovery(ctx context.Context, replicas []string) (*Recove
 	// The takeover is the next primary term: its generation fences the
 	// failed primary here and at every replica its hellos reach, before
 	// anything is read from them.
-	gen := r.gen + 1
+	if gen == 0 {
+		gen = r.gen + 1
+	}
+	if gen <= r.gen {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("%w: takeover generation %d is not newer than generation %d, seen here", ErrUnrecoverable, gen, r.gen)
+	}
 	r.fence(gen)
 	states := make(map[uint64]*StateRecord, len(r.states))
 	for e, s := range r.states {

@@ -18,6 +18,7 @@ import (
 	"github.com/tandemvm/tandem/devices"
 	"github.com/tandemvm/tandem/devices/virtio"
 	"github.com/tandemvm/tandem/replicate"
+	"github.com/tandemvm/tandem/replicate/coord"
 	"github.com/tandemvm/tandem/vmm"
 )
 
@@ -38,6 +39,17 @@ type haFlags struct {
 	ackTimeout *time.Duration
 	heartbeat  *time.Duration
 	auth       *authFlags
+	coord      *coordFlags
+	// coordinator is the connection to --coordinator, held for the run
+	// (close ends the term).
+	coordinator coord.Coordinator
+}
+
+// close ends the primary's term at the coordinator, if any.
+func (h *haFlags) close() {
+	if h.coordinator != nil {
+		h.coordinator.Close()
+	}
 }
 
 func addHAFlags(fs *flag.FlagSet) *haFlags {
@@ -53,6 +65,7 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 		ackTimeout: fs.Duration("ack-timeout", 2*time.Second, "a link that does not acknowledge an epoch within this time (plus transfer time) has failed"),
 		heartbeat:  fs.Duration("heartbeat", 100*time.Millisecond, "interval of heartbeats to the leader"),
 		auth:       addAuthFlags(fs),
+		coord:      addCoordFlags(fs),
 	}
 }
 
@@ -60,7 +73,7 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 // or nil when --ha is off.
 func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *slog.Logger) (*replicate.PrimaryConfig, error) {
 	if !*h.enabled {
-		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "trace", "ack-timeout", "heartbeat", "auth-key", "insecure-plaintext"} {
+		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "trace", "ack-timeout", "heartbeat", "auth-key", "insecure-plaintext", "coordinator", "coordinator-ttl"} {
 			if set[name] {
 				return nil, usagef("--%s needs --ha", name)
 			}
@@ -109,6 +122,23 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 	}
 	if err := faultInjection(cfg); err != nil {
 		return nil, err
+	}
+	// With a coordinator the term comes first: its generation is etcd's
+	// revision, and no output leaves unless it still holds.
+	c, err := h.coord.open(context.Background(), log)
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		h.coordinator = c
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		term, err := c.Acquire(ctx, coordVM(cfg.VMID), coordNode(""))
+		if err != nil {
+			return nil, fmt.Errorf("--coordinator: becoming the primary of VM %s: %w", coordVM(cfg.VMID), err)
+		}
+		cfg.Term = term
+		log.Info("primary term granted by the coordinator", "vm", coordVM(cfg.VMID), "generation", term.Generation())
 	}
 	return cfg, nil
 }

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tandemvm/tandem/replicate"
+	"github.com/tandemvm/tandem/replicate/coord"
 	"github.com/tandemvm/tandem/replicate/disk"
 	"github.com/tandemvm/tandem/vmm"
 )
@@ -92,6 +93,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	authf := addAuthFlags(fs)
+	coordf := addCoordFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -149,6 +151,13 @@ func cmdReplica(ctx context.Context, args []string) error {
 		return err
 	}
 	defer copies.close()
+	coordinator, err := coordf.open(ctx, log)
+	if err != nil {
+		return err
+	}
+	if coordinator != nil {
+		defer coordinator.Close()
+	}
 	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: true, HeartbeatTimeout: *timeout, MaxMemBytes: maxMemBytes, Auth: creds,
 		Disks: copies.replicate, Committed: copies.apply})
 	serveCtx, stopServing := context.WithCancel(ctx)
@@ -179,12 +188,31 @@ func cmdReplica(ctx context.Context, args []string) error {
 	if len(recoverFrom) == 0 {
 		recoverFrom = cluster.Nodes()
 	}
+	// With a coordinator, the takeover is a term of its own: granted only
+	// once the failed primary's lease has expired, and its generation is
+	// etcd's revision.
+	var term coord.Term
+	if coordinator != nil {
+		vm := coordVM(r.VMID())
+		log.Info("waiting for the primary's term to end at the coordinator (its lease to expire)", "vm", vm, "ttl", *coordf.ttl)
+		if term, err = coordinator.Campaign(ctx, vm, coordNode(self)); err != nil {
+			return fmt.Errorf("taking over VM %s at the coordinator: %w", vm, err)
+		}
+		log.Info("takeover term granted by the coordinator", "vm", vm, "generation", term.Generation())
+	}
 	// The pages go straight into the memory the new VM will run on (a
 	// memfd, which the VM maps as its --mem-file), so the leader never
 	// holds a second copy of guest RAM. Recovery settles the replicas on an
 	// epoch first, which gives the size.
-	rc, err := r.StartRecovery(ctx, recoverFrom)
+	var gen uint64
+	if term != nil {
+		gen = term.Generation()
+	}
+	rc, err := r.StartRecoveryAs(ctx, recoverFrom, gen)
 	if err != nil {
+		if term != nil {
+			term.Resign(context.Background())
+		}
 		return err
 	}
 	defer rc.Close()
@@ -215,6 +243,9 @@ func cmdReplica(ctx context.Context, args []string) error {
 			Guest: rec.Guest, VCPUs: rec.VCPUs, Epoch: cluster.Epoch, Policy: cluster.Policy, Mode: cluster.Mode,
 			SGMax: cluster.SGMax, AckTimeout: cluster.AckTimeout, Heartbeat: cluster.Heartbeat, Auth: creds, Log: log,
 			Summary: func(line string) { log.Info(line) },
+		}
+		if term != nil {
+			spec.ha.Term = term
 		}
 		spec.haDevs = &haDevices{}
 		spec.dirty = vmm.DirtyBitmap

@@ -114,7 +114,9 @@ func cmdRun(ctx context.Context, args []string) error {
 	default:
 		return usagef("say what to run: --guest NAME|PATH, --kernel PATH or --restore FILE")
 	}
-	if spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log); err != nil {
+	spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log)
+	defer ha.close()
+	if err != nil {
 		return err
 	}
 	if spec.ha != nil {
