@@ -10,32 +10,35 @@ import (
 // committed, and the state of the leader and of every link. It is a copy,
 // safe to keep.
 type Status struct {
-	Generation uint64
-	Committed  uint64
+	Generation uint64 `json:"generation"`
+	Committed  uint64 `json:"committed"`
 	// Leader is the state connection's address; LeaderConnected is false
 	// while it is lost (the output is held until it is back).
-	Leader          string
-	LeaderConnected bool
-	Links           []LinkStatus
+	Leader          string       `json:"leader"`
+	LeaderConnected bool         `json:"leader_connected"`
+	Links           []LinkStatus `json:"links"`
 	// Policy and the count of live links decide Degraded: fast with fewer
 	// live links than configured (the others got a full copy) or ft with
 	// fewer copies than configured. Protected is false while nothing can
 	// commit (no leader, or no link).
-	Policy    Policy
-	Degraded  bool
-	Protected bool
+	Policy    Policy `json:"policy"`
+	Degraded  bool   `json:"degraded"`
+	Protected bool   `json:"protected"`
 }
 
 // LinkStatus is one link's state.
 type LinkStatus struct {
-	Addr  string
-	Alive bool
+	Addr  string `json:"addr"`
+	Alive bool   `json:"alive"`
 	// Joining is an ft link in service that does not hold every page yet
 	// (CaughtUp of Pages sent); it does not count for commits.
-	Joining         bool
-	CaughtUp, Pages uint64
+	Joining  bool   `json:"joining"`
+	CaughtUp uint64 `json:"caught_up_pages"`
+	Pages    uint64 `json:"pages"`
+	// Acked is the newest epoch the link acknowledged.
+	Acked uint64 `json:"acked"`
 	// Rate is the measured rate in bytes per second (0: not measured).
-	Rate float64
+	Rate float64 `json:"rate_bytes_per_s"`
 }
 
 // String is a one-line summary for logs and `tandem status`.
@@ -101,7 +104,7 @@ func (p *Primary) publishStatus() {
 		ls := LinkStatus{Addr: addr}
 		if i < len(p.links) && p.links[i] != nil {
 			l := p.links[i]
-			ls.Alive, ls.Rate, ls.Joining = l.alive, l.rate, l.alive && l.joining
+			ls.Alive, ls.Rate, ls.Joining, ls.Acked = l.alive, l.rate, l.alive && l.joining, l.acked
 			if ls.Joining {
 				ls.CaughtUp, ls.Pages = l.cursor, uint64(len(p.src.Memory()))/PageSize
 			}

@@ -40,6 +40,8 @@ type ControlStatus struct {
 	MemBytes uint64 `json:"mem_bytes"`
 	VCPUs    int    `json:"vcpus"`
 	Paused   bool   `json:"paused"`
+	// Replication is what Controller.Replication reports, as is.
+	Replication json.RawMessage `json:"replication,omitempty"`
 }
 
 // Controller serves control requests for one VM.
@@ -48,6 +50,9 @@ type Controller struct {
 	// Meta is written into snapshots (guest name, Tandem version).
 	Meta SnapshotMeta
 	Log  *slog.Logger
+	// Replication, when set, describes the VM's protection for status
+	// (package vmm does not interpret it).
+	Replication func() json.RawMessage
 
 	mu     sync.Mutex
 	pauses int // pauses taken through the control socket and not yet resumed
@@ -160,7 +165,11 @@ func (c *Controller) Handle(req ControlRequest) (_ *ControlStatus, after func(),
 	default:
 		return nil, nil, fmt.Errorf("unknown op %q (want status, pause, resume, snapshot or stop)", req.Op)
 	}
-	return &ControlStatus{MemBytes: c.VM.mem.Size(), VCPUs: len(c.VM.vcpus), Paused: c.VM.Paused()}, after, nil
+	st := &ControlStatus{MemBytes: c.VM.mem.Size(), VCPUs: len(c.VM.vcpus), Paused: c.VM.Paused()}
+	if c.Replication != nil {
+		st.Replication = c.Replication()
+	}
+	return st, after, nil
 }
 
 // ControlCall sends one request to the control socket at addr ("unix:PATH",

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -53,7 +54,7 @@ func TestCoordinatorTakeover(t *testing.T) {
 			leader := node(ports[1], "n2")
 			primary := startTandem(t, append([]string{"run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key,
 				"--replicas", ports[0], "--leader", ports[1], "--epoch", "10ms", "--heartbeat", "50ms",
-				"--serial", "unix:" + dir + "/p.sock"}, co...)...)
+				"--serial", "unix:" + dir + "/p.sock", "--control", "unix:" + dir + "/p.ctl"}, co...)...)
 			g1 := generationIn(t, primary, "primary term granted by the coordinator")
 			conn := dialWhenReady(t, primary, dir+"/p.sock")
 			client := runCounterClient(conn, 4)
@@ -63,6 +64,14 @@ func TestCoordinatorTakeover(t *testing.T) {
 					t.Fatalf("no increments acknowledged; primary stderr:\n%s", primary.stderr.String())
 				}
 				time.Sleep(time.Millisecond)
+			}
+
+			// tandem status shows the term and the links.
+			out, stderr, status := runTandem(t, "status", "--control", "unix:"+dir+"/p.ctl")
+			for _, want := range []string{"16 MiB, 1 vCPUs", fmt.Sprintf("protected: generation %d", g1), "leader " + ports[1], "link 0 " + ports[0] + ": up"} {
+				if status != 0 || !strings.Contains(out, want) {
+					t.Errorf("tandem status: status %d, output %q (stderr %q); want %q", status, out, stderr, want)
+				}
 			}
 
 			var stopped time.Time

@@ -49,6 +49,7 @@ var commands = []command{
 	{"replica", "keep a copy of a replicated VM; with --leader, take over when the primary fails", cmdReplica},
 	{"keygen", "write a new replication key file (for --auth-key)", cmdKeygen},
 	{"snapshot", "write a snapshot of a running VM through its control socket", cmdSnapshot},
+	{"status", "show a running VM and its protection: generation, leader, links and their lag", cmdStatus},
 	{"bench", "reproduce seed 003's evaluation: replication matrix, report and plots", cmdBench},
 	{"demo", "boot the built-in counter guest and talk to it", cmdDemo},
 	{"rdma-devices", "list the RDMA devices, ports and limits the RDMA transport can use", cmdRDMADevices},

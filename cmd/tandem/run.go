@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -266,6 +267,12 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 			return vmm.Result{}, usagef("--control: %v", err)
 		}
 		c := &vmm.Controller{VM: vm, Meta: vmm.SnapshotMeta{Tandem: version(), Guest: spec.guestName, Virtio: spec.virtio}, Log: spec.log}
+		if primary != nil {
+			c.Replication = func() json.RawMessage {
+				b, _ := json.Marshal(primary.Status())
+				return b
+			}
+		}
 		go func() {
 			if err := c.Serve(ctx, ln); err != nil {
 				spec.log.Error("control socket", "err", err)
@@ -331,6 +338,49 @@ func cmdSnapshot(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Printf("wrote %s (%d KiB) in %v\n", path, fi.Size()>>10, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func cmdStatus(ctx context.Context, args []string) error {
+	fs := newFlagSet("status", "--control ADDR")
+	control := fs.String("control", "", "control socket of the running VM (unix:PATH or tcp:ADDR)")
+	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *control == "" {
+		return usagef("--control is required")
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	st, err := vmm.ControlCall(ctx, *control, vmm.ControlRequest{Op: "status"})
+	if err != nil {
+		return err
+	}
+	state := "running"
+	if st.Paused {
+		state = "paused"
+	}
+	fmt.Printf("VM: %s, %d MiB, %d vCPUs\n", state, st.MemBytes>>20, st.VCPUs)
+	if len(st.Replication) == 0 {
+		fmt.Println("replication: off")
+		return nil
+	}
+	var rs replicate.Status
+	if err := json.Unmarshal(st.Replication, &rs); err != nil {
+		return fmt.Errorf("status of %s: %w", *control, err)
+	}
+	fmt.Println("replication:", rs)
+	for i, l := range rs.Links {
+		state := "down (redialling)"
+		switch {
+		case l.Joining:
+			state = fmt.Sprintf("catching up, %d%% of memory sent", 100*l.CaughtUp/max(l.Pages, 1))
+		case l.Alive:
+			state = fmt.Sprintf("up, acknowledged epoch %d (lag %d), %.1f MB/s", l.Acked, rs.Committed-min(l.Acked, rs.Committed), l.Rate/1e6)
+		}
+		fmt.Printf("  link %d %s: %s\n", i, l.Addr, state)
+	}
 	return nil
 }
 
