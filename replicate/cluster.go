@@ -68,6 +68,14 @@ func (r *Replica) Cluster() (Cluster, bool) {
 	return *r.cluster, true
 }
 
+// StateGeneration is the generation of the primary whose state this node
+// received last; zero if none.
+func (r *Replica) StateGeneration() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stateGen
+}
+
 // VMID is the id of the VM this node serves; zero before any.
 func (r *Replica) VMID() uint64 {
 	r.mu.Lock()

@@ -97,9 +97,19 @@ type PrimaryConfig struct {
 	// Term.Held() says the term certainly still holds; once it does not,
 	// the primary stops with ErrTermLost, since another node may take
 	// over once the term's lease has expired.
-	Term  Term
-	Guest string
-	VCPUs int
+	Term Term
+	// Leaders are other nodes that may lead, in order: when the leader is
+	// lost, the primary moves to the next (and round again) instead of
+	// waiting for it. Only with a Term: without a coordinator, a leader
+	// cut off from the primary could take over beside the one it moved
+	// to. RecordLeader, called once a new leader acknowledged its first
+	// state and before that epoch commits, records at the coordinator
+	// which node leads (a takeover by any other is refused there); an
+	// error keeps the epoch from committing.
+	Leaders      []string
+	RecordLeader func(addr string) error
+	Guest        string
+	VCPUs        int
 	// Epoch is how long the VM runs between two pauses.
 	Epoch  time.Duration
 	Policy Policy
@@ -227,9 +237,14 @@ type Primary struct {
 	// nil (lost: see leaderLost).
 	stateHello    Hello
 	leaderBackoff time.Duration
-	status        statusBoard
-	summary       Summary
-	lastSum       time.Time
+	// leaderRecorded is set once RecordLeader took the current leader;
+	// firstLeader is the one configured (cfg.Leader moves on, see
+	// nextLeader).
+	leaderRecorded bool
+	firstLeader    string
+	status         statusBoard
+	summary        Summary
+	lastSum        time.Time
 
 	pages   []uint64
 	regions []Region
@@ -265,6 +280,8 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 		return nil, errors.New("replicate: VM id 0 is reserved")
 	case cfg.Auth == nil:
 		return nil, errNoCredentials
+	case len(cfg.Leaders) > 0 && cfg.Term == nil:
+		return nil, errors.New("replicate: other leaders need a coordinator's term: without one, two leaders could take over")
 	}
 	if cfg.SGMax < 1 {
 		cfg.SGMax = 32
@@ -292,7 +309,8 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	}
 	bg, stopBg := context.WithCancel(context.Background())
 	return &Primary{
-		cfg: cfg, src: src, gate: gate, log: cfg.Log, finish: make(chan struct{}),
+		firstLeader: cfg.Leader,
+		cfg:         cfg, src: src, gate: gate, log: cfg.Log, finish: make(chan struct{}),
 		acks:     make(chan Ack, 4*(len(cfg.Links)+1)),
 		assigner: NewAssigner(cfg.Policy, len(cfg.Links)),
 		bg:       bg, stopBg: stopBg, rejoined: make(chan rejoined, len(cfg.Links)),
@@ -518,14 +536,38 @@ func (p *Primary) leaderLost(err error) {
 	p.leader.Close()
 	p.leader = nil
 	p.leaderBackoff = firstLeaderBackoff
+	lost := p.cfg.Leader
+	if p.nextLeader() {
+		p.log.Error("lost the leader: moving to the next node that may lead; output is held until it has the state",
+			"lost", lost, "next", p.cfg.Leader, "err", err, "committed", p.committed.Load())
+		return
+	}
 	p.log.Error("lost the leader: the VM runs on with its output held until a leader is reachable again",
 		"leader", p.cfg.Leader, "err", err, "committed", p.committed.Load(),
 		"operator", "restart `tandem replica --leader` at that address (it resumes protection), or stop this VM; if the leader took over, this primary is fenced and stops")
 }
 
+// nextLeader moves to the next of the leaders that may take over
+// (PrimaryConfig.Leaders, then the first again), if there are others.
+func (p *Primary) nextLeader() bool {
+	all := append([]string{p.firstLeader}, p.cfg.Leaders...)
+	i := slices.Index(all, p.cfg.Leader)
+	next := all[(i+1)%len(all)]
+	if next == p.cfg.Leader {
+		return false
+	}
+	p.cfg.Leader = next
+	return true
+}
+
 // reconnectLeader dials the leader again; once it answers, the guest is
 // paused while the leader's disk copies are brought to its disks.
 func (p *Primary) reconnectLeader(ctx context.Context) error {
+	defer func() {
+		if p.leader == nil && len(p.cfg.Leaders) > 0 {
+			p.nextLeader() // try the next one next time
+		}
+	}()
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
 	defer cancel()
 	s, c, err := p.stateDial().connect(cctx)
@@ -547,6 +589,7 @@ func (p *Primary) reconnectLeader(ctx context.Context) error {
 		return err
 	}
 	p.leader = s
+	p.leaderRecorded = false
 	p.log.Warn("the leader is reachable again: protection resumes", "leader", p.cfg.Leader, "committed", p.committed.Load())
 	return nil
 }
@@ -813,6 +856,15 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	t2 := time.Now()
 	rec.Pause.Group = t2.Sub(t1)
 	ok, err := p.transfer(ctx, e, p.regions, catchUp, src, state, rec)
+	if err == nil && ok && p.cfg.RecordLeader != nil && !p.leaderRecorded {
+		// A new leader has this epoch's state: it is the one to take
+		// over from now on.
+		if rerr := p.cfg.RecordLeader(p.cfg.Leader); rerr != nil {
+			ok, err = false, fmt.Errorf("%w: recording %s as the leader at the coordinator: %v", ErrLeaderLost, p.cfg.Leader, rerr)
+		} else {
+			p.leaderRecorded = true
+		}
+	}
 	if err == nil && ok && p.cfg.Term != nil && !p.cfg.Term.Held() {
 		ok, err = false, ErrTermLost // checked last: nothing is released after it
 	}

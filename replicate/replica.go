@@ -177,6 +177,7 @@ type Replica struct {
 	ended       bool // the primary said goodbye: its VM stopped on purpose
 	stateActive bool
 	stateConns  uint64 // state connections admitted so far
+	stateGen    uint64 // the generation of the newest one
 	// progressBy is when the primary's next progress (a new state or
 	// commit) is due; zero until its first state. interval is the epoch
 	// interval it announced, stateEpoch the newest epoch whose state
@@ -538,6 +539,7 @@ func (r *Replica) admit(vmID, gen uint64, h *Hello, c *conn) error {
 	}
 	switch h.Role {
 	case RoleState:
+		r.stateGen = gen
 		if newer {
 			// The states of an older term are of no use to this one:
 			// a takeover uses only this term's.

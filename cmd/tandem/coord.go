@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/tandemvm/tandem/replicate"
 	"github.com/tandemvm/tandem/replicate/coord"
 )
 
@@ -55,4 +56,25 @@ func coordNode(self string) string {
 	}
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s:%d", host, os.Getpid())
+}
+
+// leadWithTerm lets a primary with a coordinator term move to another
+// node when its leader is lost: the nodes its links reach may lead, and
+// the coordinator records which one does (replicate.PrimaryConfig.Leaders).
+func leadWithTerm(cfg *replicate.PrimaryConfig, term coord.Term) {
+	cfg.Term = term
+	for _, n := range (replicate.Cluster{Links: cfg.Links}).Nodes() {
+		if n != cfg.Leader {
+			cfg.Leaders = append(cfg.Leaders, n)
+		}
+	}
+	timeout := cfg.AckTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Second
+	}
+	cfg.RecordLeader = func(addr string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return term.Record(ctx, "leader", addr)
+	}
 }

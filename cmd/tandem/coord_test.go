@@ -31,10 +31,12 @@ func generationIn(t *testing.T, p *process, msg string) uint64 {
 // holding every acknowledged increment. partition: etcd stops answering;
 // the primary cannot renew its lease and stops its VM with its output
 // held before any takeover can start; once etcd is back the leader takes
-// over, and the VM never ran on two nodes at once.
+// over, and the VM never ran on two nodes at once. leader: the leader
+// dies; the primary moves to the other node as its leader (recorded at
+// etcd) and commits on; then the primary dies and that node takes over.
 func TestCoordinatorTakeover(t *testing.T) {
 	kvmtest.Open(t)
-	for _, scenario := range []string{"crash", "partition"} {
+	for _, scenario := range []string{"crash", "partition", "leader"} {
 		t.Run(scenario, func(t *testing.T) {
 			etcd := etcdtest.Start(t)
 			dir := t.TempDir()
@@ -50,8 +52,9 @@ func TestCoordinatorTakeover(t *testing.T) {
 				waitStderr(t, p, "replica listening")
 				return p
 			}
-			node(ports[0], "n1")
+			n1 := node(ports[0], "n1")
 			leader := node(ports[1], "n2")
+			takerSock := dir + "/n2.sock"
 			primary := startTandem(t, append([]string{"run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key,
 				"--replicas", ports[0], "--leader", ports[1], "--epoch", "10ms", "--heartbeat", "50ms",
 				"--serial", "unix:" + dir + "/p.sock", "--control", "unix:" + dir + "/p.ctl"}, co...)...)
@@ -76,6 +79,22 @@ func TestCoordinatorTakeover(t *testing.T) {
 
 			var stopped time.Time
 			switch scenario {
+			case "leader":
+				// The leader dies: the primary moves to the other node,
+				// records it as the leader, and commits on.
+				leader.kill()
+				base := client.acked.Load()
+				deadline := time.Now().Add(30 * time.Second)
+				for client.acked.Load() < base+5 {
+					if time.Now().After(deadline) {
+						t.Fatalf("no increments acknowledged after the leader died; primary stderr:\n%s", primary.stderr.String())
+					}
+					time.Sleep(time.Millisecond)
+				}
+				waitStderr(t, primary, "moving to the next node that may lead")
+				leader, takerSock = n1, dir+"/n1.sock"
+				primary.kill()
+				stopped = time.Now()
 			case "crash":
 				primary.kill()
 				stopped = time.Now()
@@ -104,9 +123,12 @@ func TestCoordinatorTakeover(t *testing.T) {
 			if !granted.After(stopped) {
 				t.Errorf("the takeover was granted before the primary stopped")
 			}
-			lconn := dialWhenReady(t, leader, dir+"/n2.sock")
+			lconn := dialWhenReady(t, leader, takerSock)
 			defer lconn.Close()
 			checkCount(t, askCount(t, lconn), client.sent.Load(), client.acked.Load())
+			if scenario == "leader" {
+				return // no node is left to protect it
+			}
 			if g := generationIn(t, leader, "protecting the VM again"); g != g2 {
 				t.Errorf("the new primary replicates as generation %d, its term is %d", g, g2)
 			}

@@ -137,7 +137,7 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 		if err != nil {
 			return nil, fmt.Errorf("--coordinator: becoming the primary of VM %s: %w", coordVM(cfg.VMID), err)
 		}
-		cfg.Term = term
+		leadWithTerm(cfg, term)
 		log.Info("primary term granted by the coordinator", "vm", coordVM(cfg.VMID), "generation", term.Generation())
 	}
 	return cfg, nil

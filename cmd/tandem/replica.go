@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -198,6 +199,20 @@ func cmdReplica(ctx context.Context, args []string) error {
 		if term, err = coordinator.Campaign(ctx, vm, coordNode(self)); err != nil {
 			return fmt.Errorf("taking over VM %s at the coordinator: %w", vm, err)
 		}
+		// Only the leader the failed term recorded may take over: the
+		// primary may have moved to another since this node had its
+		// state. A record older than this node's state (the term it
+		// followed never recorded one) does not count.
+		leaderNow, recGen, err := coordinator.Recorded(ctx, vm, "leader")
+		switch {
+		case errors.Is(err, coord.ErrNoRecord):
+		case err != nil:
+			term.Resign(context.Background())
+			return fmt.Errorf("taking over VM %s: reading its leader at the coordinator: %w", vm, err)
+		case leaderNow != self && recGen >= r.StateGeneration():
+			term.Resign(context.Background())
+			return fmt.Errorf("not taking over VM %s: its primary moved to leader %s (generation %d) after this node's state; restart this node to serve as a replica again", vm, leaderNow, recGen)
+		}
 		log.Info("takeover term granted by the coordinator", "vm", vm, "generation", term.Generation())
 	}
 	// The pages go straight into the memory the new VM will run on (a
@@ -245,7 +260,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 			Summary: func(line string) { log.Info(line) },
 		}
 		if term != nil {
-			spec.ha.Term = term
+			leadWithTerm(spec.ha, term)
 		}
 		spec.haDevs = &haDevices{}
 		spec.dirty = vmm.DirtyBitmap

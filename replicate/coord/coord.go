@@ -16,6 +16,8 @@
 //	                           lease of its term
 //	P vm/<vm>/members/<node>   a backup node's opaque info (Join); attached
 //	                           to a lease of that Join
+//	P vm/<vm>/record/<name>    what a term recorded (Term.Record): the
+//	                           term's generation, a space, the value
 //
 // # Terms and generations
 //
@@ -102,6 +104,12 @@ type Term interface {
 	// term's and the lease is revoked. An error means etcd may not have
 	// seen that; the lease then expires within the TTL anyway.
 	Resign(ctx context.Context) error
+	// Record writes value under name for the VM, only while this term's
+	// primary key exists (one etcd transaction guarded by its create
+	// revision), so a deposed primary can record nothing. A record
+	// outlives its term; the next term's overwrites it. An error wraps
+	// ErrNotHeld when the term is over.
+	Record(ctx context.Context, name, value string) error
 }
 
 // Coordinator decides who is primary of a replicated VM. Its methods may be
@@ -127,6 +135,10 @@ type Coordinator interface {
 	Join(ctx context.Context, vm, node string, info []byte) (leave func(), err error)
 	// Members lists the joined nodes of vm, sorted by node name.
 	Members(ctx context.Context, vm string) ([]Member, error)
+	// Recorded reads what the newest term that recorded name for vm wrote
+	// (Term.Record), with that term's generation; an error wraps
+	// ErrNoRecord if none did.
+	Recorded(ctx context.Context, vm, name string) (value string, generation uint64, err error)
 	// WatchMembers sends the full list of vm's members (as Members) first
 	// at once, then on every change, until ctx ends or the Coordinator
 	// closes; then it closes the channel. A slow reader delays the sends;
@@ -156,6 +168,10 @@ var (
 	ErrBadURL = errors.New("coord: bad coordinator URL")
 	// ErrBadName means a VM or node name is empty or contains a '/'.
 	ErrBadName = errors.New("coord: bad name")
+	// ErrNotHeld means a term that is over tried to record something.
+	ErrNotHeld = errors.New("coord: the term is over")
+	// ErrNoRecord means no term recorded the name asked for.
+	ErrNoRecord = errors.New("coord: nothing recorded")
 )
 
 // URLScheme is the scheme of a coordinator URL: etcd://HOST:PORT[,HOST:PORT...].

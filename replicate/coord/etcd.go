@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -879,3 +880,55 @@ func (z *zapSlog) Write(e zapcore.Entry, fs []zapcore.Field) error {
 }
 
 func (z *zapSlog) Sync() error { return nil }
+
+func (c *etcdCoord) recordKey(vm, name string) string {
+	return c.prefix + "vm/" + vm + "/record/" + name
+}
+
+// Record implements Term.
+func (t *etcdTerm) Record(ctx context.Context, name, value string) error {
+	if err := checkName("record", name); err != nil {
+		return err
+	}
+	if !t.Held() {
+		return fmt.Errorf("coord: recording %s for %s: %w", name, t.vm, ErrNotHeld)
+	}
+	v := strconv.FormatInt(t.gen, 10) + " " + value
+	resp, err := t.c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(t.key), "=", t.gen)).
+		Then(clientv3.OpPut(t.c.recordKey(t.vm, name), v)).
+		Commit()
+	if err != nil {
+		return t.c.failed(err, "recording %s for %s", name, t.vm)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("coord: recording %s for %s: %w", name, t.vm, ErrNotHeld)
+	}
+	return nil
+}
+
+// Recorded implements Coordinator.
+func (c *etcdCoord) Recorded(ctx context.Context, vm, name string) (string, uint64, error) {
+	if err := checkName("VM", vm); err != nil {
+		return "", 0, err
+	}
+	if err := checkName("record", name); err != nil {
+		return "", 0, err
+	}
+	if c.isClosed() {
+		return "", 0, fmt.Errorf("coord: record %s of %s: %w", name, vm, ErrClosed)
+	}
+	resp, err := c.cli.Get(ctx, c.recordKey(vm, name))
+	if err != nil {
+		return "", 0, c.failed(err, "record %s of %s", name, vm)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", 0, fmt.Errorf("coord: record %s of %s: %w", name, vm, ErrNoRecord)
+	}
+	g, v, ok := strings.Cut(string(resp.Kvs[0].Value), " ")
+	gen, err := strconv.ParseUint(g, 10, 64)
+	if !ok || err != nil {
+		return "", 0, fmt.Errorf("coord: record %s of %s is malformed: %q", name, vm, resp.Kvs[0].Value)
+	}
+	return v, gen, nil
+}

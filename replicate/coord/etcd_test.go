@@ -670,3 +670,34 @@ func TestEtcdtestURL(t *testing.T) {
 		t.Fatalf("TTL 1.5 s gave %v (%d s), prefix %q; want 2 s and /tandem/", ec.ttl, ec.ttlSec, ec.prefix)
 	}
 }
+
+// TestRecord: a term records while it holds; a deposed term cannot, and
+// the record stays what the newest term wrote, with its generation.
+func TestRecord(t *testing.T) {
+	s := etcdtest.Start(t)
+	a, b := newCoord(t, s), newCoord(t, s)
+	ctx := ctxT(t, 10*time.Second)
+	if _, _, err := b.Recorded(ctx, "vm", "leader"); !errors.Is(err, ErrNoRecord) {
+		t.Fatalf("Recorded before any: %v, want ErrNoRecord", err)
+	}
+	ta := mustAcquire(t, a, "vm", "node-a")
+	if err := ta.Record(ctx, "leader", "10.0.0.2:7000"); err != nil {
+		t.Fatal(err)
+	}
+	if v, g, err := b.Recorded(ctx, "vm", "leader"); err != nil || v != "10.0.0.2:7000" || g != ta.Generation() {
+		t.Fatalf("Recorded = %q %d %v, want 10.0.0.2:7000 of generation %d", v, g, err, ta.Generation())
+	}
+	if err := ta.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tb := mustAcquire(t, b, "vm", "node-b")
+	if err := ta.Record(ctx, "leader", "stale"); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("Record by a resigned term: %v, want ErrNotHeld", err)
+	}
+	if err := tb.Record(ctx, "leader", "10.0.0.3:7000"); err != nil {
+		t.Fatal(err)
+	}
+	if v, g, err := a.Recorded(ctx, "vm", "leader"); err != nil || v != "10.0.0.3:7000" || g != tb.Generation() {
+		t.Fatalf("Recorded = %q %d %v, want 10.0.0.3:7000 of generation %d", v, g, err, tb.Generation())
+	}
+}
