@@ -97,10 +97,13 @@ func (p *process) kill() {
 	p.done <- err
 }
 
-// counterClient pipelines INCs to the counter guest and counts replies.
+// counterClient pipelines INCs to the counter guest and counts replies:
+// maxGap is the longest time (ns) between two replies, twice the replies
+// that answered an INC already answered.
 type counterClient struct {
-	sent, acked atomic.Int64
-	done        chan struct{}
+	sent, acked   atomic.Int64
+	maxGap, twice atomic.Int64
+	done          chan struct{}
 }
 
 func runCounterClient(conn net.Conn, window int) *counterClient {
@@ -109,12 +112,24 @@ func runCounterClient(conn net.Conn, window int) *counterClient {
 	go func() {
 		defer close(c.done)
 		r := bufio.NewReader(conn)
+		seen := map[string]bool{}
+		last := time.Now()
 		for {
 			line, err := r.ReadString('\n')
 			if err != nil {
 				return
 			}
-			if strings.HasPrefix(line, "OK ") {
+			if rest, ok := strings.CutPrefix(line, "OK "); ok {
+				id, _, _ := strings.Cut(rest, " ")
+				if seen[id] {
+					c.twice.Add(1)
+				}
+				seen[id] = true
+				now := time.Now()
+				if gap := int64(now.Sub(last)); gap > c.maxGap.Load() {
+					c.maxGap.Store(gap)
+				}
+				last = now
 				c.acked.Add(1)
 				<-slots
 			}

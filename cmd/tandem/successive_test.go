@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,9 +20,13 @@ import (
 // and a primary of the counter guest with a client running throughout.
 // Steps in random order, each at a random moment: the primary is killed
 // (its leader takes over and protects the VM again with the nodes left),
-// then the new primary, a replica and the leader (each killed and started
-// again, empty, on its address: it rejoins). After every step exactly one
-// node's console answers, and it holds every acknowledged increment.
+// then the new primary, a replica (killed and started again empty, stalled
+// with SIGSTOP, or its link taken down in its namespace, for 0.5-2.5 s)
+// and the leader (killed and started again empty). After every step no
+// node but the primary has a console, the client gets answers again, none
+// twice, and the primary holds every acknowledged increment. Each round
+// is four faults; TANDEM_SUCCESSIVE_ROUNDS=N runs N rounds per policy (the
+// campaign: 125 rounds are 1,000 faults) and logs the totals.
 func TestSuccessiveFailures(t *testing.T) {
 	kvmtest.Open(t)
 	rounds := 1
@@ -30,16 +35,43 @@ func TestSuccessiveFailures(t *testing.T) {
 	}
 	lab := newNetLab(t, "primary", "n1", "n2", "n3", "n4")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 13))
+	var total campaignStats
+	defer func() {
+		t.Logf("campaign: %d rounds, %d faults (%v), %d acknowledged increments, 0 lost (checked after every step), %d answered twice, longest unavailability %v (fault to the next answer)",
+			total.rounds, total.faults, total.kinds, total.acked, total.twice, total.longest.Round(time.Millisecond))
+	}()
 	for round := range rounds {
 		for _, policy := range []string{"fast", "ft"} {
 			ok := t.Run(fmt.Sprintf("round%02d/%s", round, policy), func(t *testing.T) {
-				successiveRound(t, lab, rng, policy)
+				total.add(successiveRound(t, lab, rng, policy))
 			})
 			if !ok {
 				return
 			}
 		}
 	}
+}
+
+// campaignStats sums up rounds of faults.
+type campaignStats struct {
+	rounds, faults int
+	kinds          map[string]int
+	acked, twice   int64
+	longest        time.Duration
+}
+
+func (c *campaignStats) add(r campaignStats) {
+	c.rounds++
+	c.faults += r.faults
+	if c.kinds == nil {
+		c.kinds = map[string]int{}
+	}
+	for k, n := range r.kinds {
+		c.kinds[k] += n
+	}
+	c.acked += r.acked
+	c.twice += r.twice
+	c.longest = max(c.longest, r.longest)
 }
 
 // haNode is one backup node's current process.
@@ -50,7 +82,8 @@ type haNode struct {
 	starts     int
 }
 
-func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) {
+func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) (stats campaignStats) {
+	stats.kinds = map[string]int{}
 	dir := t.TempDir()
 	key := testKeyFile(t)
 	nodes := map[string]*haNode{}
@@ -91,6 +124,15 @@ func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) {
 	var sent, acked int64
 	conn := dialWhenReady(t, primary, primarySock)
 	client := runCounterClient(conn, 4)
+	endClient := func() {
+		conn.Close()
+		<-client.done
+		sent, acked = sent+client.sent.Load(), acked+client.acked.Load()
+		stats.twice += client.twice.Load()
+		if client.twice.Load() > 0 {
+			t.Errorf("%d increments were answered twice", client.twice.Load())
+		}
+	}
 	// waitAcks waits until the client has n more acknowledgements.
 	waitAcks := func(n int64, what string) {
 		t.Helper()
@@ -109,6 +151,8 @@ func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) {
 	rng.Shuffle(len(steps), func(i, j int) { steps[i], steps[j] = steps[j], steps[i] })
 	for i, step := range steps {
 		time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond) // a random moment
+		fault := time.Now()
+		kind := step
 		switch step {
 		case "primary":
 			if primaryNode == nil {
@@ -116,9 +160,7 @@ func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) {
 			} else {
 				primaryNode.proc.kill()
 			}
-			conn.Close()
-			<-client.done
-			sent, acked = sent+client.sent.Load(), acked+client.acked.Load()
+			endClient()
 			// The leader takes over and protects the VM with the rest.
 			next := byAddr[leader]
 			newLinks, newLeader := replicate.Cluster{Links: links}.Successor(leader)
@@ -145,11 +187,34 @@ func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) {
 					victim = byAddr[links[0]]
 				}
 			}
-			t.Logf("step %d: killed %s (%s), started again empty", i, step, victim.role)
-			victim.proc.kill()
-			start(victim)
+			how := "kill"
+			if step == "replica" {
+				how = []string{"kill", "stall", "link-down"}[rng.IntN(3)]
+			}
+			kind = step + "/" + how
+			d := 500*time.Millisecond + time.Duration(rng.IntN(2000))*time.Millisecond
+			switch how {
+			case "kill":
+				t.Logf("step %d: killed %s (%s), started again empty", i, step, victim.role)
+				victim.proc.kill()
+				start(victim)
+			case "stall":
+				t.Logf("step %d: stalled %s (%s) for %v", i, step, victim.role, d)
+				victim.proc.cmd.Process.Signal(syscall.SIGSTOP)
+				time.Sleep(d) // the length of the fault, not a wait for a condition
+				victim.proc.cmd.Process.Signal(syscall.SIGCONT)
+			case "link-down":
+				t.Logf("step %d: took %s (%s)'s link down for %v", i, step, victim.role, d)
+				lab.ip("-n", lab.hosts[victim.role], "link", "set", "eth0", "down")
+				time.Sleep(d) // the length of the fault
+				lab.ip("-n", lab.hosts[victim.role], "link", "set", "eth0", "up")
+			}
 		}
-		waitAcks(5, fmt.Sprintf("after step %d (%s)", i, step))
+		stats.faults++
+		stats.kinds[kind]++
+		waitAcks(1, fmt.Sprintf("after step %d (%s)", i, step))
+		stats.longest = max(stats.longest, time.Since(fault))
+		waitAcks(4, fmt.Sprintf("after step %d (%s)", i, step))
 
 		// The VM answers on one node only: the primary's, whose console
 		// the client holds (a console takes one client: it is not dialled
@@ -164,9 +229,8 @@ func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) {
 			}
 		}
 	}
-	conn.Close()
-	<-client.done
-	sent, acked = sent+client.sent.Load(), acked+client.acked.Load()
+	endClient()
+	stats.acked = acked
 	final := dialWhenReady(t, primaryNode.proc, primaryNode.serial)
 	defer final.Close()
 	checkCount(t, askCount(t, final), sent, acked)
@@ -187,4 +251,5 @@ func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) {
 	if len(gens) != 2 || gens[0] == gens[1] {
 		t.Errorf("takeovers by generation %v, want two of distinct generations", gens)
 	}
+	return stats
 }
