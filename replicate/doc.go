@@ -76,6 +76,40 @@
 // back. RDMA links are bound to the generation of the authenticated set-up
 // that issued their ticket, and checked against it at every epoch.
 //
+// # Continuous protection
+//
+// Losing a backup never stops the VM. Without its leader, or with no link
+// left, nothing can commit: the primary holds the output (its writers
+// wait once the gates are full) and lets the guest run, carries the pages
+// of every epoch that did not commit into the next, and dials again with
+// a growing backoff. A leader that answers again has its disk copies
+// brought up to date with the guest paused; a link that answers again
+// counts at once with fast (the links left got a full copy when it was
+// lost) and, with ft, once it has been sent all of memory, a slice per
+// epoch (rejoin.go): until then it is in no epoch's state, so recovery
+// never relies on it. A link's welcome says where its replica stands, so
+// the first map on a new connection carries a commit the binding rules
+// allow and applies nothing the primary never committed.
+//
+// The primary tells its leader how it replicates (Cluster). The node that
+// takes over runs the VM as the recovered generation, from the epoch
+// after the one it recovered (PrimaryConfig.StartEpoch: a page's epoch in
+// a store never goes back, and that first copy sends all of memory), over
+// the links left less its own (Cluster.Successor), starting with whatever
+// answers (PrimaryConfig.Reprotect).
+//
+// With a coordinator (package coord) the primary's term is a lease: its
+// generation is the coordinator's, no epoch commits and no output leaves
+// unless the term certainly still holds (PrimaryConfig.Term), a takeover
+// happens only once the old term's lease has expired, and a lost leader
+// is replaced by the next node that may lead (PrimaryConfig.Leaders),
+// recorded at the coordinator before the epoch it first acknowledged
+// commits, so that only that node takes over. Without one, the designated
+// leader stays the only node that can take over, and the only one the
+// primary sends state to: a primary that moved to another leader could
+// otherwise run beside a takeover. Recovery refuses a leader whose states
+// are older than an epoch a replica applied: another node led after it.
+//
 // # Disks
 //
 // Disk replication rides the commit rule. Before the first epoch the

@@ -106,6 +106,19 @@ func (f *fakeVM) write(page uint64, v uint64) {
 	f.mu.Unlock()
 }
 
+// waitWrites waits until the guest has made n more writes: it runs.
+func (f *fakeVM) waitWrites(t *testing.T, n uint64, what string) {
+	t.Helper()
+	f.mu.Lock()
+	from := f.writes
+	f.mu.Unlock()
+	waitFor(t, what, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.writes >= from+n
+	})
+}
+
 // run writes pages in a scattered pattern until ctx is done.
 func (f *fakeVM) run(ctx context.Context, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, 1))

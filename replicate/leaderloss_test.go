@@ -42,14 +42,7 @@ func TestLeaderLossHoldsOutputAndResumes(t *testing.T) {
 				t.Fatalf("status without a leader: %v", st)
 			}
 			gate.Write([]byte("during;"))
-			vm.mu.Lock()
-			writes := vm.writes
-			vm.mu.Unlock()
-			waitFor(t, "the guest to run on without its leader", func() bool {
-				vm.mu.Lock()
-				defer vm.mu.Unlock()
-				return vm.writes > writes+2000
-			})
+			vm.waitWrites(t, 2000, "the guest to run on without its leader")
 			if strings.Contains(out.String(), "during;") {
 				t.Fatal("output escaped while nothing could commit")
 			}

@@ -403,14 +403,7 @@ func TestStalledLinkFailsInsteadOfHanging(t *testing.T) {
 	if st := p.Status(); st.Protected {
 		t.Fatalf("status with no live link: %v", st)
 	}
-	vm.mu.Lock()
-	writes := vm.writes
-	vm.mu.Unlock()
-	waitFor(t, "the guest to run on without links", func() bool {
-		vm.mu.Lock()
-		defer vm.mu.Unlock()
-		return vm.writes > writes+1000
-	})
+	vm.waitWrites(t, 1000, "the guest to run on without links")
 	select {
 	case err := <-runErr:
 		t.Fatalf("the primary stopped when its links failed: %v", err)
