@@ -120,7 +120,7 @@ func readReply(c *conn, want MsgType) (Header, []byte, error) {
 	case err != nil:
 		return h, nil, err
 	case h.Type == MsgError:
-		return h, nil, fmt.Errorf("refused: %s", p)
+		return h, nil, fmt.Errorf("%w: %s", ErrRefused, p)
 	case h.Type != want:
 		return h, nil, fmt.Errorf("%w: %v message, want %v", ErrProtocol, h.Type, want)
 	}

@@ -119,7 +119,7 @@ func dialHello(ctx context.Context, creds *auth.Credentials, addr string, vmID, 
 	h, err := c.readHeader()
 	if err == nil && h.Type == MsgError {
 		p, _ := readPayload(c.r, h)
-		err = fmt.Errorf("refused: %s", p)
+		err = fmt.Errorf("%w: %s", ErrRefused, p)
 	} else if err == nil && h.Type == MsgFenced {
 		err = c.readFenced(h)
 	} else if err == nil && (h.Type != MsgWelcome || (h.Length != 0 && h.Length != welcomeLinkSize)) {

@@ -169,6 +169,15 @@ var (
 	// configuration the two disagree on): unlike a lost leader, waiting
 	// does not mend it, so replication stops.
 	ErrLeaderRefused = errors.New("replicate: the leader refused")
+	// ErrRefused is a peer's refusal of a hello or of what followed it
+	// (the message says why).
+	ErrRefused = errors.New("refused")
+	// ErrCannotProtect ends a Reprotect primary whose leader refused it
+	// (a node without the disk copies the guest needs, say): waiting does
+	// not mend that, and holding the output for ever would make the VM
+	// that was just taken over unavailable. The caller lets the VM run
+	// unprotected.
+	ErrCannotProtect = errors.New("replicate: the VM cannot be protected again")
 	ErrNoLinks       = errors.New("replicate: every link has failed")
 )
 
@@ -356,7 +365,10 @@ func (p *Primary) Connect(ctx context.Context) error {
 				go p.redialLink(i)
 			}
 		}
-		if err := errs[len(errs)-1]; err != nil {
+		if err := errs[len(errs)-1]; errors.Is(err, ErrRefused) {
+			p.Close()
+			return fmt.Errorf("%w: leader %s: %w", ErrCannotProtect, p.cfg.Leader, err)
+		} else if err != nil {
 			p.leader = nil
 			p.leaderBackoff = firstLeaderBackoff
 			p.log.Warn("leader unreachable; output is held until it answers", "leader", p.cfg.Leader, "err", err)

@@ -286,6 +286,23 @@ func startPrimary(ctx context.Context, src replicate.Source, gate replicate.Gate
 	return p, nil
 }
 
+// releaseUnprotected lets the output of a VM that runs without
+// replication out of its gates, an epoch interval at a time, until ctx
+// ends.
+func releaseUnprotected(ctx context.Context, gates replicate.Gate, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for e := uint64(1); ; e++ {
+		gates.Seal(e)
+		gates.Release(e)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // runReplicated runs the VM and its replication together. If replication
 // fails the VM stops: its output stays held, so nothing escapes that the
 // leader's copy could contradict. A lost leader is not a failure: the VM

@@ -257,7 +257,16 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 		gates := append(replicate.Gates{gate}, spec.haDevs.gates...)
 		cfg := *spec.ha
 		cfg.Disks = spec.haDevs.images
-		if primary, err = startPrimary(ctx, src, gates, cfg); err != nil {
+		primary, err = startPrimary(ctx, src, gates, cfg)
+		if errors.Is(err, replicate.ErrCannotProtect) {
+			// A VM just taken over whose successor refused it: it runs,
+			// unprotected, rather than hold its output for ever.
+			spec.log.Error("the VM runs UNPROTECTED: the node chosen to protect it refused", "err", err,
+				"operator", "give every node the copies the guest needs (--disk), then move the VM")
+			go releaseUnprotected(ctx, gates, cfg.Epoch)
+			primary, err = nil, nil
+		}
+		if err != nil {
 			return vmm.Result{}, err
 		}
 	}
