@@ -108,6 +108,8 @@ static int ifreq_ioctl(int s, unsigned long req, struct ifreq *ifr, const char *
 // the peer's address (net_sock < 0 when there is none).
 static int net_sock = -1;
 static struct sockaddr_in net_peer;
+// ping_msg is what net() sends the peer until it answers.
+static const char ping_msg[] = "ping from tandem-init";
 
 static void network(void) {
 	const char *ip = getenv("tandem_ip"), *peer = getenv("tandem_peer");
@@ -152,9 +154,8 @@ static void network(void) {
 	inet_pton(AF_INET, paddr, &to.sin_addr);
 	struct timeval tv = {.tv_sec = 0, .tv_usec = 500000};
 	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	static const char ping[] = "ping from tandem-init";
 	for (int i = 0; i < 20; i++) {
-		sendto(s, ping, sizeof ping - 1, 0, (struct sockaddr *)&to, sizeof to);
+		sendto(s, ping_msg, strlen(ping_msg), 0, (struct sockaddr *)&to, sizeof to);
 		char buf[256];
 		ssize_t n = recv(s, buf, sizeof buf - 1, 0);
 		if (n > 0) {
@@ -298,8 +299,14 @@ static void counter_loop(const char *dev) {
 			char msg[32], answer[64] = "";
 			int mlen = snprintf(msg, sizeof msg, "tick-%lu", n);
 			sendto(net_sock, msg, mlen, 0, (struct sockaddr *)&net_peer, sizeof net_peer);
-			ssize_t got = recv(net_sock, answer, sizeof answer - 1, 0);
-			answer[got > 0 ? got : 0] = 0;
+			// The ping may have been sent more than once (an answer
+			// slower than its 500 ms timeout): its late echoes are not
+			// this tick's answer.
+			ssize_t got;
+			do {
+				got = recv(net_sock, answer, sizeof answer - 1, 0);
+				answer[got > 0 ? got : 0] = 0;
+			} while (got > 0 && strstr(answer, ping_msg));
 			for (char *c = answer; *c; c++)
 				if (*c == ' ' || *c == '\n')
 					*c = '-';
