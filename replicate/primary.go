@@ -457,7 +457,7 @@ func (p *Primary) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		p.installRejoined()
-		if p.cfg.Term != nil && !p.cfg.Term.Held() {
+		if p.termLost() {
 			return p.stopped(ctx, ErrTermLost)
 		}
 		if p.leader == nil {
@@ -502,6 +502,10 @@ func (p *Primary) Run(ctx context.Context) error {
 		t.Reset(p.cfg.Epoch)
 	}
 }
+
+// termLost reports whether the primary has a coordinator term that may
+// have ended (PrimaryConfig.Term).
+func (p *Primary) termLost() bool { return p.cfg.Term != nil && !p.cfg.Term.Held() }
 
 // anyLinkAlive reports whether any link is in service, counted or not.
 func (p *Primary) anyLinkAlive() bool {
@@ -706,7 +710,7 @@ func (p *Primary) initialSync(ctx context.Context) error {
 		p.prepareStaging(len(mem))
 		return nil
 	}
-	if p.cfg.Term != nil && !p.cfg.Term.Held() {
+	if p.termLost() {
 		return ErrTermLost
 	}
 	p.commit(e)
@@ -877,7 +881,7 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 			p.leaderRecorded = true
 		}
 	}
-	if err == nil && ok && p.cfg.Term != nil && !p.cfg.Term.Held() {
+	if err == nil && ok && p.termLost() {
 		ok, err = false, ErrTermLost // checked last: nothing is released after it
 	}
 	if !ok {

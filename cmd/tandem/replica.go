@@ -82,7 +82,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	listen := fs.String("listen", "", "address to serve links and the primary's state on, HOST:PORT; name this node by it everywhere (the primary's --replicas and --leader)")
 	advertise := fs.String("advertise", "", "the address the primary and the other nodes know this node by, if not --listen's")
 	rdmaListen := fs.String("rdma-listen", "", "also accept RDMA links (rdma://HOST:PORT in the primary's --replicas) on this address of an RDMA-capable interface; needs a build with -tags rdma")
-	leader := fs.Bool("leader", false, "accepted for compatibility: every node receives the VM state when the primary names it --leader, watches the primary, and takes over when it fails")
+	fs.Bool("leader", false, "accepted for compatibility: every node receives the VM state when the primary names it --leader, watches the primary, and takes over when it fails")
 	replicas := fs.String("replicas", "", "the replicas to recover from, HOST:PORT[,...] (default: the primary's links, which it tells its leader)")
 	serial := fs.String("serial", "stdio", "COM1 of the VM if this node takes it over: stdio, unix:PATH, tcp:ADDR, file:PATH or none")
 	control := fs.String("control", "", "control socket of the VM if this node takes it over")
@@ -111,7 +111,6 @@ func cmdReplica(ctx context.Context, args []string) error {
 			recoverFrom = append(recoverFrom, a)
 		}
 	}
-	_ = *leader // every node can lead
 	if *timeout <= 0 {
 		return usagef("--heartbeat-timeout %v: want a positive duration", *timeout)
 	}

@@ -137,13 +137,7 @@ func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) (
 	waitAcks := func(n int64, what string) {
 		t.Helper()
 		base := client.acked.Load()
-		deadline := time.Now().Add(60 * time.Second)
-		for client.acked.Load() < base+n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: no increments acknowledged in 60 s", what)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		pollFor(t, what+": increments acknowledged", time.Minute, func() bool { return client.acked.Load() >= base+n })
 	}
 	waitAcks(3, "start")
 

@@ -111,6 +111,22 @@ func isClosed(ch <-chan struct{}) bool {
 // at converts one of c's clock readings to a time.Time.
 func (c *etcdCoord) at(n int64) time.Time { return c.epoch.Add(time.Duration(n)) }
 
+// campaignAsync campaigns in the background: the term won, or the error,
+// comes on one of the channels.
+func campaignAsync(ctx context.Context, c Coordinator, vm, node string) (<-chan Term, <-chan error) {
+	won := make(chan Term, 1)
+	errc := make(chan error, 1)
+	go func() {
+		tm, err := c.Campaign(ctx, vm, node)
+		if err != nil {
+			errc <- err
+			return
+		}
+		won <- tm
+	}()
+	return won, errc
+}
+
 func mustAcquire(t *testing.T, c Coordinator, vm, node string) Term {
 	t.Helper()
 	tm, err := c.Acquire(ctxT(t, 5*time.Second), vm, node)
@@ -336,16 +352,7 @@ func TestLeaseExpiry(t *testing.T) {
 				}
 			}()
 
-			won := make(chan Term, 1)
-			errc := make(chan error, 1)
-			go func() {
-				tm, err := w.Campaign(ctx, "vm", "new")
-				if err != nil {
-					errc <- err
-					return
-				}
-				won <- tm
-			}()
+			won, errc := campaignAsync(ctx, w, "vm", "new")
 			tc.kill(h)
 			var nt *etcdTerm
 			select {
@@ -416,16 +423,7 @@ func TestPartition(t *testing.T) {
 	}
 	t.Logf("Lost closed %v after the partition began", lost.Sub(paused))
 
-	won := make(chan Term, 1)
-	errc := make(chan error, 1)
-	go func() {
-		tm, err := w.Campaign(ctx, "vm", "new")
-		if err != nil {
-			errc <- err
-			return
-		}
-		won <- tm
-	}()
+	won, errc := campaignAsync(ctx, w, "vm", "new")
 	s.Resume()
 	resumed = true
 	var nt Term
