@@ -17,9 +17,10 @@
 // every link ("ft"). Each link then carries, like an RDMA one-sided write
 // followed by a write-with-immediate, a map record (where the pages go, and
 // for which epoch), the pages themselves straight from guest memory, and a
-// completion marker. The state goes to the leader. When every live link and
-// the leader have acknowledged epoch e, e is committed: its output is
-// released, every replica is told, and the VM resumes.
+// completion marker. The state goes to the leader (with a coordinator, to
+// every state holder). When every live link and the leader have
+// acknowledged epoch e, e is committed: its output is released, every
+// replica is told, and the VM resumes.
 //
 // # The commit rule and recovery
 //
@@ -100,15 +101,24 @@
 //
 // With a coordinator (package coord) the primary's term is a lease: its
 // generation is the coordinator's, no epoch commits and no output leaves
-// unless the term certainly still holds (PrimaryConfig.Term), a takeover
-// happens only once the old term's lease has expired, and a lost leader
-// is replaced by the next node that may lead (PrimaryConfig.Leaders),
-// recorded at the coordinator before the epoch it first acknowledged
-// commits, so that only that node takes over. Without one, the designated
-// leader stays the only node that can take over, and the only one the
-// primary sends state to: a primary that moved to another leader could
-// otherwise run beside a takeover. Recovery refuses a leader whose states
-// are older than an epoch a replica applied: another node led after it.
+// unless the term certainly still holds (PrimaryConfig.Term), and a
+// takeover happens only once the old term's lease has expired. The
+// primary then broadcasts every state to several nodes, the leader first
+// (PrimaryConfig.Holders, holders.go), and the commit rule gains a clause:
+// an epoch with a state commits only once every holder in service
+// acknowledged that state and the coordinator has the set of those that
+// did (PrimaryConfig.RecordHolders, recorded whenever the set changes,
+// before the commit). A holder that fails is taken out of the set, so
+// losing the leader, even together with the primary, loses nothing and
+// stalls nothing: every node of the newest record holds the state of the
+// newest committed epoch, and only those may take over that term's VM
+// (the nodes leave the failure to the lease: see
+// ReplicaConfig.Coordinated). A graceful stop records the empty set:
+// nobody takes over. Without a coordinator, the designated leader stays the only node
+// that can take over, and the only one the primary sends state to: two
+// holders could otherwise both take over. Recovery refuses a holder whose
+// states are older than an epoch a replica applied: another node led
+// after it.
 //
 // # Disks
 //

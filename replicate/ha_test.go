@@ -280,23 +280,30 @@ func (c *cluster) recoverAndCheck(vm *fakeVM, committed uint64) *Recovered {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	checkRecovered(c.t, vm, rec, committed)
+	return rec
+}
+
+// checkRecovered checks that rec is no older than the committed epoch and
+// that its memory is exactly the guest's when its state was captured.
+func checkRecovered(t *testing.T, vm *fakeVM, rec *Recovered, committed uint64) {
+	t.Helper()
 	if rec.Epoch < committed {
-		c.t.Fatalf("recovered epoch %d is older than the committed epoch %d", rec.Epoch, committed)
+		t.Fatalf("recovered epoch %d is older than the committed epoch %d", rec.Epoch, committed)
 	}
 	vm.mu.Lock()
 	want, ok := vm.snaps[binary.LittleEndian.Uint64(rec.State)]
 	vm.mu.Unlock()
 	if !ok {
-		c.t.Fatalf("recovered state %x matches no captured state", rec.State)
+		t.Fatalf("recovered state %x matches no captured state", rec.State)
 	}
 	if !bytes.Equal(rec.Memory, want) {
 		for p := 0; p < len(want)/PageSize; p++ {
 			if !bytes.Equal(rec.Memory[p*PageSize:(p+1)*PageSize], want[p*PageSize:(p+1)*PageSize]) {
-				c.t.Fatalf("recovered epoch %d: page %d differs from the memory of its state", rec.Epoch, p)
+				t.Fatalf("recovered epoch %d: page %d differs from the memory of its state", rec.Epoch, p)
 			}
 		}
 	}
-	return rec
 }
 
 // clusterLinks makes a cluster of replicas and returns the address each

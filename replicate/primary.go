@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -98,18 +99,20 @@ type PrimaryConfig struct {
 	// the primary stops with ErrTermLost, since another node may take
 	// over once the term's lease has expired.
 	Term Term
-	// Leaders are other nodes that may lead, in order: when the leader is
-	// lost, the primary moves to the next (and round again) instead of
-	// waiting for it. Only with a Term: without a coordinator, a leader
-	// cut off from the primary could take over beside the one it moved
-	// to. RecordLeader, called once a new leader acknowledged its first
-	// state and before that epoch commits, records at the coordinator
-	// which node leads (a takeover by any other is refused there); an
-	// error keeps the epoch from committing.
-	Leaders      []string
-	RecordLeader func(addr string) error
-	Guest        string
-	VCPUs        int
+	// Holders are further nodes that receive every epoch's state, and
+	// keep copies of the disks, as the leader does, so that each of them
+	// can take over: losing the leader, even with the primary, loses
+	// nothing (holders.go). Only with a Term: without a coordinator, two
+	// nodes holding the state could both take over. RecordHolders, called
+	// before an epoch commits whenever the set of holders that
+	// acknowledged its state is not the one it recorded last (and with
+	// nil at a graceful stop), records at the coordinator which nodes
+	// hold the state of the newest committed epoch; a takeover by any
+	// other is refused there. An error keeps the epoch from committing.
+	Holders       []string
+	RecordHolders func(holders []string) error
+	Guest         string
+	VCPUs         int
 	// Epoch is how long the VM runs between two pauses.
 	Epoch  time.Duration
 	Policy Policy
@@ -241,19 +244,17 @@ type Primary struct {
 	// carry holds the pages of epochs that did not commit: the next
 	// epoch sends them again with its own dirty pages.
 	carry []uint64
-	// stateHello is the hello of the state connection; leaderBackoff
-	// spaces the attempts to reach the leader again while p.leader is
-	// nil (lost: see leaderLost).
-	stateHello    Hello
-	leaderBackoff time.Duration
-	// leaderRecorded is set once RecordLeader took the current leader;
-	// firstLeader is the one configured (cfg.Leader moves on, see
-	// nextLeader).
-	leaderRecorded bool
-	firstLeader    string
-	status         statusBoard
-	summary        Summary
-	lastSum        time.Time
+	// stateHello is the hello of the state connections. holders are the
+	// nodes that receive the states, the leader first (holders.go);
+	// recorded is the set of them last recorded at the coordinator, and
+	// holderBack brings those dialled again to the run loop.
+	stateHello Hello
+	holders    []*holder
+	recorded   []string
+	holderBack chan holderDialled
+	status     statusBoard
+	summary    Summary
+	lastSum    time.Time
 
 	pages   []uint64
 	regions []Region
@@ -289,8 +290,8 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 		return nil, errors.New("replicate: VM id 0 is reserved")
 	case cfg.Auth == nil:
 		return nil, errNoCredentials
-	case len(cfg.Leaders) > 0 && cfg.Term == nil:
-		return nil, errors.New("replicate: other leaders need a coordinator's term: without one, two leaders could take over")
+	case len(cfg.Holders) > 0 && cfg.Term == nil:
+		return nil, errors.New("replicate: other state holders need a coordinator's term: without one, two of them could take over")
 	}
 	if cfg.SGMax < 1 {
 		cfg.SGMax = 32
@@ -317,10 +318,11 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 		cfg.Log = slog.Default()
 	}
 	bg, stopBg := context.WithCancel(context.Background())
+	holders := newHolders(&cfg)
 	return &Primary{
-		firstLeader: cfg.Leader,
-		cfg:         cfg, src: src, gate: gate, log: cfg.Log, finish: make(chan struct{}),
-		acks:     make(chan Ack, 4*(len(cfg.Links)+1)),
+		cfg: cfg, src: src, gate: gate, log: cfg.Log, finish: make(chan struct{}),
+		holders: holders, holderBack: make(chan holderDialled, len(holders)),
+		acks:     make(chan Ack, 4*(len(cfg.Links)+len(holders))),
 		assigner: NewAssigner(cfg.Policy, len(cfg.Links)),
 		bg:       bg, stopBg: stopBg, rejoined: make(chan rejoined, len(cfg.Links)),
 	}, nil
@@ -333,7 +335,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 	hello := Hello{Links: uint32(len(p.cfg.Links)), MemBytes: mem, VCPUs: uint32(p.cfg.VCPUs), Policy: p.cfg.Policy, Guest: p.cfg.Guest}
 	p.hello = hello
 	p.links = make([]*linkState, len(p.cfg.Links))
-	errs := make([]error, len(p.cfg.Links)+1)
+	errs := make([]error, len(p.cfg.Links)+len(p.holders))
 	var wg sync.WaitGroup
 	for i, addr := range p.cfg.Links {
 		wg.Add(1)
@@ -349,13 +351,13 @@ func (p *Primary) Connect(ctx context.Context) error {
 	}
 	p.stateHello = hello
 	p.stateHello.Role = RoleState
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		var err error
-		p.leader, err = dialLeader(ctx, p.stateDial(), p.cfg.Disks)
-		errs[len(errs)-1] = err
-	}()
+	for i, h := range p.holders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.link, errs[len(p.cfg.Links)+i] = dialLeader(ctx, p.stateDialTo(h.addr), p.cfg.Disks)
+		}()
+	}
 	wg.Wait()
 	if p.cfg.Reprotect {
 		for i, err := range errs[:len(p.cfg.Links)] {
@@ -365,13 +367,22 @@ func (p *Primary) Connect(ctx context.Context) error {
 				go p.redialLink(i)
 			}
 		}
-		if err := errs[len(errs)-1]; errors.Is(err, ErrRefused) {
+		var refused []error
+		for i, h := range p.holders {
+			switch err := errs[len(p.cfg.Links)+i]; {
+			case errors.Is(err, ErrRefused):
+				refused = append(refused, fmt.Errorf("%s: %w", h.addr, err))
+			case err != nil:
+				p.log.Warn("state holder unreachable; output is held until a holder answers", "holder", h.addr, "err", err)
+				go p.redialHolder(h)
+			}
+		}
+		if len(refused) == len(p.holders) {
 			p.Close()
-			return fmt.Errorf("%w: leader %s: %w", ErrCannotProtect, p.cfg.Leader, err)
-		} else if err != nil {
-			p.leader = nil
-			p.leaderBackoff = firstLeaderBackoff
-			p.log.Warn("leader unreachable; output is held until it answers", "leader", p.cfg.Leader, "err", err)
+			return fmt.Errorf("%w: every node that would hold its state refused: %w", ErrCannotProtect, errors.Join(refused...))
+		}
+		for _, err := range refused {
+			p.log.Warn("a node refused to hold the VM state; going on without it", "err", err)
 		}
 		p.publishStatus()
 		return nil
@@ -394,12 +405,6 @@ func (deadLink) WriteImm(uint64) error     { return ErrNoLinks }
 func (deadLink) WriteCommit(uint64) error  { return ErrNoLinks }
 func (deadLink) Close() error              { return nil }
 
-// stateDial is how this primary reaches its leader.
-func (p *Primary) stateDial() stateDial {
-	return stateDial{creds: p.cfg.Auth, addr: p.cfg.Leader, vmID: p.cfg.VMID, gen: p.cfg.Generation, hello: p.stateHello,
-		acks: p.acks, heartbeat: p.cfg.Heartbeat, redialWithin: p.cfg.AckTimeout, committed: p.committed.Load, cluster: p.cluster(), log: p.log}
-}
-
 // linkHello is the hello of link i.
 func (p *Primary) linkHello(i int) Hello {
 	h := p.hello
@@ -419,13 +424,26 @@ func (p *Primary) Close() {
 		}
 		break
 	}
+	for {
+		select {
+		case d := <-p.holderBack:
+			if d.c != nil {
+				d.c.c.Close()
+			}
+			continue
+		default:
+		}
+		break
+	}
 	for _, l := range p.links {
 		if l != nil {
 			l.Close()
 		}
 	}
-	if p.leader != nil {
-		p.leader.Close()
+	for _, h := range p.holders {
+		if h.link != nil {
+			h.link.Close()
+		}
 	}
 }
 
@@ -457,19 +475,15 @@ func (p *Primary) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		p.installRejoined()
+		if err := p.installHolders(); err != nil {
+			return p.stopped(ctx, err)
+		}
 		if p.termLost() {
 			return p.stopped(ctx, ErrTermLost)
 		}
-		if p.leader == nil {
-			if err := p.reconnectLeader(ctx); err != nil {
-				if errors.Is(err, ErrFenced) || errors.Is(err, errSourcePause) {
-					return p.stopped(ctx, err)
-				}
-				p.log.Debug("the leader is still unreachable", "err", err)
-				p.leaderBackoff = min(2*p.leaderBackoff, maxLeaderBackoff)
-				t.Reset(p.leaderBackoff)
-				continue
-			}
+		if len(p.inService()) == 0 {
+			t.Reset(firstLeaderBackoff) // nothing can commit: wait for a redial
+			continue
 		}
 		if !p.anyLinkAlive() {
 			t.Reset(firstLinkBackoff) // nothing to send to: wait for a redial
@@ -485,9 +499,8 @@ func (p *Primary) Run(ctx context.Context) error {
 				return fmt.Errorf("replicate: the primary was closed: %w", err)
 			}
 			if errors.Is(err, ErrLeaderLost) && !errors.Is(err, ErrFenced) {
-				p.leaderLost(err)
-				p.publishStatus()
-				t.Reset(p.leaderBackoff)
+				p.publishStatus() // holderLost said what happened
+				t.Reset(firstLeaderBackoff)
 				continue
 			}
 			if errors.Is(err, ErrNoLinks) {
@@ -533,82 +546,15 @@ func (p *Primary) rebuildIfNoneCounts() {
 	p.log.Warn("replica links back after all were lost: the next epoch sends them all of memory")
 }
 
-// Leader loss. Nothing can commit without the leader, so the guest's
-// output stays held (its writers wait once the gates are full), but the VM
-// goes on running: stopping it would turn the loss of a backup into an
-// outage. No split brain can follow: a leader that takes over fences this
-// primary (its recovery runs as the next generation), and one that comes
-// back empty has no state to take over with. The primary tries to reach
-// the leader again with a growing backoff; once it does, the leader's
-// disk copies are brought to the disks' content and the epochs, and the
-// output, go on.
-const (
-	firstLeaderBackoff = 100 * time.Millisecond
-	maxLeaderBackoff   = 5 * time.Second
-)
-
-// leaderLost takes the state connection out of service after err.
-func (p *Primary) leaderLost(err error) {
-	p.leader.Close()
-	p.leader = nil
-	p.leaderBackoff = firstLeaderBackoff
-	lost := p.cfg.Leader
-	if p.nextLeader() {
-		p.log.Error("lost the leader: moving to the next node that may lead; output is held until it has the state",
-			"lost", lost, "next", p.cfg.Leader, "err", err, "committed", p.committed.Load())
-		return
-	}
-	p.log.Error("lost the leader: the VM runs on with its output held until a leader is reachable again",
-		"leader", p.cfg.Leader, "err", err, "committed", p.committed.Load(),
-		"operator", "restart `tandem replica --leader` at that address (it resumes protection), or stop this VM; if the leader took over, this primary is fenced and stops")
-}
-
-// nextLeader moves to the next of the leaders that may take over
-// (PrimaryConfig.Leaders, then the first again), if there are others.
-func (p *Primary) nextLeader() bool {
-	all := append([]string{p.firstLeader}, p.cfg.Leaders...)
-	i := slices.Index(all, p.cfg.Leader)
-	next := all[(i+1)%len(all)]
-	if next == p.cfg.Leader {
-		return false
-	}
-	p.cfg.Leader = next
-	return true
-}
-
-// reconnectLeader dials the leader again; once it answers, the guest is
-// paused while the leader's disk copies are brought to its disks.
-func (p *Primary) reconnectLeader(ctx context.Context) error {
-	defer func() {
-		if p.leader == nil && len(p.cfg.Leaders) > 0 {
-			p.nextLeader() // try the next one next time
-		}
-	}()
-	cctx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
-	defer cancel()
-	s, c, err := p.stateDial().connect(cctx)
-	if err != nil {
-		return err
-	}
-	if err := p.pauseSource(); err != nil {
-		c.c.Close()
-		return err
-	}
-	hashes, err := hashDisks(p.cfg.Disks)
-	if err == nil {
-		err = s.start(c, p.cfg.Disks, hashes)
-	} else {
-		c.c.Close()
-	}
-	p.resumeSource()
-	if err != nil {
-		return err
-	}
-	p.leader = s
-	p.leaderRecorded = false
-	p.log.Warn("the leader is reachable again: protection resumes", "leader", p.cfg.Leader, "committed", p.committed.Load())
-	return nil
-}
+// Leader loss. Nothing can commit without a node holding the state, so
+// the guest's output stays held (its writers wait once the gates are
+// full), but the VM goes on running: stopping it would turn the loss of a
+// backup into an outage. No split brain can follow: a leader that takes
+// over fences this primary (its recovery runs as the next generation), and
+// one that comes back empty has no state to take over with. The primary
+// dials the holders again in the background (holders.go); once one
+// answers, its disk copies are brought to the disks' content and the
+// epochs, and the output, go on.
 
 // stopped handles an epoch that could not run. If the VM itself has ended
 // (it cannot be paused), whether that was on purpose is the caller's call:
@@ -637,29 +583,56 @@ func (p *Primary) Finish() { p.finishOnce.Do(func() { close(p.finish) }) }
 // goodbye waits for the leader to acknowledge the end; only then can the
 // held output go out, since no takeover can contradict it any more.
 func (p *Primary) goodbye() error {
-	if p.leader == nil {
-		return fmt.Errorf("%w: the VM ended while the leader was unreachable; its last output stays held", ErrLeaderLost)
-	}
-	if err := p.leader.sendBye(); err != nil {
-		return fmt.Errorf("%w: goodbye: %v", ErrLeaderLost, err)
-	}
-	timeout := time.After(p.cfg.AckTimeout)
-	for {
-		select {
-		case a := <-p.acks:
-			if a.Link >= 0 || a.from != p.leader {
-				continue
-			}
-			if a.Err != nil {
-				return fmt.Errorf("%w: goodbye: %v", ErrLeaderLost, a.Err)
-			}
-			// The VM has stopped: what it wrote since the last epoch is final.
-			p.gate.Seal(p.epoch + 1)
-			return p.gate.Release(p.epoch + 1)
-		case <-timeout:
-			return fmt.Errorf("%w: no answer to goodbye", ErrLeaderLost)
+	if p.cfg.RecordHolders != nil {
+		// No node may take over from now on, whether or not its goodbye
+		// arrives.
+		if err := p.cfg.RecordHolders(nil); err != nil {
+			return fmt.Errorf("%w: goodbye: recording the end at the coordinator: %v", ErrLeaderLost, err)
 		}
 	}
+	holders := p.inService()
+	if len(holders) == 0 && p.cfg.RecordHolders == nil {
+		return fmt.Errorf("%w: the VM ended while the leader was unreachable; its last output stays held", ErrLeaderLost)
+	}
+	waiting := map[*stateLink]string{}
+	for _, h := range holders {
+		if err := h.link.sendBye(); err != nil {
+			if p.cfg.RecordHolders == nil {
+				return fmt.Errorf("%w: goodbye: %v", ErrLeaderLost, err)
+			}
+			p.log.Warn("goodbye to a state holder", "holder", h.addr, "err", err)
+			continue
+		}
+		waiting[h.link] = h.addr
+	}
+	timeout := time.After(p.cfg.AckTimeout)
+	for len(waiting) > 0 {
+		select {
+		case a := <-p.acks:
+			s, _ := a.from.(*stateLink)
+			addr, ok := waiting[s]
+			if a.Link >= 0 || !ok {
+				continue
+			}
+			delete(waiting, s)
+			if a.Err == nil {
+				continue
+			}
+			if p.cfg.RecordHolders == nil {
+				return fmt.Errorf("%w: goodbye: %v", ErrLeaderLost, a.Err)
+			}
+			p.log.Warn("goodbye to a state holder", "holder", addr, "err", a.Err)
+		case <-timeout:
+			if p.cfg.RecordHolders == nil {
+				return fmt.Errorf("%w: no answer to goodbye", ErrLeaderLost)
+			}
+			p.log.Warn("no answer to goodbye from some state holders; the coordinator has the end", "holders", slices.Collect(maps.Values(waiting)))
+			waiting = nil
+		}
+	}
+	// The VM has stopped: what it wrote since the last epoch is final.
+	p.gate.Seal(p.epoch + 1)
+	return p.gate.Release(p.epoch + 1)
 }
 
 // initialSync sends every non-zero page while the VM runs, as epoch 1.
@@ -872,13 +845,13 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	t2 := time.Now()
 	rec.Pause.Group = t2.Sub(t1)
 	ok, err := p.transfer(ctx, e, p.regions, catchUp, src, state, rec)
-	if err == nil && ok && p.cfg.RecordLeader != nil && !p.leaderRecorded {
-		// A new leader has this epoch's state: it is the one to take
-		// over from now on.
-		if rerr := p.cfg.RecordLeader(p.cfg.Leader); rerr != nil {
-			ok, err = false, fmt.Errorf("%w: recording %s as the leader at the coordinator: %v", ErrLeaderLost, p.cfg.Leader, rerr)
-		} else {
-			p.leaderRecorded = true
+	if err == nil && ok && state != nil {
+		if rerr := p.recordHolders(e); rerr != nil {
+			// Nothing commits until the coordinator knows who holds the
+			// state: the term may be ending, which the next check or
+			// epoch sees.
+			p.log.Warn("epoch not committed", "epoch", e, "err", rerr)
+			ok = false
 		}
 	}
 	if err == nil && ok && p.termLost() {
@@ -990,13 +963,23 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 		l := p.links[li]
 		deadlines[l.index] = start.Add(allowance(p.cfg.AckTimeout, rec.LinkBytes[l.index], l.rate, p.cfg.MinLinkRate))
 	}
-	var within time.Duration // the latest deadline: the leader's progress bound
+	var within time.Duration // the latest deadline: the holders' progress bound
 	for _, d := range deadlines {
 		within = max(within, d.Sub(start))
 	}
+	// Holders wait under negative keys: holder i under -1-i.
+	var holders []*holder
+	var stateBy time.Time
 	if state != nil {
-		deadlines[-1] = start.Add(allowance(p.cfg.AckTimeout, uint64(len(state)), 0, p.cfg.MinLinkRate))
-		within = max(within, deadlines[-1].Sub(start))
+		holders = p.inService()
+		if len(holders) == 0 {
+			return false, fmt.Errorf("%w: no node holding the state is in service", ErrLeaderLost)
+		}
+		stateBy = start.Add(allowance(p.cfg.AckTimeout, uint64(len(state)), 0, p.cfg.MinLinkRate))
+		for i := range p.holders {
+			deadlines[-1-i] = stateBy
+		}
+		within = max(within, stateBy.Sub(start))
 	}
 	var wg sync.WaitGroup
 	sendErrs := make([]error, len(p.links))
@@ -1021,10 +1004,10 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 			sendErrs[l.index] = err
 		}()
 	}
-	if state != nil {
-		st := &StateRecord{Epoch: e, Within: within, Interval: p.cfg.Epoch, Links: counted, Blob: state}
-		if err := p.leader.sendState(st, deadlines[-1]); err != nil {
-			return false, fmt.Errorf("%w: %v", ErrLeaderLost, err)
+	st := &StateRecord{Epoch: e, Within: within, Interval: p.cfg.Epoch, Links: counted, Blob: state}
+	for _, h := range holders {
+		if err := h.link.sendState(st, stateBy); err != nil {
+			p.holderLost(h, err)
 		}
 	}
 	wg.Wait()
@@ -1043,20 +1026,22 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 			waiting[l.index] = true
 		}
 	}
-	if state != nil {
-		waiting[-1] = true
+	for _, h := range holders {
+		if h.link != nil {
+			waiting[-1-slices.Index(p.holders, h)] = true
+		}
 	}
 	handle := func(a Ack) error {
 		if !p.current(a) {
 			return nil
 		}
+		if a.Link < 0 {
+			return p.holderAck(a, e, waiting)
+		}
 		switch {
-		case a.Err != nil && (errors.Is(a.Err, ErrFenced) || errors.Is(a.Err, ErrLeaderRefused)):
-			// Another term has begun, or the leader will not take this
-			// primary's states: stop, neither degrade nor wait.
+		case a.Err != nil && errors.Is(a.Err, ErrFenced):
+			// Another term has begun: stop, neither degrade nor wait.
 			return a.Err
-		case a.Err != nil && a.Link < 0:
-			return fmt.Errorf("%w: %v", ErrLeaderLost, a.Err)
 		case a.Err != nil:
 			p.linkFailed(a.Link, a.Err)
 			delete(waiting, a.Link)
@@ -1103,11 +1088,13 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 				}
 			}
 			now := time.Now()
-			if waiting[-1] && !now.Before(deadlines[-1]) {
-				return false, fmt.Errorf("%w: no acknowledgement of epoch %d", ErrLeaderLost, e)
-			}
 			for i := range waiting {
-				if i < 0 || now.Before(deadlines[i]) {
+				if now.Before(deadlines[i]) {
+					continue
+				}
+				if i < 0 {
+					p.holderLost(p.holders[-1-i], fmt.Errorf("no acknowledgement of the state of epoch %d within %v", e, deadlines[i].Sub(start).Round(time.Millisecond)))
+					delete(waiting, i)
 					continue
 				}
 				l := p.links[i]
@@ -1123,6 +1110,9 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 		}
 	}
 	rec.Pause.Ack = time.Since(ackStart)
+	if state != nil && !slices.ContainsFunc(p.holders, func(h *holder) bool { return h.link != nil && h.acked >= e }) {
+		return false, fmt.Errorf("%w: no node holding the state acknowledged epoch %d", ErrLeaderLost, e)
+	}
 
 	// Which counted links completed decides the epoch.
 	complete := 0
@@ -1150,7 +1140,7 @@ func (p *Primary) current(a Ack) bool {
 		return true
 	}
 	if a.Link < 0 {
-		return a.from == any(p.leader)
+		return p.holderOf(a.from) != nil
 	}
 	return a.Link < len(p.links) && a.from == any(p.links[a.Link].Link)
 }
@@ -1201,9 +1191,13 @@ func (p *Primary) commit(e uint64) {
 			}
 		}
 	}
-	if e > p.cfg.StartEpoch && p.leader != nil { // the initial copy has no state for the leader to commit
-		if err := p.leader.sendCommit(e); err != nil {
-			p.log.Warn("leader commit", "err", err)
+	if e > p.cfg.StartEpoch { // the initial copy has no state for the holders to commit
+		for _, h := range p.holders {
+			if h.link != nil && h.acked >= e {
+				if err := h.link.sendCommit(e); err != nil {
+					p.log.Warn("commit to a state holder", "holder", h.addr, "err", err)
+				}
+			}
 		}
 	}
 }

@@ -97,6 +97,13 @@ type ReplicaConfig struct {
 	// Leader makes this replica also accept the primary's state connection
 	// and report primary failure through Failed.
 	Leader bool
+	// Coordinated leaves the primary's failure to a coordinator (its
+	// term's lease expiring, package coord): the node never declares it
+	// from heartbeats, progress or a lost state connection, Failed closes
+	// only when the primary says goodbye, and a state connection is
+	// admitted whenever its generation is the newest seen, also after a
+	// takeover attempt this node gave up (a new primary's holder).
+	Coordinated bool
 	// HeartbeatTimeout is how long the leader waits for a heartbeat or
 	// state message before it declares the primary failed. It is also the
 	// slack of the progress rule (see the package documentation,
@@ -547,6 +554,10 @@ func (r *Replica) admit(vmID, gen uint64, h *Hello, c *conn) error {
 		}
 		r.stateActive = true // until serveState ends
 		r.stateConns++
+		// The progress bound starts again with this connection's first
+		// state: the one set by an earlier connection (another term's,
+		// or one the primary dropped and dials again) would fail it.
+		r.progressBy = time.Time{}
 		r.hello.VCPUs, r.hello.Guest, r.hello.Links, r.hello.Policy = h.VCPUs, h.Guest, h.Links, h.Policy
 	case RoleLink:
 		// Only a replica that links feed holds a copy of guest memory.
@@ -834,9 +845,9 @@ func (r *Replica) serveState(c *conn) error {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				if progress {
-					r.declareFailed(fmt.Sprintf("the epochs of %s stopped progressing: no new state or commit by %s (%s)", c.peer, deadline.Format(time.RFC3339Nano), why))
+					r.suspectFailed(fmt.Sprintf("the epochs of %s stopped progressing: no new state or commit by %s (%s)", c.peer, deadline.Format(time.RFC3339Nano), why))
 				} else {
-					r.declareFailed(fmt.Sprintf("no heartbeat from %s for %v", c.peer, r.cfg.HeartbeatTimeout))
+					r.suspectFailed(fmt.Sprintf("no heartbeat from %s for %v", c.peer, r.cfg.HeartbeatTimeout))
 				}
 			}
 			return c.errorf("state: %w", err)
@@ -975,7 +986,7 @@ func (r *Replica) stateEnded(c *conn) {
 		again := r.stateConns != n
 		r.mu.Unlock()
 		if !again {
-			r.declareFailed(fmt.Sprintf("state connection from %s lost, and the primary did not reconnect within %v", peer, timeout))
+			r.suspectFailed(fmt.Sprintf("state connection from %s lost, and the primary did not reconnect within %v", peer, timeout))
 		}
 	})
 }
@@ -987,6 +998,16 @@ func (r *Replica) isFailed() bool {
 	default:
 		return false
 	}
+}
+
+// suspectFailed declares the primary failed for reason, unless a
+// coordinator decides that (ReplicaConfig.Coordinated).
+func (r *Replica) suspectFailed(reason string) {
+	if r.cfg.Coordinated {
+		r.log.Warn("the primary may have failed; the coordinator decides", "reason", reason)
+		return
+	}
+	r.declareFailed(reason)
 }
 
 func (r *Replica) declareFailed(reason string) {

@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -12,11 +13,13 @@ import (
 type Status struct {
 	Generation uint64 `json:"generation"`
 	Committed  uint64 `json:"committed"`
-	// Leader is the state connection's address; LeaderConnected is false
-	// while it is lost (the output is held until it is back).
-	Leader          string       `json:"leader"`
-	LeaderConnected bool         `json:"leader_connected"`
-	Links           []LinkStatus `json:"links"`
+	// Leader is the first holder in service (the configured leader while
+	// none is); LeaderConnected is false while no holder is in service
+	// (the output is held until one is back).
+	Leader          string         `json:"leader"`
+	LeaderConnected bool           `json:"leader_connected"`
+	Holders         []HolderStatus `json:"holders"`
+	Links           []LinkStatus   `json:"links"`
 	// Policy and the count of live links decide Degraded: fast with fewer
 	// live links than configured (the others got a full copy) or ft with
 	// fewer copies than configured. Protected is false while nothing can
@@ -24,6 +27,14 @@ type Status struct {
 	Policy    Policy `json:"policy"`
 	Degraded  bool   `json:"degraded"`
 	Protected bool   `json:"protected"`
+}
+
+// HolderStatus is one state holder's state (the leader is the first).
+type HolderStatus struct {
+	Addr      string `json:"addr"`
+	Connected bool   `json:"connected"`
+	// Acked is the newest epoch whose state it acknowledged.
+	Acked uint64 `json:"acked"`
 }
 
 // LinkStatus is one link's state.
@@ -54,6 +65,15 @@ func (s Status) String() string {
 	fmt.Fprintf(&b, "%s: generation %d, committed epoch %d, policy %v, leader %s", state, s.Generation, s.Committed, s.Policy, s.Leader)
 	if !s.LeaderConnected {
 		b.WriteString(" (lost)")
+	}
+	if len(s.Holders) > 1 {
+		in := 0
+		for _, h := range s.Holders {
+			if h.Connected {
+				in++
+			}
+		}
+		fmt.Fprintf(&b, ", state holders %d/%d", in, len(s.Holders))
 	}
 	live, joining := 0, 0
 	for _, l := range s.Links {
@@ -89,6 +109,7 @@ func (b *statusBoard) read() Status {
 	defer b.mu.Unlock()
 	s := b.s
 	s.Links = append([]LinkStatus(nil), s.Links...)
+	s.Holders = append([]HolderStatus(nil), s.Holders...)
 	return s
 }
 
@@ -97,8 +118,13 @@ func (p *Primary) Status() Status { return p.status.read() }
 
 // publishStatus makes the run loop's view the current Status.
 func (p *Primary) publishStatus() {
-	s := Status{Generation: p.cfg.Generation, Committed: p.committed.Load(), Leader: p.cfg.Leader,
-		LeaderConnected: p.leader != nil, Policy: p.cfg.Policy}
+	s := Status{Generation: p.cfg.Generation, Committed: p.committed.Load(), Leader: p.cfg.Leader, Policy: p.cfg.Policy}
+	for _, h := range p.holders {
+		s.Holders = append(s.Holders, HolderStatus{Addr: h.addr, Connected: h.link != nil, Acked: h.acked})
+		if h.link != nil && !s.LeaderConnected {
+			s.Leader, s.LeaderConnected = h.addr, true
+		}
+	}
 	live := 0
 	for i, addr := range p.cfg.Links {
 		ls := LinkStatus{Addr: addr}
@@ -115,6 +141,6 @@ func (p *Primary) publishStatus() {
 		s.Links = append(s.Links, ls)
 	}
 	s.Protected = s.LeaderConnected && live > 0
-	s.Degraded = live < len(p.cfg.Links)
+	s.Degraded = live < len(p.cfg.Links) || slices.ContainsFunc(s.Holders, func(h HolderStatus) bool { return !h.Connected })
 	p.status.publish(s)
 }

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/tandemvm/tandem/replicate"
@@ -58,23 +61,128 @@ func coordNode(self string) string {
 	return fmt.Sprintf("%s:%d", host, os.Getpid())
 }
 
-// leadWithTerm lets a primary with a coordinator term move to another
-// node when its leader is lost: the nodes its links reach may lead, and
-// the coordinator records which one does (replicate.PrimaryConfig.Leaders).
+// leadWithTerm makes a primary with a coordinator term send its states to
+// every node its links reach, not only to its leader, so that any of them
+// can take over (replicate.PrimaryConfig.Holders), and record at the
+// coordinator which of them hold the newest committed state: only those
+// may take over (awaitTerm).
 func leadWithTerm(cfg *replicate.PrimaryConfig, term coord.Term) {
 	cfg.Term = term
 	for _, n := range (replicate.Cluster{Links: cfg.Links}).Nodes() {
 		if n != cfg.Leader {
-			cfg.Leaders = append(cfg.Leaders, n)
+			cfg.Holders = append(cfg.Holders, n)
 		}
 	}
 	timeout := cfg.AckTimeout
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
-	cfg.RecordLeader = func(addr string) error {
+	cfg.RecordHolders = func(holders []string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		return term.Record(ctx, "leader", addr)
+		return term.Record(ctx, holdersRecord, strings.Join(holders, ","))
+	}
+}
+
+// holdersRecord is the coordinator record (coord.Term.Record) of the nodes
+// that hold the newest committed state of a VM, comma-separated.
+const holdersRecord = "holders"
+
+// awaitTerm waits, with a coordinator, until this node may take the VM
+// over: it holds a state, the coordinator granted it the VM's next term
+// (the primary's lease expired, or it resigned), and it is among the
+// nodes that the newest record of the holders names (or the term whose
+// state it holds recorded none: it never committed a state). A node that
+// wins the term but may not use it resigns at once and waits for a state
+// of a newer term (a new primary's). A nil term means the primary stopped
+// its VM on purpose.
+func awaitTerm(ctx context.Context, r *replicate.Replica, c coord.Coordinator, self string, ttl time.Duration, log *slog.Logger) (coord.Term, error) {
+	var not uint64 // a state generation this node may not take over with
+	for {
+		sg, err := waitState(ctx, r, not)
+		if err != nil || sg == 0 {
+			return nil, err
+		}
+		vm := coordVM(r.VMID())
+		log.Info("holding the VM state: this node takes over if the primary's term ends (its lease expires)", "vm", vm, "generation", sg, "ttl", ttl)
+		term, err := c.Campaign(ctx, vm, coordNode(self))
+		if err != nil {
+			return nil, fmt.Errorf("taking over VM %s at the coordinator: %w", vm, err)
+		}
+		if ended(r) {
+			term.Resign(context.Background())
+			return nil, nil
+		}
+		sg = r.StateGeneration()
+		why, err := mayTakeOver(ctx, c, vm, self, sg)
+		if err == nil && why == "" {
+			log.Info("takeover term granted by the coordinator", "vm", vm, "generation", term.Generation())
+			return term, nil
+		}
+		term.Resign(context.Background())
+		if err != nil {
+			log.Warn("cannot tell whether this node may take over; trying again", "vm", vm, "err", err)
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(ttl):
+			}
+			continue
+		}
+		log.Warn("not taking over: serving on, and waiting for a newer primary's state", "vm", vm, "why", why)
+		not = sg
+	}
+}
+
+// mayTakeOver says why the node self, holding a state of generation sg,
+// may not take VM vm over; "" if it may.
+func mayTakeOver(ctx context.Context, c coord.Coordinator, vm, self string, sg uint64) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	set, gen, err := c.Recorded(ctx, vm, holdersRecord)
+	switch {
+	case errors.Is(err, coord.ErrNoRecord):
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("reading the VM's state holders at the coordinator: %w", err)
+	case gen > sg:
+		return fmt.Sprintf("a newer primary term (generation %d) recorded its state holders after this node's state (generation %d)", gen, sg), nil
+	case gen == sg && set == "":
+		return "the primary ended its VM on purpose", nil
+	case gen == sg && !slices.Contains(strings.Split(set, ","), self):
+		return fmt.Sprintf("the primary (generation %d) went on without this node's state: the nodes holding the newest are %s", gen, set), nil
+	}
+	return "", nil
+}
+
+// waitState waits until the node holds a state of a generation other than
+// not, and returns that generation; zero if the primary stopped its VM on
+// purpose.
+func waitState(ctx context.Context, r *replicate.Replica, not uint64) (uint64, error) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if ended(r) {
+			return 0, nil
+		}
+		if g := r.StateGeneration(); g != 0 && g != not {
+			return g, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// ended reports whether the primary said goodbye: its VM stopped on
+// purpose, and nobody takes it over.
+func ended(r *replicate.Replica) bool {
+	select {
+	case <-r.Failed():
+		return r.Ended()
+	default:
+		return false
 	}
 }

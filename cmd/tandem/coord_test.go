@@ -25,18 +25,23 @@ func generationIn(t *testing.T, p *process, msg string) uint64 {
 }
 
 // TestCoordinatorTakeover runs a primary of the counter guest and two
-// nodes with a real etcd as coordinator, on loopback. The primary's term,
-// and so its generation, comes from etcd. crash: the primary is killed,
-// and its leader takes over only as a new term, of a newer generation,
-// holding every acknowledged increment. partition: etcd stops answering;
-// the primary cannot renew its lease and stops its VM with its output
-// held before any takeover can start; once etcd is back the leader takes
-// over, and the VM never ran on two nodes at once. leader: the leader
-// dies; the primary moves to the other node as its leader (recorded at
-// etcd) and commits on; then the primary dies and that node takes over.
+// nodes, each with a link and each holding the VM state, with a real etcd
+// as coordinator, on loopback. The primary's term, and so its generation,
+// comes from etcd. crash: the primary is killed, and one node takes over,
+// only as a new term of a newer generation, holding every acknowledged
+// increment, and protects the VM again with the other. partition: etcd
+// stops answering; the primary cannot renew its lease and stops its VM
+// with its output held before any takeover can start; once etcd is back a
+// node takes over, and the VM never ran on two nodes at once. leader: the
+// leader dies; the primary commits on with the other node holding the
+// state (recorded at etcd); then the primary dies and that node takes
+// over. both: the primary and its leader die at once; the other node
+// takes over with every acknowledged increment (the links mirror: ft).
+// When only one node is left, the dead one comes back empty, and the new
+// primary's output flows once it protects the VM again.
 func TestCoordinatorTakeover(t *testing.T) {
 	kvmtest.Open(t)
-	for _, scenario := range []string{"crash", "partition", "leader"} {
+	for _, scenario := range []string{"crash", "partition", "leader", "both"} {
 		t.Run(scenario, func(t *testing.T) {
 			etcd := etcdtest.Start(t)
 			dir := t.TempDir()
@@ -52,42 +57,50 @@ func TestCoordinatorTakeover(t *testing.T) {
 				waitStderr(t, p, "replica listening")
 				return p
 			}
-			n1 := node(ports[0], "n1")
-			leader := node(ports[1], "n2")
-			takerSock := dir + "/n2.sock"
-			primary := startTandem(t, append([]string{"run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key,
-				"--replicas", ports[0], "--leader", ports[1], "--epoch", "10ms", "--heartbeat", "50ms",
+			nodes := []*process{node(ports[0], "n1"), node(ports[1], "n2")}
+			socks := []string{dir + "/n1.sock", dir + "/n2.sock"}
+			// ft: the pages of a node that dies with the primary are
+			// on the other node too.
+			primary := startTandem(t, append([]string{"run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key, "--policy", "ft",
+				"--replicas", ports[0] + "," + ports[1], "--leader", ports[1], "--epoch", "10ms", "--heartbeat", "50ms",
 				"--serial", "unix:" + dir + "/p.sock", "--control", "unix:" + dir + "/p.ctl"}, co...)...)
 			t.Cleanup(func() {
 				if t.Failed() {
-					t.Logf("primary stderr:\n%s\nleader stderr:\n%s", primary.stderr.String(), leader.stderr.String())
+					t.Logf("primary stderr:\n%s\nn1 stderr:\n%s\nn2 stderr:\n%s", primary.stderr.String(), nodes[0].stderr.String(), nodes[1].stderr.String())
 				}
 			})
 			g1 := generationIn(t, primary, "primary term granted by the coordinator")
 			conn := dialWhenReady(t, primary, dir+"/p.sock")
 			client := runCounterClient(conn, 4)
 			pollFor(t, "five acknowledged increments", 30*time.Second, func() bool { return client.acked.Load() >= 5 })
+			waitStderr(t, primary, "the coordinator knows which nodes hold the VM state")
 
-			// tandem status shows the term and the links.
+			// tandem status shows the term, the holders and the links.
 			out, stderr, status := runTandem(t, "status", "--control", "unix:"+dir+"/p.ctl")
-			for _, want := range []string{"16 MiB, 1 vCPUs", fmt.Sprintf("protected: generation %d", g1), "leader " + ports[1], "link 0 " + ports[0] + ": up"} {
+			for _, want := range []string{"16 MiB, 1 vCPUs", fmt.Sprintf("protected: generation %d", g1), "leader " + ports[1], "state holders 2/2", "link 0 " + ports[0] + ": up"} {
 				if status != 0 || !strings.Contains(out, want) {
 					t.Errorf("tandem status: status %d, output %q (stderr %q); want %q", status, out, stderr, want)
 				}
 			}
 
 			var stopped time.Time
+			alive := []int{0, 1} // the nodes that may take over
 			switch scenario {
 			case "leader":
-				// The leader dies: the primary moves to the other node,
-				// records it as the leader, and commits on.
-				leader.kill()
+				// The leader dies: the primary commits on with the other
+				// node holding the state, once etcd knows.
+				nodes[1].kill()
 				base := client.acked.Load()
 				pollFor(t, "increments acknowledged after the leader died", 30*time.Second, func() bool { return client.acked.Load() >= base+5 })
-				waitStderr(t, primary, "moving to the next node that may lead")
-				leader, takerSock = n1, dir+"/n1.sock"
+				waitStderr(t, primary, "the nodes holding the VM state changed")
+				alive = []int{0}
 				primary.kill()
 				stopped = time.Now()
+			case "both":
+				primary.kill()
+				nodes[1].kill()
+				stopped = time.Now()
+				alive = []int{0}
 			case "crash":
 				primary.kill()
 				stopped = time.Now()
@@ -101,17 +114,27 @@ func TestCoordinatorTakeover(t *testing.T) {
 					t.Errorf("the primary that lost its term exited 0")
 				}
 				waitStderr(t, primary, "this primary was deposed")
-				// The leader sees the primary fail, but no term can be
-				// granted while etcd does not answer.
-				waitStderr(t, leader, "waiting for the primary's term to end")
-				if strings.Contains(leader.stderr.String(), "takeover term granted") {
-					t.Fatal("a node took over while the coordinator was unreachable")
+				// No term can be granted while etcd does not answer.
+				for _, n := range nodes {
+					if strings.Contains(n.stderr.String(), "takeover term granted") {
+						t.Fatal("a node took over while the coordinator was unreachable")
+					}
 				}
 				etcd.Resume()
 			}
 			conn.Close()
 			<-client.done
-			g2 := generationIn(t, leader, "takeover term granted by the coordinator")
+			taker := -1
+			pollFor(t, "a node to take over", 30*time.Second, func() bool {
+				for _, i := range alive {
+					if strings.Contains(nodes[i].stderr.String(), "takeover term granted") {
+						taker = i
+						return true
+					}
+				}
+				return false
+			})
+			g2 := generationIn(t, nodes[taker], "takeover term granted by the coordinator")
 			granted := time.Now()
 			if g2 <= g1 {
 				t.Errorf("takeover generation %d, not newer than the primary's %d", g2, g1)
@@ -119,15 +142,25 @@ func TestCoordinatorTakeover(t *testing.T) {
 			if !granted.After(stopped) {
 				t.Errorf("the takeover was granted before the primary stopped")
 			}
-			lconn := dialWhenReady(t, leader, takerSock)
+			if len(alive) == 1 {
+				// The new primary's output waits for a backup: the dead
+				// node comes back, empty, and is protecting it again.
+				nodes[1] = node(ports[1], "n2")
+			}
+			lconn := dialWhenReady(t, nodes[taker], socks[taker])
 			defer lconn.Close()
 			checkCount(t, askCount(t, lconn), client.sent.Load(), client.acked.Load())
-			if scenario == "leader" {
-				return // no node is left to protect it
+			for i, n := range nodes {
+				if i != taker && strings.Contains(n.stderr.String(), "takeover term granted") {
+					t.Errorf("two nodes were granted a takeover")
+				}
 			}
-			if g := generationIn(t, leader, "protecting the VM again"); g != g2 {
+			if g := generationIn(t, nodes[taker], "protecting the VM again"); g != g2 {
 				t.Errorf("the new primary replicates as generation %d, its term is %d", g, g2)
 			}
+			// The other node holds the new term's state: it can take over
+			// in turn.
+			waitStderr(t, nodes[taker], "the coordinator knows which nodes hold the VM state")
 		})
 	}
 }

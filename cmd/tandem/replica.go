@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -158,93 +157,104 @@ func cmdReplica(ctx context.Context, args []string) error {
 	if coordinator != nil {
 		defer coordinator.Close()
 	}
-	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: true, HeartbeatTimeout: *timeout, MaxMemBytes: maxMemBytes, Auth: creds,
-		Disks: copies.replicate, Committed: copies.apply})
+	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: true, Coordinated: coordinator != nil, HeartbeatTimeout: *timeout,
+		MaxMemBytes: maxMemBytes, Auth: creds, Disks: copies.replicate, Committed: copies.apply})
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
-	served := make(chan error, 1)
-	go func() { served <- r.Serve(serveCtx, ln) }()
+	// A takeover waits for the serving to end; whatever ends it first ends
+	// the waits for a takeover too.
+	var servedErr error
+	serveDone := make(chan struct{})
+	go func() { servedErr = r.Serve(serveCtx, ln); close(serveDone) }()
 	if *rdmaListen != "" {
 		if err := serveRDMA(serveCtx, r, *rdmaListen, log); err != nil {
 			return err
 		}
 	}
 	log.Info("replica listening", "addr", ln.Addr(), "connections", creds.Mode())
-	select {
-	case <-ctx.Done():
+	waitCtx, stopWaiting := context.WithCancel(ctx)
+	defer stopWaiting()
+	go func() {
+		select {
+		case <-serveDone:
+			stopWaiting()
+		case <-waitCtx.Done():
+		}
+	}()
+	stopped := func() error {
 		stopServing()
-		return <-served
-	case err := <-served:
-		return err
-	case <-r.Failed():
+		<-serveDone
+		return servedErr
 	}
-	if r.Ended() {
-		log.Info("the primary stopped its VM on purpose; nothing to take over")
-		fmt.Println("leader: the primary's VM stopped; no takeover")
-		return nil
-	}
-	log.Warn("primary failed; recovering", "reason", r.FailReason())
-	cluster, _ := r.Cluster()
-	if len(recoverFrom) == 0 {
-		recoverFrom = cluster.Nodes()
-	}
-	// With a coordinator, the takeover is a term of its own: granted only
-	// once the failed primary's lease has expired, and its generation is
-	// etcd's revision.
-	var term coord.Term
-	if coordinator != nil {
-		vm := coordVM(r.VMID())
-		log.Info("waiting for the primary's term to end at the coordinator (its lease to expire)", "vm", vm, "ttl", *coordf.ttl)
-		if term, err = coordinator.Campaign(ctx, vm, coordNode(self)); err != nil {
-			return fmt.Errorf("taking over VM %s at the coordinator: %w", vm, err)
+	var (
+		term    coord.Term
+		cluster replicate.Cluster
+		rec     *replicate.Recovered
+		memFile *os.File
+		memPath string
+	)
+	for {
+		if coordinator != nil {
+			// With a coordinator, the takeover is a term of its own:
+			// granted only once the failed primary's lease has expired,
+			// and its generation is etcd's revision.
+			term, err = awaitTerm(waitCtx, r, coordinator, self, *coordf.ttl, log)
+			if term == nil {
+				serr := stopped()
+				switch {
+				case err == nil:
+					log.Info("the primary stopped its VM on purpose; nothing to take over")
+					fmt.Println("leader: the primary's VM stopped; no takeover")
+					return serr
+				case waitCtx.Err() != nil: // stopping, or serving ended
+					return serr
+				}
+				return err
+			}
+		} else {
+			select {
+			case <-waitCtx.Done():
+				return stopped()
+			case <-r.Failed():
+			}
+			if r.Ended() {
+				log.Info("the primary stopped its VM on purpose; nothing to take over")
+				fmt.Println("leader: the primary's VM stopped; no takeover")
+				return stopped()
+			}
+			log.Warn("primary failed; recovering", "reason", r.FailReason())
 		}
-		// Only the leader the failed term recorded may take over: the
-		// primary may have moved to another since this node had its
-		// state. A record older than this node's state (the term it
-		// followed never recorded one) does not count.
-		leaderNow, recGen, err := coordinator.Recorded(ctx, vm, "leader")
-		switch {
-		case errors.Is(err, coord.ErrNoRecord):
-		case err != nil:
-			term.Resign(context.Background())
-			return fmt.Errorf("taking over VM %s: reading its leader at the coordinator: %w", vm, err)
-		case leaderNow != self && recGen >= r.StateGeneration():
-			term.Resign(context.Background())
-			return fmt.Errorf("not taking over VM %s: its primary moved to leader %s (generation %d) after this node's state; restart this node to serve as a replica again", vm, leaderNow, recGen)
+		cluster, _ = r.Cluster()
+		from := recoverFrom
+		if len(from) == 0 {
+			from = cluster.Nodes()
 		}
-		log.Info("takeover term granted by the coordinator", "vm", vm, "generation", term.Generation())
-	}
-	// The pages go straight into the memory the new VM will run on (a
-	// memfd, which the VM maps as its --mem-file), so the leader never
-	// holds a second copy of guest RAM. Recovery settles the replicas on an
-	// epoch first, which gives the size.
-	var gen uint64
-	if term != nil {
-		gen = term.Generation()
-	}
-	rc, err := r.StartRecoveryAs(ctx, recoverFrom, gen)
-	if err != nil {
+		var gen uint64
 		if term != nil {
-			term.Resign(context.Background())
+			gen = term.Generation()
 		}
-		return err
-	}
-	defer rc.Close()
-	memPath, memFile, err := recoveryMemory(rc.Info().MemBytes)
-	if err != nil {
-		return err
+		rec, memFile, memPath, err = recoverVM(ctx, r, from, gen)
+		if err == nil {
+			break
+		}
+		if term == nil {
+			return err
+		}
+		// Another holder may have what this one lacks: give the term
+		// back and serve on.
+		term.Resign(context.Background())
+		log.Error("takeover failed: gave the term back, serving on as a replica; trying again later unless another node takes over", "err", err)
+		select {
+		case <-waitCtx.Done():
+			return stopped()
+		case <-time.After(*coordf.ttl): // the other campaigners go first
+		}
 	}
 	defer memFile.Close()
-	rec, err := fetchInto(ctx, rc, memFile, rc.Info().MemBytes)
-	if err != nil {
-		return err
-	}
-	rc.Close()
 	log.Info("recovered", "epoch", rec.Epoch, "mem_MiB", rec.MemBytes>>20, "took", rec.Took.Round(time.Microsecond), "unreachable", rec.Unreachable)
 	fmt.Printf("leader: recovered epoch %d of %s (%d MiB) in %v; resuming the VM\n", rec.Epoch, rec.Guest, rec.MemBytes>>20, rec.Took.Round(time.Millisecond))
 	// The replicas are no longer fed; stop serving them and run the VM.
-	stopServing()
-	<-served
+	stopped()
 	spec := vmSpec{
 		memBytes: rec.MemBytes, vcpus: rec.VCPUs, serial: *serial, control: *control,
 		guestName: rec.Guest, log: log, memFile: memPath,
@@ -323,6 +333,29 @@ func cmdReplica(ctx context.Context, args []string) error {
 	}
 	log.Info("VM stopped", "reason", res.Kind, "status", res.Code)
 	return nil
+}
+
+// recoverVM recovers the VM from the replicas as the takeover generation
+// gen (zero: the next). The pages go straight into the memory the new VM
+// will run on (a memfd, which the VM maps as its --mem-file, at path), so
+// the leader never holds a second copy of guest RAM. Recovery settles the
+// replicas on an epoch first, which gives the size.
+func recoverVM(ctx context.Context, r *replicate.Replica, from []string, gen uint64) (*replicate.Recovered, *os.File, string, error) {
+	rc, err := r.StartRecoveryAs(ctx, from, gen)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	defer rc.Close()
+	memPath, memFile, err := recoveryMemory(rc.Info().MemBytes)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	rec, err := fetchInto(ctx, rc, memFile, rc.Info().MemBytes)
+	if err != nil {
+		memFile.Close()
+		return nil, nil, "", err
+	}
+	return rec, memFile, memPath, nil
 }
 
 // recoveryMemory makes the file the recovered VM's memory lives in: a

@@ -9,6 +9,7 @@ package etcdtest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -51,6 +52,7 @@ type Server struct {
 	cmd      *exec.Cmd
 	waited   chan struct{} // closed when the process was reaped
 	out      *lockedBuffer
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu      sync.Mutex
 	stopped bool
@@ -59,6 +61,26 @@ type Server struct {
 // Start starts an etcd server for t and stops it when t ends. It skips or
 // fails t (see the package documentation) when there is no etcd binary.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// Options say where a server runs.
+type Options struct {
+	// Host is the address it listens on, on ports 2379 (clients) and 2380
+	// (peers); empty means 127.0.0.1, on free ports.
+	Host string
+	// Command, when set, makes the command that runs etcd from its path
+	// and arguments (e.g. inside a network namespace: ip netns exec NS
+	// etcd ..., which execs etcd in its own process).
+	Command func(bin string, args ...string) *exec.Cmd
+	// Dial, when set, is how the test reaches the server (its health
+	// check), e.g. from inside that namespace.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// StartWith is Start with the server where o says.
+func StartWith(t testing.TB, o Options) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
@@ -70,7 +92,7 @@ func Start(t testing.TB) *Server {
 	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		s, err := start(t, bin)
+		s, err := start(t, bin, o)
 		if err == nil {
 			t.Cleanup(s.Stop)
 			return s
@@ -86,19 +108,27 @@ func Start(t testing.TB) *Server {
 
 var errPortRace = errors.New("a port was taken meanwhile")
 
-func start(t testing.TB, bin string) (*Server, error) {
-	ports, err := freePorts(2)
-	if err != nil {
-		return nil, err
+func start(t testing.TB, bin string, o Options) (*Server, error) {
+	host, ports := o.Host, []int{2379, 2380}
+	if host == "" {
+		var err error
+		if ports, err = freePorts(2); err != nil {
+			return nil, err
+		}
+		host = "127.0.0.1"
 	}
-	client := "127.0.0.1:" + strconv.Itoa(ports[0])
-	peer := "http://127.0.0.1:" + strconv.Itoa(ports[1])
+	client := net.JoinHostPort(host, strconv.Itoa(ports[0]))
+	peer := "http://" + net.JoinHostPort(host, strconv.Itoa(ports[1]))
 	dir, err := os.MkdirTemp(t.TempDir(), "etcd")
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{t: t, clientAt: client, waited: make(chan struct{}), out: &lockedBuffer{}}
-	s.cmd = exec.Command(bin,
+	s := &Server{t: t, clientAt: client, waited: make(chan struct{}), out: &lockedBuffer{}, dial: o.Dial}
+	command := exec.Command
+	if o.Command != nil {
+		command = o.Command
+	}
+	s.cmd = command(bin,
 		"--name=test",
 		"--data-dir="+filepath.Join(dir, "data"),
 		"--listen-client-urls=http://"+client,
@@ -157,6 +187,9 @@ func start(t testing.TB, bin string) (*Server, error) {
 // process exits, or startTimeout passes.
 func (s *Server) waitHealthy() error {
 	hc := &http.Client{Timeout: 500 * time.Millisecond}
+	if s.dial != nil {
+		hc.Transport = &http.Transport{DialContext: s.dial}
+	}
 	deadline := time.Now().Add(startTimeout)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
