@@ -122,13 +122,18 @@ func (p *Primary) holderLost(h *holder, err error) {
 			"holder", h.addr, "err", err, "committed", p.committed.Load())
 	}
 	if p.bg.Err() == nil {
-		go p.redialHolder(h)
+		p.redialHolder(h)
 	}
 }
 
-// redialHolder dials h again until it answers, the primary closes, or a
-// newer term fences this one.
+// redialHolder dials h again, in the background, until it answers, the
+// primary closes, or a newer term fences this one. Call it from the run
+// loop (or before Run).
 func (p *Primary) redialHolder(h *holder) {
+	go p.redialHolderWith(h, p.stateDialTo(h.addr))
+}
+
+func (p *Primary) redialHolderWith(h *holder, d stateDial) {
 	backoff := firstLeaderBackoff
 	for {
 		select {
@@ -137,7 +142,7 @@ func (p *Primary) redialHolder(h *holder) {
 		case <-time.After(backoff):
 		}
 		ctx, cancel := context.WithTimeout(p.bg, p.cfg.AckTimeout)
-		s, c, err := p.stateDialTo(h.addr).connect(ctx)
+		s, c, err := d.connect(ctx)
 		cancel()
 		if err == nil || errors.Is(err, ErrFenced) {
 			select {
@@ -181,7 +186,7 @@ func (p *Primary) installHolders() error {
 		p.resumeSource()
 		if err != nil {
 			p.log.Warn("a state holder answered but could not be brought up to date; redialling it", "holder", d.h.addr, "err", err)
-			go p.redialHolder(d.h)
+			p.redialHolder(d.h)
 			continue
 		}
 		d.h.link, d.h.acked = d.link, 0

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tandemvm/tandem/replicate/auth"
@@ -268,6 +269,8 @@ type stateLink struct {
 	pending    *StateRecord // sent, not yet acknowledged
 	lastCommit uint64
 	closed     bool
+	// cluster is the newest Cluster, which a redial tells first.
+	cluster atomic.Pointer[Cluster]
 
 	stop chan struct{}
 	once sync.Once
@@ -314,12 +317,13 @@ func dialLeader(ctx context.Context, d stateDial, disks []DiskImage) (*stateLink
 // nothing more until start.
 func (d stateDial) connect(ctx context.Context) (*stateLink, *conn, error) {
 	s := &stateLink{stop: make(chan struct{}), vmID: d.vmID, redialWithin: d.redialWithin, d: d}
+	s.cluster.Store(&d.cluster)
 	s.dial = func(ctx context.Context) (*conn, error) {
 		c, err := dialHello(ctx, d.creds, d.addr, d.vmID, d.gen, d.hello)
 		if err != nil {
 			return nil, fmt.Errorf("replicate: leader: %w", err)
 		}
-		if err := c.sendBy(time.Now().Add(d.redialWithin), MsgCluster, 0, d.cluster.marshal()); err != nil {
+		if err := c.sendBy(time.Now().Add(d.redialWithin), MsgCluster, 0, s.cluster.Load().marshal()); err != nil {
 			c.c.Close()
 			return nil, c.errorf("leader: %w", err)
 		}
@@ -479,6 +483,19 @@ func (s *stateLink) sendCommit(epoch uint64) error {
 	s.lastCommit = max(s.lastCommit, epoch)
 	if err := s.c.sendBy(time.Now().Add(s.redialWithin), MsgCommit, epoch, nil); err != nil {
 		closeNow(s.c.c) // readAcks redials and sends the commit again
+		return err
+	}
+	return nil
+}
+
+// sendCluster tells the holder how the primary replicates now (a link was
+// added); a redial tells it too.
+func (s *stateLink) sendCluster(c Cluster) error {
+	s.cluster.Store(&c)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.c.sendBy(time.Now().Add(s.redialWithin), MsgCluster, 0, c.marshal()); err != nil {
+		closeNow(s.c.c) // readAcks redials, and the redial tells it
 		return err
 	}
 	return nil

@@ -252,9 +252,11 @@ type Primary struct {
 	holders    []*holder
 	recorded   []string
 	holderBack chan holderDialled
-	status     statusBoard
-	summary    Summary
-	lastSum    time.Time
+	// adds brings AddLink's links to the run loop (rejoin.go).
+	adds    chan addRequest
+	status  statusBoard
+	summary Summary
+	lastSum time.Time
 
 	pages   []uint64
 	regions []Region
@@ -321,10 +323,10 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	holders := newHolders(&cfg)
 	return &Primary{
 		cfg: cfg, src: src, gate: gate, log: cfg.Log, finish: make(chan struct{}),
-		holders: holders, holderBack: make(chan holderDialled, len(holders)),
-		acks:     make(chan Ack, 4*(len(cfg.Links)+len(holders))),
+		holders: holders, holderBack: make(chan holderDialled, MaxLinks+1), adds: make(chan addRequest),
+		acks:     make(chan Ack, 4*(MaxLinks+1)),
 		assigner: NewAssigner(cfg.Policy, len(cfg.Links)),
-		bg:       bg, stopBg: stopBg, rejoined: make(chan rejoined, len(cfg.Links)),
+		bg:       bg, stopBg: stopBg, rejoined: make(chan rejoined, MaxLinks),
 	}, nil
 }
 
@@ -364,7 +366,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 			if err != nil {
 				p.links[i] = &linkState{index: i, Link: deadLink{p.cfg.Links[i]}}
 				p.log.Warn("replica link unreachable; dialling it again in the background", "addr", p.cfg.Links[i], "err", err)
-				go p.redialLink(i)
+				p.redialLink(i)
 			}
 		}
 		var refused []error
@@ -374,7 +376,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 				refused = append(refused, fmt.Errorf("%s: %w", h.addr, err))
 			case err != nil:
 				p.log.Warn("state holder unreachable; output is held until a holder answers", "holder", h.addr, "err", err)
-				go p.redialHolder(h)
+				p.redialHolder(h)
 			}
 		}
 		if len(refused) == len(p.holders) {
@@ -408,7 +410,7 @@ func (deadLink) Close() error              { return nil }
 // linkHello is the hello of link i.
 func (p *Primary) linkHello(i int) Hello {
 	h := p.hello
-	h.Role, h.Link = RoleLink, uint32(i)
+	h.Role, h.Link, h.Links = RoleLink, uint32(i), uint32(len(p.cfg.Links)) // links may be added (AddLink)
 	return h
 }
 
@@ -474,6 +476,7 @@ func (p *Primary) Run(ctx context.Context) error {
 			return p.goodbye()
 		case <-t.C:
 		}
+		p.installAdded()
 		p.installRejoined()
 		if err := p.installHolders(); err != nil {
 			return p.stopped(ctx, err)
@@ -1171,7 +1174,7 @@ func (p *Primary) linkFailed(i int, err error) {
 	}
 	p.log.Error("replica link failed; redialling it with backoff", "link", l.String(), "err", err, "action", what)
 	if p.bg.Err() == nil {
-		go p.redialLink(i)
+		p.redialLink(i)
 	}
 }
 

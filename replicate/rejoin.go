@@ -2,6 +2,11 @@ package replicate
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -31,9 +36,13 @@ type rejoined struct {
 	link  Link
 }
 
-// redialLink dials link i again until it answers or the primary closes.
+// redialLink dials link i again, in the background, until it answers or
+// the primary closes. Call it from the run loop (or before Run).
 func (p *Primary) redialLink(i int) {
-	h := p.linkHello(i)
+	go p.redialLinkTo(i, p.cfg.Links[i], p.linkHello(i))
+}
+
+func (p *Primary) redialLinkTo(i int, addr string, h Hello) {
 	backoff := firstLinkBackoff
 	for {
 		select {
@@ -42,7 +51,7 @@ func (p *Primary) redialLink(i int) {
 		case <-time.After(backoff):
 		}
 		ctx, cancel := context.WithTimeout(p.bg, p.cfg.AckTimeout)
-		l, err := p.dialTransport(ctx, p.cfg.Links[i], i, h)
+		l, err := p.dialTransport(ctx, addr, i, h)
 		cancel()
 		if err == nil {
 			select {
@@ -52,7 +61,7 @@ func (p *Primary) redialLink(i int) {
 			}
 			return
 		}
-		p.log.Debug("replica link still unreachable", "link", i, "addr", p.cfg.Links[i], "err", err, "next", backoff)
+		p.log.Debug("replica link still unreachable", "link", i, "addr", addr, "err", err, "next", backoff)
 		backoff = min(2*backoff, maxLinkBackoff)
 	}
 }
@@ -104,4 +113,89 @@ func (p *Primary) caughtUp(slices map[int]Region, pages uint64) {
 			p.log.Info("replica link catching up", "link", l.String(), "done_pct", 100*l.cursor/pages)
 		}
 	}
+}
+
+// Nodes added later. AddLink gives the primary a link to a node it did not
+// start with (tandem add-replica): the run loop takes it at the start of
+// an epoch as a link that failed, dials it in the background and lets it
+// join as above (with ft it counts once it holds every page); with a
+// coordinator term the node also becomes a state holder. The holders are
+// told the new Cluster at once, so a takeover protects the VM with the
+// new node too.
+
+// addRequest is an AddLink for the run loop.
+type addRequest struct {
+	addr string
+	done chan error
+}
+
+// ErrLinkExists means AddLink was given a link the primary has.
+var ErrLinkExists = errors.New("replicate: the primary already has that link")
+
+// AddLink adds a link to the replica at addr, which joins as a link that
+// came back does. It returns once the run loop has taken the link (not
+// once it is connected: Status shows that), or when ctx ends.
+func (p *Primary) AddLink(ctx context.Context, addr string) error {
+	if strings.Contains(addr, "://") {
+		if _, err := ParseLinkAddr(addr); err != nil {
+			return err
+		}
+	} else if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("replicate: link %q: %w", addr, err)
+	}
+	req := addRequest{addr: addr, done: make(chan error, 1)}
+	select {
+	case p.adds <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-p.bg.Done():
+		return errors.New("replicate: the primary has stopped")
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// installAdded takes the links AddLink gave into service.
+func (p *Primary) installAdded() {
+	for {
+		select {
+		case req := <-p.adds:
+			req.done <- p.addLink(req.addr)
+		default:
+			return
+		}
+	}
+}
+
+func (p *Primary) addLink(addr string) error {
+	switch {
+	case slices.Contains(p.cfg.Links, addr):
+		return fmt.Errorf("%w: %s", ErrLinkExists, addr)
+	case len(p.cfg.Links) >= MaxLinks:
+		return fmt.Errorf("replicate: the primary has %d links, at most %d", len(p.cfg.Links), MaxLinks)
+	}
+	i := len(p.cfg.Links)
+	p.cfg.Links = append(slices.Clip(p.cfg.Links), addr)
+	p.links = append(p.links, &linkState{index: i, Link: deadLink{addr}})
+	p.redialLink(i)
+	if p.cfg.Term != nil {
+		if node := linkNode(addr); !slices.ContainsFunc(p.holders, func(h *holder) bool { return h.addr == node }) {
+			h := &holder{addr: node}
+			p.holders = append(p.holders, h)
+			p.redialHolder(h)
+		}
+	}
+	c := p.cluster()
+	for _, h := range p.inService() {
+		if err := h.link.sendCluster(c); err != nil {
+			p.log.Warn("telling a state holder about the new link", "holder", h.addr, "err", err)
+		}
+	}
+	p.log.Warn("a replica link was added: it joins once it answers", "link", i, "addr", addr)
+	p.publishStatus()
+	return nil
 }

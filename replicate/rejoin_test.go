@@ -2,6 +2,8 @@ package replicate
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -99,4 +101,59 @@ func TestLinkRejoins(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAddedLinkJoins: a link added to a running primary (a node that was
+// not there at the start) is dialled, gets all of memory while the VM runs
+// (ft), and counts once it holds every page; the leader learns the new
+// cluster at once. Once the first replica is gone the added one alone
+// holds every page: the leader recovers from it the committed epoch's
+// memory exactly.
+func TestAddedLinkJoins(t *testing.T) {
+	c := newCluster(t, 1)
+	_, added, _ := startReplica(t, ReplicaConfig{})
+	vm := newFakeVM(t, 2048) // 8 MiB: the catch-up takes several epochs
+	p := mustConnectPrimary(t, PrimaryConfig{
+		Links: c.addrs, Leader: c.leadAddr, VMID: 0xADD1, Guest: "fake", VCPUs: 1,
+		Epoch: 5 * time.Millisecond, AckTimeout: 500 * time.Millisecond, Policy: PolicyFT, SGMax: 8,
+	}, vm, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go vm.run(ctx, 5)
+	runErr := make(chan error, 1)
+	go func() { runErr <- p.Run(ctx) }()
+	waitCommitted(t, p, 3, 10*time.Second, nil)
+
+	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	defer acancel()
+	for _, bad := range []string{"no-port", "tcp://"} {
+		if err := p.AddLink(actx, bad); err == nil {
+			t.Errorf("AddLink(%q) took a malformed address", bad)
+		}
+	}
+	if err := p.AddLink(actx, c.addrs[0]); !errors.Is(err, ErrLinkExists) {
+		t.Errorf("AddLink of an existing link: %v, want ErrLinkExists", err)
+	}
+	if err := p.AddLink(actx, added); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the leader to learn the added link", func() bool {
+		cl, ok := c.leader.Cluster()
+		return ok && slices.Equal(cl.Links, []string{c.addrs[0], added})
+	})
+	waitFor(t, "the added link to hold every page", func() bool {
+		st := p.Status()
+		return len(st.Links) == 2 && st.Links[1].Alive && !st.Links[1].Joining && !st.Degraded
+	})
+	c.cancels[0]() // the first replica goes: the added one has everything
+	waitFor(t, "the primary to notice the first replica's loss", func() bool { return !p.Status().Links[0].Alive })
+	held := p.Committed()
+	waitCommitted(t, p, held+3, 10*time.Second, nil)
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Fatalf("the primary: %v", err)
+	}
+	vm.Resume()
+	c.addrs = []string{added}
+	c.recoverAndCheck(vm, p.Committed())
 }

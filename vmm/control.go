@@ -19,8 +19,11 @@ import (
 
 // ControlRequest is one command to a running VM.
 type ControlRequest struct {
-	// Op is "status", "pause", "resume", "snapshot" or "stop".
+	// Op is "status", "pause", "resume", "snapshot", "stop" or
+	// "add-replica".
 	Op string `json:"op"`
+	// Replica is the replica to add (add-replica).
+	Replica string `json:"replica,omitempty"`
 	// Path is the snapshot file to write (snapshot).
 	Path string `json:"path,omitempty"`
 	// Stop stops the VM after the snapshot instead of resuming it, so the
@@ -53,6 +56,9 @@ type Controller struct {
 	// Replication, when set, describes the VM's protection for status
 	// (package vmm does not interpret it).
 	Replication func() json.RawMessage
+	// AddReplica, when set, gives the VM's replication another replica
+	// (add-replica; package vmm does not interpret the address).
+	AddReplica func(addr string) error
 
 	mu     sync.Mutex
 	pauses int // pauses taken through the control socket and not yet resumed
@@ -162,8 +168,18 @@ func (c *Controller) Handle(req ControlRequest) (_ *ControlStatus, after func(),
 		}
 	case "stop":
 		after = c.VM.Stop
+	case "add-replica":
+		switch {
+		case c.AddReplica == nil:
+			return nil, nil, errors.New("the VM is not replicated (tandem run --ha)")
+		case req.Replica == "":
+			return nil, nil, errors.New("add-replica needs a replica address")
+		}
+		if err := c.AddReplica(req.Replica); err != nil {
+			return nil, nil, err
+		}
 	default:
-		return nil, nil, fmt.Errorf("unknown op %q (want status, pause, resume, snapshot or stop)", req.Op)
+		return nil, nil, fmt.Errorf("unknown op %q (want status, pause, resume, snapshot, stop or add-replica)", req.Op)
 	}
 	st := &ControlStatus{MemBytes: c.VM.mem.Size(), VCPUs: len(c.VM.vcpus), Paused: c.VM.Paused()}
 	if c.Replication != nil {

@@ -2,8 +2,10 @@ package vmm
 
 import (
 	"context"
+	"errors"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -56,5 +58,36 @@ func TestControlAnswersBeforeStopping(t *testing.T) {
 				s.Close()
 			}
 		}
+	}
+}
+
+// TestControlAddReplica: add-replica reaches the replication's hook with
+// the address, and is refused with why when the VM is not replicated or
+// no address is given; the hook's refusal is the answer.
+func TestControlAddReplica(t *testing.T) {
+	tv := newTestVM(t, Config{}, "counter", nil)
+	var got []string
+	c := &Controller{VM: tv.VM}
+	for _, tc := range []struct {
+		hook    func(string) error
+		replica string
+		want    string // "" for success
+	}{
+		{nil, "10.0.0.5:7000", "not replicated"},
+		{func(a string) error { got = append(got, a); return nil }, "", "needs a replica address"},
+		{func(a string) error { got = append(got, a); return nil }, "10.0.0.5:7000", ""},
+		{func(a string) error { return errors.New("already a link") }, "10.0.0.5:7000", "already a link"},
+	} {
+		c.AddReplica = tc.hook
+		_, _, err := c.Handle(ControlRequest{Op: "add-replica", Replica: tc.replica})
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("add-replica %q: %v", tc.replica, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("add-replica %q: %v, want an error naming %q", tc.replica, err, tc.want)
+		}
+	}
+	if len(got) != 1 || got[0] != "10.0.0.5:7000" {
+		t.Errorf("the hook got %v, want the one address", got)
 	}
 }

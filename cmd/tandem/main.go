@@ -50,6 +50,7 @@ var commands = []command{
 	{"keygen", "write a new replication key file (for --auth-key)", cmdKeygen},
 	{"snapshot", "write a snapshot of a running VM through its control socket", cmdSnapshot},
 	{"status", "show a running VM and its protection: generation, leader, links and their lag", cmdStatus},
+	{"add-replica", "protect a running VM with one more node: a link, and with a coordinator a state holder", cmdAddReplica},
 	{"bench", "reproduce seed 003's evaluation: replication matrix, report and plots", cmdBench},
 	{"demo", "boot the built-in counter guest and talk to it", cmdDemo},
 	{"rdma-devices", "list the RDMA devices, ports and limits the RDMA transport can use", cmdRDMADevices},

@@ -281,6 +281,11 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 				b, _ := json.Marshal(primary.Status())
 				return b
 			}
+			c.AddReplica = func(addr string) error {
+				actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				return primary.AddLink(actx, addr)
+			}
 		}
 		go func() {
 			if err := c.Serve(ctx, ln); err != nil {
@@ -390,6 +395,33 @@ func cmdStatus(ctx context.Context, args []string) error {
 		}
 		fmt.Printf("  link %d %s: %s\n", i, l.Addr, state)
 	}
+	for _, h := range rs.Holders {
+		state := "down (redialling)"
+		if h.Connected {
+			state = fmt.Sprintf("up, acknowledged the state of epoch %d", h.Acked)
+		}
+		fmt.Printf("  state holder %s: %s\n", h.Addr, state)
+	}
+	return nil
+}
+
+func cmdAddReplica(ctx context.Context, args []string) error {
+	fs := newFlagSet("add-replica", "--control ADDR --replica HOST:PORT")
+	control := fs.String("control", "", "control socket of the running primary (unix:PATH or tcp:ADDR)")
+	replica := fs.String("replica", "", "the node to add as a link, HOST:PORT (its tandem replica --listen) or rdma://HOST:PORT?auth=HOST:PORT; with a coordinator it also holds the VM state")
+	timeout := fs.Duration("timeout", 15*time.Second, "give up after this long")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *control == "" || *replica == "" {
+		return usagef("--control and --replica are required")
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	if _, err := vmm.ControlCall(ctx, *control, vmm.ControlRequest{Op: "add-replica", Replica: *replica}); err != nil {
+		return err
+	}
+	fmt.Printf("added %s: it joins once it answers and holds every page (tandem status shows it)\n", *replica)
 	return nil
 }
 

@@ -29,7 +29,8 @@ import (
 // is killed and started again empty, and a node (the primary or a backup)
 // is cut off from etcd alone, for 0.5-2.5 s (a blackhole route to etcd in
 // its namespace): a primary cut off for longer than its lease stops its
-// VM, and another node takes over. After every step exactly one node has
+// VM, and another node takes over; the node that was the primary starts
+// again empty and joins (tandem add-replica). After every step exactly one node has
 // the VM's console and answers, no increment is answered twice, and the
 // primary holds every acknowledged increment; every takeover is a term of
 // its own generation. TANDEM_SUCCESSIVE_ROUNDS=N runs N rounds per policy
@@ -87,8 +88,9 @@ func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand,
 	start := func(n *haNode) {
 		n.starts++
 		n.serial = fmt.Sprintf("%s/%s-%d.sock", dir, n.role, n.starts)
+		n.control = fmt.Sprintf("%s/%s-%d.ctl", dir, n.role, n.starts)
 		n.proc = lab.start(n.role, nil, append([]string{"replica", "--listen", n.addr, "--auth-key", key,
-			"--heartbeat-timeout", "1s", "--serial", "unix:" + n.serial}, co...)...)
+			"--heartbeat-timeout", "1s", "--serial", "unix:" + n.serial, "--control", "unix:" + n.control}, co...)...)
 		all = append(all, n.proc)
 		waitStderr(t, n.proc, "replica listening")
 	}
@@ -142,7 +144,9 @@ func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand,
 		return nil
 	}
 	// switchTo makes n the primary: the client's count so far must be in
-	// its VM, and a new client runs on its console.
+	// its VM, and a new client runs on its console. A node that was the
+	// primary starts again, empty, and is added to the new primary's
+	// links (tandem add-replica), so the cluster keeps its four nodes.
 	switchTo := func(n *haNode, i int) {
 		t.Helper()
 		endClient()
@@ -152,9 +156,18 @@ func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand,
 		conn = dialWhenReady(t, n.proc, n.serial)
 		checkCount(t, askCount(t, conn), sent, acked)
 		conn.Close()
+		prev := curNode
 		curProc, curRole, curNode, links, leader = n.proc, n.role, n, newLinks, newLeader
 		conn = dialWhenReady(t, n.proc, n.serial)
 		client = runCounterClient(conn, 4)
+		if prev != nil {
+			start(prev)
+			if out, stderr, status := runTandem(t, "add-replica", "--control", "unix:"+n.control, "--replica", prev.addr); status != 0 {
+				t.Fatalf("add-replica %s: status %d, %s%s", prev.addr, status, out, stderr)
+			}
+			links = append(links, prev.addr)
+			t.Logf("step %d: %s started again empty and added to the links", i, prev.role)
+		}
 	}
 	awaitTakeover := func(i int, why string) {
 		t.Helper()
@@ -195,19 +208,17 @@ func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand,
 			if !isPrimary {
 				break
 			}
-			// Either the primary's lease held, and it answers again, or
-			// it stopped its VM, and a node takes over.
+			// Either the primary's lease held, and it answers on, or it
+			// stopped its VM (and exited), and a node takes over.
 			base := client.acked.Load()
-			var n *haNode
-			pollFor(t, fmt.Sprintf("step %d: the primary to answer again or a node to take over", i), time.Minute, func() bool {
-				n = takenOver()
-				return n != nil || client.acked.Load() > base
+			pollFor(t, fmt.Sprintf("step %d: the primary to answer on or to stop", i), time.Minute, func() bool {
+				return curProc.exited() || takenOver() != nil || client.acked.Load() >= base+4
 			})
-			if n != nil {
+			if curProc.exited() || takenOver() != nil {
 				if curProc.wait(t, 10*time.Second) == 0 {
 					t.Errorf("step %d: the primary cut off from etcd exited 0", i)
 				}
-				switchTo(n, i)
+				awaitTakeover(i, "the primary lost its term")
 				takeovers++
 				kind += "/takeover"
 			}
@@ -292,4 +303,15 @@ func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand,
 		t.Errorf("takeovers by generation %v, want %d of distinct generations", gens, takeovers)
 	}
 	return stats
+}
+
+// exited reports whether the process has ended.
+func (p *process) exited() bool {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return true
+	default:
+		return false
+	}
 }

@@ -79,6 +79,7 @@ type haNode struct {
 	role, addr string
 	proc       *process
 	serial     string // its console socket, should it take the VM over
+	control    string // its control socket, likewise
 	starts     int
 }
 
