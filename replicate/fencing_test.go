@@ -163,6 +163,20 @@ func TestFencingTheLeader(t *testing.T) {
 	if err := sendState(b, 3); err != nil || states() != 1 {
 		t.Fatalf("generation 5's state: %v (%d states held)", err, states())
 	}
+	// A takeover's recovery as generation 6 fences generation 5 here
+	// (StartRecoveryAs): the new primary's state connection, of that same
+	// generation, then takes the slot the fenced one held.
+	leader.mu.Lock()
+	leader.fence(6)
+	leader.mu.Unlock()
+	expectHangUp(t, b.c, "generation 5's state connection, fenced by a recovery")
+	c6, err := stateAs(6)
+	if err != nil {
+		t.Fatalf("state hello of generation 6 after its recovery fenced 5: %v", err)
+	}
+	if err := sendState(c6, 4); err != nil {
+		t.Fatalf("generation 6's state: %v", err)
+	}
 	select {
 	case <-leader.Failed():
 		t.Fatalf("fencing declared the primary failed: %s", leader.FailReason())

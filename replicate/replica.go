@@ -476,6 +476,12 @@ func (r *Replica) fence(gen uint64) {
 		r.log.Warn("a newer primary term: fencing the older one", "generation", gen, "fenced", r.gen)
 	}
 	r.gen = gen
+	if r.stateActive && r.stateGen < gen {
+		// The fenced term's state connection no longer holds the slot
+		// (its end does not free it: see stateEnded): the new term's may
+		// come at once, of this very generation after a recovery.
+		r.stateActive = false
+	}
 	for c := range r.conns {
 		if c.gen < gen {
 			delete(r.conns, c)
