@@ -11,6 +11,8 @@ import (
 // committed, and the state of the leader and of every link. It is a copy,
 // safe to keep.
 type Status struct {
+	// VMID names the VM (at a coordinator too: 16 hex digits).
+	VMID       uint64 `json:"vm_id"`
 	Generation uint64 `json:"generation"`
 	Committed  uint64 `json:"committed"`
 	// Leader is the first holder in service (the configured leader while
@@ -75,6 +77,7 @@ func (s Status) String() string {
 		}
 		fmt.Fprintf(&b, ", state holders %d/%d", in, len(s.Holders))
 	}
+	fmt.Fprintf(&b, ", vm %016x", s.VMID)
 	live, joining := 0, 0
 	for _, l := range s.Links {
 		switch {
@@ -118,7 +121,7 @@ func (p *Primary) Status() Status { return p.status.read() }
 
 // publishStatus makes the run loop's view the current Status.
 func (p *Primary) publishStatus() {
-	s := Status{Generation: p.cfg.Generation, Committed: p.committed.Load(), Leader: p.cfg.Leader, Policy: p.cfg.Policy}
+	s := Status{VMID: p.cfg.VMID, Generation: p.cfg.Generation, Committed: p.committed.Load(), Leader: p.cfg.Leader, Policy: p.cfg.Policy}
 	for _, h := range p.holders {
 		s.Holders = append(s.Holders, HolderStatus{Addr: h.addr, Connected: h.link != nil, Acked: h.acked})
 		if h.link != nil && !s.LeaderConnected {

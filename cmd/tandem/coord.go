@@ -186,3 +186,34 @@ func ended(r *replicate.Replica) bool {
 		return false
 	}
 }
+
+// joinWatch adds the nodes that join a VM at the coordinator (tandem
+// replica --join) as links of its running primary (replicate.Primary.
+// AddLink), self (the primary's own node, if it is one) excepted.
+type joinWatch struct {
+	c    coord.Coordinator
+	self string
+}
+
+func (w *joinWatch) watch(ctx context.Context, vm string, p *replicate.Primary, log *slog.Logger) {
+	ch, err := w.c.WatchMembers(ctx, vm)
+	if err != nil {
+		log.Warn("cannot watch for nodes joining the VM at the coordinator", "vm", vm, "err", err)
+		return
+	}
+	for members := range ch {
+		for _, m := range members {
+			addr := string(m.Info)
+			if addr == "" || addr == w.self {
+				continue
+			}
+			switch err := p.AddLink(ctx, addr); {
+			case err == nil:
+				log.Info("a node joined the VM at the coordinator: it becomes a link", "node", m.Node, "addr", addr)
+			case errors.Is(err, replicate.ErrLinkExists), ctx.Err() != nil:
+			default:
+				log.Warn("a node joined the VM at the coordinator but cannot be added", "node", m.Node, "addr", addr, "err", err)
+			}
+		}
+	}
+}

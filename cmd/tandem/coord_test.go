@@ -164,3 +164,76 @@ func TestCoordinatorTakeover(t *testing.T) {
 		})
 	}
 }
+
+// TestCoordinatorJoin: a node started after the primary offers itself
+// with --join (the VM id tandem status shows); the primary adds it as a
+// link and a state holder, and once the first node is gone it alone takes
+// the VM over when the primary is killed, with every acknowledged
+// increment (its output flows once the first node is back, empty, and
+// protects it). A bad --join is refused before anything starts.
+func TestCoordinatorJoin(t *testing.T) {
+	kvmtest.Open(t)
+	etcd := etcdtest.Start(t)
+	dir := t.TempDir()
+	key := testKeyFile(t)
+	ports, err := freePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	co := []string{"--coordinator", etcd.URL(), "--coordinator-ttl", "1s"}
+	for _, tc := range []struct{ args []string }{
+		{[]string{"--join", "0123456789abcdef"}},                // no coordinator
+		{append([]string{"--join", "12345"}, co...)},            // not 16 digits
+		{append([]string{"--join", "0123456789abcdeg"}, co...)}, // not hex
+	} {
+		_, stderr, status := runTandem(t, append([]string{"replica", "--listen", "127.0.0.1:0", "--auth-key", key}, tc.args...)...)
+		if status != 2 || !strings.Contains(stderr, "--join") {
+			t.Errorf("replica %v: status %d, stderr %q; want a usage error naming --join", tc.args, status, stderr)
+		}
+	}
+	node := func(addr, name string, extra ...string) *process {
+		p := startTandem(t, append(append([]string{"replica", "--listen", addr, "--auth-key", key, "--heartbeat-timeout", "1s",
+			"--serial", "unix:" + dir + "/" + name + ".sock"}, co...), extra...)...)
+		waitStderr(t, p, "replica listening")
+		return p
+	}
+	n1 := node(ports[0], "n1")
+	primary := startTandem(t, append([]string{"run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key, "--policy", "ft",
+		"--replicas", ports[0], "--leader", ports[0], "--epoch", "10ms", "--heartbeat", "50ms",
+		"--serial", "unix:" + dir + "/p.sock", "--control", "unix:" + dir + "/p.ctl"}, co...)...)
+	var n2 *process
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("primary stderr:\n%s\nn1 stderr:\n%s", primary.stderr.String(), n1.stderr.String())
+			if n2 != nil {
+				t.Logf("n2 stderr:\n%s", n2.stderr.String())
+			}
+		}
+	})
+	conn := dialWhenReady(t, primary, dir+"/p.sock")
+	client := runCounterClient(conn, 4)
+	pollFor(t, "five acknowledged increments", 30*time.Second, func() bool { return client.acked.Load() >= 5 })
+	out, _, _ := runTandem(t, "status", "--control", "unix:"+dir+"/p.ctl")
+	m := regexp.MustCompile(`vm ([0-9a-f]{16})`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("tandem status names no VM id:\n%s", out)
+	}
+	n2 = node(ports[1], "n2", "--join", m[1])
+	pollFor(t, "the joined node to be a link and a state holder", 30*time.Second, func() bool {
+		out, _, _ := runTandem(t, "status", "--control", "unix:"+dir+"/p.ctl")
+		return strings.Contains(out, "link 1 "+ports[1]+": up") && strings.Contains(out, "state holder "+ports[1]+": up") &&
+			strings.Contains(out, "protected:")
+	})
+	n1.kill()
+	base := client.acked.Load()
+	pollFor(t, "increments acknowledged without the first node", 30*time.Second, func() bool { return client.acked.Load() >= base+5 })
+	primary.kill()
+	conn.Close()
+	<-client.done
+	waitStderr(t, n2, "takeover term granted by the coordinator")
+	// Its output waits for a backup: the first node comes back, empty.
+	n1 = node(ports[0], "n1")
+	lconn := dialWhenReady(t, n2, dir+"/n2.sock")
+	defer lconn.Close()
+	checkCount(t, askCount(t, lconn), client.sent.Load(), client.acked.Load())
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -92,6 +93,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	timeout := fs.Duration("heartbeat-timeout", time.Second, "declare the primary failed after this long without a message, once its epochs are this long overdue, or this long after its state connection broke if it does not reconnect")
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	join := fs.String("join", "", "with --coordinator: offer this node to the running VM with this id (16 hex digits: tandem status shows it); its primary adds it as a link and a state holder")
 	authf := addAuthFlags(fs)
 	coordf := addCoordFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -112,6 +114,14 @@ func cmdReplica(ctx context.Context, args []string) error {
 	}
 	if *timeout <= 0 {
 		return usagef("--heartbeat-timeout %v: want a positive duration", *timeout)
+	}
+	if *join != "" {
+		if *coordf.url == "" {
+			return usagef("--join needs --coordinator: the primary learns of joining nodes there")
+		}
+		if id, err := strconv.ParseUint(*join, 16, 64); err != nil || id == 0 || len(*join) != 16 {
+			return usagef("--join %q: want a VM id of 16 hex digits, as tandem status shows it", *join)
+		}
 	}
 	self := *listen
 	if *advertise != "" {
@@ -172,6 +182,14 @@ func cmdReplica(ctx context.Context, args []string) error {
 		}
 	}
 	log.Info("replica listening", "addr", ln.Addr(), "connections", creds.Mode())
+	leave := func() {}
+	if *join != "" {
+		if leave, err = coordinator.Join(ctx, strings.ToLower(*join), coordNode(self), []byte(self)); err != nil {
+			return fmt.Errorf("--join %s: %w", *join, err)
+		}
+		log.Info("joined the VM at the coordinator: its primary adds this node", "vm", *join)
+	}
+	defer leave()
 	waitCtx, stopWaiting := context.WithCancel(ctx)
 	defer stopWaiting()
 	go func() {
@@ -255,6 +273,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	fmt.Printf("leader: recovered epoch %d of %s (%d MiB) in %v; resuming the VM\n", rec.Epoch, rec.Guest, rec.MemBytes>>20, rec.Took.Round(time.Millisecond))
 	// The replicas are no longer fed; stop serving them and run the VM.
 	stopped()
+	leave() // a primary is no backup of its own VM
 	spec := vmSpec{
 		memBytes: rec.MemBytes, vcpus: rec.VCPUs, serial: *serial, control: *control,
 		guestName: rec.Guest, log: log, memFile: memPath,
@@ -270,6 +289,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 		}
 		if term != nil {
 			leadWithTerm(spec.ha, term)
+			spec.joins = &joinWatch{c: coordinator, self: self}
 		}
 		spec.haDevs = &haDevices{}
 		spec.dirty = vmm.DirtyBitmap

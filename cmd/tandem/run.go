@@ -116,6 +116,9 @@ func cmdRun(ctx context.Context, args []string) error {
 		return usagef("say what to run: --guest NAME|PATH, --kernel PATH or --restore FILE")
 	}
 	spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log)
+	if ha.coordinator != nil {
+		spec.joins = &joinWatch{c: ha.coordinator}
+	}
 	defer ha.close()
 	if err != nil {
 		return err
@@ -197,6 +200,9 @@ type vmSpec struct {
 	// what its devices give replication.
 	ha     *replicate.PrimaryConfig
 	haDevs *haDevices
+	// joins, when set, adds the nodes that join the VM at the coordinator
+	// to the primary's links (coord.go).
+	joins *joinWatch
 	// ready, when set, is called once the VM is about to run.
 	ready func(*vmm.VM)
 }
@@ -268,6 +274,9 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 		}
 		if err != nil {
 			return vmm.Result{}, err
+		}
+		if primary != nil && spec.joins != nil {
+			go spec.joins.watch(ctx, coordVM(cfg.VMID), primary, spec.log)
 		}
 	}
 	if spec.control != "" {
