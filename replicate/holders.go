@@ -134,29 +134,21 @@ func (p *Primary) redialHolder(h *holder) {
 }
 
 func (p *Primary) redialHolderWith(h *holder, d stateDial) {
-	backoff := firstLeaderBackoff
-	for {
-		select {
-		case <-p.bg.Done():
-			return
-		case <-time.After(backoff):
-		}
-		ctx, cancel := context.WithTimeout(p.bg, p.cfg.AckTimeout)
+	p.retry(firstLeaderBackoff, maxLeaderBackoff, func(ctx context.Context) error {
 		s, c, err := d.connect(ctx)
-		cancel()
-		if err == nil || errors.Is(err, ErrFenced) {
-			select {
-			case p.holderBack <- holderDialled{h: h, link: s, c: c, err: err}:
-			case <-p.bg.Done():
-				if c != nil {
-					c.c.Close()
-				}
-			}
-			return
+		if err != nil && !errors.Is(err, ErrFenced) {
+			p.log.Debug("state holder still unreachable", "holder", h.addr, "err", err)
+			return err
 		}
-		p.log.Debug("state holder still unreachable", "holder", h.addr, "err", err, "next", backoff)
-		backoff = min(2*backoff, maxLeaderBackoff)
-	}
+		select {
+		case p.holderBack <- holderDialled{h: h, link: s, c: c, err: err}:
+		case <-p.bg.Done():
+			if c != nil {
+				c.c.Close()
+			}
+		}
+		return nil
+	})
 }
 
 // installHolders takes the holders dialled again into service, each with

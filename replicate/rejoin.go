@@ -43,26 +43,37 @@ func (p *Primary) redialLink(i int) {
 }
 
 func (p *Primary) redialLinkTo(i int, addr string, h Hello) {
-	backoff := firstLinkBackoff
-	for {
+	p.retry(firstLinkBackoff, maxLinkBackoff, func(ctx context.Context) error {
+		l, err := p.dialTransport(ctx, addr, i, h)
+		if err != nil {
+			p.log.Debug("replica link still unreachable", "link", i, "addr", addr, "err", err)
+			return err
+		}
+		select {
+		case p.rejoined <- rejoined{i, l}:
+		case <-p.bg.Done():
+			l.Close()
+		}
+		return nil
+	})
+}
+
+// retry calls attempt after a pause of first, then of twice the last up
+// to most, each time with a context bounded by the acknowledgement
+// timeout, until it succeeds or the primary closes.
+func (p *Primary) retry(first, most time.Duration, attempt func(ctx context.Context) error) {
+	for pause := first; ; pause = min(2*pause, most) {
 		select {
 		case <-p.bg.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(pause):
 		}
 		ctx, cancel := context.WithTimeout(p.bg, p.cfg.AckTimeout)
-		l, err := p.dialTransport(ctx, addr, i, h)
+		err := attempt(ctx)
 		cancel()
 		if err == nil {
-			select {
-			case p.rejoined <- rejoined{i, l}:
-			case <-p.bg.Done():
-				l.Close()
-			}
 			return
 		}
-		p.log.Debug("replica link still unreachable", "link", i, "addr", addr, "err", err, "next", backoff)
-		backoff = min(2*backoff, maxLinkBackoff)
 	}
 }
 

@@ -24,6 +24,38 @@ func generationIn(t *testing.T, p *process, msg string) uint64 {
 	return g
 }
 
+// coordLab is a test's etcd, two free ports for nodes, a key and the
+// flags that name the coordinator.
+type coordLab struct {
+	t     *testing.T
+	etcd  *etcdtest.Server
+	dir   string
+	key   string
+	ports []string
+	co    []string
+}
+
+func newCoordLab(t *testing.T) *coordLab {
+	t.Helper()
+	l := &coordLab{t: t, etcd: etcdtest.Start(t), dir: t.TempDir(), key: testKeyFile(t)}
+	var err error
+	if l.ports, err = freePorts(2); err != nil {
+		t.Fatal(err)
+	}
+	l.co = []string{"--coordinator", l.etcd.URL(), "--coordinator-ttl", "1s"}
+	return l
+}
+
+// node starts a node on addr whose console, should it take over, is
+// DIR/name.sock.
+func (l *coordLab) node(addr, name string, extra ...string) *process {
+	l.t.Helper()
+	p := startTandem(l.t, append(append([]string{"replica", "--listen", addr, "--auth-key", l.key, "--heartbeat-timeout", "1s",
+		"--serial", "unix:" + l.dir + "/" + name + ".sock"}, l.co...), extra...)...)
+	waitStderr(l.t, p, "replica listening")
+	return p
+}
+
 // TestCoordinatorTakeover runs a primary of the counter guest and two
 // nodes, each with a link and each holding the VM state, with a real etcd
 // as coordinator, on loopback. The primary's term, and so its generation,
@@ -43,20 +75,8 @@ func TestCoordinatorTakeover(t *testing.T) {
 	kvmtest.Open(t)
 	for _, scenario := range []string{"crash", "partition", "leader", "both"} {
 		t.Run(scenario, func(t *testing.T) {
-			etcd := etcdtest.Start(t)
-			dir := t.TempDir()
-			key := testKeyFile(t)
-			ports, err := freePorts(2)
-			if err != nil {
-				t.Fatal(err)
-			}
-			co := []string{"--coordinator", etcd.URL(), "--coordinator-ttl", "1s"}
-			node := func(addr, name string) *process {
-				p := startTandem(t, append([]string{"replica", "--listen", addr, "--auth-key", key, "--heartbeat-timeout", "1s",
-					"--serial", "unix:" + dir + "/" + name + ".sock"}, co...)...)
-				waitStderr(t, p, "replica listening")
-				return p
-			}
+			l := newCoordLab(t)
+			etcd, dir, key, ports, co, node := l.etcd, l.dir, l.key, l.ports, l.co, l.node
 			nodes := []*process{node(ports[0], "n1"), node(ports[1], "n2")}
 			socks := []string{dir + "/n1.sock", dir + "/n2.sock"}
 			// ft: the pages of a node that dies with the primary are
@@ -173,14 +193,8 @@ func TestCoordinatorTakeover(t *testing.T) {
 // protects it). A bad --join is refused before anything starts.
 func TestCoordinatorJoin(t *testing.T) {
 	kvmtest.Open(t)
-	etcd := etcdtest.Start(t)
-	dir := t.TempDir()
-	key := testKeyFile(t)
-	ports, err := freePorts(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	co := []string{"--coordinator", etcd.URL(), "--coordinator-ttl", "1s"}
+	l := newCoordLab(t)
+	dir, key, ports, co, node := l.dir, l.key, l.ports, l.co, l.node
 	for _, tc := range []struct{ args []string }{
 		{[]string{"--join", "0123456789abcdef"}},                // no coordinator
 		{append([]string{"--join", "12345"}, co...)},            // not 16 digits
@@ -190,12 +204,6 @@ func TestCoordinatorJoin(t *testing.T) {
 		if status != 2 || !strings.Contains(stderr, "--join") {
 			t.Errorf("replica %v: status %d, stderr %q; want a usage error naming --join", tc.args, status, stderr)
 		}
-	}
-	node := func(addr, name string, extra ...string) *process {
-		p := startTandem(t, append(append([]string{"replica", "--listen", addr, "--auth-key", key, "--heartbeat-timeout", "1s",
-			"--serial", "unix:" + dir + "/" + name + ".sock"}, co...), extra...)...)
-		waitStderr(t, p, "replica listening")
-		return p
 	}
 	n1 := node(ports[0], "n1")
 	primary := startTandem(t, append([]string{"run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key, "--policy", "ft",

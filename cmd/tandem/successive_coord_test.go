@@ -5,12 +5,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
 	"os/exec"
-	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -30,17 +26,13 @@ import (
 // is cut off from etcd alone, for 0.5-2.5 s (a blackhole route to etcd in
 // its namespace): a primary cut off for longer than its lease stops its
 // VM, and another node takes over; the node that was the primary starts
-// again empty and joins (tandem add-replica). After every step exactly one node has
-// the VM's console and answers, no increment is answered twice, and the
-// primary holds every acknowledged increment; every takeover is a term of
-// its own generation. TANDEM_SUCCESSIVE_ROUNDS=N runs N rounds per policy
-// (the campaign: 100 rounds are 1,000 faults).
+// again empty and joins (tandem add-replica). After every step exactly one
+// node has the VM's console and answers, no increment is answered twice,
+// and the primary holds every acknowledged increment; every takeover is a
+// term of its own generation. TANDEM_SUCCESSIVE_ROUNDS=N runs N rounds per
+// policy (the campaign: 100 rounds are 1,000 faults).
 func TestSuccessiveFailuresCoordinated(t *testing.T) {
 	kvmtest.Open(t)
-	rounds := 1
-	if s := os.Getenv("TANDEM_SUCCESSIVE_ROUNDS"); s != "" {
-		rounds, _ = strconv.Atoi(s)
-	}
 	lab := newNetLab(t, "primary", "n1", "n2", "n3", "n4", "etcd")
 	etcd := etcdtest.StartWith(t, etcdtest.Options{
 		Host: lab.addrs["etcd"],
@@ -51,117 +43,49 @@ func TestSuccessiveFailuresCoordinated(t *testing.T) {
 			return dialInNetns(lab.hosts["primary"], addr, 2*time.Second)
 		},
 	})
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 17))
-	var total campaignStats
-	defer func() {
-		t.Logf("coordinated campaign: %d rounds, %d faults (%v), %d acknowledged increments, 0 lost (checked after every step), %d answered twice, longest unavailability %v (fault to the next answer)",
-			total.rounds, total.faults, total.kinds, total.acked, total.twice, total.longest.Round(time.Millisecond))
-	}()
-	for round := range rounds {
-		for _, policy := range []string{"fast", "ft"} {
-			ok := t.Run(fmt.Sprintf("round%02d/%s", round, policy), func(t *testing.T) {
-				total.add(coordinatedRound(t, lab, etcd.URL(), rng, policy))
-			})
-			if !ok {
-				return
-			}
-		}
-	}
+	runCampaign(t, "coordinated campaign", 17, func(t *testing.T, rng *rand.Rand, policy string) campaignStats {
+		return coordinatedRound(t, lab, etcd.URL(), rng, policy)
+	})
 }
 
-func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand, policy string) (stats campaignStats) {
-	stats.kinds = map[string]int{}
-	dir := t.TempDir()
-	key := testKeyFile(t)
-	co := []string{"--coordinator", etcdURL, "--coordinator-ttl", "1s"}
-	var all []*process
-	defer func() {
-		for _, p := range all {
-			p.kill()
-		}
-		if t.Failed() {
-			for _, p := range all {
-				t.Logf("%v stderr:\n%s", p.cmd.Args[3:], p.stderr.String())
-			}
-		}
-	}()
-	start := func(n *haNode) {
-		n.starts++
-		n.serial = fmt.Sprintf("%s/%s-%d.sock", dir, n.role, n.starts)
-		n.control = fmt.Sprintf("%s/%s-%d.ctl", dir, n.role, n.starts)
-		n.proc = lab.start(n.role, nil, append([]string{"replica", "--listen", n.addr, "--auth-key", key,
-			"--heartbeat-timeout", "1s", "--serial", "unix:" + n.serial, "--control", "unix:" + n.control}, co...)...)
-		all = append(all, n.proc)
-		waitStderr(t, n.proc, "replica listening")
-	}
-	var nodes []*haNode
-	byAddr := map[string]*haNode{}
-	for _, role := range []string{"n1", "n2", "n3", "n4"} {
-		n := &haNode{role: role, addr: lab.addrs[role] + ":7070"}
-		nodes, byAddr[n.addr] = append(nodes, n), n
-		start(n)
-	}
+func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand, policy string) campaignStats {
+	r := newHARound(t, lab, "--coordinator", etcdURL, "--coordinator-ttl", "1s")
 	var links []string
-	for _, n := range nodes {
+	for _, n := range r.nodes {
 		links = append(links, n.addr)
 	}
-	leader := nodes[3].addr
-	primary := lab.start("primary", nil, append([]string{"run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key,
-		"--replicas", strings.Join(links, ","), "--leader", leader, "--policy", policy, "--epoch", "10ms",
-		"--heartbeat", "50ms", "--serial", "unix:" + dir + "/primary.sock"}, co...)...)
-	all = append(all, primary)
+	leader := r.nodes[3].addr
 	// The primary now: its process, its role (namespace) and its node
 	// (nil for the first, which is not a backup node).
-	curProc, curRole := primary, "primary"
+	curProc, curRole := r.startPrimary(policy, links, leader), "primary"
 	var curNode *haNode
 	took := map[*process]bool{} // processes that took the VM over
 
-	var sent, acked int64
-	conn := dialWhenReady(t, primary, dir+"/primary.sock")
-	client := runCounterClient(conn, 4)
-	endClient := func() {
-		conn.Close()
-		<-client.done
-		sent, acked = sent+client.sent.Load(), acked+client.acked.Load()
-		stats.twice += client.twice.Load()
-		if client.twice.Load() > 0 {
-			t.Errorf("%d increments were answered twice", client.twice.Load())
-		}
-	}
-	waitAcks := func(n int64, what string) {
-		t.Helper()
-		base := client.acked.Load()
-		pollFor(t, what+": increments acknowledged", time.Minute, func() bool { return client.acked.Load() >= base+n })
-	}
 	// takenOver is the backup node whose process newly took the VM over,
 	// if one did.
 	takenOver := func() *haNode {
-		for _, n := range nodes {
+		for _, n := range r.nodes {
 			if !took[n.proc] && strings.Contains(n.proc.stdout.String(), "leader: recovered epoch") {
 				return n
 			}
 		}
 		return nil
 	}
-	// switchTo makes n the primary: the client's count so far must be in
-	// its VM, and a new client runs on its console. A node that was the
+	// switchTo makes n the primary: its VM must hold the client's count so
+	// far, and a new client runs on its console. A node that was the
 	// primary starts again, empty, and is added to the new primary's
 	// links (tandem add-replica), so the cluster keeps its four nodes.
 	switchTo := func(n *haNode, i int) {
 		t.Helper()
-		endClient()
 		took[n.proc] = true
 		newLinks, newLeader := replicate.Cluster{Links: links}.Successor(n.addr)
 		t.Logf("step %d: %s took over, replicating to %v led by %s", i, n.role, newLinks, newLeader)
-		conn = dialWhenReady(t, n.proc, n.serial)
-		checkCount(t, askCount(t, conn), sent, acked)
-		conn.Close()
+		r.checkCount(n)
 		prev := curNode
 		curProc, curRole, curNode, links, leader = n.proc, n.role, n, newLinks, newLeader
-		conn = dialWhenReady(t, n.proc, n.serial)
-		client = runCounterClient(conn, 4)
+		r.connect(n.proc, n.serial)
 		if prev != nil {
-			start(prev)
+			r.start(prev)
 			if out, stderr, status := runTandem(t, "add-replica", "--control", "unix:"+n.control, "--replica", prev.addr); status != 0 {
 				t.Fatalf("add-replica %s: status %d, %s%s", prev.addr, status, out, stderr)
 			}
@@ -177,7 +101,7 @@ func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand,
 	}
 	etcdIP := lab.addrs["etcd"] + "/32"
 
-	waitAcks(3, "start")
+	r.waitAcks(3, "start")
 	steps := []string{"primary", "primary", "replica", "leader", "coordinator"}
 	rng.Shuffle(len(steps), func(i, j int) { steps[i], steps[j] = steps[j], steps[i] })
 	takeovers := 0
@@ -195,13 +119,14 @@ func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand,
 		case "coordinator":
 			role, isPrimary := curRole, true
 			if rng.IntN(2) == 0 && len(links) > 0 {
-				role, isPrimary = byAddr[links[rng.IntN(len(links))]].role, false
+				role, isPrimary = r.byAddr[links[rng.IntN(len(links))]].role, false
 			}
 			kind = "coordinator/backup"
 			if isPrimary {
 				kind = "coordinator/primary"
 			}
 			t.Logf("step %d: cut %s off from etcd for %v", i, role, d)
+			cut := time.Now()
 			lab.ip("-n", lab.hosts[role], "route", "add", "blackhole", etcdIP)
 			time.Sleep(d) // the length of the fault
 			lab.ip("-n", lab.hosts[role], "route", "del", "blackhole", etcdIP)
@@ -209,10 +134,14 @@ func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand,
 				break
 			}
 			// Either the primary's lease held, and it answers on, or it
-			// stopped its VM (and exited), and a node takes over.
-			base := client.acked.Load()
+			// stopped its VM (and exited), and a node takes over. Its
+			// last renewal before the cut bounds its term: by a TTL (1 s)
+			// after the cut began it has renewed or stopped, even if it
+			// answered after the cut was healed.
+			base := r.client.acked.Load()
 			pollFor(t, fmt.Sprintf("step %d: the primary to answer on or to stop", i), time.Minute, func() bool {
-				return curProc.exited() || takenOver() != nil || client.acked.Load() >= base+4
+				return curProc.exited() || takenOver() != nil ||
+					(r.client.acked.Load() >= base+4 && time.Since(cut) > 2*time.Second)
 			})
 			if curProc.exited() || takenOver() != nil {
 				if curProc.wait(t, 10*time.Second) == 0 {
@@ -223,86 +152,17 @@ func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand,
 				kind += "/takeover"
 			}
 		case "replica", "leader":
-			var victim *haNode
-			if step == "leader" {
-				victim = byAddr[leader]
-			} else {
-				for _, l := range links {
-					if l != leader {
-						victim = byAddr[l]
-						break
-					}
-				}
-				if victim == nil {
-					victim = byAddr[links[0]]
-				}
-			}
-			how := "kill"
-			if step == "replica" {
-				how = []string{"kill", "stall", "link-down"}[rng.IntN(3)]
-			}
-			kind = step + "/" + how
-			switch how {
-			case "kill":
-				t.Logf("step %d: killed %s (%s), started again empty", i, step, victim.role)
-				victim.proc.kill()
-				start(victim)
-			case "stall":
-				t.Logf("step %d: stalled %s (%s) for %v", i, step, victim.role, d)
-				victim.proc.cmd.Process.Signal(syscall.SIGSTOP)
-				time.Sleep(d) // the length of the fault
-				victim.proc.cmd.Process.Signal(syscall.SIGCONT)
-			case "link-down":
-				t.Logf("step %d: took %s (%s)'s link down for %v", i, step, victim.role, d)
-				lab.ip("-n", lab.hosts[victim.role], "link", "set", "eth0", "down")
-				time.Sleep(d) // the length of the fault
-				lab.ip("-n", lab.hosts[victim.role], "link", "set", "eth0", "up")
-			}
+			kind = r.faultBackup(i, step, rng, links, leader, d)
 		}
-		stats.faults++
-		stats.kinds[kind]++
-		waitAcks(1, fmt.Sprintf("after step %d (%s)", i, kind))
-		stats.longest = max(stats.longest, time.Since(fault))
-		waitAcks(4, fmt.Sprintf("after step %d (%s)", i, kind))
-		// No node took the VM over unseen, and only the primary has a
-		// console (a console takes one client: the primary's is not
-		// dialled here).
+		r.afterStep(i, kind, fault, curNode)
 		if n := takenOver(); n != nil {
 			t.Fatalf("after step %d: %s took the VM over beside the primary %s", i, n.role, curRole)
 		}
-		for _, n := range nodes {
-			if n == curNode {
-				continue
-			}
-			if c, err := net.Dial("unix", n.serial); err == nil {
-				c.Close()
-				t.Errorf("after step %d: node %s, not the primary, has a console", i, n.role)
-			}
-		}
 	}
-	endClient()
-	stats.acked = acked
-	final := dialWhenReady(t, curProc, curNode.serial)
-	defer final.Close()
-	checkCount(t, askCount(t, final), sent, acked)
-
-	// Each takeover was a term of its own generation.
-	var gens []string
-	for _, p := range all {
-		for _, line := range strings.Split(p.stderr.String(), "\n") {
-			if _, rest, ok := strings.Cut(line, "protecting the VM again"); ok {
-				if _, g, ok := strings.Cut(rest, "generation="); ok {
-					g, _, _ = strings.Cut(g, " ")
-					gens = append(gens, g)
-				}
-			}
-		}
-	}
-	slices.Sort(gens)
-	if len(gens) != takeovers || len(slices.Compact(slices.Clone(gens))) != len(gens) {
-		t.Errorf("takeovers by generation %v, want %d of distinct generations", gens, takeovers)
-	}
-	return stats
+	r.checkCount(curNode)
+	r.stats.acked = r.acked
+	r.checkGenerations(takeovers)
+	return r.stats
 }
 
 // exited reports whether the process has ended.

@@ -29,21 +29,30 @@ import (
 // campaign: 125 rounds are 1,000 faults) and logs the totals.
 func TestSuccessiveFailures(t *testing.T) {
 	kvmtest.Open(t)
+	lab := newNetLab(t, "primary", "n1", "n2", "n3", "n4")
+	runCampaign(t, "campaign", 13, func(t *testing.T, rng *rand.Rand, policy string) campaignStats {
+		return successiveRound(t, lab, rng, policy)
+	})
+}
+
+// runCampaign runs round once per policy, TANDEM_SUCCESSIVE_ROUNDS times
+// (once by default), stopping at the first failed round, and logs the
+// totals as name.
+func runCampaign(t *testing.T, name string, seed uint64, round func(*testing.T, *rand.Rand, string) campaignStats) {
 	rounds := 1
 	if s := os.Getenv("TANDEM_SUCCESSIVE_ROUNDS"); s != "" {
 		rounds, _ = strconv.Atoi(s)
 	}
-	lab := newNetLab(t, "primary", "n1", "n2", "n3", "n4")
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 13))
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), seed))
 	var total campaignStats
 	defer func() {
-		t.Logf("campaign: %d rounds, %d faults (%v), %d acknowledged increments, 0 lost (checked after every step), %d answered twice, longest unavailability %v (fault to the next answer)",
-			total.rounds, total.faults, total.kinds, total.acked, total.twice, total.longest.Round(time.Millisecond))
+		t.Logf("%s: %d rounds, %d faults (%v), %d acknowledged increments, 0 lost (checked after every step), %d answered twice, longest unavailability %v (fault to the next answer)",
+			name, total.rounds, total.faults, total.kinds, total.acked, total.twice, total.longest.Round(time.Millisecond))
 	}()
-	for round := range rounds {
+	for r := range rounds {
 		for _, policy := range []string{"fast", "ft"} {
-			ok := t.Run(fmt.Sprintf("round%02d/%s", round, policy), func(t *testing.T) {
-				total.add(successiveRound(t, lab, rng, policy))
+			ok := t.Run(fmt.Sprintf("round%02d/%s", r, policy), func(t *testing.T) {
+				total.add(round(t, rng, policy))
 			})
 			if !ok {
 				return
@@ -83,64 +92,193 @@ type haNode struct {
 	starts     int
 }
 
-func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) (stats campaignStats) {
-	stats.kinds = map[string]int{}
-	dir := t.TempDir()
-	key := testKeyFile(t)
-	nodes := map[string]*haNode{}
-	var all []*process
-	defer func() {
-		for _, p := range all {
+// haRound is one round of successive failures: its nodes and processes,
+// and the client that counts on the primary's console throughout.
+type haRound struct {
+	t        *testing.T
+	lab      *netLab
+	dir, key string
+	flags    []string // every process gets them (the coordinator)
+	all      []*process
+	nodes    []*haNode
+	byAddr   map[string]*haNode
+	stats    campaignStats
+
+	conn        net.Conn
+	client      *counterClient
+	sent, acked int64 // over the clients that ended
+}
+
+// newHARound starts the four backup nodes n1-n4.
+func newHARound(t *testing.T, lab *netLab, flags ...string) *haRound {
+	r := &haRound{t: t, lab: lab, dir: t.TempDir(), key: testKeyFile(t), flags: flags, byAddr: map[string]*haNode{}}
+	r.stats.kinds = map[string]int{}
+	t.Cleanup(func() {
+		for _, p := range r.all {
 			p.kill()
 		}
 		if t.Failed() {
-			for _, p := range all {
+			for _, p := range r.all {
 				t.Logf("%v stderr:\n%s", p.cmd.Args[3:], p.stderr.String())
 			}
 		}
-	}()
-	start := func(n *haNode) {
-		n.starts++
-		n.serial = fmt.Sprintf("%s/%s-%d.sock", dir, n.role, n.starts)
-		n.proc = lab.start(n.role, nil, "replica", "--listen", n.addr, "--auth-key", key,
-			"--heartbeat-timeout", "1s", "--serial", "unix:"+n.serial)
-		all = append(all, n.proc)
-		waitStderr(t, n.proc, "replica listening")
-	}
-	byAddr := map[string]*haNode{}
+	})
 	for _, role := range []string{"n1", "n2", "n3", "n4"} {
 		n := &haNode{role: role, addr: lab.addrs[role] + ":7070"}
-		nodes[role], byAddr[n.addr] = n, n
-		start(n)
+		r.nodes, r.byAddr[n.addr] = append(r.nodes, n), n
+		r.start(n)
 	}
-	links := []string{nodes["n1"].addr, nodes["n2"].addr, nodes["n3"].addr}
-	leader := nodes["n4"].addr
-	primary := lab.start("primary", nil, "run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key,
-		"--replicas", strings.Join(links, ","), "--leader", leader, "--policy", policy, "--epoch", "10ms",
-		"--heartbeat", "50ms", "--serial", "unix:"+dir+"/primary.sock")
-	all = append(all, primary)
-	primarySock := dir + "/primary.sock"
-	var primaryNode *haNode // nil: the first primary, not a backup node
+	return r
+}
 
-	var sent, acked int64
-	conn := dialWhenReady(t, primary, primarySock)
-	client := runCounterClient(conn, 4)
-	endClient := func() {
-		conn.Close()
-		<-client.done
-		sent, acked = sent+client.sent.Load(), acked+client.acked.Load()
-		stats.twice += client.twice.Load()
-		if client.twice.Load() > 0 {
-			t.Errorf("%d increments were answered twice", client.twice.Load())
+// start starts n's node (again: empty).
+func (r *haRound) start(n *haNode) {
+	n.starts++
+	n.serial = fmt.Sprintf("%s/%s-%d.sock", r.dir, n.role, n.starts)
+	n.control = fmt.Sprintf("%s/%s-%d.ctl", r.dir, n.role, n.starts)
+	n.proc = r.lab.start(n.role, nil, append([]string{"replica", "--listen", n.addr, "--auth-key", r.key,
+		"--heartbeat-timeout", "1s", "--serial", "unix:" + n.serial, "--control", "unix:" + n.control}, r.flags...)...)
+	r.all = append(r.all, n.proc)
+	waitStderr(r.t, n.proc, "replica listening")
+}
+
+// startPrimary runs the first primary, in its own namespace.
+func (r *haRound) startPrimary(policy string, links []string, leader string) *process {
+	p := r.lab.start("primary", nil, append([]string{"run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", r.key,
+		"--replicas", strings.Join(links, ","), "--leader", leader, "--policy", policy, "--epoch", "10ms",
+		"--heartbeat", "50ms", "--serial", "unix:" + r.dir + "/primary.sock"}, r.flags...)...)
+	r.all = append(r.all, p)
+	r.connect(p, r.dir+"/primary.sock")
+	return p
+}
+
+// connect runs a new client on the console of p at sock.
+func (r *haRound) connect(p *process, sock string) {
+	r.conn = dialWhenReady(r.t, p, sock)
+	r.client = runCounterClient(r.conn, 4)
+}
+
+// endClient ends the client, adding up what it sent and had answered.
+func (r *haRound) endClient() {
+	r.conn.Close()
+	<-r.client.done
+	r.sent, r.acked = r.sent+r.client.sent.Load(), r.acked+r.client.acked.Load()
+	r.stats.twice += r.client.twice.Load()
+	if r.client.twice.Load() > 0 {
+		r.t.Errorf("%d increments were answered twice", r.client.twice.Load())
+	}
+}
+
+// waitAcks waits until the client has n more acknowledgements.
+func (r *haRound) waitAcks(n int64, what string) {
+	r.t.Helper()
+	base := r.client.acked.Load()
+	pollFor(r.t, what+": increments acknowledged", time.Minute, func() bool { return r.client.acked.Load() >= base+n })
+}
+
+// checkCount ends the client and checks that the VM on n's console holds
+// every increment acknowledged so far.
+func (r *haRound) checkCount(n *haNode) {
+	r.t.Helper()
+	r.endClient()
+	c := dialWhenReady(r.t, n.proc, n.serial)
+	defer c.Close()
+	checkCount(r.t, askCount(r.t, c), r.sent, r.acked)
+}
+
+// faultBackup is a replica or leader step: the leader is killed and
+// started again empty; a replica (a link that is not the leader, if there
+// is one) is too, or stalled, or has its link down, for d. It returns the
+// fault's kind.
+func (r *haRound) faultBackup(i int, step string, rng *rand.Rand, links []string, leader string, d time.Duration) string {
+	r.t.Helper()
+	var victim *haNode
+	if step == "leader" {
+		victim = r.byAddr[leader]
+	} else {
+		for _, l := range links {
+			if l != leader {
+				victim = r.byAddr[l]
+				break
+			}
+		}
+		if victim == nil {
+			victim = r.byAddr[links[0]]
 		}
 	}
-	// waitAcks waits until the client has n more acknowledgements.
-	waitAcks := func(n int64, what string) {
-		t.Helper()
-		base := client.acked.Load()
-		pollFor(t, what+": increments acknowledged", time.Minute, func() bool { return client.acked.Load() >= base+n })
+	how := "kill"
+	if step == "replica" {
+		how = []string{"kill", "stall", "link-down"}[rng.IntN(3)]
 	}
-	waitAcks(3, "start")
+	switch how {
+	case "kill":
+		r.t.Logf("step %d: killed %s (%s), started again empty", i, step, victim.role)
+		victim.proc.kill()
+		r.start(victim)
+	case "stall":
+		r.t.Logf("step %d: stalled %s (%s) for %v", i, step, victim.role, d)
+		victim.proc.cmd.Process.Signal(syscall.SIGSTOP)
+		time.Sleep(d) // the length of the fault, not a wait for a condition
+		victim.proc.cmd.Process.Signal(syscall.SIGCONT)
+	case "link-down":
+		r.t.Logf("step %d: took %s (%s)'s link down for %v", i, step, victim.role, d)
+		r.lab.ip("-n", r.lab.hosts[victim.role], "link", "set", "eth0", "down")
+		time.Sleep(d) // the length of the fault
+		r.lab.ip("-n", r.lab.hosts[victim.role], "link", "set", "eth0", "up")
+	}
+	return step + "/" + how
+}
+
+// afterStep counts the fault that began at fault, waits for the client to
+// be answered again, and checks that the VM answers on the primary's node
+// only: no other node has a console (a console takes one client: the
+// primary's is not dialled here).
+func (r *haRound) afterStep(i int, kind string, fault time.Time, primary *haNode) {
+	r.t.Helper()
+	r.stats.faults++
+	r.stats.kinds[kind]++
+	r.waitAcks(1, fmt.Sprintf("after step %d (%s)", i, kind))
+	r.stats.longest = max(r.stats.longest, time.Since(fault))
+	r.waitAcks(4, fmt.Sprintf("after step %d (%s)", i, kind))
+	for _, n := range r.nodes {
+		if n == primary {
+			continue
+		}
+		if c, err := net.Dial("unix", n.serial); err == nil {
+			c.Close()
+			r.t.Errorf("after step %d: node %s, not the primary, has a console", i, n.role)
+		}
+	}
+}
+
+// checkGenerations checks that the round's takeovers were n, each of a
+// generation of its own.
+func (r *haRound) checkGenerations(n int) {
+	r.t.Helper()
+	var gens []string
+	for _, p := range r.all {
+		for _, line := range strings.Split(p.stderr.String(), "\n") {
+			if _, rest, ok := strings.Cut(line, "protecting the VM again"); ok {
+				if _, g, ok := strings.Cut(rest, "generation="); ok {
+					g, _, _ = strings.Cut(g, " ")
+					gens = append(gens, g)
+				}
+			}
+		}
+	}
+	slices.Sort(gens)
+	if len(gens) != n || len(slices.Compact(slices.Clone(gens))) != n {
+		r.t.Errorf("takeovers by generation %v, want %d of distinct generations", gens, n)
+	}
+}
+
+func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) campaignStats {
+	r := newHARound(t, lab)
+	links := []string{r.nodes[0].addr, r.nodes[1].addr, r.nodes[2].addr}
+	leader := r.nodes[3].addr
+	primary := r.startPrimary(policy, links, leader)
+	var primaryNode *haNode // nil: the first primary, not a backup node
+	r.waitAcks(3, "start")
 
 	steps := []string{"primary", "primary", "replica", "leader"}
 	rng.Shuffle(len(steps), func(i, j int) { steps[i], steps[j] = steps[j], steps[i] })
@@ -155,96 +293,20 @@ func successiveRound(t *testing.T, lab *netLab, rng *rand.Rand, policy string) (
 			} else {
 				primaryNode.proc.kill()
 			}
-			endClient()
 			// The leader takes over and protects the VM with the rest.
-			next := byAddr[leader]
+			next := r.byAddr[leader]
 			newLinks, newLeader := replicate.Cluster{Links: links}.Successor(leader)
 			t.Logf("step %d: killed the primary; %s takes over, replicating to %v led by %s", i, next.role, newLinks, newLeader)
-			conn = dialWhenReady(t, next.proc, next.serial)
-			checkCount(t, askCount(t, conn), sent, acked)
-			conn.Close()
+			r.checkCount(next)
 			primaryNode, links, leader = next, newLinks, newLeader
-			conn = dialWhenReady(t, next.proc, next.serial)
-			client = runCounterClient(conn, 4)
+			r.connect(next.proc, next.serial)
 		case "replica", "leader":
-			var victim *haNode
-			if step == "leader" {
-				victim = byAddr[leader]
-			} else {
-				// A link replica that is not the leader, if there is one.
-				for _, l := range links {
-					if l != leader {
-						victim = byAddr[l]
-						break
-					}
-				}
-				if victim == nil {
-					victim = byAddr[links[0]]
-				}
-			}
-			how := "kill"
-			if step == "replica" {
-				how = []string{"kill", "stall", "link-down"}[rng.IntN(3)]
-			}
-			kind = step + "/" + how
-			d := 500*time.Millisecond + time.Duration(rng.IntN(2000))*time.Millisecond
-			switch how {
-			case "kill":
-				t.Logf("step %d: killed %s (%s), started again empty", i, step, victim.role)
-				victim.proc.kill()
-				start(victim)
-			case "stall":
-				t.Logf("step %d: stalled %s (%s) for %v", i, step, victim.role, d)
-				victim.proc.cmd.Process.Signal(syscall.SIGSTOP)
-				time.Sleep(d) // the length of the fault, not a wait for a condition
-				victim.proc.cmd.Process.Signal(syscall.SIGCONT)
-			case "link-down":
-				t.Logf("step %d: took %s (%s)'s link down for %v", i, step, victim.role, d)
-				lab.ip("-n", lab.hosts[victim.role], "link", "set", "eth0", "down")
-				time.Sleep(d) // the length of the fault
-				lab.ip("-n", lab.hosts[victim.role], "link", "set", "eth0", "up")
-			}
+			kind = r.faultBackup(i, step, rng, links, leader, 500*time.Millisecond+time.Duration(rng.IntN(2000))*time.Millisecond)
 		}
-		stats.faults++
-		stats.kinds[kind]++
-		waitAcks(1, fmt.Sprintf("after step %d (%s)", i, step))
-		stats.longest = max(stats.longest, time.Since(fault))
-		waitAcks(4, fmt.Sprintf("after step %d (%s)", i, step))
-
-		// The VM answers on one node only: the primary's, whose console
-		// the client holds (a console takes one client: it is not dialled
-		// here), and on no other node.
-		for _, n := range nodes {
-			if n == primaryNode {
-				continue
-			}
-			if c, err := net.Dial("unix", n.serial); err == nil {
-				c.Close()
-				t.Errorf("after step %d: node %s, not the primary, has a console", i, n.role)
-			}
-		}
+		r.afterStep(i, kind, fault, primaryNode)
 	}
-	endClient()
-	stats.acked = acked
-	final := dialWhenReady(t, primaryNode.proc, primaryNode.serial)
-	defer final.Close()
-	checkCount(t, askCount(t, final), sent, acked)
-
-	// Each takeover was made by one node, each generation by one.
-	var gens []string
-	for _, p := range all {
-		for _, line := range strings.Split(p.stderr.String(), "\n") {
-			if _, rest, ok := strings.Cut(line, "protecting the VM again"); ok {
-				if _, g, ok := strings.Cut(rest, "generation="); ok {
-					g, _, _ = strings.Cut(g, " ")
-					gens = append(gens, g)
-				}
-			}
-		}
-	}
-	slices.Sort(gens)
-	if len(gens) != 2 || gens[0] == gens[1] {
-		t.Errorf("takeovers by generation %v, want two of distinct generations", gens)
-	}
-	return stats
+	r.checkCount(primaryNode)
+	r.stats.acked = r.acked
+	r.checkGenerations(2)
+	return r.stats
 }
