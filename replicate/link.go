@@ -251,13 +251,13 @@ func closeNow(c net.Conn) error {
 	return c.Close()
 }
 
-// stateLink is the primary's connection to the leader: state records,
-// commits and heartbeats. When the connection breaks, it redials (for up to
-// redialWithin, the leader holding the primary's slot free for its
-// heartbeat timeout) and sends again the state the leader has not
-// acknowledged and the newest commit, so a broken connection alone does not
-// make the leader take over. If the redial fails, the acks channel gets
-// the error.
+// stateLink is the primary's connection to the leader, or to another state
+// holder (holders.go): state records, commits and heartbeats. When the
+// connection breaks, it redials (for up to redialWithin, the holder keeping
+// the primary's slot free for its heartbeat timeout) and sends again the
+// state the holder has not acknowledged and the newest commit, so a broken
+// connection alone does not make the holder take over. If the redial
+// fails, the acks channel gets the error.
 type stateLink struct {
 	d            stateDial
 	dial         func(ctx context.Context) (*conn, error)
@@ -276,7 +276,7 @@ type stateLink struct {
 	once sync.Once
 }
 
-// stateDial is what reaching the leader takes.
+// stateDial is what reaching the leader (or another holder) takes.
 type stateDial struct {
 	creds     *auth.Credentials
 	addr      string
@@ -294,11 +294,11 @@ type stateDial struct {
 	log     *slog.Logger
 }
 
-// dialLeader opens the state connection, bringing the leader's disk
-// copies to the guest's disks first (diskrep.go; on a redial they already
+// dialHolder opens a state connection to the leader or another holder,
+// bringing its disk copies to the guest's disks first (diskrep.go; on a redial they already
 // are). The guest must not be writing its disks meanwhile: before it
 // runs, or paused (see connect and start).
-func dialLeader(ctx context.Context, d stateDial, disks []DiskImage) (*stateLink, error) {
+func dialHolder(ctx context.Context, d stateDial, disks []DiskImage) (*stateLink, error) {
 	hashes, err := hashDisks(disks)
 	if err != nil {
 		return nil, err

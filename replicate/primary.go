@@ -357,7 +357,7 @@ func (p *Primary) Connect(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h.link, errs[len(p.cfg.Links)+i] = dialLeader(ctx, p.stateDialTo(h.addr), p.cfg.Disks)
+			h.link, errs[len(p.cfg.Links)+i] = dialHolder(ctx, p.stateDialTo(h.addr), p.cfg.Disks)
 		}()
 	}
 	wg.Wait()

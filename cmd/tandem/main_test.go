@@ -95,6 +95,17 @@ func startCommand(t *testing.T, name string, args ...string) *process {
 	return p
 }
 
+// exited reports whether the process has ended.
+func (p *process) exited() bool {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return true
+	default:
+		return false
+	}
+}
+
 // wait waits for the process to exit and returns its status.
 func (p *process) wait(t *testing.T, timeout time.Duration) int {
 	t.Helper()

@@ -164,14 +164,3 @@ func coordinatedRound(t *testing.T, lab *netLab, etcdURL string, rng *rand.Rand,
 	r.checkGenerations(takeovers)
 	return r.stats
 }
-
-// exited reports whether the process has ended.
-func (p *process) exited() bool {
-	select {
-	case err := <-p.done:
-		p.done <- err
-		return true
-	default:
-		return false
-	}
-}
