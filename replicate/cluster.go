@@ -22,13 +22,15 @@ type Cluster struct {
 	SGMax      int           `json:"sg_max"`
 	AckTimeout time.Duration `json:"ack_timeout_ns"`
 	Heartbeat  time.Duration `json:"heartbeat_ns"`
+	// Reduce is the links' traffic reduction (nil: the default).
+	Reduce *Reduction `json:"reduce,omitempty"`
 }
 
 // cluster is this primary's Cluster.
 func (p *Primary) cluster() Cluster {
 	c := p.cfg
 	return Cluster{Links: c.Links, Leader: c.Leader, Policy: c.Policy, Mode: c.Mode, Epoch: c.Epoch,
-		SGMax: c.SGMax, AckTimeout: c.AckTimeout, Heartbeat: c.Heartbeat}
+		SGMax: c.SGMax, AckTimeout: c.AckTimeout, Heartbeat: c.Heartbeat, Reduce: c.Reduce}
 }
 
 func (c *Cluster) marshal() []byte {
@@ -51,8 +53,10 @@ func parseCluster(b []byte) (*Cluster, error) {
 		return nil, fmt.Errorf("%w: cluster description with policy %d", ErrProtocol, c.Policy)
 	case c.Mode != ModeSync && c.Mode != ModeAsync:
 		return nil, fmt.Errorf("%w: cluster description with mode %d", ErrProtocol, c.Mode)
-	case c.Epoch <= 0 || c.SGMax < 1 || c.AckTimeout <= 0 || c.Heartbeat <= 0:
+	case c.Epoch <= 0 || c.SGMax < 0 || c.AckTimeout <= 0 || c.Heartbeat <= 0:
 		return nil, fmt.Errorf("%w: cluster description with epoch %v, sg-max %d, ack timeout %v, heartbeat %v", ErrProtocol, c.Epoch, c.SGMax, c.AckTimeout, c.Heartbeat)
+	case c.Reduce != nil && (c.Reduce.CacheBytes < 0 || c.Reduce.CacheBytes > maxGuestBytes || (c.Reduce.Similar && c.Reduce.CacheBytes < PageSize)):
+		return nil, fmt.Errorf("%w: cluster description with a page cache of %d bytes", ErrProtocol, c.Reduce.CacheBytes)
 	}
 	return &c, nil
 }

@@ -11,13 +11,19 @@
 //
 // Every epoch interval the primary pauses the VM, harvests the dirty pages,
 // captures the vCPU and device state, and seals the output the guest wrote
-// during the epoch in the OutputGate. Grouping merges the dirty pages into at
-// most SGMax regions across the smallest clean gaps; the Assigner splits the
-// regions across links (Algorithm 1 of seed 003, "fast") or sends each one on
-// every link ("ft"). Each link then carries, like an RDMA one-sided write
-// followed by a write-with-immediate, a map record (where the pages go, and
-// for which epoch), the pages themselves straight from guest memory, and a
-// completion marker. The state goes to the leader (with a coordinator, to
+// during the epoch in the OutputGate. Grouping merges the dirty pages into
+// regions: by cost unless PrimaryConfig.SGMax fixes a bound (a clean gap is
+// sent along only where that is cheaper on the links in service than one
+// more element, which on TCP and, at usual rates, on RDMA it never is;
+// with SGMax, seed 003's fixed 32, across the smallest gaps). The Assigner
+// splits the regions across links (Algorithm 1 of seed 003, "fast") or
+// sends each one on every link ("ft"). Each link then carries, like an
+// RDMA one-sided write followed by a write-with-immediate, a map record
+// (where the pages go, and for which epoch), the pages themselves, and a
+// completion marker. An RDMA link writes the pages straight from guest
+// memory; a TCP link sends them as pagecodec records (zero pages, deltas
+// against copies the replica is known to hold, zstd: see reduce.go for
+// the rule that makes a delta safe), or raw with Reduction none. The state goes to the leader (with a coordinator, to
 // every state holder). When every live link and the leader have
 // acknowledged epoch e, e is committed: its output is released, every
 // replica is told, and the VM resumes.

@@ -287,3 +287,29 @@ func unionRegions(a, b []Region) []Region {
 	}
 	return out
 }
+
+// GroupByCost merges the dirty pages in pages (ascending, unique) into
+// regions, merging a clean gap only where it is at most maxGap pages:
+// where sending its pages along costs less than one more element on the
+// transport. If that leaves more than max regions, the smallest gaps
+// merge further, as in MergeRegions. It appends to dst[:0].
+func GroupByCost(dst []Region, pages []uint64, maxGap uint64, max int) []Region {
+	dst = dst[:0]
+	if len(pages) == 0 {
+		return dst
+	}
+	cur := Region{First: pages[0], Pages: 1}
+	for _, p := range pages[1:] {
+		if p <= cur.End()-1 {
+			panic("replicate: GroupByCost: pages not strictly ascending")
+		}
+		if p-cur.End() <= maxGap {
+			cur.Pages = p + 1 - cur.First
+			continue
+		}
+		dst = append(dst, cur)
+		cur = Region{First: p, Pages: 1}
+	}
+	dst = append(dst, cur)
+	return MergeRegions(dst, max)
+}

@@ -190,6 +190,16 @@ func (l *tcpLink) WriteSG(sg [][]byte) error {
 	return nil
 }
 
+// WritePages implements pageLink: each message goes as a MsgPages of the
+// queued map's epoch, sent with the rest at WriteImm.
+func (l *tcpLink) WritePages(msgs [][]byte) error {
+	epoch := l.epochOfMap()
+	for _, m := range msgs {
+		l.bufs = append(l.bufs, appendHeader(nil, Header{Type: MsgPages, VMID: l.c.vmID, Generation: l.c.gen, Epoch: epoch, Length: uint32(len(m))}), m)
+	}
+	return nil
+}
+
 // epochOfMap reads the epoch back from the queued map header.
 func (l *tcpLink) epochOfMap() uint64 {
 	h, _ := parseHeader(l.hdrs[:headerSize], l.c.vmID)

@@ -117,8 +117,14 @@ type PrimaryConfig struct {
 	Epoch  time.Duration
 	Policy Policy
 	Mode   Mode
-	// SGMax bounds the regions an epoch's dirty pages are grouped into.
+	// SGMax, when set, groups an epoch's dirty pages into at most this
+	// many regions, whatever the transport (seed 003's fixed 32). Zero
+	// groups by cost for the links in service (groupByCost): a clean gap
+	// is merged only where that is cheaper than another element.
 	SGMax int
+	// Reduce chooses how TCP links reduce their bytes (reduce.go); nil
+	// means DefaultReduction.
+	Reduce *Reduction
 	// AckTimeout is what an epoch may take on a link beyond the time the
 	// link's bytes need at its rate (see MinLinkRate), from the first send
 	// to the acknowledgement; a link (or leader) that has not taken its
@@ -262,6 +268,11 @@ type Primary struct {
 	regions []Region
 	perLink [][]Region
 	staging []byte
+	// red reduces the links' traffic (nil: raw data); sent is what each
+	// link that completed the epoch carried, which its cache learns once
+	// the epoch commits.
+	red  *reducer
+	sent linkSends
 
 	finish     chan struct{} // closed by Finish: end replication gracefully
 	finishOnce sync.Once
@@ -295,8 +306,18 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	case len(cfg.Holders) > 0 && cfg.Term == nil:
 		return nil, errors.New("replicate: other state holders need a coordinator's term: without one, two of them could take over")
 	}
-	if cfg.SGMax < 1 {
-		cfg.SGMax = 32
+	if cfg.SGMax < 0 {
+		return nil, fmt.Errorf("replicate: sg-max %d: want 0 (by cost) or more", cfg.SGMax)
+	}
+	if cfg.Reduce == nil {
+		cfg.Reduce = &DefaultReduction
+	}
+	if cfg.Reduce.Similar && cfg.Reduce.CacheBytes < PageSize {
+		return nil, errors.New("replicate: similar pages need a page cache (Reduction.CacheBytes)")
+	}
+	var red *reducer
+	if cfg.Reduce.any() {
+		red = newReducer(*cfg.Reduce)
 	}
 	if cfg.Generation == 0 && cfg.Term != nil {
 		cfg.Generation = cfg.Term.Generation()
@@ -326,6 +347,7 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 		holders: holders, holderBack: make(chan holderDialled, MaxLinks+1), adds: make(chan addRequest),
 		acks:     make(chan Ack, 4*(MaxLinks+1)),
 		assigner: NewAssigner(cfg.Policy, len(cfg.Links)),
+		red:      red,
 		bg:       bg, stopBg: stopBg, rejoined: make(chan rejoined, MaxLinks),
 	}, nil
 }
@@ -446,6 +468,9 @@ func (p *Primary) Close() {
 		if h.link != nil {
 			h.link.Close()
 		}
+	}
+	if p.red != nil {
+		p.red.close()
 	}
 }
 
@@ -823,7 +848,7 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	if full {
 		p.regions = append(p.regions[:0], Region{First: 0, Pages: uint64(len(mem)) / PageSize})
 	} else {
-		p.regions = Group(p.regions[:0], p.pages, p.cfg.SGMax)
+		p.regions = p.group(p.regions[:0], p.pages)
 	}
 	rec.Regions = len(p.regions)
 	rec.TransferredPages = Transferred(p.regions)
@@ -871,6 +896,7 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	}
 	if ok {
 		p.commit(e)
+		p.learnSent(e, src, rec)
 		p.caughtUp(catchUp, total)
 		if full {
 			p.needFull = false
@@ -986,6 +1012,10 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 	}
 	var wg sync.WaitGroup
 	sendErrs := make([]error, len(p.links))
+	encoded, err := p.prepareEncoding(alive)
+	if err != nil {
+		return false, err
+	}
 	for slot, li := range alive {
 		l := p.links[li]
 		ext := exts[slot]
@@ -998,7 +1028,9 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 			defer wg.Done()
 			m := &MapRecord{Epoch: e, Committed: l.mapCommit(p.committed.Load()), Regions: ext}
 			err := l.WriteMap(m)
-			if err == nil {
+			if enc := encoded[slot]; err == nil && enc != nil {
+				err = enc.send(p.red, l.index, ext, src)
+			} else if err == nil {
 				err = l.WriteSG(sg)
 			}
 			if err == nil {
@@ -1015,6 +1047,11 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 	}
 	wg.Wait()
 	rec.Pause.Transfer = time.Since(start)
+	p.finishEncoding(alive, encoded, rec)
+	p.sent = p.sent[:0]
+	for slot, li := range alive {
+		p.sent = append(p.sent, linkSend{link: int(li), ext: exts[slot]})
+	}
 	for i, err := range sendErrs {
 		if err != nil {
 			p.linkFailed(i, err)
@@ -1160,6 +1197,9 @@ func (p *Primary) linkFailed(i int, err error) {
 		p.needFull = true
 	}
 	l.alive = false
+	if p.red != nil {
+		p.red.linkLost(i)
+	}
 	if a, ok := l.Link.(interface{ abort() }); ok {
 		a.abort() // no goodbye to a peer that may have stopped reading
 	} else {

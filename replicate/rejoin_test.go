@@ -37,7 +37,7 @@ func TestLinkRejoins(t *testing.T) {
 				// The proxy hangs up link 1 in the middle of an epoch,
 				// once; the redial goes through it again.
 				links[1] = startMessageProxy(t, c.addrs[1], 0, func(typ MsgType, length uint32) proxyAction {
-					if typ == MsgData && cutNow.CompareAndSwap(true, false) {
+					if (typ == MsgData || typ == MsgPages) && cutNow.CompareAndSwap(true, false) {
 						return hangUp
 					}
 					return forward
@@ -46,6 +46,9 @@ func TestLinkRejoins(t *testing.T) {
 			p := mustConnectPrimary(t, PrimaryConfig{
 				Links: links, Leader: c.leadAddr, VMID: 0x2E10, Guest: "fake", VCPUs: 1,
 				Epoch: 5 * time.Millisecond, Policy: tc.policy, Mode: tc.mode, SGMax: 8,
+				// Deltas against cached copies: a replica that comes back
+				// empty must not be sent one against a copy it lost.
+				Reduce: &Reduction{Zero: true, CacheBytes: 1 << 20, Similar: true},
 			}, vm, nil)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -95,6 +98,11 @@ func TestLinkRejoins(t *testing.T) {
 				t.Fatalf("the primary: %v", err)
 			}
 			vm.Resume()
+			for i, r := range c.replicas {
+				if n := r.ProtocolErrors(); n != 0 {
+					t.Errorf("replica %d dropped %d connections for protocol errors (a delta against a copy it did not hold?)", i, n)
+				}
+			}
 			rec := c.recoverAndCheck(vm, p.Committed())
 			if len(rec.Unreachable) != 1 || rec.Unreachable[0] != c.addrs[0] {
 				t.Errorf("unreachable %v, want [%s]", rec.Unreachable, c.addrs[0])

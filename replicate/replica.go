@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -165,6 +166,8 @@ type Replica struct {
 
 	// handshakes holds a token per connection being authenticated.
 	handshakes chan struct{}
+
+	protocolErrors atomic.Uint64
 
 	mu     sync.Mutex
 	vmID   uint64
@@ -380,15 +383,24 @@ func (r *Replica) serveConn(ctx context.Context, raw net.Conn) error {
 	}
 	switch hello.Role {
 	case RoleLink:
-		return r.serveLink(c, hello.Link)
+		err = r.serveLink(c, hello.Link)
 	case RoleState:
-		return r.serveState(c)
+		err = r.serveState(c)
 	case RoleRDMA:
-		return r.serveRDMASetup(c, hello)
+		err = r.serveRDMASetup(c, hello)
 	default:
-		return r.serveRecovery(c)
+		err = r.serveRecovery(c)
 	}
+	if errors.Is(err, ErrProtocol) {
+		r.protocolErrors.Add(1)
+	}
+	return err
 }
+
+// ProtocolErrors counts the connections this replica dropped for breaking
+// the protocol after their hello (a malformed message, a delta that does
+// not apply, a binding rule broken).
+func (r *Replica) ProtocolErrors() uint64 { return r.protocolErrors.Load() }
 
 // maxMem is the configured MaxMemBytes or the host's memory.
 func (r *Replica) maxMem() uint64 {
@@ -593,6 +605,12 @@ func (r *Replica) releaseLink(link uint32, gen uint64) {
 // complete epochs and applies them when they are committed.
 func (r *Replica) serveLink(c *conn, link uint32) error {
 	pages := uint64(len(r.store.epochs))
+	var dec *pageDecoder
+	defer func() {
+		if dec != nil {
+			dec.close()
+		}
+	}()
 	for {
 		h, err := c.readHeader()
 		if err != nil {
@@ -613,6 +631,16 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			}
 		case MsgData:
 			if err := r.receiveData(c, link, h); err != nil {
+				return err
+			}
+		case MsgPages:
+			if dec == nil {
+				var err error
+				if dec, err = newPageDecoder(); err != nil {
+					return c.errorf("link %d: %w", link, err)
+				}
+			}
+			if err := r.receivePages(c, link, h, dec); err != nil {
 				return err
 			}
 		case MsgDone:

@@ -34,6 +34,9 @@ type EpochTrace struct {
 	// Pause times the steps of the pause, in microseconds in JSON.
 	Pause  Durations `json:"pause_us"`
 	Failed string    `json:"failed,omitempty"` // why the epoch failed, if it did
+	// Reduce counts how the pages of links that reduce traffic travelled
+	// (reduce.go); LinkBytes are then the bytes on the wire.
+	Reduce *ReduceTrace `json:"reduce,omitempty"`
 }
 
 // GroupingOverhead returns TransferredPages / DirtyPages, the ratio seed 003

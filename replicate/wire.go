@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tandemvm/tandem/replicate/disk"
+	"github.com/tandemvm/tandem/replicate/pagecodec"
 )
 
 // Wire format. Every message is a 40-byte header followed by its payload:
@@ -24,15 +25,15 @@ import (
 // carried by every message in both directions, and checked on every read.
 const (
 	wireMagic   = 0x4D444E54 // "TNDM"
-	wireVersion = 2
+	wireVersion = 3
 	headerSize  = 40
 )
 
 // MsgType is the kind of a protocol message.
 type MsgType uint16
 
-// Message types. Primary → replica on a link: Hello, Map, Data, Done,
-// Commit. Replica → primary: Welcome, Ack, Error. Primary → leader on the
+// Message types. Primary → replica on a link: Hello, Map, Data or Pages,
+// Done, Commit. Replica → primary: Welcome, Ack, Error. Primary → leader on the
 // state connection: Hello, State, Commit, Heartbeat; leader → primary:
 // Welcome, Ack, and Bye when the VM ended on purpose (no takeover).
 // Leader → replica during recovery: Hello, Query, Resolve,
@@ -63,10 +64,11 @@ const (
 	MsgDiskDone   // primary → leader: that disk is sent; the leader acks once durable
 	MsgFenced     // node → primary: a newer generation was seen here; payload: it (u64)
 	MsgCluster    // primary → leader, first on a state connection: how it replicates (cluster.go)
+	MsgPages      // primary → replica on a TCP link: the epoch's pages as pagecodec records (reduce.go)
 	msgTypeEnd
 )
 
-var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced", "cluster"}
+var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced", "cluster", "pages"}
 
 func (t MsgType) String() string {
 	if t > 0 && t < msgTypeEnd {
@@ -100,6 +102,8 @@ func maxPayload(t MsgType) uint64 {
 		return 4
 	case MsgFenced:
 		return 8
+	case MsgPages:
+		return pagecodec.MaxMessage
 	}
 	return maxSmallPayload
 }

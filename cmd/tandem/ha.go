@@ -35,6 +35,8 @@ type haFlags struct {
 	policy     *string
 	mode       *string
 	sgMax      *int
+	reduce     *string
+	pageCache  *string
 	trace      *string
 	ackTimeout *time.Duration
 	heartbeat  *time.Duration
@@ -60,7 +62,9 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 		epoch:      fs.Duration("epoch", 50*time.Millisecond, "replication epoch: how long the VM runs between two pauses"),
 		policy:     fs.String("policy", "fast", "link policy: fast (pages split across links) or ft (every page on every link)"),
 		mode:       fs.String("mode", "sync", "sync (VM paused until the epoch commits) or async (stop-copy-resume baseline)"),
-		sgMax:      fs.Int("sg-max", 32, "at most this many scatter-gather regions per epoch"),
+		sgMax:      fs.Int("sg-max", 0, "group each epoch's dirty pages into at most this many regions (seed 003: 32); 0 groups by cost for the transport"),
+		reduce:     fs.String("reduce", replicate.DefaultReduction.String(), "traffic reduction on TCP links: none, all, or a list of zero (zero pages as a record), delta (changed bytes against --page-cache), similar (a page equal to a cached one as a reference), zstd"),
+		pageCache:  fs.String("page-cache", "64M", "with --reduce delta or similar: primary memory kept for copies of committed pages (least recently sent dropped first)"),
 		trace:      fs.String("trace", "", "write one JSON line per epoch to this file"),
 		ackTimeout: fs.Duration("ack-timeout", 2*time.Second, "a link that does not acknowledge an epoch within this time (plus transfer time) has failed"),
 		heartbeat:  fs.Duration("heartbeat", 100*time.Millisecond, "interval of heartbeats to the leader"),
@@ -73,7 +77,7 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 // or nil when --ha is off.
 func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *slog.Logger) (*replicate.PrimaryConfig, error) {
 	if !*h.enabled {
-		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "trace", "ack-timeout", "heartbeat", "auth-key", "insecure-plaintext", "coordinator", "coordinator-ttl"} {
+		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "reduce", "page-cache", "trace", "ack-timeout", "heartbeat", "auth-key", "insecure-plaintext", "coordinator", "coordinator-ttl"} {
 			if set[name] {
 				return nil, usagef("--%s needs --ha", name)
 			}
@@ -90,7 +94,6 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 			cfg.Links = append(cfg.Links, a)
 		}
 	}
-	var err error
 	switch {
 	case len(cfg.Links) == 0:
 		return nil, usagef("--ha needs --replicas")
@@ -98,9 +101,18 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 		return nil, usagef("--ha needs --leader")
 	case *h.epoch < time.Millisecond:
 		return nil, usagef("--epoch %v: want at least 1ms", *h.epoch)
-	case *h.sgMax < 1:
-		return nil, usagef("--sg-max %d: want at least 1", *h.sgMax)
+	case *h.sgMax < 0:
+		return nil, usagef("--sg-max %d: want 0 (by cost) or more", *h.sgMax)
 	}
+	cache, err := vmm.ParseMemSize(*h.pageCache)
+	if err != nil {
+		return nil, usagef("--page-cache: %v", err)
+	}
+	red, err := replicate.ParseReduction(*h.reduce, int64(cache))
+	if err != nil {
+		return nil, usagef("--reduce: %v", err)
+	}
+	cfg.Reduce = &red
 	if cfg.Auth, err = h.auth.credentials("--ha"); err != nil {
 		return nil, err
 	}

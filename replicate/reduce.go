@@ -1,0 +1,683 @@
+package replicate
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/tandemvm/tandem/replicate/pagecodec"
+)
+
+// Traffic reduction (issue 18). A TCP link does not need its pages as raw
+// bytes: it sends them as pagecodec records (MsgPages), which the replica
+// decodes into the link's staging area, so the store, the commit rule and
+// recovery see exactly the pages they would have seen raw.
+//
+// A delta may only be made against a copy the replica certainly holds in
+// its store when it decodes. The primary keeps the copies of pages it
+// sent in epochs that committed (pageCache, bounded, least recently sent
+// evicted first), each with the set of links whose replica holds that copy:
+// the links that carried the page in the epoch that committed it. A link
+// may encode page p against a cached copy of q (p itself, or another page
+// with the same content, seed 002) only if it is in q's set; the set is
+// replaced when q is sent again and committed, and a link that fails is
+// taken out of every set (its replica may have restarted). On the replica
+// a link decodes epoch e only after its own earlier committed epochs were
+// applied (beginEpoch waits for them), and any other link that carried q
+// later would have replaced q's set, so the store's q is the copy the
+// primary cached; staged, uncommitted data is never a base. Every delta
+// names the checksums of its base and its result: were that reasoning
+// wrong the link fails with a protocol error, it never stores a wrong page.
+
+// Reduction chooses how TCP links reduce the bytes of an epoch. RDMA links
+// write raw memory one-sided and ignore it.
+type Reduction struct {
+	// Zero sends an all-zero page as a one-byte record.
+	Zero bool
+	// CacheBytes keeps up to this many bytes of committed page copies on
+	// the primary (plus 32 bytes of bookkeeping per page) so that a page
+	// sent again travels as the bytes that changed (seed 001). 0: no
+	// deltas.
+	CacheBytes int64
+	// Similar sends a page whose content equals a cached copy of another
+	// page as a reference to it (seed 002). Needs CacheBytes.
+	Similar bool
+	// Compress compresses each message with zstd where that pays.
+	Compress bool
+}
+
+// DefaultReduction is what a primary uses when its config names none:
+// zero pages only, which costs no memory and a scan of each page.
+var DefaultReduction = Reduction{Zero: true}
+
+// any reports whether r reduces anything: without, links send raw data.
+func (r Reduction) any() bool { return r.Zero || r.CacheBytes > 0 || r.Compress }
+
+// String names r as ParseReduction reads it.
+func (r Reduction) String() string {
+	var parts []string
+	if r.Zero {
+		parts = append(parts, "zero")
+	}
+	if r.CacheBytes > 0 {
+		parts = append(parts, "delta")
+	}
+	if r.Similar {
+		parts = append(parts, "similar")
+	}
+	if r.Compress {
+		parts = append(parts, "zstd")
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ",")
+}
+
+// ParseReduction reads a comma list of techniques (zero, delta, similar,
+// zstd), "all", or "none"; delta and similar keep cacheBytes of copies.
+func ParseReduction(s string, cacheBytes int64) (Reduction, error) {
+	var r Reduction
+	for _, w := range strings.Split(s, ",") {
+		switch strings.TrimSpace(w) {
+		case "none":
+		case "zero":
+			r.Zero = true
+		case "delta":
+			r.CacheBytes = cacheBytes
+		case "similar":
+			r.CacheBytes, r.Similar = cacheBytes, true
+		case "zstd":
+			r.Compress = true
+		case "all":
+			r = Reduction{Zero: true, CacheBytes: cacheBytes, Similar: true, Compress: true}
+		default:
+			return Reduction{}, fmt.Errorf("reduction %q: want none, all, or a list of zero, delta, similar, zstd", w)
+		}
+	}
+	if (strings.Contains(s, "delta") || strings.Contains(s, "similar") || s == "all") && cacheBytes < pagecodec.PageSize {
+		return Reduction{}, fmt.Errorf("reduction %q needs a page cache of at least one page, not %d bytes", s, cacheBytes)
+	}
+	return r, nil
+}
+
+// pageCache holds the copies of pages sent in committed epochs and which
+// links' replicas hold each. Slots form a list from the most to the least
+// recently sent; a full cache reuses the last.
+type pageCache struct {
+	slots []cacheSlot
+	data  []byte
+	index map[uint64]int32
+	// byCRC finds a cached copy by its content's checksum (Similar).
+	byCRC      map[uint32]int32
+	head, tail int32 // -1: empty
+	used       int32
+	// stamp numbers the commits, so a page carried on several links in
+	// one epoch is copied once.
+	stamp uint64
+}
+
+type cacheSlot struct {
+	page       uint64
+	crc        uint32
+	holders    uint64 // bit i: link i's replica holds this copy
+	stamp      uint64
+	prev, next int32
+}
+
+func newPageCache(bytes int64, similar bool) *pageCache {
+	n := bytes / pagecodec.PageSize
+	c := &pageCache{slots: make([]cacheSlot, n), data: make([]byte, n*pagecodec.PageSize), index: map[uint64]int32{}, head: -1, tail: -1}
+	if similar {
+		c.byCRC = map[uint32]int32{}
+	}
+	return c
+}
+
+func (c *pageCache) slotData(i int32) []byte {
+	return c.data[int64(i)*pagecodec.PageSize : int64(i+1)*pagecodec.PageSize]
+}
+
+// base returns the copy link may encode page (content data) against, if
+// any: the page's own copy, or (similar) a copy of another page with the
+// same content.
+func (c *pageCache) base(page uint64, data []byte, link int, b *pagecodec.Base) bool {
+	bit := uint64(1) << link
+	if i, ok := c.index[page]; ok && c.slots[i].holders&bit != 0 {
+		*b = pagecodec.Base{Data: c.slotData(i), Page: page, CRC: c.slots[i].crc, Same: true}
+		if c.byCRC == nil || bytes.Equal(data, b.Data) {
+			return true
+		}
+	}
+	if c.byCRC != nil {
+		crc := pagecodec.Checksum(data)
+		if i, ok := c.byCRC[crc]; ok && c.slots[i].holders&bit != 0 && bytes.Equal(data, c.slotData(i)) {
+			*b = pagecodec.Base{Data: c.slotData(i), Page: c.slots[i].page, CRC: crc}
+			return true
+		}
+	}
+	return b.Data != nil
+}
+
+// unlink takes slot i out of the recency list.
+func (c *pageCache) unlink(i int32) {
+	s := &c.slots[i]
+	if s.prev >= 0 {
+		c.slots[s.prev].next = s.next
+	} else {
+		c.head = s.next
+	}
+	if s.next >= 0 {
+		c.slots[s.next].prev = s.prev
+	} else {
+		c.tail = s.prev
+	}
+}
+
+// front puts slot i at the head of the recency list.
+func (c *pageCache) front(i int32) {
+	s := &c.slots[i]
+	s.prev, s.next = -1, c.head
+	if c.head >= 0 {
+		c.slots[c.head].prev = i
+	}
+	c.head = i
+	if c.tail < 0 {
+		c.tail = i
+	}
+}
+
+// forgetCRC drops slot i from byCRC.
+func (c *pageCache) forgetCRC(i int32) {
+	if c.byCRC != nil {
+		if j, ok := c.byCRC[c.slots[i].crc]; ok && j == i {
+			delete(c.byCRC, c.slots[i].crc)
+		}
+	}
+}
+
+// sent records that link carried page, with content data, in the epoch
+// being committed (dirty: the page changed since it was last cached). A
+// page that did not change keeps its copy and gains a holder; one that did
+// gets the new copy, held by the links that carry it in this commit.
+func (c *pageCache) sent(page uint64, data []byte, dirty bool, link int) {
+	bit := uint64(1) << link
+	i, ok := c.index[page]
+	switch {
+	case ok && c.slots[i].stamp == c.stamp:
+		c.slots[i].holders |= bit
+		return
+	case ok && !dirty:
+		c.slots[i].holders |= bit
+		c.slots[i].stamp = c.stamp
+		return
+	case !dirty:
+		return // a clean page not cached: nothing to learn
+	case ok:
+		c.unlink(i)
+		c.forgetCRC(i)
+	case c.used < int32(len(c.slots)):
+		i = c.used
+		c.used++
+	default:
+		i = c.tail
+		c.unlink(i)
+		c.forgetCRC(i)
+		delete(c.index, c.slots[i].page)
+	}
+	copy(c.slotData(i), data)
+	crc := pagecodec.Checksum(data)
+	c.slots[i] = cacheSlot{page: page, crc: crc, holders: bit, stamp: c.stamp}
+	c.index[page] = i
+	c.front(i)
+	if c.byCRC != nil {
+		c.byCRC[crc] = i
+	}
+}
+
+// dropLink takes link out of every copy's holders: its replica may not
+// hold them any more.
+func (c *pageCache) dropLink(link int) {
+	mask := ^(uint64(1) << link)
+	for i := range c.used {
+		c.slots[i].holders &= mask
+	}
+}
+
+// clear forgets every copy (the cache is switched off for a while).
+func (c *pageCache) clear() {
+	clear(c.index)
+	if c.byCRC != nil {
+		clear(c.byCRC)
+	}
+	c.used, c.head, c.tail = 0, -1, -1
+}
+
+// reducer is the primary's traffic reduction: one encoder per link and the
+// shared page cache.
+type reducer struct {
+	cfg      Reduction
+	encoders map[int]*pagecodec.Encoder
+	bufs     map[int][]byte
+	cache    *pageCache
+	// dirty marks the epoch's dirty pages while the cache learns them.
+	dirty map[uint64]struct{}
+	// The cache switches itself off for offEpochs when over a window of
+	// epochs the bytes it saved, at the links' rate, took less time than
+	// keeping it: see account.
+	window           int
+	savedBytes       uint64
+	keepTime         time.Duration
+	offUntil, epochs uint64
+}
+
+const (
+	cacheWindow    = 16
+	cacheOffEpochs = 256
+)
+
+func newReducer(cfg Reduction) *reducer {
+	r := &reducer{cfg: cfg, encoders: map[int]*pagecodec.Encoder{}, bufs: map[int][]byte{}}
+	if cfg.CacheBytes >= pagecodec.PageSize {
+		r.cache = newPageCache(cfg.CacheBytes, cfg.Similar)
+		r.dirty = map[uint64]struct{}{}
+	}
+	return r
+}
+
+// cacheOn reports whether the cache is in use this epoch.
+func (r *reducer) cacheOn() bool { return r.cache != nil && r.epochs >= r.offUntil }
+
+// encode encodes the pages of ext, read through src, as MsgPages
+// payloads for link. It runs in the link's sending goroutine: the cache is
+// only read.
+func (r *reducer) encode(link int, enc *pagecodec.Encoder, buf []byte, ext []Region, src func(Region) []byte) ([]byte, [][]byte) {
+	var msgs [][]byte
+	buf = buf[:0]
+	flush := func() {
+		if enc.Pending() == 0 {
+			return // a link with no pages this epoch sends no message
+		}
+		start := len(buf)
+		buf = enc.Flush(buf)
+		msgs = append(msgs, buf[start:len(buf):len(buf)])
+	}
+	useCache := r.cacheOn()
+	var b pagecodec.Base
+	for _, x := range ext {
+		data := src(x)
+		for k := range x.Pages {
+			page := data[k*PageSize : (k+1)*PageSize]
+			var base *pagecodec.Base
+			if useCache && r.cache.base(x.First+k, page, link, &b) {
+				base = &b
+			}
+			enc.Add(page, base)
+			b = pagecodec.Base{}
+			if enc.Full() {
+				flush()
+			}
+		}
+	}
+	flush()
+	return buf, msgs
+}
+
+// encoderFor returns link's encoder and buffer.
+func (r *reducer) encoderFor(link int) (*pagecodec.Encoder, error) {
+	if e, ok := r.encoders[link]; ok {
+		return e, nil
+	}
+	e, err := pagecodec.NewEncoder(pagecodec.Options{Zero: r.cfg.Zero, Compress: r.cfg.Compress})
+	if err != nil {
+		return nil, err
+	}
+	r.encoders[link] = e
+	return e, nil
+}
+
+// committed teaches the cache what epoch's links carried (exts[i] on link
+// links[i]), the pages being read through src, dirty the epoch's dirty
+// pages. Call with the epoch committed and before src changes.
+func (r *reducer) committed(links []int, exts [][]Region, dirty []uint64, src func(Region) []byte) {
+	if !r.cacheOn() {
+		return
+	}
+	t := time.Now()
+	c := r.cache
+	c.stamp++
+	for _, p := range dirty {
+		r.dirty[p] = struct{}{}
+	}
+	for i, link := range links {
+		for _, x := range exts[i] {
+			data := src(x)
+			for k := range x.Pages {
+				_, d := r.dirty[x.First+k]
+				c.sent(x.First+k, data[k*PageSize:(k+1)*PageSize], d, link)
+			}
+		}
+	}
+	clear(r.dirty)
+	r.keepTime += time.Since(t)
+}
+
+// account closes an epoch's books on the cache: saved is the bytes its
+// deltas saved against raw pages this epoch, rate the slowest live link's
+// rate (bytes/s; 0: unknown). Over each window of epochs, a cache whose
+// savings took less link time than keeping it took pause time is
+// switched off for a while and emptied.
+func (r *reducer) account(saved uint64, rate float64) (switchedOff bool) {
+	r.epochs++
+	if r.cache == nil || !r.cacheOn() {
+		return false
+	}
+	r.savedBytes += saved
+	r.window++
+	if r.window < cacheWindow {
+		return false
+	}
+	if rate <= 0 {
+		rate = 125e6 // 1 Gbit/s until measured
+	}
+	pays := time.Duration(float64(r.savedBytes)/rate*float64(time.Second)) >= r.keepTime
+	r.window, r.savedBytes, r.keepTime = 0, 0, 0
+	if !pays {
+		r.offUntil = r.epochs + cacheOffEpochs
+		r.cache.clear()
+		return true
+	}
+	return false
+}
+
+// linkLost takes a failed link out of the cache's holders.
+func (r *reducer) linkLost(link int) {
+	if r.cache != nil {
+		r.cache.dropLink(link)
+	}
+	if e, ok := r.encoders[link]; ok {
+		e.Close()
+		delete(r.encoders, link)
+	}
+}
+
+// close releases the encoders.
+func (r *reducer) close() {
+	for _, e := range r.encoders {
+		e.Close()
+	}
+	clear(r.encoders)
+}
+
+// linkSends is what each link carried in the epoch in progress.
+type linkSends []linkSend
+
+type linkSend struct {
+	link int
+	ext  []Region
+}
+
+// pageLink is a Link that can carry pages as pagecodec messages
+// (MsgPages) instead of raw data: TCP links can, RDMA ones write guest
+// memory one-sided.
+type pageLink interface {
+	WritePages(msgs [][]byte) error
+}
+
+// encodedSend is one link's encoded share of an epoch.
+type encodedSend struct {
+	link  pageLink
+	enc   *pagecodec.Encoder
+	buf   []byte
+	stats pagecodec.Stats
+	took  time.Duration
+}
+
+// prepareEncoding returns, per slot of alive, the encoder state of the
+// links that send encoded pages (nil for the others). It runs before the
+// sending goroutines, which only use what it returns.
+func (p *Primary) prepareEncoding(alive []uint32) ([]*encodedSend, error) {
+	out := make([]*encodedSend, len(alive))
+	if p.red == nil {
+		return out, nil
+	}
+	for slot, li := range alive {
+		pl, ok := p.links[li].Link.(pageLink)
+		if !ok {
+			continue
+		}
+		enc, err := p.red.encoderFor(int(li))
+		if err != nil {
+			return nil, err
+		}
+		enc.ResetStats()
+		out[slot] = &encodedSend{link: pl, enc: enc, buf: p.red.bufs[int(li)]}
+	}
+	return out, nil
+}
+
+// send encodes ext and queues it on the link, in the link's goroutine.
+func (s *encodedSend) send(r *reducer, link int, ext []Region, src func(Region) []byte) error {
+	t := time.Now()
+	var msgs [][]byte
+	s.buf, msgs = r.encode(link, s.enc, s.buf, ext, src)
+	s.stats, s.took = s.enc.Stats(), time.Since(t)
+	return s.link.WritePages(msgs)
+}
+
+// finishEncoding keeps the links' buffers and records what the encoding
+// did: the bytes each link put on the wire and the pages by how they
+// travelled.
+func (p *Primary) finishEncoding(alive []uint32, encoded []*encodedSend, rec *EpochTrace) {
+	for slot, s := range encoded {
+		if s == nil {
+			continue
+		}
+		li := int(alive[slot])
+		p.red.bufs[li] = s.buf
+		if rec.Reduce == nil {
+			rec.Reduce = &ReduceTrace{}
+		}
+		rec.Reduce.add(s.stats, s.took)
+		rec.LinkBytes[li] = s.stats.WireBytes
+	}
+}
+
+// learnSent teaches the cache what the links that completed committed
+// epoch e carried, and closes the cache's books on the epoch.
+func (p *Primary) learnSent(e uint64, src func(Region) []byte, rec *EpochTrace) {
+	if p.red == nil || p.red.cache == nil {
+		return
+	}
+	t := time.Now()
+	var links []int
+	var exts [][]Region
+	rate := 0.0
+	for _, s := range p.sent {
+		if l := p.links[s.link]; l.alive && l.acked >= e {
+			links, exts = append(links, s.link), append(exts, s.ext)
+			if l.rate > 0 && (rate == 0 || l.rate < rate) {
+				rate = l.rate
+			}
+		}
+	}
+	p.red.committed(links, exts, p.pages, src)
+	var saved uint64
+	if rec.Reduce != nil {
+		saved = rec.Reduce.saved()
+		rec.Reduce.CacheMicros = toMicros(time.Since(t))
+	}
+	if p.red.account(saved, rate) {
+		p.log.Info("page cache switched off for a while: its deltas saved less link time than keeping it cost", "epochs", cacheOffEpochs)
+	}
+}
+
+// ReduceTrace counts, for one epoch, the pages its links sent encoded, by
+// how they travelled (summed over links), and what that cost.
+type ReduceTrace struct {
+	Pages   uint64 `json:"pages"`
+	Raw     uint64 `json:"raw"`
+	Zero    uint64 `json:"zero"`
+	Delta   uint64 `json:"delta"`
+	Similar uint64 `json:"similar"`
+	// DeltaBytes is the bytes of the delta records, WireBytes of all the
+	// messages as sent (compressed, with their headers).
+	DeltaBytes uint64 `json:"delta_bytes"`
+	WireBytes  uint64 `json:"wire_bytes"`
+	// EncodeMicros is the links' encoding time, summed; CacheMicros the
+	// time the page cache took to learn the epoch after its commit.
+	EncodeMicros float64 `json:"encode_us"`
+	CacheMicros  float64 `json:"cache_us,omitempty"`
+}
+
+func (t *ReduceTrace) add(s pagecodec.Stats, took time.Duration) {
+	t.Pages += s.Pages
+	t.Raw += s.Raw
+	t.Zero += s.Zero
+	t.Delta += s.Delta
+	t.Similar += s.DeltaFrom
+	t.DeltaBytes += s.DeltaBytes
+	t.WireBytes += s.WireBytes
+	t.EncodeMicros += toMicros(took)
+}
+
+// saved is the bytes deltas saved against raw records.
+func (t *ReduceTrace) saved() uint64 {
+	raw := (t.Delta + t.Similar) * (1 + PageSize)
+	if raw < t.DeltaBytes {
+		return 0
+	}
+	return raw - t.DeltaBytes
+}
+
+// group groups the epoch's dirty pages: into at most SGMax regions when
+// set (seed 003), else by cost for the links in service.
+func (p *Primary) group(dst []Region, pages []uint64) []Region {
+	if p.cfg.SGMax > 0 {
+		return Group(dst, pages, p.cfg.SGMax)
+	}
+	return GroupByCost(dst, pages, p.mergeableGap(), maxMapRegions)
+}
+
+// elementCoster is a Link for which one more region of an epoch costs
+// time beyond its bytes (an RDMA link: a share of a work request).
+type elementCoster interface {
+	elementCost() time.Duration
+}
+
+// mergeableGap is the largest clean gap, in pages, that is cheaper to send
+// along than to cut the region at, on the links in service: the gap's
+// bytes at the slowest link's rate against the cost of one more element.
+// On a TCP link with reduction an element is a 16-byte map entry, on a
+// raw one an iovec (writev takes IOV_MAX per call): neither is worth a
+// page. On RDMA it is a share of a work request.
+func (p *Primary) mergeableGap() uint64 {
+	var gap uint64
+	for _, l := range p.links {
+		if l == nil || !l.alive {
+			continue
+		}
+		c, ok := l.Link.(elementCoster)
+		if !ok {
+			continue
+		}
+		rate := l.rate
+		if rate <= 0 {
+			rate = 12.5e9 // 100 Gbit/s until measured: merges the least
+		}
+		gap = max(gap, uint64(c.elementCost().Seconds()*rate)/PageSize)
+	}
+	return gap
+}
+
+// pageDecoder is a replica link's decoder and scratch space.
+type pageDecoder struct {
+	dec   *pagecodec.Decoder
+	msg   []byte
+	pages []uint64
+}
+
+func newPageDecoder() (*pageDecoder, error) {
+	d, err := pagecodec.NewDecoder()
+	if err != nil {
+		return nil, err
+	}
+	return &pageDecoder{dec: d, msg: make([]byte, 0, pagecodec.MaxMessage)}, nil
+}
+
+func (d *pageDecoder) close() { d.dec.Close() }
+
+// receivePages decodes a MsgPages into the link's staging area: the next
+// pages of the epoch's map, bases taken from the store (which holds every
+// epoch of this link committed before it: beginEpoch applied them). A
+// message that does not decode is a protocol error and fails the link;
+// what it may have written is staging the completion never covers.
+func (r *Replica) receivePages(c *conn, link uint32, h Header, d *pageDecoder) error {
+	if _, err := io.ReadFull(c.r, d.msg[:h.Length]); err != nil {
+		return c.errorf("link %d: epoch %d pages: %w", link, h.Epoch, noEOF(err))
+	}
+	msg := d.msg[:h.Length]
+	n, err := pagecodec.Records(msg)
+	if err != nil {
+		return c.errorf("link %d: %w: %w", link, ErrProtocol, err)
+	}
+	r.mu.Lock()
+	st, err := r.linkStage(link, c.gen)
+	var dst []byte
+	switch {
+	case err != nil:
+		err = c.errorf("link %d: %w", link, err)
+	case st == nil || st.epoch != h.Epoch || st.complete:
+		err = c.errorf("link %d: %w: pages for epoch %d without its map", link, ErrProtocol, h.Epoch)
+	case uint64(n)*PageSize > uint64(len(st.data))-st.received:
+		err = c.errorf("link %d: %w: %d pages exceed the %d bytes the map announced", link, ErrProtocol, n, len(st.data))
+	default:
+		dst = st.data[st.received : st.received+uint64(n)*PageSize]
+		d.pages = pagesAt(d.pages[:0], st.regions, st.received/PageSize, n)
+	}
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	total := uint64(len(r.store.epochs))
+	base := func(page uint64, dst []byte) bool {
+		if page >= total {
+			return false
+		}
+		r.store.mu.RLock()
+		defer r.store.mu.RUnlock()
+		copy(dst, r.store.pages[page*PageSize:(page+1)*PageSize])
+		return true
+	}
+	// Only this link's goroutine writes its staging data.
+	if _, err := d.dec.Decode(dst, d.pages, msg, base); err != nil {
+		return c.errorf("link %d: epoch %d: %w: %w", link, h.Epoch, ErrProtocol, err)
+	}
+	if r.cfg.Delay != nil {
+		r.cfg.Delay(len(dst))
+	}
+	r.mu.Lock()
+	st.received += uint64(len(dst))
+	r.mu.Unlock()
+	return nil
+}
+
+// pagesAt appends the indices of n pages of regions, from the skip-th on.
+func pagesAt(dst []uint64, regions []Region, skip uint64, n int) []uint64 {
+	for _, x := range regions {
+		if skip >= x.Pages {
+			skip -= x.Pages
+			continue
+		}
+		for p := x.First + skip; p < x.End() && len(dst) < n; p++ {
+			dst = append(dst, p)
+		}
+		skip = 0
+		if len(dst) == n {
+			break
+		}
+	}
+	return dst
+}

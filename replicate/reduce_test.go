@@ -1,0 +1,327 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandemvm/tandem/replicate/pagecodec"
+)
+
+// TestReductionKeepsEveryPage: whatever the reduction, a replica that
+// is lost mid-run (its links' cached copies no longer count) and the
+// recovery afterwards give exactly the guest's memory, and the encoded
+// links send far fewer bytes than raw ones.
+func TestReductionKeepsEveryPage(t *testing.T) {
+	reductions := []struct {
+		name string
+		red  *Reduction
+	}{
+		{"none", &Reduction{}},
+		{"default", nil},
+		// A cache of 32 pages for a guest writing 256: evictions all the
+		// time.
+		{"all, small cache", &Reduction{Zero: true, CacheBytes: 32 * PageSize, Similar: true, Compress: true}},
+		{"delta", &Reduction{CacheBytes: 1 << 20}},
+	}
+	for _, rd := range reductions {
+		for _, policy := range []Policy{PolicyFast, PolicyFT} {
+			t.Run(rd.name+"/"+policy.String(), func(t *testing.T) {
+				c := newCluster(t, 2)
+				vm := newFakeVM(t, 256)
+				var trace syncBuffer
+				p := mustConnectPrimary(t, PrimaryConfig{
+					Links: c.addrs, Leader: c.leadAddr, VMID: 0x7E58, Guest: "fake", VCPUs: 1,
+					Epoch: 5 * time.Millisecond, Policy: policy, Mode: ModeSync, Log: quietLog(),
+					Reduce: rd.red, Trace: NewTraceWriter(&trace),
+				}, vm, nil)
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				guestDone := make(chan struct{})
+				go func() { defer close(guestDone); vm.run(ctx, 4) }()
+				runErr := make(chan error, 1)
+				go func() { runErr <- p.Run(ctx) }()
+				waitCommitted(t, p, 20, 20*time.Second, nil)
+				c.cancels[1]()
+				lost := p.Committed()
+				waitCommitted(t, p, lost+20, 20*time.Second, nil)
+				cancel()
+				<-runErr
+				<-guestDone
+				c.recoverAndCheck(vm, p.Committed())
+				for i, r := range c.replicas {
+					if n := r.ProtocolErrors(); n != 0 {
+						t.Errorf("replica %d dropped %d connections for protocol errors", i, n)
+					}
+				}
+
+				epochs, err := ReadTrace(strings.NewReader(trace.String()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				// carried is what the links would have sent raw.
+				var wire, carried, deltas uint64
+				for _, e := range epochs {
+					if e.Failed != "" || e.DirtyPages == 0 || e.DirtyPages == 256 {
+						continue // full copies and failed epochs aside
+					}
+					for _, b := range e.LinkBytes {
+						wire += b
+					}
+					if e.Reduce != nil {
+						carried += e.Reduce.Pages * PageSize
+						deltas += e.Reduce.Delta
+					}
+				}
+				if wire == 0 {
+					t.Fatal("no ordinary epoch in the trace")
+				}
+				if rd.red != nil && !rd.red.any() {
+					if carried != 0 {
+						t.Error("links without reduction sent encoded pages")
+					}
+					return
+				}
+				ratio := float64(wire) / float64(carried)
+				t.Logf("bytes on the wire / bytes raw: %.3f (%d deltas)", ratio, deltas)
+				switch {
+				case rd.red == nil && ratio > 1.01:
+					// The fake guest's pages are seldom zero: zero pages
+					// save little, and must cost next to nothing.
+					t.Errorf("zero pages: the links sent %.3f of the raw bytes", ratio)
+				case rd.red != nil && ratio > 0.5:
+					// One word changes per store: deltas send far less.
+					t.Errorf("the links sent %.3f of the raw bytes", ratio)
+				}
+				if rd.red != nil && rd.red.CacheBytes > 0 && deltas == 0 {
+					t.Error("a page cache but no page went as a delta")
+				}
+			})
+		}
+	}
+}
+
+// replayEpochs makes n epochs of a guest of pages pages: each dirties
+// dirty pages (random pattern), some zero, some a word changed in place,
+// some copies of another page's content.
+func replayEpochs(pages, dirty, n int, seed uint64) (dirties [][]uint64, contents [][]byte) {
+	r := rand.New(rand.NewPCG(seed, 3))
+	mem := make([]byte, pages*PageSize)
+	for i := range mem {
+		if i%PageSize < 256 {
+			mem[i] = byte(r.Uint32())
+		}
+	}
+	for range n {
+		set := map[uint64]bool{}
+		for len(set) < dirty {
+			set[r.Uint64N(uint64(pages))] = true
+		}
+		var d []uint64
+		for p := range set {
+			d = append(d, p)
+		}
+		slices.Sort(d)
+		var c []byte
+		for _, p := range d {
+			page := mem[p*PageSize : (p+1)*PageSize]
+			switch r.IntN(4) {
+			case 0:
+				clear(page)
+			case 1:
+				copy(page, mem[r.Uint64N(uint64(pages))*PageSize:][:PageSize])
+			default:
+				binary.LittleEndian.PutUint64(page[8*r.IntN(PageSize/8):], r.Uint64())
+			}
+			c = append(c, page...)
+		}
+		dirties, contents = append(dirties, d), append(contents, c)
+	}
+	return dirties, contents
+}
+
+// TestReplayTechniques replays the same epochs through each technique:
+// every page decodes to its content (Epoch checks), grouping by cost
+// removes the fixed grouping's overhead on a random dirty set (issue 18:
+// at most 1.2 bytes per dirty byte), and each technique cuts what it
+// should.
+func TestReplayTechniques(t *testing.T) {
+	const pages, dirty, epochs = 16384, 263, 30
+	dirties, contents := replayEpochs(pages, dirty, epochs, 1)
+	run := func(sgMax int, red *Reduction, policy Policy, links int) (wire, dirtyBytes uint64, sum ReduceTrace) {
+		t.Helper()
+		rp, err := NewTrafficReplay(pages*PageSize, policy, links, sgMax, red)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rp.Close()
+		for i := range dirties {
+			e, err := rp.Epoch(dirties[i], contents[i])
+			if err != nil {
+				t.Fatalf("epoch %d: %v", i, err)
+			}
+			if i < 5 {
+				continue // the cache fills
+			}
+			wire += e.WireBytes
+			dirtyBytes += uint64(e.DirtyPages) * PageSize
+			sum.Zero += e.Reduce.Zero
+			sum.Delta += e.Reduce.Delta
+			sum.Similar += e.Reduce.Similar
+		}
+		return wire, dirtyBytes, sum
+	}
+	ratio := func(w, d uint64) float64 { return float64(w) / float64(d) }
+
+	w, d, _ := run(32, nil, PolicyFast, 1)
+	fixed := ratio(w, d)
+	w, d, _ = run(0, nil, PolicyFast, 1)
+	byCost := ratio(w, d)
+	t.Logf("random pattern, raw: sg-max 32 sends %.1f× the dirty bytes, by cost %.3f×", fixed, byCost)
+	if fixed < 10 {
+		t.Errorf("sg-max 32 on a random set sent only %.1f×: the replay does not group as the primary", fixed)
+	}
+	if byCost > 1.2 {
+		t.Errorf("grouping by cost sent %.3f× the dirty bytes, want at most 1.2", byCost)
+	}
+
+	_, _, z := run(0, &Reduction{Zero: true}, PolicyFT, 2)
+	if z.Zero == 0 || z.Delta != 0 {
+		t.Errorf("zero pages only: %+v", z)
+	}
+	wz, dz, _ := run(0, &Reduction{Zero: true}, PolicyFast, 2)
+	wa, da, all := run(0, &Reduction{Zero: true, CacheBytes: 64 << 20, Similar: true, Compress: true}, PolicyFast, 2)
+	t.Logf("zero only %.3f×, all techniques %.3f× (%+v)", ratio(wz, dz), ratio(wa, da), all)
+	if all.Delta == 0 || all.Similar == 0 {
+		t.Errorf("all techniques: no delta or no similar page: %+v", all)
+	}
+	if ratio(wa, da) > ratio(wz, dz)/2 {
+		t.Errorf("all techniques sent %.3f×, zero pages alone %.3f×: deltas and references should halve it", ratio(wa, da), ratio(wz, dz))
+	}
+}
+
+// TestBadPagesFailTheLink: a MsgPages that does not decode (a delta
+// against a base the replica's store does not hold as the primary said)
+// fails the link and is counted, and the store is unchanged.
+func TestBadPagesFailTheLink(t *testing.T) {
+	r, addr, _ := startReplica(t, ReplicaConfig{})
+	const vm, pages = 78, 16
+	link := dialAs(t, addr, vm, Hello{Role: RoleLink, Link: 0, Links: 1, MemBytes: pages * PageSize})
+	link.epoch(1, 0, []Region{{First: 0, Pages: pages}}, 0xAB, true)
+	m := &MapRecord{Epoch: 2, Committed: 1, Regions: []Region{{First: 3, Pages: 1}}}
+	b := appendMap(nil, link.c.vmID, link.c.gen, m)
+	enc, _ := pagecodec.NewEncoder(pagecodec.Options{})
+	wrong := bytes.Repeat([]byte{0xCD}, PageSize) // not what the store holds
+	page := bytes.Clone(wrong)
+	page[100] = 1
+	enc.Add(page, &pagecodec.Base{Data: wrong, Page: 3, CRC: pagecodec.Checksum(wrong), Same: true})
+	msg := enc.Flush(nil)
+	b = appendHeader(b, Header{Generation: link.c.gen, Type: MsgPages, VMID: link.c.vmID, Epoch: 2, Length: uint32(len(msg))})
+	b = append(b, msg...)
+	b = appendHeader(b, Header{Generation: link.c.gen, Type: MsgDone, VMID: link.c.vmID, Epoch: 2})
+	if _, err := link.c.c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := link.c.readHeader(); err == nil {
+		t.Fatal("the replica acknowledged an epoch whose delta does not apply")
+	}
+	waitFor(t, "the protocol error to be counted", func() bool { return r.ProtocolErrors() == 1 })
+	r.waitApplies()
+	r.store.mu.RLock()
+	defer r.store.mu.RUnlock()
+	if !bytes.Equal(r.store.pages[3*PageSize:4*PageSize], bytes.Repeat([]byte{0xAB}, PageSize)) || r.store.epochs[3] != 1 {
+		t.Fatalf("the store's page 3 changed (epoch %d)", r.store.epochs[3])
+	}
+}
+
+func TestParseReduction(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Reduction
+		err  bool
+	}{
+		{"none", Reduction{}, false},
+		{"zero", Reduction{Zero: true}, false},
+		{"zero,zstd", Reduction{Zero: true, Compress: true}, false},
+		{"delta", Reduction{CacheBytes: 1 << 20}, false},
+		{"all", Reduction{Zero: true, CacheBytes: 1 << 20, Similar: true, Compress: true}, false},
+		{"lz4", Reduction{}, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseReduction(tt.in, 1<<20)
+		if (err != nil) != tt.err || (err == nil && got != tt.want) {
+			t.Errorf("ParseReduction(%q) = %+v, %v; want %+v (error %v)", tt.in, got, err, tt.want, tt.err)
+		}
+		if err == nil && got.String() != tt.in && tt.in != "all" {
+			t.Errorf("%+v prints as %q, want %q", got, got.String(), tt.in)
+		}
+	}
+	if _, err := ParseReduction("delta", 0); err == nil {
+		t.Error("delta without a page cache accepted")
+	}
+	if _, err := NewPrimary(PrimaryConfig{Links: []string{"x"}, Leader: "x", Epoch: time.Millisecond, VMID: 1, Auth: testCreds,
+		Reduce: &Reduction{Similar: true}}, nil, nil); err == nil || errors.Is(err, ErrProtocol) {
+		t.Errorf("similar pages without a cache: %v", err)
+	}
+}
+
+// TestPageCacheHolders checks the rule deltas rest on, step by step: a
+// link may encode against a cached copy only if its replica holds it.
+func TestPageCacheHolders(t *testing.T) {
+	r := newReducer(Reduction{CacheBytes: 2 * PageSize, Similar: true})
+	mem := make([]byte, 8*PageSize)
+	src := func(x Region) []byte { return mem[x.First*PageSize : x.End()*PageSize] }
+	fill := func(p uint64, v byte) { copy(mem[p*PageSize:(p+1)*PageSize], bytes.Repeat([]byte{v}, PageSize)) }
+	canBase := func(page uint64, link int) (uint64, bool) {
+		var b pagecodec.Base
+		ok := r.cache.base(page, mem[page*PageSize:(page+1)*PageSize], link, &b)
+		return b.Page, ok
+	}
+	one := func(p uint64) []Region { return []Region{{First: p, Pages: 1}} }
+	want := func(step string, page uint64, link int, ok bool) {
+		t.Helper()
+		if _, got := canBase(page, link); got != ok {
+			t.Fatalf("%s: page %d on link %d has a base: %v, want %v", step, page, link, got, ok)
+		}
+	}
+
+	fill(1, 1)
+	want("before any commit", 1, 0, false)
+	r.committed([]int{0}, [][]Region{one(1)}, []uint64{1}, src)
+	want("carried on link 0", 1, 0, true)
+	want("carried on link 0", 1, 1, false)
+
+	r.committed([]int{1}, [][]Region{one(1)}, nil, src) // clean, carried along on link 1
+	want("clean, also on link 1", 1, 1, true)
+	want("clean, also on link 1", 1, 0, true)
+
+	fill(1, 2)
+	r.committed([]int{1}, [][]Region{one(1)}, []uint64{1}, src)
+	want("dirty, only on link 1", 1, 0, false)
+	want("dirty, only on link 1", 1, 1, true)
+
+	r.linkLost(1)
+	want("link 1 lost", 1, 1, false)
+
+	// Similar: page 5 now holds page 1's content, which link 0 holds.
+	r.committed([]int{0}, [][]Region{one(1)}, nil, src)
+	fill(5, 2)
+	if q, ok := canBase(5, 0); !ok || q != 1 {
+		t.Fatalf("page 5 with page 1's content: base %d, %v; want page 1", q, ok)
+	}
+
+	// Eviction: a cache of two pages forgets the least recently sent.
+	fill(2, 3)
+	fill(3, 4)
+	r.committed([]int{0}, [][]Region{one(2)}, []uint64{2}, src)
+	r.committed([]int{0}, [][]Region{one(3)}, []uint64{3}, src)
+	want("evicted", 1, 0, false)
+	want("kept", 2, 0, true)
+	want("kept", 3, 0, true)
+}
