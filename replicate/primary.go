@@ -125,6 +125,9 @@ type PrimaryConfig struct {
 	// Reduce chooses how TCP links reduce their bytes (reduce.go); nil
 	// means DefaultReduction.
 	Reduce *Reduction
+	// Record, when set, records every epoch's dirty pages and their
+	// contents (recording.go), for TrafficReplay.
+	Record *EpochRecorder
 	// AckTimeout is what an epoch may take on a link beyond the time the
 	// link's bytes need at its rate (see MinLinkRate), from the first send
 	// to the acknowledgement; a link (or leader) that has not taken its
@@ -273,6 +276,8 @@ type Primary struct {
 	// the epoch commits.
 	red  *reducer
 	sent linkSends
+	// recordFailed: the epoch recording failed (said once).
+	recordFailed bool
 
 	finish     chan struct{} // closed by Finish: end replication gracefully
 	finishOnce sync.Once
@@ -824,6 +829,12 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	if err != nil {
 		resume()
 		return err
+	}
+	if r := p.cfg.Record; r != nil {
+		if err := r.Record(e, p.pages, mem); err != nil && !p.recordFailed {
+			p.recordFailed = true
+			p.log.Warn("epoch recording failed; replication goes on", "err", err)
+		}
 	}
 	if len(p.carry) > 0 {
 		p.pages = append(p.pages, p.carry...)
