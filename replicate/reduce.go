@@ -2,8 +2,10 @@ package replicate
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
+	"math/bits"
 	"strings"
 	"time"
 
@@ -110,8 +112,10 @@ type pageCache struct {
 	slots []cacheSlot
 	data  []byte
 	index map[uint64]int32
-	// byCRC finds a cached copy by its content's checksum (Similar).
+	// byCRC finds a cached copy by its content's checksum, byDensity one
+	// whose content is much like a page's (Similar; see density).
 	byCRC      map[uint32]int32
+	byDensity  map[uint64]int32
 	head, tail int32 // -1: empty
 	used       int32
 	// stamp numbers the commits, so a page carried on several links in
@@ -124,6 +128,7 @@ type cacheSlot struct {
 	crc        uint32
 	holders    uint64 // bit i: link i's replica holds this copy
 	stamp      uint64
+	density    uint64 // with Similar
 	prev, next int32
 }
 
@@ -131,9 +136,27 @@ func newPageCache(bytes int64, similar bool) *pageCache {
 	n := bytes / pagecodec.PageSize
 	c := &pageCache{slots: make([]cacheSlot, n), data: make([]byte, n*pagecodec.PageSize), index: map[uint64]int32{}, head: -1, tail: -1}
 	if similar {
-		c.byCRC = map[uint32]int32{}
+		c.byCRC, c.byDensity = map[uint32]int32{}, map[uint64]int32{}
 	}
 	return c
+}
+
+// density is seed 002's bit density hash of a page: the number of set
+// bits in each of its eight 512-byte blocks, each rounded down to a
+// multiple of 16. A few changed bytes seldom move a block's count across
+// a boundary, so pages that differ a little mostly share it, and the
+// content-addressable table byDensity finds a candidate base for a page
+// the replica holds no copy of; the delta then says whether it pays.
+func density(page []byte) uint64 {
+	var h uint64
+	for b := 0; b < PageSize; b += 512 {
+		n := 0
+		for i := b; i < b+512; i += 8 {
+			n += bits.OnesCount64(binary.LittleEndian.Uint64(page[i:]))
+		}
+		h = h<<8 | uint64(n>>4)
+	}
+	return h
 }
 
 func (c *pageCache) slotData(i int32) []byte {
@@ -156,6 +179,12 @@ func (c *pageCache) base(page uint64, data []byte, link int, b *pagecodec.Base) 
 		if i, ok := c.byCRC[crc]; ok && c.slots[i].holders&bit != 0 && bytes.Equal(data, c.slotData(i)) {
 			*b = pagecodec.Base{Data: c.slotData(i), Page: c.slots[i].page, CRC: crc}
 			return true
+		}
+		if b.Data == nil {
+			if i, ok := c.byDensity[density(data)]; ok && c.slots[i].holders&bit != 0 {
+				*b = pagecodec.Base{Data: c.slotData(i), Page: c.slots[i].page, CRC: c.slots[i].crc}
+				return true
+			}
 		}
 	}
 	return b.Data != nil
@@ -189,11 +218,14 @@ func (c *pageCache) front(i int32) {
 	}
 }
 
-// forgetCRC drops slot i from byCRC.
+// forgetCRC drops slot i from byCRC and byDensity.
 func (c *pageCache) forgetCRC(i int32) {
 	if c.byCRC != nil {
 		if j, ok := c.byCRC[c.slots[i].crc]; ok && j == i {
 			delete(c.byCRC, c.slots[i].crc)
+		}
+		if j, ok := c.byDensity[c.slots[i].density]; ok && j == i {
+			delete(c.byDensity, c.slots[i].density)
 		}
 	}
 }
@@ -233,7 +265,9 @@ func (c *pageCache) sent(page uint64, data []byte, dirty bool, link int) {
 	c.index[page] = i
 	c.front(i)
 	if c.byCRC != nil {
+		c.slots[i].density = density(data)
 		c.byCRC[crc] = i
+		c.byDensity[c.slots[i].density] = i
 	}
 }
 
@@ -251,6 +285,7 @@ func (c *pageCache) clear() {
 	clear(c.index)
 	if c.byCRC != nil {
 		clear(c.byCRC)
+		clear(c.byDensity)
 	}
 	c.used, c.head, c.tail = 0, -1, -1
 }

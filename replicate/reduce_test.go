@@ -317,14 +317,27 @@ func TestPageCacheHolders(t *testing.T) {
 		t.Fatalf("page 5 with page 1's content: base %d, %v; want page 1", q, ok)
 	}
 
-	// Eviction: a cache of two pages forgets the least recently sent.
+	// Eviction: a cache of two pages forgets the least recently sent (a
+	// page of the same bit density may still be offered instead).
 	fill(2, 3)
 	fill(3, 4)
 	r.committed([]int{0}, [][]Region{one(2)}, []uint64{2}, src)
 	r.committed([]int{0}, [][]Region{one(3)}, []uint64{3}, src)
-	want("evicted", 1, 0, false)
+	if q, ok := canBase(1, 0); ok && q == 1 {
+		t.Fatal("page 1's evicted copy is still a base")
+	}
 	want("kept", 2, 0, true)
 	want("kept", 3, 0, true)
+
+	// Similar, not equal: page 6 is page 3 with three bytes changed (a bit
+	// more each): same bit density, so page 3's copy is its base.
+	copy(mem[6*PageSize:7*PageSize], mem[3*PageSize:4*PageSize])
+	for _, off := range []int{10, 2000, 4000} {
+		mem[6*PageSize+off] |= 1
+	}
+	if q, ok := canBase(6, 0); !ok || q != 3 {
+		t.Fatalf("page 6, like page 3: base %d, %v; want page 3", q, ok)
+	}
 }
 
 // TestRecordingReplays: a primary's recording reads back epoch by epoch
