@@ -106,7 +106,10 @@ type Options struct {
 	// Zero sends an all-zero page as a one-byte record.
 	Zero bool
 	// Compress compresses each message's body with zstd (fastest level)
-	// when that makes it shorter.
+	// when that makes it shorter. A message that compresses to more than
+	// 90% of its body makes the Encoder send the next 32 plain (and try
+	// again after them): incompressible pages cost a scan, not zstd's
+	// time at every message.
 	Compress bool
 }
 
@@ -127,6 +130,8 @@ type Stats struct {
 	// WireBytes of the messages as sent (compressed, with their headers).
 	DeltaBytes, BodyBytes, WireBytes uint64
 	Messages                         uint64
+	// Compressed counts the messages sent compressed.
+	Compressed uint64
 }
 
 // Add adds o's counts to s.
@@ -140,6 +145,7 @@ func (s *Stats) Add(o Stats) {
 	s.BodyBytes += o.BodyBytes
 	s.WireBytes += o.WireBytes
 	s.Messages += o.Messages
+	s.Compressed += o.Compressed
 }
 
 // An Encoder builds messages, one page at a time. It is not safe for
@@ -150,7 +156,13 @@ type Encoder struct {
 	body    []byte
 	records int
 	stats   Stats
+	// plain counts the messages still to send without trying zstd.
+	plain int
 }
+
+// Compression switches off for plainAfterMiss messages after one that
+// saved under a tenth.
+const plainAfterMiss = 32
 
 // NewEncoder returns an Encoder using opts.
 func NewEncoder(opts Options) (*Encoder, error) {
@@ -285,15 +297,21 @@ func (e *Encoder) Flush(dst []byte) []byte {
 	le := binary.LittleEndian
 	flags := byte(0)
 	body := e.body
-	if e.zenc != nil {
+	if e.zenc != nil && e.plain == 0 {
 		dst = append(dst, make([]byte, headerSize)...)
 		dst = e.zenc.EncodeAll(body, dst)
-		if len(dst)-start-headerSize < len(body) {
+		n := len(dst) - start - headerSize
+		if n < len(body) {
 			flags = flagZstd
+			e.stats.Compressed++
 		} else {
 			dst = append(dst[:start+headerSize], body...)
 		}
+		if n*10 > len(body)*9 {
+			e.plain = plainAfterMiss
+		}
 	} else {
+		e.plain = max(e.plain-1, 0)
 		dst = append(append(dst, make([]byte, headerSize)...), body...)
 	}
 	h := dst[start:]

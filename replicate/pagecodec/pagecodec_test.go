@@ -264,3 +264,32 @@ func BenchmarkEncode(b *testing.B) {
 		})
 	}
 }
+
+// TestCompressionSwitchesOff: after a message that zstd cannot shrink
+// the Encoder sends plainAfterMiss messages without trying, then tries
+// again; compressible messages stay compressed.
+func TestCompressionSwitchesOff(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	text := bytes.Repeat([]byte("compressible "), PageSize/13+1)[:PageSize]
+	e, _ := NewEncoder(Options{Compress: true})
+	send := func(page []byte) {
+		e.Add(page, nil)
+		e.Flush(nil)
+	}
+	send(text)
+	send(text)
+	if c := e.Stats().Compressed; c != 2 {
+		t.Fatalf("%d of 2 compressible messages compressed", c)
+	}
+	send(randomPage(r)) // a miss
+	for range plainAfterMiss {
+		send(text)
+	}
+	if c := e.Stats().Compressed; c != 2 {
+		t.Fatalf("compression tried again within %d messages of a miss (%d compressed)", plainAfterMiss, c)
+	}
+	send(text)
+	if c := e.Stats().Compressed; c != 3 {
+		t.Fatalf("compression not tried again after %d plain messages", plainAfterMiss)
+	}
+}
