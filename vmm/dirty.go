@@ -13,11 +13,35 @@ var ErrNotPaused = errors.New("vmm: VM is not paused")
 // device models — and re-arms tracking for those pages. The VM must be
 // paused (or not yet running) so no page is written while it is harvested.
 func (v *VM) HarvestDirty(dst *DirtySet) error {
-	if dst.Capacity() < v.mem.Pages() {
-		return fmt.Errorf("vmm: dirty set holds %d pages, guest has %d", dst.Capacity(), v.mem.Pages())
-	}
 	if !v.still() {
 		return ErrNotPaused
+	}
+	return v.harvest(dst)
+}
+
+// ErrRunningHarvest is HarvestDirtyRunning on a VM whose dirty tracking
+// cannot be harvested while its vCPUs run.
+var ErrRunningHarvest = errors.New("vmm: only the dirty bitmap can be harvested while the VM runs")
+
+// HarvestDirtyRunning is HarvestDirty while the vCPUs run, with the dirty
+// bitmap only (a dirty ring's entries are also taken by the vCPU threads
+// when it fills). It is what live migration's pre-copy relies on: the
+// pages reported are write-protected again before the call returns, so a
+// page the guest writes after it, even while it is being read, is in the
+// next harvest; a caller that reads a reported page after this call sees
+// every write made before it. The VMM's own writes (WriteAt) mark their
+// pages after writing, so the same holds for them. Calls must not overlap
+// one another or HarvestDirty.
+func (v *VM) HarvestDirtyRunning(dst *DirtySet) error {
+	if v.cfg.Dirty != DirtyBitmap {
+		return ErrRunningHarvest
+	}
+	return v.harvest(dst)
+}
+
+func (v *VM) harvest(dst *DirtySet) error {
+	if dst.Capacity() < v.mem.Pages() {
+		return fmt.Errorf("vmm: dirty set holds %d pages, guest has %d", dst.Capacity(), v.mem.Pages())
 	}
 	switch v.cfg.Dirty {
 	case DirtyOff:

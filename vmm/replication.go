@@ -27,6 +27,16 @@ func (s *ReplicationSource) Resume() { s.vm.Resume() }
 // Memory is guest RAM.
 func (s *ReplicationSource) Memory() []byte { return s.vm.mem.Bytes() }
 
+// HarvestDirtyRunning is HarvestDirty while the VM runs (see
+// VM.HarvestDirtyRunning): replication's speculative transfer.
+func (s *ReplicationSource) HarvestDirtyRunning(dst []uint64) ([]uint64, error) {
+	s.set.Reset()
+	if err := s.vm.HarvestDirtyRunning(s.set); err != nil {
+		return dst, err
+	}
+	return s.set.AppendPages(dst), nil
+}
+
 // HarvestDirty appends the pages written since the last harvest to dst.
 func (s *ReplicationSource) HarvestDirty(dst []uint64) ([]uint64, error) {
 	s.set.Reset()

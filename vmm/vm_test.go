@@ -398,6 +398,73 @@ func TestHarvestIncludesVMMWrites(t *testing.T) {
 	}
 }
 
+// TestHarvestWhileRunning is pre-copy's invariant, which speculative
+// transfer relies on: pages copied right after HarvestDirtyRunning, with
+// the guest writing all the while, plus the pages of a final harvest with
+// the guest paused, make up exactly guest memory. A dirty ring cannot be
+// harvested while running, and says so.
+func TestHarvestWhileRunning(t *testing.T) {
+	const mem = 16 << 20
+	p, err := images.ParseDirtyParams("pattern=random,pages=2000,count=300,passes=0,seed=5", mem, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tv := newTestVM(t, Config{Dirty: DirtyBitmap, Memory: MemoryConfig{Bytes: mem}}, "dirty", p.Args())
+	tv.start(t)
+	ram := tv.Memory().Bytes()
+	set := NewDirtySet(tv.Memory().Pages())
+	copyPages := func(shadow []byte) int {
+		pages := set.AppendPages(nil)
+		for _, pg := range pages {
+			copy(shadow[pg*PageSize:(pg+1)*PageSize], ram[pg*PageSize:])
+		}
+		set.Reset()
+		return len(pages)
+	}
+	poll(t, "the guest to write", 10*time.Second, func() bool { n, _ := dirtyStatus(ram, 0); return n > 1000 })
+	if err := tv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tv.HarvestDirty(set); err != nil {
+		t.Fatal(err)
+	}
+	set.Reset()
+	shadow := bytes.Clone(ram)
+	tv.Resume()
+	running := 0
+	for range 20 {
+		from, _ := dirtyStatus(ram, 0)
+		poll(t, "the guest to write more", 10*time.Second, func() bool { n, _ := dirtyStatus(ram, 0); return n > from+200 })
+		if err := tv.HarvestDirtyRunning(set); err != nil {
+			t.Fatal(err)
+		}
+		running += copyPages(shadow)
+	}
+	if err := tv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tv.HarvestDirty(set); err != nil {
+		t.Fatal(err)
+	}
+	final := copyPages(shadow)
+	if running == 0 {
+		t.Fatal("no page harvested while the guest ran")
+	}
+	if !bytes.Equal(shadow, ram) {
+		for pg := uint64(0); pg < mem/PageSize; pg++ {
+			if !bytes.Equal(shadow[pg*PageSize:(pg+1)*PageSize], ram[pg*PageSize:(pg+1)*PageSize]) {
+				t.Fatalf("page %#x changed but its last copy is older: a write escaped the harvests (%d pages while running, %d paused)", pg, running, final)
+			}
+		}
+	}
+	t.Logf("%d pages harvested while running, %d in the final pause", running, final)
+
+	ring := newTestVM(t, Config{Dirty: DirtyRing}, "", nil)
+	if err := ring.HarvestDirtyRunning(NewDirtySet(ring.Memory().Pages())); !errors.Is(err, ErrRunningHarvest) {
+		t.Errorf("dirty ring harvested while running: %v", err)
+	}
+}
+
 // dirtyStatus reads vCPU i's status slot of the dirty guest.
 func dirtyStatus(mem []byte, i int) (pages, passes uint64) {
 	slot := mem[boot.StatusPageGPA+i*images.StatusSlotBytes:]
