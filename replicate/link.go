@@ -208,6 +208,22 @@ func (l *tcpLink) epochOfMap() uint64 {
 
 func (l *tcpLink) WriteImm(epoch uint64) error {
 	l.bufs = append(l.bufs, appendHeader(nil, Header{Type: MsgDone, VMID: l.c.vmID, Generation: l.c.gen, Epoch: epoch}))
+	return l.send(epoch)
+}
+
+// SendPart implements partLink: what is queued goes now, and the epoch
+// stays open for its second map.
+func (l *tcpLink) SendPart() error { return l.send(l.epochOfMap()) }
+
+// WriteMapMore implements partLink: it queues the second map of the epoch
+// whose first one was sent (its header stays in hdrs for epochOfMap).
+func (l *tcpLink) WriteMapMore(m *MapRecord) error {
+	l.bufs = append(l.bufs[:0], appendMapAs(nil, MsgMapMore, l.c.vmID, l.c.gen, m))
+	return nil
+}
+
+// send writes what is queued, by the send deadline if one is set.
+func (l *tcpLink) send(epoch uint64) error {
 	bufs := l.bufs
 	l.bufs = l.bufs[:0]
 	l.c.wmu.Lock()

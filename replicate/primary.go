@@ -128,6 +128,10 @@ type PrimaryConfig struct {
 	// Record, when set, records every epoch's dirty pages and their
 	// contents (recording.go), for TrafficReplay.
 	Record *EpochRecorder
+	// Speculate, between 0 and 1, sends pages ahead that far through each
+	// interval while the VM runs (speculate.go): sync mode, TCP links and a
+	// Source that is a RunningHarvester. 0: off.
+	Speculate float64
 	// AckTimeout is what an epoch may take on a link beyond the time the
 	// link's bytes need at its rate (see MinLinkRate), from the first send
 	// to the acknowledgement; a link (or leader) that has not taken its
@@ -278,6 +282,7 @@ type Primary struct {
 	sent linkSends
 	// recordFailed: the epoch recording failed (said once).
 	recordFailed bool
+	specState    speculation
 
 	finish     chan struct{} // closed by Finish: end replication gracefully
 	finishOnce sync.Once
@@ -310,6 +315,9 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 		return nil, errNoCredentials
 	case len(cfg.Holders) > 0 && cfg.Term == nil:
 		return nil, errors.New("replicate: other state holders need a coordinator's term: without one, two of them could take over")
+	}
+	if cfg.Speculate < 0 || cfg.Speculate >= 1 {
+		return nil, fmt.Errorf("replicate: speculate %v: want 0 (off) or a fraction of the interval below 1", cfg.Speculate)
 	}
 	if cfg.SGMax < 0 {
 		return nil, fmt.Errorf("replicate: sg-max %d: want 0 (by cost) or more", cfg.SGMax)
@@ -496,6 +504,9 @@ func (p *Primary) Run(ctx context.Context) error {
 	// transfer outlasts the interval cannot starve the guest.
 	t := time.NewTimer(p.cfg.Epoch)
 	defer t.Stop()
+	// ahead fires Speculate of the way through each interval.
+	ahead := time.NewTimer(p.aheadIn())
+	defer ahead.Stop()
 	p.lastSum = time.Now()
 	p.publishStatus()
 	for {
@@ -504,6 +515,9 @@ func (p *Primary) Run(ctx context.Context) error {
 			return nil
 		case <-p.finish:
 			return p.goodbye()
+		case <-ahead.C:
+			p.speculate()
+			continue
 		case <-t.C:
 		}
 		p.installAdded()
@@ -546,7 +560,17 @@ func (p *Primary) Run(ctx context.Context) error {
 		}
 		p.publishStatus()
 		t.Reset(p.cfg.Epoch)
+		ahead.Reset(p.aheadIn())
 	}
+}
+
+// aheadIn is when, from the end of an epoch, the next one's pages are sent
+// ahead; with speculation off, never in practice.
+func (p *Primary) aheadIn() time.Duration {
+	if p.cfg.Speculate <= 0 {
+		return 24 * time.Hour
+	}
+	return time.Duration(float64(p.cfg.Epoch) * p.cfg.Speculate)
 }
 
 // termLost reports whether the primary has a coordinator term that may
@@ -830,18 +854,14 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 		resume()
 		return err
 	}
-	if r := p.cfg.Record; r != nil {
-		if err := r.Record(e, p.pages, mem); err != nil && !p.recordFailed {
-			p.recordFailed = true
-			p.log.Warn("epoch recording failed; replication goes on", "err", err)
-		}
-	}
 	if len(p.carry) > 0 {
 		p.pages = append(p.pages, p.carry...)
 		slices.Sort(p.pages)
 		p.pages = slices.Compact(p.pages)
 		p.carry = p.carry[:0]
 	}
+	p.pages = p.takeSpeculated(e, p.pages, rec)
+	p.recordEpoch(e, mem)
 	full := p.needFull
 	rec.DirtyPages = len(p.pages)
 	state, err := p.src.CaptureState()
@@ -900,6 +920,7 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 		p.carry = append(p.carry, p.pages...) // sent again next epoch
 	}
 	if err != nil {
+		p.specDone(e, p.pages, false, rec)
 		if (errors.Is(err, ErrLeaderLost) && !errors.Is(err, ErrFenced)) || errors.Is(err, ErrNoLinks) {
 			resume() // the output stays held in the gates
 		}
@@ -916,6 +937,7 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	} else {
 		rec.Failed = "not every link completed the epoch"
 	}
+	p.specDone(e, p.pages, ok, rec)
 	resume()
 	rec.Pause.Total = time.Since(t0)
 	if p.cfg.Mode == ModeAsync {
@@ -1038,7 +1060,12 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 		go func() {
 			defer wg.Done()
 			m := &MapRecord{Epoch: e, Committed: l.mapCommit(p.committed.Load()), Regions: ext}
-			err := l.WriteMap(m)
+			var err error
+			if p.sentAhead(e, l.index) {
+				err = l.Link.(partLink).WriteMapMore(m)
+			} else {
+				err = l.WriteMap(m)
+			}
 			if enc := encoded[slot]; err == nil && enc != nil {
 				err = enc.send(p.red, l.index, ext, src)
 			} else if err == nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"slices"
 	"strings"
 	"time"
 
@@ -530,6 +531,20 @@ func (p *Primary) learnSent(e uint64, src func(Region) []byte, rec *EpochTrace) 
 	var links []int
 	var exts [][]Region
 	rate := 0.0
+	dirty := p.pages
+	part := p.specState.part
+	if part != nil && part.epoch == e && len(part.ahead) > 0 {
+		dirty = append(slices.Clone(p.pages), part.ahead...)
+		slices.Sort(dirty)
+		dirty = slices.Compact(dirty)
+		// A link holds its first part's copy of a page only if the pause
+		// did not send the page again (to it or, with fast, to another).
+		for li, ext := range part.exts {
+			if l := p.links[li]; l.alive && l.acked >= e {
+				links, exts = append(links, li), append(exts, withoutPages(ext, p.pages))
+			}
+		}
+	}
 	for _, s := range p.sent {
 		if l := p.links[s.link]; l.alive && l.acked >= e {
 			links, exts = append(links, s.link), append(exts, s.ext)
@@ -538,7 +553,7 @@ func (p *Primary) learnSent(e uint64, src func(Region) []byte, rec *EpochTrace) 
 			}
 		}
 	}
-	p.red.committed(links, exts, p.pages, src)
+	p.red.committed(links, exts, dirty, src)
 	var saved uint64
 	if rec.Reduce != nil {
 		saved = rec.Reduce.saved()

@@ -76,6 +76,9 @@ type stage struct {
 	// allocation: an RDMA link's registered buffer, which the primary has
 	// already written when the replica learns of the epoch (rdma.go).
 	buf func(epoch, need uint64) []byte
+	// continued: the staged epoch's map had its second part (MsgMapMore,
+	// speculate.go).
+	continued bool
 }
 
 // stagingKeep is the staging buffer a link keeps however small its
@@ -629,6 +632,18 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			if err := r.beginEpoch(link, c.gen, m); err != nil {
 				return c.errorf("%w", err)
 			}
+		case MsgMapMore:
+			p, err := readPayload(c.r, h)
+			if err != nil {
+				return c.errorf("link %d: %w", link, err)
+			}
+			m, err := parseMap(h, p, pages)
+			if err != nil {
+				return c.errorf("link %d: %w", link, err)
+			}
+			if err := r.continueEpoch(link, c.gen, m); err != nil {
+				return c.errorf("%w", err)
+			}
 		case MsgData:
 			if err := r.receiveData(c, link, h); err != nil {
 				return err
@@ -771,7 +786,7 @@ func (r *Replica) beginEpoch(link uint32, gen uint64, m *MapRecord) error {
 	case uint64(cap(st.data)) > stagingKeep && uint64(cap(st.data)) > 4*st.recent:
 		st.data = make([]byte, need, max(need, st.recent))
 	}
-	st.epoch, st.regions, st.data, st.received, st.complete = m.Epoch, m.Regions, st.data[:need], 0, false
+	st.epoch, st.regions, st.data, st.received, st.complete, st.continued = m.Epoch, m.Regions, st.data[:need], 0, false, false
 	return nil
 }
 

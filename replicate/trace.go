@@ -37,6 +37,12 @@ type EpochTrace struct {
 	// Reduce counts how the pages of links that reduce traffic travelled
 	// (reduce.go); LinkBytes are then the bytes on the wire.
 	Reduce *ReduceTrace `json:"reduce,omitempty"`
+	// Speculated is the pages sent ahead while the VM ran (speculate.go),
+	// SpeculatedBytes their bytes on the wire, SpeculatedAgain those of
+	// them the guest wrote again, which the pause sent once more.
+	Speculated      int    `json:"speculated,omitempty"`
+	SpeculatedBytes uint64 `json:"speculated_bytes,omitempty"`
+	SpeculatedAgain int    `json:"speculated_again,omitempty"`
 }
 
 // GroupingOverhead returns TransferredPages / DirtyPages, the ratio seed 003

@@ -65,10 +65,11 @@ const (
 	MsgFenced     // node → primary: a newer generation was seen here; payload: it (u64)
 	MsgCluster    // primary → leader, first on a state connection: how it replicates (cluster.go)
 	MsgPages      // primary → replica on a TCP link: the epoch's pages as pagecodec records (reduce.go)
+	MsgMapMore    // primary → replica on a TCP link: the second part of a speculated epoch's map (speculate.go)
 	msgTypeEnd
 )
 
-var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced", "cluster", "pages"}
+var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced", "cluster", "pages", "map more"}
 
 func (t MsgType) String() string {
 	if t > 0 && t < msgTypeEnd {
@@ -94,7 +95,7 @@ func maxPayload(t MsgType) uint64 {
 		return maxStatePayload
 	case MsgDiskChunk:
 		return 4 + 8 + disk.ChunkSize
-	case MsgMap, MsgFetch:
+	case MsgMap, MsgMapMore, MsgFetch:
 		return 8 + 4 + maxMapRegions*16
 	case MsgDone, MsgAck, MsgCommit, MsgHeartbeat, MsgQuery, MsgResolve, MsgBye:
 		return 0
@@ -337,7 +338,12 @@ func (m *MapRecord) Pages() uint64 {
 
 // appendMap appends a map message (header and payload) to b.
 func appendMap(b []byte, vmID, gen uint64, m *MapRecord) []byte {
-	b = appendHeader(b, Header{Type: MsgMap, VMID: vmID, Generation: gen, Epoch: m.Epoch, Length: uint32(12 + 16*len(m.Regions))})
+	return appendMapAs(b, MsgMap, vmID, gen, m)
+}
+
+// appendMapAs appends a map of type t (MsgMap or MsgMapMore).
+func appendMapAs(b []byte, t MsgType, vmID, gen uint64, m *MapRecord) []byte {
+	b = appendHeader(b, Header{Type: t, VMID: vmID, Generation: gen, Epoch: m.Epoch, Length: uint32(12 + 16*len(m.Regions))})
 	return appendRegions(binary.LittleEndian.AppendUint64(b, m.Committed), m.Regions)
 }
 
