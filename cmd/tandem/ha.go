@@ -38,6 +38,8 @@ type haFlags struct {
 	reduce     *string
 	pageCache  *string
 	trace      *string
+	record     *string
+	speculate  *float64
 	ackTimeout *time.Duration
 	heartbeat  *time.Duration
 	auth       *authFlags
@@ -45,12 +47,22 @@ type haFlags struct {
 	// coordinator is the connection to --coordinator, held for the run
 	// (close ends the term).
 	coordinator coord.Coordinator
+	// recorder writes --record-epochs, to recordFile.
+	recorder   *replicate.EpochRecorder
+	recordFile *os.File
 }
 
-// close ends the primary's term at the coordinator, if any.
+// close ends the primary's term at the coordinator, if any, and finishes
+// the epoch recording.
 func (h *haFlags) close() {
 	if h.coordinator != nil {
 		h.coordinator.Close()
+	}
+	if h.recorder != nil {
+		if err := h.recorder.Flush(); err != nil {
+			slog.Error("--record-epochs", "err", err)
+		}
+		h.recordFile.Close()
 	}
 }
 
@@ -66,6 +78,8 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 		reduce:     fs.String("reduce", replicate.DefaultReduction.String(), "traffic reduction on TCP links: none, all, or a list of zero (zero pages as a record), delta (changed bytes against --page-cache), similar (a page equal to a cached one as a reference), zstd"),
 		pageCache:  fs.String("page-cache", "64M", "with --reduce delta or similar: primary memory kept for copies of committed pages (least recently sent dropped first)"),
 		trace:      fs.String("trace", "", "write one JSON line per epoch to this file"),
+		speculate:  fs.Float64("speculate", 0, "send pages ahead this far through each epoch's interval while the VM runs (0 off, e.g. 0.5; sync mode, TCP links): the pause then moves only what was written again"),
+		record:     fs.String("record-epochs", "", "record every epoch's dirty pages and their contents to this file, for tandem bench --traffic --recording (large: the dirty bytes of the whole run; lengthens the pauses)"),
 		ackTimeout: fs.Duration("ack-timeout", 2*time.Second, "a link that does not acknowledge an epoch within this time (plus transfer time) has failed"),
 		heartbeat:  fs.Duration("heartbeat", 100*time.Millisecond, "interval of heartbeats to the leader"),
 		auth:       addAuthFlags(fs),
@@ -77,7 +91,7 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 // or nil when --ha is off.
 func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *slog.Logger) (*replicate.PrimaryConfig, error) {
 	if !*h.enabled {
-		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "reduce", "page-cache", "trace", "ack-timeout", "heartbeat", "auth-key", "insecure-plaintext", "coordinator", "coordinator-ttl"} {
+		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "reduce", "page-cache", "trace", "record-epochs", "speculate", "ack-timeout", "heartbeat", "auth-key", "insecure-plaintext", "coordinator", "coordinator-ttl"} {
 			if set[name] {
 				return nil, usagef("--%s needs --ha", name)
 			}
@@ -103,7 +117,12 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 		return nil, usagef("--epoch %v: want at least 1ms", *h.epoch)
 	case *h.sgMax < 0:
 		return nil, usagef("--sg-max %d: want 0 (by cost) or more", *h.sgMax)
+	case *h.speculate < 0 || *h.speculate >= 1:
+		return nil, usagef("--speculate %v: want 0 (off) or a fraction of the interval below 1", *h.speculate)
+	case *h.speculate > 0 && *h.mode != "sync":
+		return nil, usagef("--speculate needs --mode sync: async already sends while the VM runs")
 	}
+	cfg.Speculate = *h.speculate
 	cache, err := vmm.ParseMemSize(*h.pageCache)
 	if err != nil {
 		return nil, usagef("--page-cache: %v", err)
@@ -131,6 +150,14 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 			return nil, usagef("--trace: %v", err)
 		}
 		cfg.Trace = replicate.NewTraceWriter(f) // closed at exit
+	}
+	if *h.record != "" {
+		f, err := os.Create(*h.record)
+		if err != nil {
+			return nil, usagef("--record-epochs: %v", err)
+		}
+		h.recordFile, h.recorder = f, replicate.NewEpochRecorder(f)
+		cfg.Record = h.recorder
 	}
 	if err := faultInjection(cfg); err != nil {
 		return nil, err

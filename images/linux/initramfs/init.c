@@ -40,6 +40,15 @@
 // ends the loop: the init prints "tandem-init: stopped at <n>" and goes on
 // to "done" and the reboot. A restored guest goes on counting from where
 // its memory was, on the same TCP connection.
+//
+// With tandem_work=MIB, instead of the steps after rng, the init runs a
+// memory-writing workload with the contents real programs have, for
+// traffic measurements (tandem bench --traffic): a heap of MIB MiB split
+// into text written as a log, records (counters, timestamps, names and
+// pointers) updated in place, buffers zero-filled and partly refilled,
+// and copies of the init's own code, copied around. It prints
+// "tandem-init: work <seconds>" every second, and stops like the loop
+// ("stop" on /dev/hvc0) with "tandem-init: work stopped".
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -554,6 +563,96 @@ static void counter_serve(void) {
 	}
 }
 
+// work_rand is a xorshift generator: the workload needs no quality, only
+// speed and no system call.
+static unsigned long long work_state = 88172645463325252ULL;
+static unsigned long long work_rand(void) {
+	work_state ^= work_state << 13;
+	work_state ^= work_state >> 7;
+	work_state ^= work_state << 17;
+	return work_state;
+}
+
+struct work_record {
+	unsigned long long id, counter;
+	double value;
+	long long stamp;
+	struct work_record *next;
+	char name[24];
+};
+
+static void work_text(char *dst, size_t n) {
+	static const char *words[] = {"the", "replica", "epoch", "page", "of", "and", "to", "a", "commit",
+		"in", "guest", "memory", "is", "that", "for", "link", "primary", "it", "with", "as", "dirty",
+		"on", "be", "state", "at", "by", "this", "from", "output", "request", "server", "client"};
+	size_t i = 0;
+	while (i < n) {
+		const char *w = words[work_rand() % (sizeof words / sizeof words[0])];
+		while (*w && i < n)
+			dst[i++] = *w++;
+		if (i < n)
+			dst[i++] = (work_rand() % 12 == 0) ? '\n' : ' ';
+	}
+}
+
+static void work_loop(int mib) {
+	size_t size = (size_t)mib << 20, quarter = size / 4;
+	char *heap = malloc(size);
+	if (!heap || mib < 4) {
+		say("work: FAIL a heap of %d MiB", mib);
+		return;
+	}
+	char *log = heap, *recs = heap + quarter, *bufs = heap + 2 * quarter, *code = heap + 3 * quarter;
+	size_t nrec = quarter / sizeof(struct work_record), logpos = 0;
+	struct work_record *r = (struct work_record *)recs;
+	for (size_t i = 0; i < nrec; i++) {
+		r[i].id = i;
+		r[i].next = &r[(i * 7 + 1) % nrec];
+		snprintf(r[i].name, sizeof r[i].name, "record-%u", (unsigned)i);
+	}
+	// The init's own code, repeated over the last quarter.
+	int self = open("/init", O_RDONLY);
+	ssize_t got = self >= 0 ? read(self, code, quarter) : -1;
+	if (self >= 0)
+		close(self);
+	for (size_t off = got > 0 ? (size_t)got : quarter; off < quarter; off += (size_t)got)
+		memcpy(code + off, code, off + (size_t)got <= quarter ? (size_t)got : quarter - off);
+	int hvc = open("/dev/hvc0", O_RDWR | O_NOCTTY | O_NONBLOCK);
+	struct timespec t0, now, nap = {.tv_nsec = 1000000};
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	long long said = 0;
+	for (unsigned long long it = 1;; it++) {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		for (int k = 0; k < 40; k++) { // records updated in place
+			struct work_record *x = &r[work_rand() % nrec];
+			x->counter++;
+			x->value += 0.5;
+			x->stamp = now.tv_sec * 1000000000LL + now.tv_nsec;
+			x->next = &r[work_rand() % nrec];
+		}
+		work_text(log + logpos, 2048); // a log that wraps
+		logpos = (logpos + 2048) % (quarter - 2048);
+		if (it % 8 == 0) { // a buffer taken again: zeroed, partly filled
+			char *b = bufs + (work_rand() % (quarter / 65536)) * 65536;
+			memset(b, 0, 65536);
+			work_text(b, 1024 + work_rand() % 4096);
+		}
+		if (it % 16 == 0) { // code copied from one place to another
+			size_t from = (work_rand() % (quarter / 4096 - 4)) * 4096, to = (work_rand() % (quarter / 4096 - 4)) * 4096;
+			memmove(code + to, code + from, 16384);
+		}
+		nanosleep(&nap, NULL);
+		if (now.tv_sec - t0.tv_sec > said) {
+			said = now.tv_sec - t0.tv_sec;
+			say("work %lld", said);
+			if (stop_asked(hvc)) {
+				say("work stopped");
+				return;
+			}
+		}
+	}
+}
+
 int main(void) {
 	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
 	int fd = open("/dev/console", O_RDWR);
@@ -573,7 +672,9 @@ int main(void) {
 	network();
 	channel();
 	rng();
-	const char *kv = getenv("tandem_kv"), *counter;
+	const char *kv = getenv("tandem_kv"), *counter, *work = getenv("tandem_work");
+	if (work)
+		work_loop(atoi(work));
 	if (loop && kv && fork() == 0)
 		kv_serve(loop, atoi(kv));
 	if (loop)
