@@ -300,22 +300,56 @@ type reducer struct {
 	cache    *pageCache
 	// dirty marks the epoch's dirty pages while the cache learns them.
 	dirty map[uint64]struct{}
-	// The cache switches itself off for offEpochs when over a window of
-	// epochs the bytes it saved, at the links' rate, took less time than
-	// keeping it: see account.
-	window           int
-	savedBytes       uint64
-	keepTime         time.Duration
-	offUntil, epochs uint64
+	// The encoding as a whole, and the cache alone, switch themselves off
+	// when they do not pay (see account); a replay keeps them on
+	// (adaptive false) so that its figures are the techniques' own.
+	adaptive        bool
+	encoding, caching payWindow
+	keepTime        time.Duration
+	epochs          uint64
+}
+
+// payWindow decides whether a technique pays: over each window of
+// payEpochs epochs, the link time its saved bytes would have taken against
+// the pause time it cost. One that does not is off for offEpochs, then
+// tried again.
+type payWindow struct {
+	n        int
+	saved    uint64
+	cost     time.Duration
+	offUntil uint64
 }
 
 const (
-	cacheWindow    = 16
-	cacheOffEpochs = 256
+	payEpochs = 16
+	offEpochs = 256
 )
 
+func (w *payWindow) on(epoch uint64) bool { return epoch >= w.offUntil }
+
+// add books one epoch at epoch, the links moving rate bytes/s (0: not
+// measured, taken as 1 Gbit/s), and reports whether the technique was
+// switched off.
+func (w *payWindow) add(epoch, saved uint64, cost time.Duration, rate float64) bool {
+	w.n++
+	w.saved += saved
+	w.cost += cost
+	if w.n < payEpochs {
+		return false
+	}
+	if rate <= 0 {
+		rate = 125e6
+	}
+	pays := time.Duration(float64(w.saved)/rate*float64(time.Second)) >= w.cost
+	w.n, w.saved, w.cost = 0, 0, 0
+	if !pays {
+		w.offUntil = epoch + offEpochs
+	}
+	return !pays
+}
+
 func newReducer(cfg Reduction) *reducer {
-	r := &reducer{cfg: cfg, encoders: map[int]*pagecodec.Encoder{}, bufs: map[int][]byte{}}
+	r := &reducer{cfg: cfg, encoders: map[int]*pagecodec.Encoder{}, bufs: map[int][]byte{}, adaptive: true}
 	if cfg.CacheBytes >= pagecodec.PageSize {
 		r.cache = newPageCache(cfg.CacheBytes, cfg.Similar)
 		r.dirty = map[uint64]struct{}{}
@@ -323,8 +357,14 @@ func newReducer(cfg Reduction) *reducer {
 	return r
 }
 
+// encodingOn reports whether links encode this epoch (else they send raw
+// data, zero-copy).
+func (r *reducer) encodingOn() bool { return r.encoding.on(r.epochs) }
+
 // cacheOn reports whether the cache is in use this epoch.
-func (r *reducer) cacheOn() bool { return r.cache != nil && r.epochs >= r.offUntil }
+func (r *reducer) cacheOn() bool {
+	return r.cache != nil && r.encodingOn() && r.caching.on(r.epochs)
+}
 
 // encode encodes the pages of ext, read through src, as MsgPages
 // payloads for link. It runs in the link's sending goroutine: the cache is
@@ -400,32 +440,36 @@ func (r *reducer) committed(links []int, exts [][]Region, dirty []uint64, src fu
 	r.keepTime += time.Since(t)
 }
 
-// account closes an epoch's books on the cache: saved is the bytes its
-// deltas saved against raw pages this epoch, rate the slowest live link's
-// rate (bytes/s; 0: unknown). Over each window of epochs, a cache whose
-// savings took less link time than keeping it took pause time is
-// switched off for a while and emptied.
-func (r *reducer) account(saved uint64, rate float64) (switchedOff bool) {
+// account closes an epoch's books (t: what its encoded links did, nil
+// if none encoded; rate: the slowest live link's, bytes/s, 0 unknown).
+// The encoding pays by the bytes it saved against raw pages for the time
+// it took to encode and keep the cache; the cache by what its deltas and
+// references saved for the time keeping it took. Either that does not
+// pay over a window is switched off for a while (the cache emptied: raw
+// sends do not keep it), and what was switched off is returned.
+func (r *reducer) account(t *ReduceTrace, rate float64) (off string) {
 	r.epochs++
-	if r.cache == nil || !r.cacheOn() {
-		return false
+	keep := r.keepTime
+	r.keepTime = 0
+	if t == nil || !r.adaptive {
+		return ""
 	}
-	r.savedBytes += saved
-	r.window++
-	if r.window < cacheWindow {
-		return false
+	cost := time.Duration((t.EncodeMicros + t.CacheMicros) * float64(time.Microsecond))
+	var saved uint64
+	if raw := t.Pages * PageSize; raw > t.WireBytes {
+		saved = raw - t.WireBytes
 	}
-	if rate <= 0 {
-		rate = 125e6 // 1 Gbit/s until measured
+	if r.encoding.add(r.epochs, saved, cost, rate) {
+		if r.cache != nil {
+			r.cache.clear()
+		}
+		return "encoding"
 	}
-	pays := time.Duration(float64(r.savedBytes)/rate*float64(time.Second)) >= r.keepTime
-	r.window, r.savedBytes, r.keepTime = 0, 0, 0
-	if !pays {
-		r.offUntil = r.epochs + cacheOffEpochs
+	if r.cache != nil && r.caching.on(r.epochs) && r.caching.add(r.epochs, t.saved(), keep, rate) {
 		r.cache.clear()
-		return true
+		return "page cache"
 	}
-	return false
+	return ""
 }
 
 // linkLost takes a failed link out of the cache's holders.
@@ -476,7 +520,7 @@ type encodedSend struct {
 // sending goroutines, which only use what it returns.
 func (p *Primary) prepareEncoding(alive []uint32) ([]*encodedSend, error) {
 	out := make([]*encodedSend, len(alive))
-	if p.red == nil {
+	if p.red == nil || !p.red.encodingOn() {
 		return out, nil
 	}
 	for slot, li := range alive {
@@ -522,9 +566,9 @@ func (p *Primary) finishEncoding(alive []uint32, encoded []*encodedSend, rec *Ep
 }
 
 // learnSent teaches the cache what the links that completed committed
-// epoch e carried, and closes the cache's books on the epoch.
+// epoch e carried, and closes the reduction's books on the epoch.
 func (p *Primary) learnSent(e uint64, src func(Region) []byte, rec *EpochTrace) {
-	if p.red == nil || p.red.cache == nil {
+	if p.red == nil {
 		return
 	}
 	t := time.Now()
@@ -554,13 +598,11 @@ func (p *Primary) learnSent(e uint64, src func(Region) []byte, rec *EpochTrace) 
 		}
 	}
 	p.red.committed(links, exts, dirty, src)
-	var saved uint64
-	if rec.Reduce != nil {
-		saved = rec.Reduce.saved()
+	if rec.Reduce != nil && p.red.cache != nil {
 		rec.Reduce.CacheMicros = toMicros(time.Since(t))
 	}
-	if p.red.account(saved, rate) {
-		p.log.Info("page cache switched off for a while: its deltas saved less link time than keeping it cost", "epochs", cacheOffEpochs)
+	if off := p.red.account(rec.Reduce, rate); off != "" {
+		p.log.Info(off+" switched off for a while: the bytes it saved took less link time than it cost", "epochs", offEpochs)
 	}
 }
 

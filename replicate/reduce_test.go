@@ -66,22 +66,30 @@ func TestReductionKeepsEveryPage(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				// carried is what the links would have sent raw.
+				// carried is what the encoded links would have sent raw,
+				// wire what they sent; raw is the epochs sent raw.
 				var wire, carried, deltas uint64
+				ordinary, raw := 0, 0
 				for _, e := range epochs {
 					if e.Failed != "" || e.DirtyPages == 0 || e.DirtyPages == 256 {
 						continue // full copies and failed epochs aside
 					}
-					for _, b := range e.LinkBytes {
-						wire += b
+					ordinary++
+					if e.Reduce == nil {
+						raw++
+						continue
 					}
-					if e.Reduce != nil {
-						carried += e.Reduce.Pages * PageSize
-						deltas += e.Reduce.Delta
-					}
+					wire += e.Reduce.WireBytes
+					carried += e.Reduce.Pages * PageSize
+					deltas += e.Reduce.Delta
 				}
-				if wire == 0 {
+				if ordinary == 0 {
 					t.Fatal("no ordinary epoch in the trace")
+				}
+				if rd.red == nil && raw == 0 {
+					// The fake guest's pages are seldom zero: zero pages
+					// save nothing, and must switch themselves off.
+					t.Error("zero pages that saved nothing were never switched off")
 				}
 				if rd.red != nil && !rd.red.any() {
 					if carried != 0 {
@@ -93,8 +101,6 @@ func TestReductionKeepsEveryPage(t *testing.T) {
 				t.Logf("bytes on the wire / bytes raw: %.3f (%d deltas)", ratio, deltas)
 				switch {
 				case rd.red == nil && ratio > 1.01:
-					// The fake guest's pages are seldom zero: zero pages
-					// save little, and must cost next to nothing.
 					t.Errorf("zero pages: the links sent %.3f of the raw bytes", ratio)
 				case rd.red != nil && ratio > 0.5:
 					// One word changes per store: deltas send far less.
@@ -403,5 +409,35 @@ func TestRecordingReplays(t *testing.T) {
 	}
 	if _, err := count([]byte("not a recording at all")); !errors.Is(err, ErrBadRecording) {
 		t.Errorf("not a recording: %v", err)
+	}
+}
+
+// TestReductionSwitchesOff: encoding that saves nothing (pages that are
+// neither zero nor seen before) is switched off after a window and tried
+// again later; one that saves stays on.
+func TestReductionSwitchesOff(t *testing.T) {
+	r := newReducer(Reduction{Zero: true})
+	useless := &ReduceTrace{Pages: 100, WireBytes: 100*(PageSize+1) + 12, EncodeMicros: 200}
+	for i := range payEpochs {
+		if !r.encodingOn() {
+			t.Fatalf("encoding off after %d epochs", i)
+		}
+		r.account(useless, 125e6)
+	}
+	if r.encodingOn() {
+		t.Fatal("encoding that saved nothing is still on after a window")
+	}
+	for range offEpochs {
+		r.account(nil, 0)
+	}
+	if !r.encodingOn() {
+		t.Fatalf("encoding not tried again after %d epochs", offEpochs)
+	}
+	paying := &ReduceTrace{Pages: 100, Zero: 90, WireBytes: 10*(PageSize+1) + 90 + 12, EncodeMicros: 200}
+	for range 3 * payEpochs {
+		r.account(paying, 125e6)
+	}
+	if !r.encodingOn() {
+		t.Fatal("encoding that saved 90% of the bytes was switched off")
 	}
 }

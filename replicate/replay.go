@@ -62,6 +62,7 @@ func NewTrafficReplay(memBytes uint64, policy Policy, links, sgMax int, red *Red
 	}
 	if red != nil && red.any() {
 		t.red = newReducer(*red)
+		t.red.adaptive = false // the techniques' own figures, every epoch
 		d, err := pagecodec.NewDecoder()
 		if err != nil {
 			return nil, err
@@ -119,7 +120,7 @@ func (t *TrafficReplay) Epoch(dirty []uint64, contents []byte) (ReplayEpoch, err
 	if t.red != nil {
 		start := time.Now()
 		t.red.committed(links, t.perLink, dirty, src)
-		t.red.account(out.Reduce.saved(), 0)
+		t.red.account(&out.Reduce, 0)
 		out.Encode += time.Since(start)
 	}
 	return out, nil
