@@ -303,10 +303,10 @@ type reducer struct {
 	// The encoding as a whole, and the cache alone, switch themselves off
 	// when they do not pay (see account); a replay keeps them on
 	// (adaptive false) so that its figures are the techniques' own.
-	adaptive        bool
+	adaptive          bool
 	encoding, caching payWindow
-	keepTime        time.Duration
-	epochs          uint64
+	keepTime          time.Duration
+	epochs            uint64
 }
 
 // payWindow decides whether a technique pays: over each window of
