@@ -23,8 +23,9 @@ import (
 //	u32 CRC-32C of the record so far
 //
 // A recording ends at the end of its last whole record; a torn last record
-// (the run was killed) is reported as io.ErrUnexpectedEOF after the
-// epochs before it.
+// (the run was killed, or a damaged length in it) is reported as
+// io.ErrUnexpectedEOF after the epochs before it. A run that recorded no
+// epoch leaves an empty file, which reads as a recording of none.
 const recordingMagic = "TNDMREC1"
 
 // maxRecordedPages bounds an epoch record's pages when reading (a guest of
@@ -109,7 +110,9 @@ var ErrBadRecording = errors.New("replicate: not an epoch recording, or a corrup
 func ReadRecording(rd io.Reader, fn func(memBytes uint64, e *RecordedEpoch) error) error {
 	br := bufio.NewReaderSize(rd, 1<<20)
 	var head [16]byte
-	if _, err := io.ReadFull(br, head[:]); err != nil {
+	if n, err := io.ReadFull(br, head[:]); n == 0 && err == io.EOF {
+		return nil // no epoch was recorded
+	} else if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadRecording, err)
 	}
 	if string(head[:8]) != recordingMagic {

@@ -161,7 +161,7 @@ func replayEpochs(pages, dirty, n int, seed uint64) (dirties [][]uint64, content
 func TestReplayTechniques(t *testing.T) {
 	const pages, dirty, epochs = 16384, 263, 30
 	dirties, contents := replayEpochs(pages, dirty, epochs, 1)
-	run := func(sgMax int, red *Reduction, policy Policy, links int) (wire, dirtyBytes uint64, sum ReduceTrace) {
+	run := func(sgMax int, red Reduction, policy Policy, links int) (wire, dirtyBytes uint64, sum ReduceTrace) {
 		t.Helper()
 		rp, err := NewTrafficReplay(pages*PageSize, policy, links, sgMax, red)
 		if err != nil {
@@ -186,9 +186,9 @@ func TestReplayTechniques(t *testing.T) {
 	}
 	ratio := func(w, d uint64) float64 { return float64(w) / float64(d) }
 
-	w, d, _ := run(32, nil, PolicyFast, 1)
+	w, d, _ := run(32, Reduction{}, PolicyFast, 1)
 	fixed := ratio(w, d)
-	w, d, _ = run(0, nil, PolicyFast, 1)
+	w, d, _ = run(0, Reduction{}, PolicyFast, 1)
 	byCost := ratio(w, d)
 	t.Logf("random pattern, raw: sg-max 32 sends %.1f× the dirty bytes, by cost %.3f×", fixed, byCost)
 	if fixed < 10 {
@@ -198,12 +198,12 @@ func TestReplayTechniques(t *testing.T) {
 		t.Errorf("grouping by cost sent %.3f× the dirty bytes, want at most 1.2", byCost)
 	}
 
-	_, _, z := run(0, &Reduction{Zero: true}, PolicyFT, 2)
+	_, _, z := run(0, Reduction{Zero: true}, PolicyFT, 2)
 	if z.Zero == 0 || z.Delta != 0 {
 		t.Errorf("zero pages only: %+v", z)
 	}
-	wz, dz, _ := run(0, &Reduction{Zero: true}, PolicyFast, 2)
-	wa, da, all := run(0, &Reduction{Zero: true, CacheBytes: 64 << 20, Similar: true, Compress: true}, PolicyFast, 2)
+	wz, dz, _ := run(0, Reduction{Zero: true}, PolicyFast, 2)
+	wa, da, all := run(0, Reduction{Zero: true, CacheBytes: 64 << 20, Similar: true, Compress: true}, PolicyFast, 2)
 	t.Logf("zero only %.3f×, all techniques %.3f× (%+v)", ratio(wz, dz), ratio(wa, da), all)
 	if all.Delta == 0 || all.Similar == 0 {
 		t.Errorf("all techniques: no delta or no similar page: %+v", all)
@@ -371,7 +371,7 @@ func TestRecordingReplays(t *testing.T) {
 	if err := recorder.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	for _, red := range []*Reduction{nil, {Zero: true}, {Zero: true, CacheBytes: 1 << 20, Similar: true, Compress: true}} {
+	for _, red := range []Reduction{{}, {Zero: true}, {Zero: true, CacheBytes: 1 << 20, Similar: true, Compress: true}} {
 		var rp *TrafficReplay
 		epochs := 0
 		err := ReadRecording(bytes.NewReader(rec.Bytes()), func(mem uint64, e *RecordedEpoch) error {

@@ -49,9 +49,11 @@ type ReplayEpoch struct {
 }
 
 // NewTrafficReplay prepares a replay for a guest of memBytes replicated
-// over links links with policy; sgMax and red are as in PrimaryConfig
-// (red nil: raw data).
-func NewTrafficReplay(memBytes uint64, policy Policy, links, sgMax int, red *Reduction) (*TrafficReplay, error) {
+// over links links with policy; sgMax is as in PrimaryConfig, red the
+// reduction (the zero Reduction: raw data). Unlike a primary, a replay
+// never switches a technique off: its figures are the technique's own.
+// Raw data is not timed (a primary sends it from guest memory).
+func NewTrafficReplay(memBytes uint64, policy Policy, links, sgMax int, red Reduction) (*TrafficReplay, error) {
 	if memBytes == 0 || memBytes%PageSize != 0 || links < 1 || links > MaxLinks {
 		return nil, fmt.Errorf("replicate: replay of %d bytes over %d links", memBytes, links)
 	}
@@ -60,8 +62,11 @@ func NewTrafficReplay(memBytes uint64, policy Policy, links, sgMax int, red *Red
 	for i := range t.stores {
 		t.stores[i] = make([]byte, memBytes)
 	}
-	if red != nil && red.any() {
-		t.red = newReducer(*red)
+	if red.Similar && red.CacheBytes < PageSize {
+		return nil, fmt.Errorf("replicate: replay: similar pages need a page cache")
+	}
+	if red.any() {
+		t.red = newReducer(red)
 		t.red.adaptive = false // the techniques' own figures, every epoch
 		d, err := pagecodec.NewDecoder()
 		if err != nil {
@@ -121,7 +126,9 @@ func (t *TrafficReplay) Epoch(dirty []uint64, contents []byte) (ReplayEpoch, err
 		start := time.Now()
 		t.red.committed(links, t.perLink, dirty, src)
 		t.red.account(&out.Reduce, 0)
+		out.Reduce.CacheMicros = toMicros(time.Since(start))
 		out.Encode += time.Since(start)
+		out.Reduce.EncodeMicros = toMicros(out.Encode)
 	}
 	return out, nil
 }

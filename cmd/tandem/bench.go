@@ -15,7 +15,7 @@ import (
 // cmdBench runs seed 003's evaluation on this machine: see
 // cmd/tandem/internal/bench and the README's "tandem bench" section.
 func cmdBench(ctx context.Context, args []string) error {
-	fs := newFlagSet("bench", "[--quick] [--out DIR] [flags]   |   tandem bench --analyze DIR")
+	fs := newFlagSet("bench", "[--quick] [--out DIR] [flags]   |   tandem bench --traffic [--smoke] [--out DIR] [--recording NAME=FILE,...]   |   tandem bench --analyze DIR")
 	full := bench.DefaultConfig(bench.PresetFull)
 	quick := fs.Bool("quick", false, "run the reduced matrix (under 10 minutes on 2 cores): first --mem size only, "+bench.DefaultConfig(bench.PresetQuick).Duration.String()+" runs")
 	smoke := fs.Bool("smoke", false, "run a minimal matrix (under a minute), for tests")
@@ -34,6 +34,8 @@ func cmdBench(ctx context.Context, args []string) error {
 	writeBW := fs.Float64("write-bw", 0, "DRAM write bandwidth in bytes/s for the write-latency model (0: measure it)")
 	linux := fs.Bool("linux", false, "instead of the matrix, time the PUTs of a replicated Linux guest's client without --ha and at each --epochs (default 10ms,25ms,50ms); needs root, builds or reuses the guest")
 	puts := fs.Int("puts", 100, "with --linux: PUTs timed per configuration")
+	traffic := fs.Bool("traffic", false, "instead of the matrix, compare the techniques of traffic reduction: record each dirty guest pattern's epochs, replay them through every technique, run the random and scattered patterns live with the main ones; takes --quick, --smoke, --out, --mem and --epochs (one each), --duration, --warmup, --link-rate, --rate, --recording")
+	recordings := fs.String("recording", "", "with --traffic: further workloads to replay, NAME=FILE,... (epoch recordings, as replicate.EpochRecorder writes them, e.g. of a Linux guest)")
 	plaintext := fs.Bool("insecure-plaintext", false, "carry the bench's replication connections unencrypted (still authenticated, with a key made for the run); default: encrypted, as tandem run --ha")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -71,6 +73,16 @@ func cmdBench(ctx context.Context, args []string) error {
 		}
 		return benchLinux(ctx, eps, *puts)
 	}
+	if set["recording"] && !*traffic {
+		return usagef("--recording needs --traffic")
+	}
+	if *traffic {
+		for name := range set {
+			if !trafficFlags[name] {
+				return usagef("--traffic takes --quick, --smoke, --out, --mem, --epochs, --duration, --warmup, --link-rate, --rate, --recording and --insecure-plaintext only (--%s)", name)
+			}
+		}
+	}
 	preset := bench.PresetFull
 	switch {
 	case *quick && *smoke:
@@ -81,6 +93,10 @@ func cmdBench(ctx context.Context, args []string) error {
 		preset = bench.PresetSmoke
 	}
 	cfg := bench.DefaultConfig(preset)
+	tcfg := bench.DefaultTrafficConfig(preset)
+	if *traffic {
+		cfg = tcfg.Config
+	}
 	var err error
 	cfg.Out = *out
 	if set["link-rate"] {
@@ -119,12 +135,29 @@ func cmdBench(ctx context.Context, args []string) error {
 			return usagef("--setups: %v", err)
 		}
 	}
-	cfg.SGMax, cfg.Rate, cfg.WriteBW = *sgMax, *rate, *writeBW
+	cfg.SGMax, cfg.WriteBW = *sgMax, *writeBW
+	if set["rate"] {
+		cfg.Rate = *rate // a preset may have one (--traffic --smoke)
+	}
 	if err := cfg.Validate(); err != nil {
 		return usagef("%v", err)
 	}
-	if err := bench.CheckLabTools(); err != nil {
-		return fmt.Errorf("%v: tandem bench builds network namespaces and shapes veth links with tc", err)
+	if *traffic {
+		if len(cfg.Mems) != 1 && set["mem"] {
+			return usagef("--traffic runs one --mem size, not %d", len(cfg.Mems))
+		}
+		if len(cfg.Epochs) != 1 && set["epochs"] {
+			return usagef("--traffic runs one --epochs interval, not %d", len(cfg.Epochs))
+		}
+		tcfg.Config = cfg
+		if set["recording"] {
+			if tcfg.Recordings, err = bench.ParseRecordings(*recordings); err != nil {
+				return usagef("--recording: %v", err)
+			}
+		}
+		if err := tcfg.Validate(); err != nil {
+			return usagef("%v", err)
+		}
 	}
 	opt := bench.Options{Version: version(), Out: os.Stdout}
 	if *plaintext {
@@ -138,6 +171,21 @@ func cmdBench(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	if *traffic {
+		// RunTraffic checks the recordings given before anything else,
+		// and the lab tools after them.
+		_, err = bench.RunTraffic(ctx, tcfg, opt)
+		return err
+	}
+	if err := bench.CheckLabTools(); err != nil {
+		return fmt.Errorf("%v: tandem bench builds network namespaces and shapes veth links with tc", err)
+	}
 	_, err = bench.Run(ctx, cfg, opt)
 	return err
+}
+
+// trafficFlags are the flags --traffic takes.
+var trafficFlags = map[string]bool{
+	"traffic": true, "quick": true, "smoke": true, "out": true, "mem": true, "epochs": true, "duration": true,
+	"warmup": true, "link-rate": true, "rate": true, "recording": true, "insecure-plaintext": true,
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image/png"
 	"os"
@@ -30,6 +31,56 @@ func TestBenchFlags(t *testing.T) {
 		if status != exitUsage {
 			t.Errorf("tandem %v: status %d, want %d; stderr %s", args, status, exitUsage, stderr)
 		}
+	}
+}
+
+// TestBenchTrafficFlags checks the flags of tandem bench --traffic: a bad
+// command line is a usage error that says what is wrong; a recording that
+// is missing or not a recording fails before anything runs, naming it.
+func TestBenchTrafficFlags(t *testing.T) {
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk.rec")
+	if err := os.WriteFile(junk, []byte("#!/bin/sh\necho not a recording\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing.rec")
+	out := filepath.Join(dir, "out")
+	for _, c := range []struct {
+		args   []string
+		status int
+		want   []string
+	}{
+		{[]string{"--recording", "linux=x.rec"}, exitUsage, []string{"--recording needs --traffic"}},
+		{[]string{"--traffic", "--recording", "linux"}, exitUsage, []string{"--recording", `"linux"`, "want NAME=FILE"}},
+		{[]string{"--traffic", "--recording", "=x.rec"}, exitUsage, []string{"want NAME=FILE, both non-empty"}},
+		{[]string{"--traffic", "--recording", "linux="}, exitUsage, []string{"want NAME=FILE, both non-empty"}},
+		{[]string{"--traffic", "--recording", "a=x.rec,a=y.rec"}, exitUsage, []string{`"a" given twice`}},
+		{[]string{"--traffic", "--recording", "random=x.rec"}, exitUsage, []string{`"random" is taken by the dirty guest's pattern`}},
+		{[]string{"--traffic", "--recording", "a b=x.rec"}, exitUsage, []string{"want letters, digits"}},
+		{[]string{"--traffic", "--recording", ""}, exitUsage, []string{"empty list of recordings"}},
+		{[]string{"--traffic", "--factors", "2"}, exitUsage, []string{"--traffic takes", "(--factors)"}},
+		{[]string{"--traffic", "--setups", "fast4"}, exitUsage, []string{"(--setups)"}},
+		{[]string{"--traffic", "--mem", "64M,128M"}, exitUsage, []string{"one --mem size, not 2"}},
+		{[]string{"--traffic", "--epochs", "25ms,50ms"}, exitUsage, []string{"one --epochs interval, not 2"}},
+		{[]string{"--traffic", "--mem", "1K"}, exitUsage, []string{"memory size"}},
+		{[]string{"--traffic", "--smoke", "--quick"}, exitUsage, []string{"exclude each other"}},
+		{[]string{"--traffic", "--linux"}, exitUsage, []string{"--linux takes"}},
+		{[]string{"--traffic", "--analyze", dir}, exitUsage, []string{"--analyze takes no other flag"}},
+		{[]string{"--traffic", "--smoke", "--out", out, "--recording", "linux=" + missing}, 1, []string{"recording linux", missing, "no such file"}},
+		{[]string{"--traffic", "--smoke", "--out", out, "--recording", "kv=" + junk}, 1, []string{"recording kv", junk, "not an epoch recording"}},
+	} {
+		_, stderr, status := runTandem(t, append([]string{"bench"}, c.args...)...)
+		if status != c.status {
+			t.Errorf("tandem bench %v: status %d, want %d; stderr %s", c.args, status, c.status, stderr)
+		}
+		for _, want := range c.want {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("tandem bench %v: stderr %q lacks %q", c.args, stderr, want)
+			}
+		}
+	}
+	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a bad recording started the bench anyway: %v", err)
 	}
 }
 

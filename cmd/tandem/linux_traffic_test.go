@@ -41,7 +41,7 @@ func TestLinuxTrafficReplay(t *testing.T) {
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	p.wait(t, time.Minute)
 
-	replay := func(sgMax int, red *replicate.Reduction) (wire, dirty uint64, epochs int) {
+	replay := func(sgMax int, red replicate.Reduction) (wire, dirty uint64, epochs int) {
 		t.Helper()
 		f, err := os.Open(rec)
 		if err != nil {
@@ -68,12 +68,12 @@ func TestLinuxTrafficReplay(t *testing.T) {
 		rp.Close()
 		return wire, dirty, epochs
 	}
-	seed, dirty, epochs := replay(32, nil)
+	seed, dirty, epochs := replay(32, replicate.Reduction{})
 	if epochs < 40 {
 		t.Fatalf("%d epochs recorded in over three seconds of 50 ms epochs", epochs)
 	}
-	byCost, _, _ := replay(0, &replicate.Reduction{})
-	all, _, _ := replay(0, &replicate.Reduction{Zero: true, CacheBytes: 64 << 20, Similar: true, Compress: true})
+	byCost, _, _ := replay(0, replicate.Reduction{})
+	all, _, _ := replay(0, replicate.Reduction{Zero: true, CacheBytes: 64 << 20, Similar: true, Compress: true})
 	t.Logf("%d epochs, %.1f MiB dirty: seed 003 grouping %.2f× the dirty bytes, by cost %.2f×, all techniques %.3f× (%.1f× fewer bytes than seed 003)",
 		epochs, float64(dirty)/(1<<20), float64(seed)/float64(dirty), float64(byCost)/float64(dirty), float64(all)/float64(dirty), float64(seed)/float64(all))
 	if byCost > seed {

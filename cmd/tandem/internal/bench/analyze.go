@@ -25,6 +25,12 @@ type Results struct {
 	Pipeline []PipelineResult `json:"pipeline"`
 	Headline []Headline       `json:"headline"`
 	TableIII []CompareRow     `json:"table_iii"`
+	// Traffic is the traffic part (tandem bench --traffic), if the
+	// directory holds it.
+	Traffic *TrafficResults `json:"traffic,omitempty"`
+	// matrix: the directory holds the matrix part (raw/env.json), not
+	// only the traffic part.
+	matrix bool
 }
 
 // Model is the analytical model of seed 003 Section III with this
@@ -164,15 +170,25 @@ type Headline struct {
 // the results.
 func Analyze(dir string) (*Results, error) {
 	res := &Results{}
-	if err := readJSON(dir, envFile, &res.Env); err != nil {
+	traffic, err := analyzeTraffic(dir)
+	if err != nil {
 		return nil, err
 	}
+	res.Traffic = traffic
+	if err := readJSON(dir, envFile, &res.Env); err != nil {
+		if errors.Is(err, fs.ErrNotExist) && traffic != nil {
+			res.Env = traffic.Env // the traffic part alone
+			return res, nil
+		}
+		return nil, err
+	}
+	res.matrix = true
 	cfg := res.Env.Config
 	res.Model = machineModel(res.Env)
 
 	// Runs of the dirty guest.
 	var raws []RawRun
-	err := filepath.WalkDir(filepath.Join(dir, runsDir), func(path string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(filepath.Join(dir, runsDir), func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".json") {
 			return err
 		}

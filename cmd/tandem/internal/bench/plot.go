@@ -128,6 +128,17 @@ func WritePlots(dir string, res *Results) ([]Plot, error) {
 		out = append(out, Plot{File: file, Caption: caption})
 		return nil
 	}
+	if res.Traffic != nil {
+		ok, err := plotTraffic(filepath.Join(dir, trafficPlot), res.Traffic)
+		if ok || err != nil {
+			if err := add(trafficPlot, "Bytes on the wire ÷ dirty bytes of every technique replayed on every workload, log scale; dashed: the dirty bytes themselves (1).", err); err != nil {
+				return out, err
+			}
+		}
+	}
+	if !res.matrix {
+		return out, nil
+	}
 	cfg := res.Env.Config
 	for _, mem := range memsWithRuns(res) {
 		f := fmt.Sprintf("slowdown_%dM.png", mem>>20)

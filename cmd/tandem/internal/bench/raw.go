@@ -19,6 +19,7 @@ const (
 	recoveryRaw = "raw/recovery.json"
 	harvestRaw  = "raw/harvest.json"
 	pipelineRaw = "raw/pipeline.json"
+	trafficRaw  = "raw/traffic.json" // the traffic part (traffic.go)
 )
 
 // Env describes the machine and the run's parameters.

@@ -45,6 +45,9 @@ func (t *table) row(cells ...string) {
 
 // Markdown renders the report.
 func Markdown(res *Results, plots []Plot) string {
+	if res.Traffic != nil && !res.matrix {
+		return trafficReport(res, plots)
+	}
 	var b strings.Builder
 	env, cfg := res.Env, res.Env.Config
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
@@ -249,9 +252,16 @@ func Markdown(res *Results, plots []Plot) string {
 	}
 	w("\n")
 
+	if res.Traffic != nil {
+		trafficMarkdown(&b, res.Traffic, plots)
+	}
+
 	if len(plots) > 0 {
 		w("## Plots\n\n")
 		for _, p := range plots {
+			if p.File == trafficPlot {
+				continue // in its section
+			}
 			w("### %s\n\n![%s](%s)\n\n%s\n\n", p.File, p.File, p.File, p.Caption)
 		}
 	}

@@ -46,49 +46,62 @@ type Options struct {
 	Auth *auth.Credentials
 }
 
-// Run runs the bench cfg describes, writes the raw data, traces, results,
-// report and plots into cfg.Out, and prints progress lines to opt.Out.
-func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
+// newBencher checks that the machine can run guests in a lab (its tools,
+// KVM), makes cfg.Out and its subdirectories dirs, opens the log file
+// logName there, and makes a key for the run if opt has none. closeLog
+// closes the log.
+func newBencher(cfg Config, opt Options, logName string, dirs ...string) (b *bencher, closeLog func(), err error) {
 	if opt.Out == nil {
 		opt.Out = io.Discard
 	}
 	if err := CheckLabTools(); err != nil {
-		return nil, fmt.Errorf("bench: %w", err)
+		return nil, nil, fmt.Errorf("bench: %w", err)
 	}
 	sys, err := kvm.Open()
 	if err != nil {
-		return nil, fmt.Errorf("bench: the guest runs need KVM: %w", err)
+		return nil, nil, fmt.Errorf("bench: the guest runs need KVM: %w", err)
 	}
 	sys.Close()
-	for _, d := range []string{cfg.Out, filepath.Join(cfg.Out, tracesDir), filepath.Join(cfg.Out, runsDir)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
+	for _, d := range append([]string{""}, dirs...) {
+		if err := os.MkdirAll(filepath.Join(cfg.Out, d), 0o755); err != nil {
+			return nil, nil, fmt.Errorf("bench: %w", err)
 		}
 	}
-	logf, err := os.Create(filepath.Join(cfg.Out, "bench.log"))
+	logf, err := os.Create(filepath.Join(cfg.Out, logName))
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("bench: %w", err)
 	}
-	defer logf.Close()
 	if opt.Auth == nil {
 		k, err := auth.GenerateKey()
-		if err != nil {
-			return nil, fmt.Errorf("bench: %w", err)
+		if err == nil {
+			opt.Auth, err = auth.NewCredentials(k, auth.Encrypted)
 		}
-		if opt.Auth, err = auth.NewCredentials(k, auth.Encrypted); err != nil {
-			return nil, fmt.Errorf("bench: %w", err)
+		if err != nil {
+			logf.Close()
+			return nil, nil, fmt.Errorf("bench: %w", err)
 		}
 	}
-	b := &bencher{
+	b = &bencher{
 		cfg: cfg, out: opt.Out, start: time.Now(), auth: opt.Auth,
 		log: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	}
 	if stale := RemoveStaleNamespaces(); len(stale) > 0 {
 		b.progress("removed namespaces left by an earlier bench: %s", strings.Join(stale, ", "))
 	}
+	return b, func() { logf.Close() }, nil
+}
+
+// Run runs the bench cfg describes, writes the raw data, traces, results,
+// report and plots into cfg.Out, and prints progress lines to opt.Out.
+func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	b, closeLog, err := newBencher(cfg, opt, "bench.log", tracesDir, runsDir)
+	if err != nil {
+		return nil, err
+	}
+	defer closeLog()
 	env := machineEnv(cfg, opt.Version)
 	matrix := cfg.Matrix()
 	perRun := cfg.Warmup + cfg.Duration + 700*time.Millisecond

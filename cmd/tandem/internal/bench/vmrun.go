@@ -115,32 +115,90 @@ func (b *bencher) runGuest(ctx context.Context, spec RunSpec) *RawRun {
 	return raw
 }
 
+// dirtyVM makes a VM of mem bytes with the dirty guest loaded, writing
+// pattern at rate pages/s (0: flat out), tracking dirty pages as tracking
+// says. Close it.
+func (b *bencher) dirtyVM(mem uint64, pattern string, rate uint64, tracking vmm.DirtyTracking) (*vmm.VM, error) {
+	params := images.DefaultDirtyParams(mem)
+	pat, err := images.ParsePattern(pattern)
+	if err != nil {
+		return nil, err
+	}
+	params.Pattern, params.Rate = pat, rate
+	if err := params.Validate(mem, guestVCPUs); err != nil {
+		return nil, err
+	}
+	vm, err := vmm.New(vmm.Config{Memory: vmm.MemoryConfig{Bytes: mem}, VCPUs: guestVCPUs, Dirty: tracking, Logger: b.log})
+	if err != nil {
+		return nil, fmt.Errorf("the VM: %w", err)
+	}
+	guest, _ := images.Lookup("dirty")
+	if err := vm.LoadFlat(guest.Image, guest.Mode, params.Args()); err != nil {
+		vm.Close()
+		return nil, fmt.Errorf("loading the dirty guest: %w", err)
+	}
+	return vm, nil
+}
+
+// guestRun is a running VM and, when it is replicated, its primary.
+type guestRun struct {
+	vm      *vmm.VM
+	primary *replicate.Primary
+	// vmDone and repDone get what the VM's and the primary's runs
+	// returned; a watcher that takes one puts it back for stop.
+	vmDone, repDone chan error
+	stopVM, stopRep context.CancelFunc
+}
+
+// startGuest runs vm and, if not nil, primary.
+func startGuest(ctx context.Context, vm *vmm.VM, primary *replicate.Primary) *guestRun {
+	g := &guestRun{vm: vm, primary: primary, vmDone: make(chan error, 1), repDone: make(chan error, 1)}
+	var vctx, rctx context.Context
+	vctx, g.stopVM = context.WithCancel(ctx)
+	rctx, g.stopRep = context.WithCancel(ctx)
+	go func() {
+		res, err := vm.Run(vctx)
+		if err == nil && res.Kind != vmm.ExitStopped {
+			err = fmt.Errorf("the guest stopped: %v (status %d)", res.Kind, res.Code)
+		}
+		g.vmDone <- err
+	}()
+	if primary != nil {
+		go func() { g.repDone <- primary.Run(rctx) }()
+	}
+	return g
+}
+
+// stop stops replication, then the VM, and returns what either failed
+// with and the primary's committed epoch.
+func (g *guestRun) stop() (committed uint64, err error) {
+	var errs []error
+	if g.primary != nil {
+		g.stopRep()
+		if err := <-g.repDone; err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("replication: %w", err))
+		}
+		committed = g.primary.Committed()
+	}
+	g.stopVM()
+	g.vm.Stop()
+	if err := <-g.vmDone; err != nil && !errors.Is(err, context.Canceled) {
+		errs = append(errs, fmt.Errorf("VM: %w", err))
+	}
+	return committed, errors.Join(errs...)
+}
+
 func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) error {
 	setup := spec.SetupOf()
-	params := images.DefaultDirtyParams(spec.MemBytes)
-	pat, err := images.ParsePattern(spec.Pattern)
-	if err != nil {
-		return err
-	}
-	params.Pattern, params.Rate = pat, b.cfg.Rate
-	if err := params.Validate(spec.MemBytes, guestVCPUs); err != nil {
-		return err
-	}
 	tracking := vmm.DirtyOff
 	if setup.Links > 0 {
 		tracking = vmm.DirtyBitmap // what tandem run --ha uses
 	}
-	vm, err := vmm.New(vmm.Config{
-		Memory: vmm.MemoryConfig{Bytes: spec.MemBytes}, VCPUs: guestVCPUs, Dirty: tracking, Logger: b.log,
-	})
+	vm, err := b.dirtyVM(spec.MemBytes, spec.Pattern, b.cfg.Rate, tracking)
 	if err != nil {
 		return err
 	}
 	defer vm.Close()
-	guest, _ := images.Lookup("dirty")
-	if err := vm.LoadFlat(guest.Image, guest.Mode, params.Args()); err != nil {
-		return err
-	}
 
 	var primary *replicate.Primary
 	var traceFile *os.File
@@ -185,38 +243,13 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 		}
 	}
 
-	vctx, stopVM := context.WithCancel(ctx)
-	defer stopVM()
-	vmDone := make(chan error, 1)
 	raw.Start = time.Now()
-	go func() {
-		res, err := vm.Run(vctx)
-		if err == nil && res.Kind != vmm.ExitStopped {
-			err = fmt.Errorf("the guest stopped: %v (status %d)", res.Kind, res.Code)
-		}
-		vmDone <- err
-	}()
-	repDone := make(chan error, 1)
-	rctx, stopRep := context.WithCancel(ctx)
-	defer stopRep()
-	if primary != nil {
-		go func() { repDone <- primary.Run(rctx) }()
-	}
+	run := startGuest(ctx, vm, primary)
+	vmDone, repDone := run.vmDone, run.repDone
 	stopAll := func() error {
-		var errs []error
-		if primary != nil {
-			stopRep()
-			if err := <-repDone; err != nil && !errors.Is(err, context.Canceled) {
-				errs = append(errs, fmt.Errorf("replication: %w", err))
-			}
-			raw.Committed = primary.Committed()
-		}
-		stopVM()
-		vm.Stop()
-		if err := <-vmDone; err != nil && !errors.Is(err, context.Canceled) {
-			errs = append(errs, fmt.Errorf("VM: %w", err))
-		}
-		return errors.Join(errs...)
+		var err error
+		raw.Committed, err = run.stop()
+		return err
 	}
 
 	mem := vm.Memory().Bytes()
