@@ -22,15 +22,17 @@ type Cluster struct {
 	SGMax      int           `json:"sg_max"`
 	AckTimeout time.Duration `json:"ack_timeout_ns"`
 	Heartbeat  time.Duration `json:"heartbeat_ns"`
-	// Reduce is the links' traffic reduction (nil: the default).
-	Reduce *Reduction `json:"reduce,omitempty"`
+	// Reduce is the links' traffic reduction (nil: the default), and
+	// Speculate how far through an interval pages are sent ahead.
+	Reduce    *Reduction `json:"reduce,omitempty"`
+	Speculate float64    `json:"speculate,omitempty"`
 }
 
 // cluster is this primary's Cluster.
 func (p *Primary) cluster() Cluster {
 	c := p.cfg
 	return Cluster{Links: c.Links, Leader: c.Leader, Policy: c.Policy, Mode: c.Mode, Epoch: c.Epoch,
-		SGMax: c.SGMax, AckTimeout: c.AckTimeout, Heartbeat: c.Heartbeat, Reduce: c.Reduce}
+		SGMax: c.SGMax, AckTimeout: c.AckTimeout, Heartbeat: c.Heartbeat, Reduce: c.Reduce, Speculate: c.Speculate}
 }
 
 func (c *Cluster) marshal() []byte {
@@ -55,6 +57,8 @@ func parseCluster(b []byte) (*Cluster, error) {
 		return nil, fmt.Errorf("%w: cluster description with mode %d", ErrProtocol, c.Mode)
 	case c.Epoch <= 0 || c.SGMax < 0 || c.AckTimeout <= 0 || c.Heartbeat <= 0:
 		return nil, fmt.Errorf("%w: cluster description with epoch %v, sg-max %d, ack timeout %v, heartbeat %v", ErrProtocol, c.Epoch, c.SGMax, c.AckTimeout, c.Heartbeat)
+	case c.Speculate < 0 || c.Speculate >= 1:
+		return nil, fmt.Errorf("%w: cluster description speculating at %v of the interval", ErrProtocol, c.Speculate)
 	case c.Reduce != nil && (c.Reduce.CacheBytes < 0 || c.Reduce.CacheBytes > maxGuestBytes || (c.Reduce.Similar && c.Reduce.CacheBytes < PageSize)):
 		return nil, fmt.Errorf("%w: cluster description with a page cache of %d bytes", ErrProtocol, c.Reduce.CacheBytes)
 	}

@@ -94,6 +94,19 @@ func (r *EpochRecorder) Flush() error {
 	return r.w.Flush()
 }
 
+// readGrow appends n bytes read from r to dst, growing it a MiB at a time.
+func readGrow(r io.Reader, dst []byte, n int) ([]byte, error) {
+	for n > 0 {
+		k := min(n, 1<<20)
+		dst = slices.Grow(dst, k)
+		if _, err := io.ReadFull(r, dst[len(dst):len(dst)+k]); err != nil {
+			return dst, err
+		}
+		dst, n = dst[:len(dst)+k], n-k
+	}
+	return dst, nil
+}
+
 // RecordedEpoch is one epoch of a recording.
 type RecordedEpoch struct {
 	Epoch    uint64
@@ -138,11 +151,13 @@ func ReadRecording(rd io.Reader, fn func(memBytes uint64, e *RecordedEpoch) erro
 		if n > maxRecordedPages || uint64(n) > memBytes/PageSize {
 			return fmt.Errorf("%w: epoch %d with %d pages", ErrBadRecording, e.Epoch, n)
 		}
-		idx := slices.Grow(e.Dirty[:0], int(n))[:n]
-		raw := make([]byte, 8*int(n))
-		if _, err := io.ReadFull(in, raw); err != nil {
+		// What a record claims is read as it arrives, never allocated
+		// up front: a corrupt count costs what the file holds.
+		raw, err := readGrow(in, nil, 8*int(n))
+		if err != nil {
 			return noEOF(err)
 		}
+		idx := slices.Grow(e.Dirty[:0], int(n))[:n]
 		for i := range idx {
 			idx[i] = le.Uint64(raw[8*i:])
 			if idx[i] >= memBytes/PageSize || (i > 0 && idx[i] <= idx[i-1]) {
@@ -150,8 +165,7 @@ func ReadRecording(rd io.Reader, fn func(memBytes uint64, e *RecordedEpoch) erro
 			}
 		}
 		e.Dirty = idx
-		e.Contents = slices.Grow(e.Contents[:0], int(n)*PageSize)[:int(n)*PageSize]
-		if _, err := io.ReadFull(in, e.Contents); err != nil {
+		if e.Contents, err = readGrow(in, e.Contents[:0], int(n)*PageSize); err != nil {
 			return noEOF(err)
 		}
 		want := h.Sum32()

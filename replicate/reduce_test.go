@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -439,5 +440,22 @@ func TestReductionSwitchesOff(t *testing.T) {
 	}
 	if !r.encodingOn() {
 		t.Fatal("encoding that saved 90% of the bytes was switched off")
+	}
+}
+
+// TestRecordingClaimsCostNothing: a record that claims millions of pages
+// in a few bytes fails without allocating what it claims.
+func TestRecordingClaimsCostNothing(t *testing.T) {
+	b := append([]byte(recordingMagic), binary.LittleEndian.AppendUint64(nil, 1<<40)...)
+	b = binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint64(b, 1), maxRecordedPages)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	err := ReadRecording(bytes.NewReader(b), func(uint64, *RecordedEpoch) error { return nil })
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("a record of %d pages in 0 bytes: %v", maxRecordedPages, err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Fatalf("reading it allocated %d MiB", grew>>20)
 	}
 }

@@ -118,7 +118,27 @@ func FuzzDecoders(f *testing.F) {
 	f.Add((&StateRecord{Links: []uint32{1}, Blob: []byte{1}}).marshal())
 	f.Add(marshalRDMAConnect(rdmaTicket{1}))
 	f.Add((&rdmaAcceptData{StagingHalf: PageSize, MapLen: 4096, Receives: 2, MaxMsg: 1}).marshal([32]byte{}))
+	f.Add(appendMapAs(nil, MsgMapMore, 1, 1, &MapRecord{Epoch: 2, Regions: []Region{{First: 1, Pages: 2}}}))
+	f.Add((&Cluster{Links: []string{"a:1"}, Leader: "b:2", Epoch: 1, AckTimeout: 1, Heartbeat: 1, Reduce: &Reduction{Zero: true}}).marshal())
+	var rec bytes.Buffer
+	w := NewEpochRecorder(&rec)
+	w.Record(3, []uint64{1}, make([]byte, 4*PageSize))
+	w.Flush()
+	f.Add(rec.Bytes())
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// Recordings: whatever the bytes, epochs come out ascending and
+		// inside the guest, or the read fails.
+		ReadRecording(bytes.NewReader(b), func(mem uint64, e *RecordedEpoch) error {
+			for i, p := range e.Dirty {
+				if p >= mem/PageSize || (i > 0 && p <= e.Dirty[i-1]) || len(e.Contents) != len(e.Dirty)*PageSize {
+					t.Fatalf("recording epoch %d: page %d of %d bytes of guest, %d bytes of contents", e.Epoch, p, mem, len(e.Contents))
+				}
+			}
+			return nil
+		})
+		if c, err := parseCluster(b); err == nil && c.Reduce != nil && c.Reduce.Similar && c.Reduce.CacheBytes < PageSize {
+			t.Fatalf("cluster with similar pages and no cache accepted: %+v", c.Reduce)
+		}
 		if len(b) >= headerSize {
 			if h, err := parseHeader(b[:headerSize], 0); err == nil && uint64(h.Length) > maxPayload(h.Type) {
 				t.Fatalf("header with a %d-byte %v payload accepted", h.Length, h.Type)

@@ -284,7 +284,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 		spec.ha = &replicate.PrimaryConfig{
 			Links: links, Leader: next, VMID: rec.VMID, Generation: rec.Generation, StartEpoch: rec.Epoch + 1, Reprotect: true,
 			Guest: rec.Guest, VCPUs: rec.VCPUs, Epoch: cluster.Epoch, Policy: cluster.Policy, Mode: cluster.Mode,
-			SGMax: cluster.SGMax, Reduce: cluster.Reduce, AckTimeout: cluster.AckTimeout, Heartbeat: cluster.Heartbeat, Auth: creds, Log: log,
+			SGMax: cluster.SGMax, Reduce: cluster.Reduce, Speculate: cluster.Speculate, AckTimeout: cluster.AckTimeout, Heartbeat: cluster.Heartbeat, Auth: creds, Log: log,
 			Summary: func(line string) { log.Info(line) },
 		}
 		if term != nil {
