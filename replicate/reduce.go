@@ -401,7 +401,19 @@ func (r *reducer) encode(link int, enc *pagecodec.Encoder, buf []byte, ext []Reg
 	return buf, msgs
 }
 
-// encoderFor returns link's encoder and buffer.
+// maxKeptBuf bounds the message buffer a link keeps between epochs: one
+// that grew for a full copy of memory is let go.
+const maxKeptBuf = 64 << 20
+
+// keepBuf keeps buf as link's message buffer for the next epoch.
+func (r *reducer) keepBuf(link int, buf []byte) {
+	if cap(buf) > maxKeptBuf {
+		buf = nil
+	}
+	r.bufs[link] = buf
+}
+
+// encoderFor returns link's encoder.
 func (r *reducer) encoderFor(link int) (*pagecodec.Encoder, error) {
 	if e, ok := r.encoders[link]; ok {
 		return e, nil
@@ -556,7 +568,7 @@ func (p *Primary) finishEncoding(alive []uint32, encoded []*encodedSend, rec *Ep
 			continue
 		}
 		li := int(alive[slot])
-		p.red.bufs[li] = s.buf
+		p.red.keepBuf(li, s.buf)
 		if rec.Reduce == nil {
 			rec.Reduce = &ReduceTrace{}
 		}

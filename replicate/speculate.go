@@ -168,7 +168,7 @@ func (p *Primary) speculate() {
 	if p.red != nil {
 		for slot, enc := range encoded {
 			if enc != nil {
-				p.red.bufs[alive[slot]] = enc.buf
+				p.red.keepBuf(alive[slot], enc.buf)
 			}
 		}
 	}
