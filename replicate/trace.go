@@ -178,7 +178,11 @@ type Summary struct {
 	dirty     uint64
 	sent      uint64
 	linkBytes []uint64
-	pauses    []time.Duration
+	// encodedRaw and encodedWire are the encoded links' pages raw and
+	// their bytes on the wire; ahead the pages sent ahead.
+	encodedRaw, encodedWire uint64
+	ahead                   uint64
+	pauses                  []time.Duration
 	first     time.Time // Time of this interval's first record
 	last      time.Time // Time of the latest record
 	prevLast  time.Time // Time of the previous interval's last record
@@ -212,6 +216,11 @@ func (s *Summary) Add(rec *EpochTrace) {
 	for i, n := range rec.LinkBytes {
 		s.linkBytes[i] += n
 	}
+	if r := rec.Reduce; r != nil {
+		s.encodedRaw += r.Pages * PageSize
+		s.encodedWire += r.WireBytes
+	}
+	s.ahead += uint64(rec.Speculated)
 	if len(s.pauses) < maxSummaryPauses {
 		s.pauses = append(s.pauses, rec.Pause.Total)
 	}
@@ -248,6 +257,12 @@ func (s *Summary) Line() string {
 	} else {
 		b.WriteString("-")
 	}
+	if s.encodedRaw > 0 {
+		fmt.Fprintf(&b, " (encoded: %.1f%% of raw)", 100*float64(s.encodedWire)/float64(s.encodedRaw))
+	}
+	if s.ahead > 0 {
+		fmt.Fprintf(&b, " | ahead %d pg/epoch", (s.ahead+n/2)/n)
+	}
 
 	slices.Sort(s.pauses)
 	fmt.Fprintf(&b, " | pause p50 %s p99 %s",
@@ -255,6 +270,7 @@ func (s *Summary) Line() string {
 
 	s.prevLast = s.last
 	s.epochs, s.failed, s.dirty, s.sent = 0, 0, 0, 0
+	s.encodedRaw, s.encodedWire, s.ahead = 0, 0, 0
 	clear(s.linkBytes)
 	s.linkBytes = s.linkBytes[:0]
 	s.pauses = s.pauses[:0]

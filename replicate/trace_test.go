@@ -218,6 +218,19 @@ func TestSummary(t *testing.T) {
 	if got := s.Line(); got != "" {
 		t.Errorf("Line after Add(nil) = %q", got)
 	}
+
+	// Encoded links and pages sent ahead.
+	for i := 30; i < 40; i++ {
+		s.Add(&EpochTrace{
+			Time: at(i), DirtyPages: 100, TransferredPages: 100, LinkBytes: []uint64{40960}, Speculated: 50,
+			Reduce: &ReduceTrace{Pages: 100, WireBytes: 40960},
+			Pause:  Durations{Total: time.Millisecond},
+		})
+	}
+	want = "epochs 10 (0 failed) | dirty 100 pg/epoch | sent 100 pg/epoch (overhead 100%) | links 0.4 MB/s (encoded: 10.0% of raw) | ahead 50 pg/epoch | pause p50 1.0ms p99 1.0ms"
+	if got := s.Line(); got != want {
+		t.Errorf("Line =\n%q\nwant\n%q", got, want)
+	}
 }
 
 func TestSummarySingleRecord(t *testing.T) {
