@@ -183,9 +183,9 @@ type Summary struct {
 	encodedRaw, encodedWire uint64
 	ahead                   uint64
 	pauses                  []time.Duration
-	first     time.Time // Time of this interval's first record
-	last      time.Time // Time of the latest record
-	prevLast  time.Time // Time of the previous interval's last record
+	first                   time.Time // Time of this interval's first record
+	last                    time.Time // Time of the latest record
+	prevLast                time.Time // Time of the previous interval's last record
 }
 
 // maxSummaryPauses bounds the pauses one interval keeps (a second of
