@@ -727,24 +727,13 @@ func (r *Replica) receivePages(c *conn, link uint32, h Header, d *pageDecoder) e
 	if err != nil {
 		return c.errorf("link %d: %w: %w", link, ErrProtocol, err)
 	}
-	r.mu.Lock()
-	st, err := r.linkStage(link, c.gen)
-	var dst []byte
-	switch {
-	case err != nil:
-		err = c.errorf("link %d: %w", link, err)
-	case st == nil || st.epoch != h.Epoch || st.complete:
-		err = c.errorf("link %d: %w: pages for epoch %d without its map", link, ErrProtocol, h.Epoch)
-	case uint64(n)*PageSize > uint64(len(st.data))-st.received:
-		err = c.errorf("link %d: %w: %d pages exceed the %d bytes the map announced", link, ErrProtocol, n, len(st.data))
-	default:
-		dst = st.data[st.received : st.received+uint64(n)*PageSize]
-		d.pages = pagesAt(d.pages[:0], st.regions, st.received/PageSize, n)
-	}
-	r.mu.Unlock()
+	st, dst, err := r.nextStaging(c, link, h.Epoch, uint64(n)*PageSize)
 	if err != nil {
 		return err
 	}
+	r.mu.Lock()
+	d.pages = pagesAt(d.pages[:0], st.regions, st.received/PageSize, n)
+	r.mu.Unlock()
 	total := uint64(len(r.store.epochs))
 	base := func(page uint64, dst []byte) bool {
 		if page >= total {

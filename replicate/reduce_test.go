@@ -16,6 +16,42 @@ import (
 	"github.com/tandemvm/tandem/replicate/pagecodec"
 )
 
+// loseAReplicaAndRecover replicates vm (as src) with cfg (links, leader
+// and the rest filled in) to c while guest runs, loses replica 1 after n
+// committed epochs, runs n more, stops, recovers and checks the image, and
+// checks that no replica saw a protocol error. It returns the trace.
+func loseAReplicaAndRecover(t *testing.T, c *cluster, vm *fakeVM, src Source, guest func(context.Context), n uint64, cfg PrimaryConfig) []EpochTrace {
+	t.Helper()
+	var trace syncBuffer
+	cfg.Links, cfg.Leader, cfg.Guest, cfg.VCPUs, cfg.Mode, cfg.Log = c.addrs, c.leadAddr, "fake", 1, ModeSync, quietLog()
+	cfg.Trace = NewTraceWriter(&trace)
+	p := mustConnectPrimary(t, cfg, src, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	guestDone := make(chan struct{})
+	go func() { defer close(guestDone); guest(ctx) }()
+	runErr := make(chan error, 1)
+	go func() { runErr <- p.Run(ctx) }()
+	waitCommitted(t, p, n, 20*time.Second, nil)
+	c.cancels[1]()
+	lost := p.Committed()
+	waitCommitted(t, p, lost+n, 20*time.Second, nil)
+	cancel()
+	<-runErr
+	<-guestDone
+	c.recoverAndCheck(vm, p.Committed())
+	for i, r := range c.replicas {
+		if n := r.ProtocolErrors(); n != 0 {
+			t.Errorf("replica %d dropped %d connections for protocol errors", i, n)
+		}
+	}
+	epochs, err := ReadTrace(strings.NewReader(trace.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return epochs
+}
+
 // TestReductionKeepsEveryPage: whatever the reduction, a replica that
 // is lost mid-run (its links' cached copies no longer count) and the
 // recovery afterwards give exactly the guest's memory, and the encoded
@@ -37,36 +73,9 @@ func TestReductionKeepsEveryPage(t *testing.T) {
 			t.Run(rd.name+"/"+policy.String(), func(t *testing.T) {
 				c := newCluster(t, 2)
 				vm := newFakeVM(t, 256)
-				var trace syncBuffer
-				p := mustConnectPrimary(t, PrimaryConfig{
-					Links: c.addrs, Leader: c.leadAddr, VMID: 0x7E58, Guest: "fake", VCPUs: 1,
-					Epoch: 5 * time.Millisecond, Policy: policy, Mode: ModeSync, Log: quietLog(),
-					Reduce: rd.red, Trace: NewTraceWriter(&trace),
-				}, vm, nil)
-				ctx, cancel := context.WithCancel(context.Background())
-				defer cancel()
-				guestDone := make(chan struct{})
-				go func() { defer close(guestDone); vm.run(ctx, 4) }()
-				runErr := make(chan error, 1)
-				go func() { runErr <- p.Run(ctx) }()
-				waitCommitted(t, p, 20, 20*time.Second, nil)
-				c.cancels[1]()
-				lost := p.Committed()
-				waitCommitted(t, p, lost+20, 20*time.Second, nil)
-				cancel()
-				<-runErr
-				<-guestDone
-				c.recoverAndCheck(vm, p.Committed())
-				for i, r := range c.replicas {
-					if n := r.ProtocolErrors(); n != 0 {
-						t.Errorf("replica %d dropped %d connections for protocol errors", i, n)
-					}
-				}
-
-				epochs, err := ReadTrace(strings.NewReader(trace.String()))
-				if err != nil {
-					t.Fatal(err)
-				}
+				epochs := loseAReplicaAndRecover(t, c, vm, vm, func(ctx context.Context) { vm.run(ctx, 4) }, 20, PrimaryConfig{
+					VMID: 0x7E58, Epoch: 5 * time.Millisecond, Policy: policy, Reduce: rd.red,
+				})
 				// carried is what the encoded links would have sent raw,
 				// wire what they sent; raw is the epochs sent raw.
 				var wire, carried, deltas uint64

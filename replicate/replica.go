@@ -620,7 +620,7 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			return c.errorf("link %d: %w", link, err)
 		}
 		switch h.Type {
-		case MsgMap:
+		case MsgMap, MsgMapMore:
 			p, err := readPayload(c.r, h)
 			if err != nil {
 				return c.errorf("link %d: %w", link, err)
@@ -629,19 +629,11 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			if err != nil {
 				return c.errorf("link %d: %w", link, err)
 			}
-			if err := r.beginEpoch(link, c.gen, m); err != nil {
-				return c.errorf("%w", err)
+			stageMap := r.beginEpoch
+			if h.Type == MsgMapMore {
+				stageMap = r.continueEpoch // the second part of a speculated epoch
 			}
-		case MsgMapMore:
-			p, err := readPayload(c.r, h)
-			if err != nil {
-				return c.errorf("link %d: %w", link, err)
-			}
-			m, err := parseMap(h, p, pages)
-			if err != nil {
-				return c.errorf("link %d: %w", link, err)
-			}
-			if err := r.continueEpoch(link, c.gen, m); err != nil {
+			if err := stageMap(link, c.gen, m); err != nil {
 				return c.errorf("%w", err)
 			}
 		case MsgData:
@@ -790,23 +782,28 @@ func (r *Replica) beginEpoch(link uint32, gen uint64, m *MapRecord) error {
 	return nil
 }
 
+// nextStaging returns where the next n bytes of epoch e's data go in the
+// link's staging area, and the stage, or a protocol error if the link is
+// not staging e or the map announced less.
+func (r *Replica) nextStaging(c *conn, link uint32, e, n uint64) (*stage, []byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, err := r.linkStage(link, c.gen)
+	switch {
+	case err != nil:
+		return nil, nil, c.errorf("link %d: %w", link, err)
+	case st == nil || st.epoch != e || st.complete:
+		return nil, nil, c.errorf("link %d: %w: data for epoch %d without its map", link, ErrProtocol, e)
+	case n > uint64(len(st.data))-st.received:
+		return nil, nil, c.errorf("link %d: %w: %d data bytes exceed the %d the map announced", link, ErrProtocol, st.received+n, len(st.data))
+	}
+	return st, st.data[st.received : st.received+n], nil
+}
+
 // receiveData reads a data message straight into the link's staging area.
 func (r *Replica) receiveData(c *conn, link uint32, h Header) error {
 	n := uint64(h.Length)
-	r.mu.Lock()
-	st, err := r.linkStage(link, c.gen)
-	var dst []byte
-	switch {
-	case err != nil:
-		err = c.errorf("link %d: %w", link, err)
-	case st == nil || st.epoch != h.Epoch || st.complete:
-		err = c.errorf("link %d: %w: data for epoch %d without its map", link, ErrProtocol, h.Epoch)
-	case n > uint64(len(st.data))-st.received:
-		err = c.errorf("link %d: %w: %d data bytes exceed the %d the map announced", link, ErrProtocol, st.received+n, len(st.data))
-	default:
-		dst = st.data[st.received : st.received+n]
-	}
-	r.mu.Unlock()
+	st, dst, err := r.nextStaging(c, link, h.Epoch, n)
 	if err != nil {
 		return err
 	}

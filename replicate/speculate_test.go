@@ -5,7 +5,6 @@ import (
 	"context"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 )
@@ -41,35 +40,9 @@ func TestSpeculativeTransfer(t *testing.T) {
 			t.Run(policy.String()+"/"+red.String(), func(t *testing.T) {
 				c := newCluster(t, 2)
 				vm := newFakeVM(t, 4096)
-				var trace syncBuffer
-				p := mustConnectPrimary(t, PrimaryConfig{
-					Links: c.addrs, Leader: c.leadAddr, VMID: 0x5BEC, Guest: "fake", VCPUs: 1,
-					Epoch: 10 * time.Millisecond, Policy: policy, Mode: ModeSync, Log: quietLog(),
-					Reduce: red, Speculate: 0.5, Trace: NewTraceWriter(&trace),
-				}, runningFake{vm}, nil)
-				ctx, cancel := context.WithCancel(context.Background())
-				defer cancel()
-				guestDone := make(chan struct{})
-				go func() { defer close(guestDone); slowWriter(ctx, vm) }()
-				runErr := make(chan error, 1)
-				go func() { runErr <- p.Run(ctx) }()
-				waitCommitted(t, p, 30, 20*time.Second, nil)
-				c.cancels[1]()
-				lost := p.Committed()
-				waitCommitted(t, p, lost+30, 20*time.Second, nil)
-				cancel()
-				<-runErr
-				<-guestDone
-				c.recoverAndCheck(vm, p.Committed())
-				for i, r := range c.replicas {
-					if n := r.ProtocolErrors(); n != 0 {
-						t.Errorf("replica %d dropped %d connections for protocol errors", i, n)
-					}
-				}
-				epochs, err := ReadTrace(strings.NewReader(trace.String()))
-				if err != nil {
-					t.Fatal(err)
-				}
+				epochs := loseAReplicaAndRecover(t, c, vm, runningFake{vm}, func(ctx context.Context) { slowWriter(ctx, vm) }, 30, PrimaryConfig{
+					VMID: 0x5BEC, Epoch: 10 * time.Millisecond, Policy: policy, Reduce: red, Speculate: 0.5,
+				})
 				ahead, again := 0, 0
 				for _, e := range epochs {
 					ahead += e.Speculated

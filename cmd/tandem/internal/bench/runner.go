@@ -239,19 +239,25 @@ func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
 		return nil, err
 	}
 
+	return b.finish(ctx, &env, func() error { return writeJSON(cfg.Out, envFile, env) })
+}
+
+// finish stamps env as finished, writes the raw data with save, and, unless
+// the run was cancelled, the report.
+func (b *bencher) finish(ctx context.Context, env *Env, save func() error) (*Results, error) {
 	env.Finished = time.Now()
 	env.LoadAvg[1] = loadAvg()
-	if err := writeJSON(cfg.Out, envFile, env); err != nil {
+	if err := save(); err != nil {
 		return nil, err
 	}
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	res, err := Report(cfg.Out)
+	res, err := Report(b.cfg.Out)
 	if err != nil {
 		return nil, err
 	}
-	b.progress("done in %v: %s", time.Since(b.start).Round(time.Second), filepath.Join(cfg.Out, "report.md"))
+	b.progress("done in %v: %s", time.Since(b.start).Round(time.Second), filepath.Join(b.cfg.Out, "report.md"))
 	return res, nil
 }
 

@@ -406,20 +406,7 @@ func RunTraffic(ctx context.Context, cfg TrafficConfig, opt Options) (*Results, 
 		}
 	}
 
-	raw.Env.Finished = time.Now()
-	raw.Env.LoadAvg[1] = loadAvg()
-	if err := save(); err != nil {
-		return nil, err
-	}
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	res, err := Report(cfg.Out)
-	if err != nil {
-		return nil, err
-	}
-	b.progress("done in %v: %s", time.Since(b.start).Round(time.Second), filepath.Join(cfg.Out, "report.md"))
-	return res, nil
+	return b.finish(ctx, &raw.Env, save)
 }
 
 func fileSize(path string) int64 {
