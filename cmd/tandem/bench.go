@@ -35,6 +35,7 @@ func cmdBench(ctx context.Context, args []string) error {
 	linux := fs.Bool("linux", false, "instead of the matrix, time the PUTs of a replicated Linux guest's client without --ha and at each --epochs (default 10ms,25ms,50ms); needs root, builds or reuses the guest")
 	puts := fs.Int("puts", 100, "with --linux: PUTs timed per configuration")
 	traffic := fs.Bool("traffic", false, "instead of the matrix, compare the techniques of traffic reduction: record each dirty guest pattern's epochs, replay them through every technique, run the random and scattered patterns live with the main ones; takes --quick, --smoke, --out, --mem and --epochs (one each), --duration, --warmup, --link-rate, --rate, --recording")
+	linuxWork := fs.Int("linux-workload", 0, "with --traffic: first record this many seconds of the Linux test guest's memory-writing workload (text, records, zeroed buffers, code copies) replicated on loopback, and add it as the workload \"linux\"; builds or reuses the guest")
 	recordings := fs.String("recording", "", "with --traffic: further workloads to replay, NAME=FILE,... (epoch recordings, as replicate.EpochRecorder writes them, e.g. of a Linux guest)")
 	plaintext := fs.Bool("insecure-plaintext", false, "carry the bench's replication connections unencrypted (still authenticated, with a key made for the run); default: encrypted, as tandem run --ha")
 	if err := parseFlags(fs, args); err != nil {
@@ -76,10 +77,16 @@ func cmdBench(ctx context.Context, args []string) error {
 	if set["recording"] && !*traffic {
 		return usagef("--recording needs --traffic")
 	}
+	if set["linux-workload"] && !*traffic {
+		return usagef("--linux-workload needs --traffic")
+	}
+	if *linuxWork < 0 || *linuxWork > 600 {
+		return usagef("--linux-workload %d: want 1 to 600 seconds", *linuxWork)
+	}
 	if *traffic {
 		for name := range set {
 			if !trafficFlags[name] {
-				return usagef("--traffic takes --quick, --smoke, --out, --mem, --epochs, --duration, --warmup, --link-rate, --rate, --recording and --insecure-plaintext only (--%s)", name)
+				return usagef("--traffic takes --quick, --smoke, --out, --mem, --epochs, --duration, --warmup, --link-rate, --rate, --recording, --linux-workload and --insecure-plaintext only (--%s)", name)
 			}
 		}
 	}
@@ -172,6 +179,13 @@ func cmdBench(ctx context.Context, args []string) error {
 		}
 	}
 	if *traffic {
+		if *linuxWork > 0 {
+			rec, err := benchLinuxWorkload(ctx, cfg.Out, tcfg.Epoch(), *linuxWork)
+			if err != nil {
+				return err
+			}
+			tcfg.Recordings = append(tcfg.Recordings, bench.Recording{Name: "linux", File: rec})
+		}
 		// RunTraffic checks the recordings given before anything else,
 		// and the lab tools after them.
 		_, err = bench.RunTraffic(ctx, tcfg, opt)
@@ -187,5 +201,5 @@ func cmdBench(ctx context.Context, args []string) error {
 // trafficFlags are the flags --traffic takes.
 var trafficFlags = map[string]bool{
 	"traffic": true, "quick": true, "smoke": true, "out": true, "mem": true, "epochs": true, "duration": true,
-	"warmup": true, "link-rate": true, "rate": true, "recording": true, "insecure-plaintext": true,
+	"warmup": true, "link-rate": true, "rate": true, "recording": true, "insecure-plaintext": true, "linux-workload": true,
 }
