@@ -40,12 +40,13 @@ type Reduction struct {
 	// Zero sends an all-zero page as a one-byte record.
 	Zero bool
 	// CacheBytes keeps up to this many bytes of committed page copies on
-	// the primary (plus 32 bytes of bookkeeping per page) so that a page
-	// sent again travels as the bytes that changed (seed 001). 0: no
-	// deltas.
+	// the primary, plus about 3% for bookkeeping (a 48-byte slot and index
+	// entries per page), so that a page sent again travels as the bytes
+	// that changed (seed 001). 0: no deltas.
 	CacheBytes int64
-	// Similar sends a page whose content equals a cached copy of another
-	// page as a reference to it (seed 002). Needs CacheBytes.
+	// Similar sends a page whose content equals, or is much like, a cached
+	// copy of another page as a delta against it (seed 002). Needs
+	// CacheBytes.
 	Similar bool
 	// Compress compresses each message with zstd where that pays.
 	Compress bool
