@@ -23,10 +23,15 @@
 // completion marker. An RDMA link writes the pages straight from guest
 // memory; a TCP link sends them as pagecodec records (zero pages, deltas
 // against copies the replica is known to hold, zstd: see reduce.go for
-// the rule that makes a delta safe), or raw with Reduction none. The state goes to the leader (with a coordinator, to
-// every state holder). When every live link and the leader have
-// acknowledged epoch e, e is committed: its output is released, every
-// replica is told, and the VM resumes.
+// the rule that makes a delta safe), or raw with Reduction none, or when
+// reducing does not pay. The state goes to the leader (with a
+// coordinator, to every state holder). When every live link and the
+// leader have acknowledged epoch e, e is committed: its output is
+// released, every replica is told, and the VM resumes.
+//
+// With PrimaryConfig.Speculate, part of an epoch's pages go while the VM
+// still runs, and the pause sends only what was written since: the epoch
+// then arrives in two parts, staged as one (speculate.go).
 //
 // # The commit rule and recovery
 //

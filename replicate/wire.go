@@ -32,7 +32,8 @@ const (
 // MsgType is the kind of a protocol message.
 type MsgType uint16
 
-// Message types. Primary → replica on a link: Hello, Map, Data or Pages,
+// Message types. Primary → replica on a link: Hello, Map, Data or Pages
+// (and, for an epoch sent in two parts, MapMore and its Data or Pages),
 // Done, Commit. Replica → primary: Welcome, Ack, Error. Primary → leader on the
 // state connection: Hello, State, Commit, Heartbeat; leader → primary:
 // Welcome, Ack, and Bye when the VM ended on purpose (no takeover).
