@@ -57,7 +57,7 @@ func (b *bencher) runPipeline(ctx context.Context, name string, policy replicate
 			Auth:  b.auth,
 			Links: rs.addrs, Leader: rs.leadAddr, VMID: newVMID(), Guest: "synthetic", VCPUs: 1,
 			Epoch:  time.Microsecond, // back to back
-			Policy: policy, Mode: replicate.ModeSync, SGMax: c.SGMax, Log: b.log,
+			Policy: policy, Mode: replicate.ModeSync, SGMax: c.SGMax, Reduce: &seedPages, Log: b.log,
 			Trace: replicate.NewTraceWriter(f), AckTimeout: 30 * time.Second,
 		}
 		gate := replicate.NewOutputGate(io.Discard, 1<<20)

@@ -35,7 +35,7 @@ func (b *bencher) runRecovery(ctx context.Context, memBytes uint64, n, reps int)
 		Auth:  b.auth,
 		Links: rs.addrs, Leader: rs.leadAddr, VMID: newVMID(), Guest: "synthetic", VCPUs: 1,
 		Epoch: 20 * time.Millisecond, Policy: replicate.PolicyFast, Mode: replicate.ModeSync,
-		SGMax: b.cfg.SGMax, Log: b.log, AckTimeout: 30 * time.Second,
+		SGMax: b.cfg.SGMax, Reduce: &seedPages, Log: b.log, AckTimeout: 30 * time.Second,
 	}
 	gate := replicate.NewOutputGate(io.Discard, 1<<20)
 	defer gate.Close()

@@ -128,6 +128,7 @@ func Markdown(res *Results, plots []Plot) string {
 	t.row("measured time per run", fmt.Sprintf("%v after the initial copy and a %v warm-up", cfg.Duration, cfg.Warmup))
 	t.row("dirty tracking (replicated runs)", env.Tracking+"; none runs without tracking")
 	t.row("scatter-gather regions per epoch", fmt.Sprint(cfg.SGMax))
+	t.row("pages on the wire", "raw, as in seed 003 (tandem bench --traffic compares the reductions)")
 	w("\n")
 
 	w("### Method\n\n")

@@ -115,6 +115,10 @@ func (b *bencher) runGuest(ctx context.Context, spec RunSpec) *RawRun {
 	return raw
 }
 
+// seedPages is how the matrix, the recovery runs and the data path send
+// pages: raw, as seed 003 did; the traffic part compares the reductions.
+var seedPages = replicate.Reduction{}
+
 // dirtyVM makes a VM of mem bytes with the dirty guest loaded, writing
 // pattern at rate pages/s (0: flat out), tracking dirty pages as tracking
 // says. Close it.
@@ -219,7 +223,7 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 		pcfg := replicate.PrimaryConfig{
 			Auth:  b.auth,
 			Links: rs.addrs, Leader: rs.leadAddr, VMID: newVMID(), Guest: "dirty", VCPUs: guestVCPUs,
-			Epoch: spec.Epoch, Policy: policy, Mode: mode, SGMax: b.cfg.SGMax,
+			Epoch: spec.Epoch, Policy: policy, Mode: mode, SGMax: b.cfg.SGMax, Reduce: &seedPages,
 			Trace: replicate.NewTraceWriter(traceFile), Log: b.log,
 			AckTimeout: 10 * time.Second,
 		}
