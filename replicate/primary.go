@@ -1045,7 +1045,7 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 	}
 	var wg sync.WaitGroup
 	sendErrs := make([]error, len(p.links))
-	encoded, err := p.prepareEncoding(alive)
+	encoded, err := p.prepareEncoding(alive, exts)
 	if err != nil {
 		return false, err
 	}
@@ -1059,6 +1059,10 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			enc := encoded[slot]
+			if enc != nil {
+				enc.encode(p.red, ext, src)
+			}
 			m := &MapRecord{Epoch: e, Committed: l.mapCommit(p.committed.Load()), Regions: ext}
 			var err error
 			if p.sentAhead(e, l.index) {
@@ -1066,8 +1070,8 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 			} else {
 				err = l.WriteMap(m)
 			}
-			if enc := encoded[slot]; err == nil && enc != nil {
-				err = enc.send(p.red, l.index, ext, src)
+			if err == nil && enc != nil {
+				err = enc.write()
 			} else if err == nil {
 				err = l.WriteSG(sg)
 			}

@@ -165,12 +165,12 @@ func (c *pageCache) slotData(i int32) []byte {
 	return c.data[int64(i)*pagecodec.PageSize : int64(i+1)*pagecodec.PageSize]
 }
 
-// base returns the copy link may encode page (content data) against, if
-// any: the page's own copy, or (similar) a copy of another page with the
-// same content.
-func (c *pageCache) base(page uint64, data []byte, link int, b *pagecodec.Base) bool {
-	bit := uint64(1) << link
-	if i, ok := c.index[page]; ok && c.slots[i].holders&bit != 0 {
+// base returns the copy the links in mask may encode page (content data)
+// against, if any: the page's own copy, or (similar) a copy of another
+// page with the same or much the same content; every link in mask must
+// hold it.
+func (c *pageCache) base(page uint64, data []byte, mask uint64, b *pagecodec.Base) bool {
+	if i, ok := c.index[page]; ok && c.slots[i].holders&mask == mask {
 		*b = pagecodec.Base{Data: c.slotData(i), Page: page, CRC: c.slots[i].crc, Same: true}
 		if c.byCRC == nil || bytes.Equal(data, b.Data) {
 			return true
@@ -178,12 +178,12 @@ func (c *pageCache) base(page uint64, data []byte, link int, b *pagecodec.Base) 
 	}
 	if c.byCRC != nil {
 		crc := pagecodec.Checksum(data)
-		if i, ok := c.byCRC[crc]; ok && c.slots[i].holders&bit != 0 && bytes.Equal(data, c.slotData(i)) {
+		if i, ok := c.byCRC[crc]; ok && c.slots[i].holders&mask == mask && bytes.Equal(data, c.slotData(i)) {
 			*b = pagecodec.Base{Data: c.slotData(i), Page: c.slots[i].page, CRC: crc}
 			return true
 		}
 		if b.Data == nil {
-			if i, ok := c.byDensity[density(data)]; ok && c.slots[i].holders&bit != 0 {
+			if i, ok := c.byDensity[density(data)]; ok && c.slots[i].holders&mask == mask {
 				*b = pagecodec.Base{Data: c.slotData(i), Page: c.slots[i].page, CRC: c.slots[i].crc}
 				return true
 			}
@@ -232,19 +232,19 @@ func (c *pageCache) forgetCRC(i int32) {
 	}
 }
 
-// sent records that link carried page, with content data, in the epoch
-// being committed (dirty: the page changed since it was last cached). A
-// page that did not change keeps its copy and gains a holder; one that did
-// gets the new copy, held by the links that carry it in this commit.
-func (c *pageCache) sent(page uint64, data []byte, dirty bool, link int) {
-	bit := uint64(1) << link
+// sent records that the links in links (bit i: link i) carried page, with
+// content data, in the epoch being committed (dirty: the page changed
+// since it was last cached). A page that did not change keeps its copy
+// and gains holders; one that did gets the new copy, held by the links
+// that carry it in this commit.
+func (c *pageCache) sent(page uint64, data []byte, dirty bool, links uint64) {
 	i, ok := c.index[page]
 	switch {
 	case ok && c.slots[i].stamp == c.stamp:
-		c.slots[i].holders |= bit
+		c.slots[i].holders |= links
 		return
 	case ok && !dirty:
-		c.slots[i].holders |= bit
+		c.slots[i].holders |= links
 		c.slots[i].stamp = c.stamp
 		return
 	case !dirty:
@@ -263,7 +263,7 @@ func (c *pageCache) sent(page uint64, data []byte, dirty bool, link int) {
 	}
 	copy(c.slotData(i), data)
 	crc := pagecodec.Checksum(data)
-	c.slots[i] = cacheSlot{page: page, crc: crc, holders: bit, stamp: c.stamp}
+	c.slots[i] = cacheSlot{page: page, crc: crc, holders: links, stamp: c.stamp}
 	c.index[page] = i
 	c.front(i)
 	if c.byCRC != nil {
@@ -368,9 +368,9 @@ func (r *reducer) cacheOn() bool {
 }
 
 // encode encodes the pages of ext, read through src, as MsgPages
-// payloads for link. It runs in the link's sending goroutine: the cache is
-// only read.
-func (r *reducer) encode(link int, enc *pagecodec.Encoder, buf []byte, ext []Region, src func(Region) []byte) ([]byte, [][]byte) {
+// payloads for the links in mask (bit i: link i), against copies all of
+// them hold. It runs in a sending goroutine: the cache is only read.
+func (r *reducer) encode(mask uint64, enc *pagecodec.Encoder, buf []byte, ext []Region, src func(Region) []byte) ([]byte, [][]byte) {
 	var msgs [][]byte
 	buf = buf[:0]
 	flush := func() {
@@ -388,7 +388,7 @@ func (r *reducer) encode(link int, enc *pagecodec.Encoder, buf []byte, ext []Reg
 		for k := range x.Pages {
 			page := data[k*PageSize : (k+1)*PageSize]
 			var base *pagecodec.Base
-			if useCache && r.cache.base(x.First+k, page, link, &b) {
+			if useCache && r.cache.base(x.First+k, page, mask, &b) {
 				base = &b
 			}
 			enc.Add(page, base)
@@ -440,12 +440,27 @@ func (r *reducer) committed(links []int, exts [][]Region, dirty []uint64, src fu
 	for _, p := range dirty {
 		r.dirty[p] = struct{}{}
 	}
+	// Links that carried the same share (ft) are learnt together, so a
+	// copy's holders are all of them even when the cache is smaller than
+	// the share.
+	var shares [][]Region
+	var masks []uint64
+next:
 	for i, link := range links {
-		for _, x := range exts[i] {
+		for s := range shares {
+			if slices.Equal(shares[s], exts[i]) {
+				masks[s] |= 1 << link
+				continue next
+			}
+		}
+		shares, masks = append(shares, exts[i]), append(masks, 1<<link)
+	}
+	for s, share := range shares {
+		for _, x := range share {
 			data := src(x)
 			for k := range x.Pages {
 				_, d := r.dirty[x.First+k]
-				c.sent(x.First+k, data[k*PageSize:(k+1)*PageSize], d, link)
+				c.sent(x.First+k, data[k*PageSize:(k+1)*PageSize], d, masks[s])
 			}
 		}
 	}
@@ -519,19 +534,33 @@ type pageLink interface {
 	WritePages(msgs [][]byte) error
 }
 
-// encodedSend is one link's encoded share of an epoch.
+// encodedSend is one link's encoded share of an epoch. Links that carry
+// the same pages (ft) share one encoding: the group's first link makes it,
+// against copies every link of the group holds, and the others send the
+// same messages.
 type encodedSend struct {
 	link  pageLink
-	enc   *pagecodec.Encoder
-	buf   []byte
-	stats pagecodec.Stats
-	took  time.Duration
+	group *encodedGroup
+	first bool // this link encodes for the group
 }
 
-// prepareEncoding returns, per slot of alive, the encoder state of the
-// links that send encoded pages (nil for the others). It runs before the
-// sending goroutines, which only use what it returns.
-func (p *Primary) prepareEncoding(alive []uint32) ([]*encodedSend, error) {
+// encodedGroup is one encoding of an epoch's share, for the links in mask.
+type encodedGroup struct {
+	mask  uint64
+	owner int // the link whose encoder and buffer it uses
+	enc   *pagecodec.Encoder
+	buf   []byte
+	msgs  [][]byte
+	stats pagecodec.Stats
+	took  time.Duration
+	done  chan struct{} // closed once msgs are made
+}
+
+// prepareEncoding returns, per slot of alive (whose shares are exts), the
+// encoding of the links that send encoded pages (nil for the others),
+// slots with the same share sharing one. It runs before the sending
+// goroutines, which only use what it returns.
+func (p *Primary) prepareEncoding(alive []uint32, exts [][]Region) ([]*encodedSend, error) {
 	out := make([]*encodedSend, len(alive))
 	if p.red == nil || !p.red.encodingOn() {
 		return out, nil
@@ -541,40 +570,66 @@ func (p *Primary) prepareEncoding(alive []uint32) ([]*encodedSend, error) {
 		if !ok {
 			continue
 		}
-		enc, err := p.red.encoderFor(int(li))
-		if err != nil {
-			return nil, err
+		var g *encodedGroup
+		for prev := range slot {
+			if out[prev] != nil && slices.Equal(exts[prev], exts[slot]) {
+				g = out[prev].group
+				break
+			}
 		}
-		enc.ResetStats()
-		out[slot] = &encodedSend{link: pl, enc: enc, buf: p.red.bufs[int(li)]}
+		first := g == nil
+		if first {
+			enc, err := p.red.encoderFor(int(li))
+			if err != nil {
+				return nil, err
+			}
+			enc.ResetStats()
+			g = &encodedGroup{owner: int(li), enc: enc, buf: p.red.bufs[int(li)], done: make(chan struct{})}
+		}
+		g.mask |= 1 << li
+		out[slot] = &encodedSend{link: pl, group: g, first: first}
 	}
 	return out, nil
 }
 
-// send encodes ext and queues it on the link, in the link's goroutine.
-func (s *encodedSend) send(r *reducer, link int, ext []Region, src func(Region) []byte) error {
+// encode encodes ext for the group or, on a link that does not encode for
+// its group, waits for the group's encoding. Every link of a group calls
+// it whatever else fails, so that none waits for ever.
+func (s *encodedSend) encode(r *reducer, ext []Region, src func(Region) []byte) {
+	g := s.group
+	if !s.first {
+		<-g.done
+		return
+	}
 	t := time.Now()
-	var msgs [][]byte
-	s.buf, msgs = r.encode(link, s.enc, s.buf, ext, src)
-	s.stats, s.took = s.enc.Stats(), time.Since(t)
-	return s.link.WritePages(msgs)
+	g.buf, g.msgs = r.encode(g.mask, g.enc, g.buf, ext, src)
+	g.stats, g.took = g.enc.Stats(), time.Since(t)
+	close(g.done)
 }
 
-// finishEncoding keeps the links' buffers and records what the encoding
-// did: the bytes each link put on the wire and the pages by how they
-// travelled.
+// write queues the group's messages on the link.
+func (s *encodedSend) write() error { return s.link.WritePages(s.group.msgs) }
+
+// finishEncoding keeps the groups' buffers and records what the encoding
+// did: the bytes each link put on the wire, the pages by how they
+// travelled (counted on every link that carried them), and the time
+// encoding took (once per group).
 func (p *Primary) finishEncoding(alive []uint32, encoded []*encodedSend, rec *EpochTrace) {
 	for slot, s := range encoded {
 		if s == nil {
 			continue
 		}
-		li := int(alive[slot])
-		p.red.keepBuf(li, s.buf)
+		li, g := int(alive[slot]), s.group
 		if rec.Reduce == nil {
 			rec.Reduce = &ReduceTrace{}
 		}
-		rec.Reduce.add(s.stats, s.took)
-		rec.LinkBytes[li] = s.stats.WireBytes
+		took := time.Duration(0)
+		if s.first {
+			p.red.keepBuf(g.owner, g.buf)
+			took = g.took
+		}
+		rec.Reduce.add(g.stats, took)
+		rec.LinkBytes[li] = g.stats.WireBytes
 	}
 }
 

@@ -297,7 +297,7 @@ func TestPageCacheHolders(t *testing.T) {
 	fill := func(p uint64, v byte) { copy(mem[p*PageSize:(p+1)*PageSize], bytes.Repeat([]byte{v}, PageSize)) }
 	canBase := func(page uint64, link int) (uint64, bool) {
 		var b pagecodec.Base
-		ok := r.cache.base(page, mem[page*PageSize:(page+1)*PageSize], link, &b)
+		ok := r.cache.base(page, mem[page*PageSize:(page+1)*PageSize], 1<<link, &b)
 		return b.Page, ok
 	}
 	one := func(p uint64) []Region { return []Region{{First: p, Pages: 1}} }
@@ -322,6 +322,11 @@ func TestPageCacheHolders(t *testing.T) {
 	r.committed([]int{1}, [][]Region{one(1)}, []uint64{1}, src)
 	want("dirty, only on link 1", 1, 0, false)
 	want("dirty, only on link 1", 1, 1, true)
+	// Links 0 and 1 sharing one encoding (ft) may only use copies both hold.
+	var b pagecodec.Base
+	if r.cache.base(1, mem[PageSize:2*PageSize], 0b11, &b) && b.Page == 1 {
+		t.Fatal("links 0 and 1 together were given page 1's copy, which only link 1 holds")
+	}
 
 	r.linkLost(1)
 	want("link 1 lost", 1, 1, false)

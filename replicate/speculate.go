@@ -128,7 +128,7 @@ func (p *Primary) speculate() {
 	// A copy first: the guest runs, and an encoded page must not change
 	// between its checksum and its delta.
 	src := p.stage(mem, s.regions)
-	encoded, err := p.prepareEncoding(u32s(alive))
+	encoded, err := p.prepareEncoding(u32s(alive), s.perLink)
 	if err != nil {
 		p.log.Warn("speculative transfer", "err", err)
 		return
@@ -144,10 +144,14 @@ func (p *Primary) speculate() {
 		if d, ok := l.Link.(sendDeadliner); ok {
 			d.SetSendDeadline(start.Add(allowance(p.cfg.AckTimeout, n, l.rate, p.cfg.MinLinkRate)))
 		}
+		enc := encoded[slot]
+		if enc != nil {
+			enc.encode(p.red, ext, src)
+		}
 		err := l.WriteMap(&MapRecord{Epoch: part.epoch, Committed: l.mapCommit(p.committed.Load()), Regions: ext})
-		if enc := encoded[slot]; err == nil && enc != nil {
-			err = enc.send(p.red, li, ext, src)
-			n = enc.stats.WireBytes
+		if err == nil && enc != nil {
+			err = enc.write()
+			n = enc.group.stats.WireBytes
 		} else if err == nil {
 			sg := make([][]byte, len(ext))
 			for i, x := range ext {
@@ -165,11 +169,9 @@ func (p *Primary) speculate() {
 		part.exts[li] = slices.Clone(ext)
 		part.bytes += n
 	}
-	if p.red != nil {
-		for slot, enc := range encoded {
-			if enc != nil {
-				p.red.keepBuf(alive[slot], enc.buf)
-			}
+	for _, enc := range encoded {
+		if enc != nil && enc.first {
+			p.red.keepBuf(enc.group.owner, enc.group.buf)
 		}
 	}
 }
