@@ -299,8 +299,6 @@ type reducer struct {
 	encoders map[int]*pagecodec.Encoder
 	bufs     map[int][]byte
 	cache    *pageCache
-	// dirty marks the epoch's dirty pages while the cache learns them.
-	dirty map[uint64]struct{}
 	// The encoding as a whole, and the cache alone, switch themselves off
 	// when they do not pay (see account); a replay keeps them on
 	// (adaptive false) so that its figures are the techniques' own.
@@ -353,7 +351,6 @@ func newReducer(cfg Reduction) *reducer {
 	r := &reducer{cfg: cfg, encoders: map[int]*pagecodec.Encoder{}, bufs: map[int][]byte{}, adaptive: true}
 	if cfg.CacheBytes >= pagecodec.PageSize {
 		r.cache = newPageCache(cfg.CacheBytes, cfg.Similar)
-		r.dirty = map[uint64]struct{}{}
 	}
 	return r
 }
@@ -429,7 +426,7 @@ func (r *reducer) encoderFor(link int) (*pagecodec.Encoder, error) {
 
 // committed teaches the cache what epoch's links carried (exts[i] on link
 // links[i]), the pages being read through src, dirty the epoch's dirty
-// pages. Call with the epoch committed and before src changes.
+// pages (ascending). Call with the epoch committed and before src changes.
 func (r *reducer) committed(links []int, exts [][]Region, dirty []uint64, src func(Region) []byte) {
 	if !r.cacheOn() {
 		return
@@ -437,9 +434,6 @@ func (r *reducer) committed(links []int, exts [][]Region, dirty []uint64, src fu
 	t := time.Now()
 	c := r.cache
 	c.stamp++
-	for _, p := range dirty {
-		r.dirty[p] = struct{}{}
-	}
 	// Links that carried the same share (ft) are learnt together, so a
 	// copy's holders are all of them even when the cache is smaller than
 	// the share.
@@ -459,12 +453,11 @@ next:
 		for _, x := range share {
 			data := src(x)
 			for k := range x.Pages {
-				_, d := r.dirty[x.First+k]
+				_, d := slices.BinarySearch(dirty, x.First+k)
 				c.sent(x.First+k, data[k*PageSize:(k+1)*PageSize], d, masks[s])
 			}
 		}
 	}
-	clear(r.dirty)
 	r.keepTime += time.Since(t)
 }
 

@@ -22,15 +22,20 @@ func cmdKeygen(ctx context.Context, args []string) error {
 		return usagef("keygen takes one argument: the key file to create")
 	}
 	path := fs.Arg(0)
-	k, err := auth.GenerateKey()
-	if err != nil {
-		return err
-	}
-	if err := auth.WriteKeyFile(path, k); err != nil {
+	if err := newKeyFile(path); err != nil {
 		return err
 	}
 	fmt.Printf("wrote a replication key to %s (mode 0600); copy it to every node of the VM (primary, replicas, leader) and pass --auth-key %s\n", path, path)
 	return nil
+}
+
+// newKeyFile makes a replication key and writes it to path (mode 0600).
+func newKeyFile(path string) error {
+	k, err := auth.GenerateKey()
+	if err != nil {
+		return err
+	}
+	return auth.WriteKeyFile(path, k)
 }
 
 // authFlags are the replication authentication flags.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/tandemvm/tandem/replicate"
-	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // putLatency is what one configuration of the Linux HA latency
@@ -36,11 +35,7 @@ func measurePutLatency(ctx context.Context, self string, epoch time.Duration, pu
 	}
 	defer os.RemoveAll(dir)
 	key := filepath.Join(dir, "replication.key")
-	k, err := auth.GenerateKey()
-	if err != nil {
-		return res, err
-	}
-	if err := auth.WriteKeyFile(key, k); err != nil {
+	if err := newKeyFile(key); err != nil {
 		return res, err
 	}
 	s, err := newLinuxHAStory(ctx, self, dir, key)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	linuxguest "github.com/tandemvm/tandem/images/linux"
-	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // linuxWorkloadMiB is the heap of the Linux guest's memory-writing
@@ -79,11 +78,7 @@ func recordLinuxWorkload(ctx context.Context, self, dir, rec string, epoch time.
 		return err
 	}
 	key := filepath.Join(dir, "linux-workload.key")
-	kb, err := auth.GenerateKey()
-	if err != nil {
-		return err
-	}
-	if err := auth.WriteKeyFile(key, kb); err != nil {
+	if err := newKeyFile(key); err != nil {
 		return err
 	}
 	ports, err := freePorts(2)

@@ -15,8 +15,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/tandemvm/tandem/replicate/auth"
 )
 
 // cmdDemo tells the whole story on one machine: two replicas and a leader,
@@ -47,11 +45,7 @@ func cmdDemo(ctx context.Context, args []string) error {
 	// One replication key for the demo's nodes, made for this run (0600,
 	// in the temporary directory removed at the end).
 	key := filepath.Join(dir, "replication.key")
-	k, err := auth.GenerateKey()
-	if err != nil {
-		return err
-	}
-	if err := auth.WriteKeyFile(key, k); err != nil {
+	if err := newKeyFile(key); err != nil {
 		return err
 	}
 	if *linux {
