@@ -57,8 +57,8 @@ func parseCluster(b []byte) (*Cluster, error) {
 		return nil, fmt.Errorf("%w: cluster description with mode %d", ErrProtocol, c.Mode)
 	case c.Epoch <= 0 || c.SGMax < 0 || c.AckTimeout <= 0 || c.Heartbeat <= 0:
 		return nil, fmt.Errorf("%w: cluster description with epoch %v, sg-max %d, ack timeout %v, heartbeat %v", ErrProtocol, c.Epoch, c.SGMax, c.AckTimeout, c.Heartbeat)
-	case c.Speculate < 0 || c.Speculate >= 1:
-		return nil, fmt.Errorf("%w: cluster description speculating at %v of the interval", ErrProtocol, c.Speculate)
+	case c.Speculate < 0 || c.Speculate >= 1 || (c.Speculate > 0 && c.Policy != PolicyFT):
+		return nil, fmt.Errorf("%w: cluster description speculating at %v of the interval with policy %v", ErrProtocol, c.Speculate, c.Policy)
 	case c.Reduce != nil && (c.Reduce.CacheBytes < 0 || c.Reduce.CacheBytes > maxGuestBytes || (c.Reduce.Similar && c.Reduce.CacheBytes < PageSize)):
 		return nil, fmt.Errorf("%w: cluster description with a page cache of %d bytes", ErrProtocol, c.Reduce.CacheBytes)
 	}

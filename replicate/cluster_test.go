@@ -20,6 +20,7 @@ func TestClusterRoundTrip(t *testing.T) {
 	}
 	for name, mutate := range map[string]func(c *Cluster){
 		"speculate 1":           func(c *Cluster) { c.Speculate = 1 },
+		"speculate with fast":   func(c *Cluster) { c.Policy = PolicyFast },
 		"negative sg-max":       func(c *Cluster) { c.SGMax = -1 },
 		"similar without cache": func(c *Cluster) { c.Reduce = &Reduction{Similar: true} },
 		"negative cache":        func(c *Cluster) { c.Reduce = &Reduction{CacheBytes: -1} },

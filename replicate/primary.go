@@ -119,7 +119,7 @@ type PrimaryConfig struct {
 	Mode   Mode
 	// SGMax, when set, groups an epoch's dirty pages into at most this
 	// many regions, whatever the transport (seed 003's fixed 32). Zero
-	// groups by cost for the links in service (groupByCost): a clean gap
+	// groups by cost for the links in service (GroupByCost): a clean gap
 	// is merged only where that is cheaper than another element.
 	SGMax int
 	// Reduce chooses how TCP links reduce their bytes (reduce.go); nil
@@ -129,8 +129,8 @@ type PrimaryConfig struct {
 	// contents (recording.go), for TrafficReplay.
 	Record *EpochRecorder
 	// Speculate, between 0 and 1, sends pages ahead that far through each
-	// interval while the VM runs (speculate.go): sync mode, TCP links and a
-	// Source that is a RunningHarvester. 0: off.
+	// interval while the VM runs (speculate.go): ft, sync mode, TCP links
+	// and a Source that is a RunningHarvester. 0: off.
 	Speculate float64
 	// AckTimeout is what an epoch may take on a link beyond the time the
 	// link's bytes need at its rate (see MinLinkRate), from the first send
@@ -318,6 +318,9 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	}
 	if cfg.Speculate < 0 || cfg.Speculate >= 1 {
 		return nil, fmt.Errorf("replicate: speculate %v: want 0 (off) or a fraction of the interval below 1", cfg.Speculate)
+	}
+	if cfg.Speculate > 0 && cfg.Policy != PolicyFT {
+		return nil, errSpeculateFast
 	}
 	if cfg.SGMax < 0 {
 		return nil, fmt.Errorf("replicate: sg-max %d: want 0 (by cost) or more", cfg.SGMax)

@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -33,6 +34,13 @@ import (
 // part), the pause resends the pages sent ahead too. Speculation switches
 // itself off for a while when over a window of epochs more than half of
 // what it sent ahead was written again.
+
+// Speculation needs ft: with fast, a page sent ahead on one link and
+// written again may go at the pause to another, and the two copies of the
+// same epoch on two links (two replicas, or two stages of one) would leave
+// recovery, which takes a page's newest epoch, a stale copy to pick. With
+// ft every link carries both parts and the later copy wins in each stage.
+var errSpeculateFast = errors.New("replicate: speculative transfer needs the ft policy: with fast, a page sent ahead on one link and again on another would leave two copies of one epoch")
 
 // RunningHarvester is a Source that can harvest its dirty pages while the
 // VM runs (vmm.ReplicationSource over the dirty bitmap): the pages it
@@ -89,7 +97,7 @@ func (p *Primary) speculate() {
 	if !ok || s.failed || p.cfg.Mode != ModeSync || p.needFull || s.part != nil || s.epochs < s.offUntil || s.hot == nil {
 		return // s.hot: no epoch yet to tell hot pages from cold ones
 	}
-	var alive []int
+	var alive []uint32
 	for _, l := range p.links {
 		if !l.alive {
 			continue
@@ -97,7 +105,7 @@ func (p *Primary) speculate() {
 		if _, ok := l.Link.(partLink); !ok || l.joining {
 			return
 		}
-		alive = append(alive, l.index)
+		alive = append(alive, uint32(l.index))
 	}
 	if len(alive) == 0 {
 		return
@@ -128,7 +136,7 @@ func (p *Primary) speculate() {
 	// A copy first: the guest runs, and an encoded page must not change
 	// between its checksum and its delta.
 	src := p.stage(mem, s.regions)
-	encoded, err := p.prepareEncoding(u32s(alive), s.perLink)
+	encoded, err := p.prepareEncoding(alive, s.perLink)
 	if err != nil {
 		p.log.Warn("speculative transfer", "err", err)
 		return
@@ -163,10 +171,10 @@ func (p *Primary) speculate() {
 			err = l.Link.(partLink).SendPart()
 		}
 		if err != nil {
-			p.linkFailed(li, fmt.Errorf("sending epoch %d ahead: %w", part.epoch, err))
+			p.linkFailed(l.index, fmt.Errorf("sending epoch %d ahead: %w", part.epoch, err))
 			continue
 		}
-		part.exts[li] = slices.Clone(ext)
+		part.exts[l.index] = slices.Clone(ext)
 		part.bytes += n
 	}
 	for _, enc := range encoded {
@@ -222,14 +230,6 @@ func withoutPages(ext []Region, pages []uint64) []Region {
 		if start < x.End() {
 			out = append(out, Region{First: start, Pages: x.End() - start})
 		}
-	}
-	return out
-}
-
-func u32s(a []int) []uint32 {
-	out := make([]uint32, len(a))
-	for i, v := range a {
-		out[i] = uint32(v)
 	}
 	return out
 }

@@ -82,6 +82,10 @@ func TestAuthKeyRequired(t *testing.T) {
 		{[]string{"run", "--guest", "hello", "--ha", "--replicas", "127.0.0.1:1", "--leader", "127.0.0.1:2"}, []string{"--ha needs --auth-key FILE", "tandem keygen FILE"}},
 		{[]string{"run", "--guest", "hello", "--auth-key", open}, []string{"--auth-key needs --ha"}},
 		{[]string{"run", "--guest", "hello", "--insecure-plaintext"}, []string{"--insecure-plaintext needs --ha"}},
+		// Traffic reduction and speculation: refused before the key is read.
+		{[]string{"run", "--guest", "hello", "--ha", "--replicas", "127.0.0.1:1", "--leader", "127.0.0.1:2", "--speculate", "0.5"}, []string{"--speculate needs --policy ft"}},
+		{[]string{"run", "--guest", "hello", "--ha", "--replicas", "127.0.0.1:1", "--leader", "127.0.0.1:2", "--reduce", "lz4"}, []string{"--reduce", "lz4"}},
+		{[]string{"run", "--guest", "hello", "--speculate", "0.5"}, []string{"--speculate needs --ha"}},
 	} {
 		_, stderr, status := runTandem(t, tc.args...)
 		if status != exitUsage {

@@ -121,6 +121,8 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 		return nil, usagef("--speculate %v: want 0 (off) or a fraction of the interval below 1", *h.speculate)
 	case *h.speculate > 0 && *h.mode != "sync":
 		return nil, usagef("--speculate needs --mode sync: async already sends while the VM runs")
+	case *h.speculate > 0 && *h.policy != "ft":
+		return nil, usagef("--speculate needs --policy ft: with fast, a page sent ahead on one link and again on another would leave two copies of one epoch")
 	}
 	cfg.Speculate = *h.speculate
 	cache, err := vmm.ParseMemSize(*h.pageCache)

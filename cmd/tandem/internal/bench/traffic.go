@@ -73,6 +73,16 @@ type Technique struct {
 	Speculate float64
 }
 
+// trafficPolicy is the policy of a technique's live run over its one link:
+// fast, or ft for speculation, which needs it (on one link the two carry
+// the same pages).
+func trafficPolicy(t Technique) replicate.Policy {
+	if t.Speculate > 0 {
+		return replicate.PolicyFT
+	}
+	return replicate.PolicyFast
+}
+
 // replayed reports whether the technique is replayed from recordings.
 func (t Technique) replayed() bool { return t.Speculate == 0 }
 
@@ -582,7 +592,7 @@ func (b *bencher) runTrafficGuestErr(ctx context.Context, cfg *TrafficConfig, g 
 	primary, err := replicate.NewPrimary(replicate.PrimaryConfig{
 		Auth:  b.auth,
 		Links: rs.addrs, Leader: rs.leadAddr, VMID: newVMID(), Guest: "dirty", VCPUs: guestVCPUs,
-		Epoch: cfg.Epoch(), Policy: replicate.PolicyFast, Mode: replicate.ModeSync,
+		Epoch: cfg.Epoch(), Policy: trafficPolicy(g.tech), Mode: replicate.ModeSync,
 		SGMax: g.tech.SGMax, Reduce: red, Record: g.record, Speculate: g.tech.Speculate,
 		Trace: replicate.NewTraceWriter(traceFile), Log: b.log, AckTimeout: 10 * time.Second,
 	}, src, gate)
