@@ -4,9 +4,11 @@
 // of travels as the bytes that changed (seed 001, "fine-grained dirty
 // regions"; QEMU's XBZRLE is the same idea), a page whose content the
 // replica holds under another page travels as a delta against that page
-// (seed 002, content similarity; an identical page is an empty delta), and
-// a message's records may be compressed with zstd as a whole (the
-// baseline of QEMU's multifd).
+// (seed 002, content similarity; an identical page is an empty delta), a
+// page that the replica's own running copy of the VM wrote the same way
+// travels as its checksum alone (seed 001's active backup), and a
+// message's records may be compressed with zstd as a whole (the baseline
+// of QEMU's multifd).
 //
 // The package knows nothing of links, epochs or the commit rule: the
 // primary decides which base a page may be encoded against (a copy it
@@ -14,7 +16,8 @@
 // its store's copy of a base when decoding, and every delta names the
 // CRC-32C of the base it was made against and of the page it yields, so
 // that a base that is not what the primary thought, or a delta that does
-// not apply, is an error ([ErrCorrupt]) and never a wrong page.
+// not apply, is an error ([ErrCorrupt]) and never a wrong page. A kept
+// record is checked the same way against the replica's copy.
 //
 // # Message format
 //
@@ -36,6 +39,8 @@
 //	                 the base is the replica's copy of the same page
 //	0x04 delta-from  uvarint base page | u32 crc(base) | u32 crc(page) |
 //	                 u16 n | n bytes of runs; the base is another page
+//	0x05 kept        u32 crc(page); the page is the replica's shadow copy
+//	                 of it (Decoder.Shadow), which it found equal by hash
 //
 // Runs are pairs (uvarint bytes unchanged, uvarint bytes changed, the
 // changed bytes); bytes after the last run are the base's. A record never
@@ -78,6 +83,7 @@ const (
 	kindZero      = 0x02
 	kindDelta     = 0x03
 	kindDeltaFrom = 0x04
+	kindKept      = 0x05
 )
 
 const flagZstd = 1
@@ -125,7 +131,7 @@ type Base struct {
 
 // Stats counts what an Encoder produced.
 type Stats struct {
-	Pages, Raw, Zero, Delta, DeltaFrom uint64
+	Pages, Raw, Zero, Delta, DeltaFrom, Kept uint64
 	// DeltaBytes is the bytes of delta records; BodyBytes of all records;
 	// WireBytes of the messages as sent (compressed, with their headers).
 	DeltaBytes, BodyBytes, WireBytes uint64
@@ -141,6 +147,7 @@ func (s *Stats) Add(o Stats) {
 	s.Zero += o.Zero
 	s.Delta += o.Delta
 	s.DeltaFrom += o.DeltaFrom
+	s.Kept += o.Kept
 	s.DeltaBytes += o.DeltaBytes
 	s.BodyBytes += o.BodyBytes
 	s.WireBytes += o.WireBytes
@@ -221,6 +228,20 @@ func (e *Encoder) Add(page []byte, base *Base) {
 		e.stats.Raw++
 	}
 	e.stats.BodyBytes += uint64(len(e.body) - start)
+}
+
+// AddKept appends page as a kept record: the replica takes its shadow
+// copy of the page, which must have page's content (checked by its
+// checksum). It panics as Add does.
+func (e *Encoder) AddKept(page []byte) {
+	if e.records == MaxPages || len(page) != PageSize {
+		panic("pagecodec: AddKept to a full message or of a non-page")
+	}
+	e.records++
+	e.stats.Pages++
+	e.stats.Kept++
+	e.body = binary.LittleEndian.AppendUint32(append(e.body, kindKept), Checksum(page))
+	e.stats.BodyBytes += 5
 }
 
 // appendDelta appends a delta record of page against base, or nothing if
@@ -352,8 +373,11 @@ type Store func(page uint64, dst []byte) bool
 // A Decoder decodes messages. It is not safe for concurrent use; each link
 // has its own.
 type Decoder struct {
-	zdec *zstd.Decoder
-	body []byte
+	// Shadow, when set, supplies the replica's shadow copy of a page for
+	// kept records; without it a kept record is an ErrCorrupt.
+	Shadow Store
+	zdec   *zstd.Decoder
+	body   []byte
 }
 
 // NewDecoder returns a Decoder.
@@ -402,7 +426,7 @@ func (d *Decoder) Decode(dst []byte, pages []uint64, msg []byte, store Store) (i
 	}
 	for i := range n {
 		page := dst[i*PageSize : (i+1)*PageSize]
-		if body, err = decodeRecord(page, pages[i], body, store); err != nil {
+		if body, err = d.decodeRecord(page, pages[i], body, store); err != nil {
 			return 0, fmt.Errorf("%w (record %d, page %d)", err, i, pages[i])
 		}
 	}
@@ -413,7 +437,7 @@ func (d *Decoder) Decode(dst []byte, pages []uint64, msg []byte, store Store) (i
 }
 
 // decodeRecord decodes one record into page and returns the rest of body.
-func decodeRecord(page []byte, index uint64, body []byte, store Store) ([]byte, error) {
+func (d *Decoder) decodeRecord(page []byte, index uint64, body []byte, store Store) ([]byte, error) {
 	if len(body) == 0 {
 		return nil, fmt.Errorf("%w: body ends before its records", ErrCorrupt)
 	}
@@ -429,6 +453,17 @@ func decodeRecord(page []byte, index uint64, body []byte, store Store) ([]byte, 
 	case kindZero:
 		clear(page)
 		return body, nil
+	case kindKept:
+		if len(body) < 4 {
+			return nil, fmt.Errorf("%w: kept record of %d bytes", ErrCorrupt, len(body))
+		}
+		if d.Shadow == nil || !d.Shadow(index, page) {
+			return nil, fmt.Errorf("%w: kept page %d, which the replica has no shadow copy of", ErrCorrupt, index)
+		}
+		if want, c := binary.LittleEndian.Uint32(body), Checksum(page); c != want {
+			return nil, fmt.Errorf("%w: kept page %d has checksum %08x in the shadow, not %08x", ErrCorrupt, index, c, want)
+		}
+		return body[4:], nil
 	case kindDelta, kindDeltaFrom:
 	default:
 		return nil, fmt.Errorf("%w: record kind %#x", ErrCorrupt, kind)

@@ -208,6 +208,49 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// TestKept: a kept record takes the page from the decoder's shadow copy,
+// costs five bytes, and is corrupt when there is no shadow, the shadow
+// lacks the page or holds other content.
+func TestKept(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	page, other := randomPage(r), randomPage(r)
+	e, _ := NewEncoder(Options{Zero: true})
+	e.AddKept(page)
+	e.Add(other, nil)
+	if s := e.Stats(); s.Kept != 1 || s.Raw != 1 || s.BodyBytes != 5+maxRecord {
+		t.Fatalf("stats %+v: want one kept record of 5 bytes and one raw", s)
+	}
+	msg := e.Flush(nil)
+	tests := []struct {
+		name   string
+		shadow Store
+		ok     bool
+	}{
+		{"shadow holds the page", fakeStore{40: page}.get, true},
+		{"no shadow", nil, false},
+		{"shadow lacks the page", fakeStore{}.get, false},
+		{"shadow differs", fakeStore{40: other}.get, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, _ := NewDecoder()
+			defer d.Close()
+			d.Shadow = tt.shadow
+			dst := make([]byte, 2*PageSize)
+			_, err := d.Decode(dst, []uint64{40, 41}, msg, fakeStore{}.get)
+			if !tt.ok {
+				if !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("Decode: %v, want ErrCorrupt", err)
+				}
+				return
+			}
+			if err != nil || !bytes.Equal(dst[:PageSize], page) || !bytes.Equal(dst[PageSize:], other) {
+				t.Fatalf("Decode: %v, or the pages differ", err)
+			}
+		})
+	}
+}
+
 // FuzzDecode: no input makes Decode panic, write past its pages, or
 // decode into more pages than it was given.
 func FuzzDecode(f *testing.F) {
@@ -220,8 +263,12 @@ func FuzzDecode(f *testing.F) {
 		e.Add(bytes.Clone(base), &Base{Data: base, Page: 1, CRC: Checksum(base)})
 		f.Add(e.Flush(nil))
 	}
+	e, _ := NewEncoder(Options{})
+	e.AddKept(base)
+	f.Add(e.Flush(nil))
 	d, _ := NewDecoder()
 	store := fakeStore{1: base}
+	d.Shadow = fakeStore{1: base}.get
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		dst := make([]byte, 4*PageSize)
 		n, err := d.Decode(dst[:3*PageSize], []uint64{1, 2, 1}, msg, store.get)
