@@ -243,7 +243,7 @@ func (v *VM) RestoreState(st *State) error {
 func (v *VM) restoreVCPU(c *vcpu, s *VCPUState) error {
 	k := c.k
 	if len(s.CPUID) > 0 {
-		if err := k.SetCPUID2(s.CPUID); err != nil {
+		if err := v.restoreCPUID(c, s.CPUID); err != nil {
 			return err
 		}
 	}
@@ -288,6 +288,45 @@ func (v *VM) restoreVCPU(c *vcpu, s *VCPUState) error {
 		return err
 	}
 	return nil
+}
+
+// restoreCPUID sets vCPU c's CPUID table. Once a vCPU has run, KVM accepts
+// KVM_SET_CPUID2 only with the table it already holds (and some kernels
+// refuse the call outright), so a vCPU that has been started keeps its table
+// when it equals cpuid; otherwise KVM judges the new table (it ignores the
+// bits it derives from guest state, such as OSXSAVE), and a refusal is
+// reported as a CPUID change. A vCPU counts as started once its thread got
+// past the start barrier (see runControl), which may be before it ran.
+func (v *VM) restoreCPUID(c *vcpu, cpuid []kvm.CPUIDEntry) error {
+	v.ctl.mu.Lock()
+	started := v.ctl.state[c.index] != vcpuIdle
+	v.ctl.mu.Unlock()
+	if !started {
+		return c.k.SetCPUID2(cpuid)
+	}
+	cur, err := c.k.GetCPUID2()
+	if err != nil {
+		return err
+	}
+	if slices.Equal(cur, cpuid) {
+		return nil
+	}
+	if err := c.k.SetCPUID2(cpuid); err != nil {
+		return fmt.Errorf("CPUID cannot change once a vCPU ran (%s): %w", cpuidDifference(cur, cpuid), err)
+	}
+	return nil
+}
+
+// cpuidDifference describes the first difference between CPUID tables a and b.
+func cpuidDifference(a, b []kvm.CPUIDEntry) string {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			x, y := a[i], b[i]
+			return fmt.Sprintf("entry %d: leaf %#x.%d eax %#x ebx %#x ecx %#x edx %#x, state has leaf %#x.%d eax %#x ebx %#x ecx %#x edx %#x",
+				i, x.Function, x.Index, x.EAX, x.EBX, x.ECX, x.EDX, y.Function, y.Index, y.EAX, y.EBX, y.ECX, y.EDX)
+		}
+	}
+	return fmt.Sprintf("the vCPU has %d entries, the state %d", len(a), len(b))
 }
 
 var errStateFormat = errors.New("vmm: malformed state")
