@@ -26,13 +26,16 @@ type Cluster struct {
 	// Speculate how far through an interval pages are sent ahead.
 	Reduce    *Reduction `json:"reduce,omitempty"`
 	Speculate float64    `json:"speculate,omitempty"`
+	// ActiveBackup is whether links to nodes that run a shadow send
+	// only what it wrote differently (active.go).
+	ActiveBackup ActiveBackup `json:"active_backup,omitempty"`
 }
 
 // cluster is this primary's Cluster.
 func (p *Primary) cluster() Cluster {
 	c := p.cfg
 	return Cluster{Links: c.Links, Leader: c.Leader, Policy: c.Policy, Mode: c.Mode, Epoch: c.Epoch,
-		SGMax: c.SGMax, AckTimeout: c.AckTimeout, Heartbeat: c.Heartbeat, Reduce: c.Reduce, Speculate: c.Speculate}
+		SGMax: c.SGMax, AckTimeout: c.AckTimeout, Heartbeat: c.Heartbeat, Reduce: c.Reduce, Speculate: c.Speculate, ActiveBackup: c.ActiveBackup}
 }
 
 func (c *Cluster) marshal() []byte {
@@ -59,6 +62,9 @@ func parseCluster(b []byte) (*Cluster, error) {
 		return nil, fmt.Errorf("%w: cluster description with epoch %v, sg-max %d, ack timeout %v, heartbeat %v", ErrProtocol, c.Epoch, c.SGMax, c.AckTimeout, c.Heartbeat)
 	case c.Speculate < 0 || c.Speculate >= 1 || (c.Speculate > 0 && c.Policy != PolicyFT):
 		return nil, fmt.Errorf("%w: cluster description speculating at %v of the interval with policy %v", ErrProtocol, c.Speculate, c.Policy)
+	case c.ActiveBackup < ActiveBackupOff || c.ActiveBackup > ActiveBackupOn ||
+		(c.ActiveBackup != ActiveBackupOff && (c.Policy != PolicyFT || c.Mode != ModeSync || c.Speculate > 0)):
+		return nil, fmt.Errorf("%w: cluster description with active backup %v, policy %v, mode %v, speculating at %v", ErrProtocol, c.ActiveBackup, c.Policy, c.Mode, c.Speculate)
 	case c.Reduce != nil && (c.Reduce.CacheBytes < 0 || c.Reduce.CacheBytes > maxGuestBytes || (c.Reduce.Similar && c.Reduce.CacheBytes < PageSize)):
 		return nil, fmt.Errorf("%w: cluster description with a page cache of %d bytes", ErrProtocol, c.Reduce.CacheBytes)
 	}

@@ -33,6 +33,13 @@
 // still runs, and the pause sends only what was written since: the epoch
 // then arrives in two parts, staged as one (speculate.go).
 //
+// With PrimaryConfig.ActiveBackup, a node that holds the state may run a
+// shadow of the VM from each epoch its store applied (ReplicaConfig.Shadow);
+// the link to it then carries, after the map, a hash per page, the node
+// answers which pages its shadow wrote differently, and the others travel
+// as kept records that it fills from the shadow, each checked by hash and
+// checksum, so that a wrong shadow costs bytes, never a page (active.go).
+//
 // # The commit rule and recovery
 //
 // A replica stages an epoch's data per link and applies it to its store

@@ -61,6 +61,8 @@ type tcpLink struct {
 	progress func(epoch uint64, n int)
 	// deadline, when set, bounds the next WriteImm (see SetSendDeadline).
 	deadline time.Time
+	// active is the link's side of active backup (active.go).
+	active *activeLink
 }
 
 // sendDeadliner is implemented by links whose sends can be bounded in
@@ -80,7 +82,7 @@ func dialLink(ctx context.Context, creds *auth.Credentials, addr string, index i
 	if err != nil {
 		return nil, fmt.Errorf("replicate: link %d: %w", index, err)
 	}
-	l := &tcpLink{index: index, c: c}
+	l := &tcpLink{index: index, c: c, active: &activeLink{wants: make(chan wantMsg, 1)}}
 	go l.readAcks(acks)
 	return l, nil
 }
@@ -145,9 +147,20 @@ func (l *tcpLink) String() string { return fmt.Sprintf("link %d (%s)", l.index, 
 func (l *tcpLink) resume() linkResume { return l.c.resume }
 
 func (l *tcpLink) readAcks(acks chan<- Ack) {
+	defer close(l.active.wants)
 	for {
 		h, err := l.c.readHeader()
-		if err == nil && h.Type == MsgFenced {
+		if err == nil && h.Type == MsgWant {
+			var p []byte
+			if p, err = readPayload(l.c.r, h); err == nil {
+				select {
+				case l.active.wants <- wantMsg{epoch: h.Epoch, payload: p}:
+					continue
+				default:
+					err = fmt.Errorf("%w: a want of epoch %d that no hashes asked for", ErrProtocol, h.Epoch)
+				}
+			}
+		} else if err == nil && h.Type == MsgFenced {
 			err = l.c.readFenced(h)
 		} else if err == nil && h.Type != MsgAck {
 			err = fmt.Errorf("%w: unexpected %v message", ErrProtocol, h.Type)

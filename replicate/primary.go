@@ -132,6 +132,10 @@ type PrimaryConfig struct {
 	// interval while the VM runs (speculate.go): ft, sync mode, TCP links
 	// and a Source that is a RunningHarvester. 0: off.
 	Speculate float64
+	// ActiveBackup lets the links to nodes that run a shadow of the VM
+	// (ReplicaConfig.Shadow) send only the pages the shadow wrote
+	// differently (active.go): ft, sync mode, TCP links, no Speculate.
+	ActiveBackup ActiveBackup
 	// AckTimeout is what an epoch may take on a link beyond the time the
 	// link's bytes need at its rate (see MinLinkRate), from the first send
 	// to the acknowledgement; a link (or leader) that has not taken its
@@ -280,6 +284,8 @@ type Primary struct {
 	// the epoch commits.
 	red  *reducer
 	sent linkSends
+	// activePay decides whether active backup pays (ActiveBackupAuto).
+	activePay payWindow
 	// recordFailed: the epoch recording failed (said once).
 	recordFailed bool
 	specState    speculation
@@ -322,6 +328,12 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	if cfg.Speculate > 0 && cfg.Policy != PolicyFT {
 		return nil, errSpeculateFast
 	}
+	if cfg.ActiveBackup < ActiveBackupOff || cfg.ActiveBackup > ActiveBackupOn {
+		return nil, fmt.Errorf("replicate: active backup %v: want off, auto or on", cfg.ActiveBackup)
+	}
+	if cfg.ActiveBackup != ActiveBackupOff && (cfg.Policy != PolicyFT || cfg.Mode != ModeSync || cfg.Speculate > 0) {
+		return nil, errActiveBackup
+	}
 	if cfg.SGMax < 0 {
 		return nil, fmt.Errorf("replicate: sg-max %d: want 0 (by cost) or more", cfg.SGMax)
 	}
@@ -332,8 +344,8 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 		return nil, errors.New("replicate: similar pages need a page cache (Reduction.CacheBytes)")
 	}
 	var red *reducer
-	if cfg.Reduce.any() {
-		red = newReducer(*cfg.Reduce)
+	if cfg.Reduce.any() || cfg.ActiveBackup != ActiveBackupOff {
+		red = newReducer(*cfg.Reduce) // active backup sends kept records
 	}
 	if cfg.Generation == 0 && cfg.Term != nil {
 		cfg.Generation = cfg.Term.Generation()
@@ -1048,7 +1060,16 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 	}
 	var wg sync.WaitGroup
 	sendErrs := make([]error, len(p.links))
-	encoded, err := p.prepareEncoding(alive, exts)
+	// Links to nodes running a shadow send hashes first (active.go).
+	actives := make([]*tcpLink, len(alive))
+	for slot, li := range alive {
+		if hashesFit(exts[slot]) {
+			actives[slot] = p.activeLinkOf(p.links[li], e)
+		}
+	}
+	var ae activeEpoch
+	perActive := make([]linkActive, len(p.links))
+	encoded, err := p.prepareEncoding(alive, exts, actives)
 	if err != nil {
 		return false, err
 	}
@@ -1063,20 +1084,25 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 		go func() {
 			defer wg.Done()
 			enc := encoded[slot]
-			if enc != nil {
-				enc.encode(p.red, ext, src)
-			}
 			m := &MapRecord{Epoch: e, Committed: l.mapCommit(p.committed.Load()), Regions: ext}
 			var err error
-			if p.sentAhead(e, l.index) {
-				err = l.Link.(partLink).WriteMapMore(m)
+			if tl := actives[slot]; tl != nil {
+				perActive[l.index].used = true
+				err = p.sendActive(l, tl, m, ext, src, enc, &ae, deadlines[l.index], &perActive[l.index])
 			} else {
-				err = l.WriteMap(m)
-			}
-			if err == nil && enc != nil {
-				err = enc.write()
-			} else if err == nil {
-				err = l.WriteSG(sg)
+				if enc != nil {
+					enc.encode(p.red, ext, src)
+				}
+				if p.sentAhead(e, l.index) {
+					err = l.Link.(partLink).WriteMapMore(m)
+				} else {
+					err = l.WriteMap(m)
+				}
+				if err == nil && enc != nil {
+					err = enc.write()
+				} else if err == nil {
+					err = l.WriteSG(sg)
+				}
 			}
 			if err == nil {
 				err = l.WriteImm(e)
@@ -1093,6 +1119,7 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 	wg.Wait()
 	rec.Pause.Transfer = time.Since(start)
 	p.finishEncoding(alive, encoded, rec)
+	p.finishActive(&ae, perActive, rec, e)
 	p.sent = p.sent[:0]
 	for slot, li := range alive {
 		p.sent = append(p.sent, linkSend{link: int(li), ext: exts[slot]})

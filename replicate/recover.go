@@ -89,6 +89,7 @@ func (r *Replica) StartRecoveryAs(ctx context.Context, replicas []string, gen ui
 	if r.cfg.Auth == nil {
 		return nil, errNoCredentials
 	}
+	r.closeShadow("the node is recovering the VM")
 	r.mu.Lock()
 	if !r.cfg.Leader || r.vmID == 0 || r.hello.VCPUs == 0 {
 		r.mu.Unlock()

@@ -367,7 +367,7 @@ func (r *reducer) cacheOn() bool {
 // encode encodes the pages of ext, read through src, as MsgPages
 // payloads for the links in mask (bit i: link i), against copies all of
 // them hold. It runs in a sending goroutine: the cache is only read.
-func (r *reducer) encode(mask uint64, enc *pagecodec.Encoder, buf []byte, ext []Region, src func(Region) []byte) ([]byte, [][]byte) {
+func (r *reducer) encode(mask uint64, enc *pagecodec.Encoder, buf []byte, ext []Region, src func(Region) []byte, keep []byte) ([]byte, [][]byte) {
 	var msgs [][]byte
 	buf = buf[:0]
 	flush := func() {
@@ -380,15 +380,22 @@ func (r *reducer) encode(mask uint64, enc *pagecodec.Encoder, buf []byte, ext []
 	}
 	useCache := r.cacheOn()
 	var b pagecodec.Base
+	i := 0
 	for _, x := range ext {
 		data := src(x)
 		for k := range x.Pages {
 			page := data[k*PageSize : (k+1)*PageSize]
+			kept := keep != nil && keep[i/8]&(1<<(i%8)) != 0
+			i++
 			var base *pagecodec.Base
-			if useCache && r.cache.base(x.First+k, page, mask, &b) {
+			if !kept && useCache && r.cache.base(x.First+k, page, mask, &b) {
 				base = &b
 			}
-			enc.Add(page, base)
+			if kept {
+				enc.AddKept(page)
+			} else {
+				enc.Add(page, base)
+			}
 			b = pagecodec.Base{}
 			if enc.Full() {
 				flush()
@@ -553,19 +560,23 @@ type encodedGroup struct {
 // encoding of the links that send encoded pages (nil for the others),
 // slots with the same share sharing one. It runs before the sending
 // goroutines, which only use what it returns.
-func (p *Primary) prepareEncoding(alive []uint32, exts [][]Region) ([]*encodedSend, error) {
+func (p *Primary) prepareEncoding(alive []uint32, exts [][]Region, actives []*tcpLink) ([]*encodedSend, error) {
 	out := make([]*encodedSend, len(alive))
-	if p.red == nil || !p.red.encodingOn() {
+	if p.red == nil {
 		return out, nil
 	}
+	on := p.red.encodingOn()
 	for slot, li := range alive {
 		pl, ok := p.links[li].Link.(pageLink)
-		if !ok {
+		// A link doing active backup always encodes, on its own: its
+		// kept records are its node's alone.
+		active := actives[slot] != nil
+		if !ok || !on && !active {
 			continue
 		}
 		var g *encodedGroup
 		for prev := range slot {
-			if out[prev] != nil && slices.Equal(exts[prev], exts[slot]) {
+			if !active && out[prev] != nil && actives[prev] == nil && slices.Equal(exts[prev], exts[slot]) {
 				g = out[prev].group
 				break
 			}
@@ -589,13 +600,19 @@ func (p *Primary) prepareEncoding(alive []uint32, exts [][]Region) ([]*encodedSe
 // its group, waits for the group's encoding. Every link of a group calls
 // it whatever else fails, so that none waits for ever.
 func (s *encodedSend) encode(r *reducer, ext []Region, src func(Region) []byte) {
+	s.encodeKeeping(r, ext, src, nil)
+}
+
+// encodeKeeping is encode, the pages whose bit is set in keep (bit i:
+// the i-th page of ext) sent as kept records (active backup).
+func (s *encodedSend) encodeKeeping(r *reducer, ext []Region, src func(Region) []byte, keep []byte) {
 	g := s.group
 	if !s.first {
 		<-g.done
 		return
 	}
 	t := time.Now()
-	g.buf, g.msgs = r.encode(g.mask, g.enc, g.buf, ext, src)
+	g.buf, g.msgs = r.encode(g.mask, g.enc, g.buf, ext, src, keep)
 	g.stats, g.took = g.enc.Stats(), time.Since(t)
 	close(g.done)
 }
@@ -675,6 +692,8 @@ type ReduceTrace struct {
 	Zero    uint64 `json:"zero"`
 	Delta   uint64 `json:"delta"`
 	Similar uint64 `json:"similar"`
+	// Kept is the pages sent as kept records (active backup).
+	Kept uint64 `json:"kept,omitempty"`
 	// DeltaBytes is the bytes of the delta records, WireBytes of all the
 	// messages as sent (compressed, with their headers).
 	DeltaBytes uint64 `json:"delta_bytes"`
@@ -691,6 +710,7 @@ func (t *ReduceTrace) add(s pagecodec.Stats, took time.Duration) {
 	t.Zero += s.Zero
 	t.Delta += s.Delta
 	t.Similar += s.DeltaFrom
+	t.Kept += s.Kept
 	t.DeltaBytes += s.DeltaBytes
 	t.WireBytes += s.WireBytes
 	t.EncodeMicros += toMicros(took)

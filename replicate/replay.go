@@ -143,7 +143,7 @@ func (t *TrafficReplay) replayLink(link int, ext []Region, src func(Region) []by
 	enc.ResetStats()
 	start := time.Now()
 	var msgs [][]byte
-	t.red.bufs[link], msgs = t.red.encode(1<<link, enc, t.red.bufs[link], ext, src)
+	t.red.bufs[link], msgs = t.red.encode(1<<link, enc, t.red.bufs[link], ext, src, nil)
 	out.Encode += time.Since(start)
 	out.Reduce.add(enc.Stats(), 0)
 	// Decode into staging, as a replica does, then apply.

@@ -25,6 +25,10 @@ type Store struct {
 	epochs []uint64
 	// applied is the newest epoch applied from any link.
 	applied uint64
+	// changed, when track is set, collects the pages applied since it was
+	// last taken: what a shadow must copy again (active.go).
+	track   bool
+	changed []uint64
 }
 
 func newStore(memBytes uint64) *Store {
@@ -41,6 +45,9 @@ func (s *Store) apply(st *stage) {
 		copy(s.pages[r.First*PageSize:], st.data[off:off+n])
 		for p := r.First; p < r.End(); p++ {
 			s.epochs[p] = st.epoch
+			if s.track {
+				s.changed = append(s.changed, p)
+			}
 		}
 		off += n
 	}
@@ -77,8 +84,8 @@ type stage struct {
 	// already written when the replica learns of the epoch (rdma.go).
 	buf func(epoch, need uint64) []byte
 	// continued: the staged epoch's map had its second part (MsgMapMore,
-	// speculate.go).
-	continued bool
+	// speculate.go). hashed: its hashes came (MsgHashes, active.go).
+	continued, hashed bool
 }
 
 // stagingKeep is the staging buffer a link keeps however small its
@@ -151,6 +158,12 @@ type ReplicaConfig struct {
 	// the recovered epoch and earlier not given yet: what applies an
 	// epoch's disk writes to the copies. An error makes recovery refuse.
 	Committed func(epoch uint64, state []byte) error
+	// Shadow, when set, lets this node run a copy of the VM it holds the
+	// state of, from each epoch its store applies, so that the primary's
+	// links to it send only the pages the copy wrote differently (active
+	// backup, active.go). It costs a second copy of guest memory and the
+	// guest's CPU.
+	Shadow NewShadow
 }
 
 // maxHandshakes bounds the connections a replica authenticates at once:
@@ -211,6 +224,8 @@ type Replica struct {
 	conns map[*conn]struct{}
 	// rdmaGrants are the RDMA link tickets outstanding (rdma_auth.go).
 	rdmaGrants []*rdmaGrant
+	// active runs the shadow, with cfg.Shadow (active.go).
+	active *activeNode
 }
 
 // NewReplica returns a replica that holds no VM yet.
@@ -227,9 +242,13 @@ func NewReplica(cfg ReplicaConfig) *Replica {
 	if cfg.MinLinkRate <= 0 {
 		cfg.MinLinkRate = defaultMinLinkRate
 	}
-	return &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{}),
+	r := &Replica{cfg: cfg, log: cfg.Log, stages: map[uint32]*stage{}, states: map[uint64]*StateRecord{}, failed: make(chan struct{}),
 		disks:      leaderDisks{synced: make([]bool, len(cfg.Disks))},
 		handshakes: make(chan struct{}, maxHandshakes), liveLinks: map[uint32]uint64{}, conns: map[*conn]struct{}{}}
+	if cfg.Shadow != nil {
+		r.active = &activeNode{newShadow: cfg.Shadow}
+	}
+	return r
 }
 
 // Serve accepts connections until ctx is done.
@@ -238,6 +257,7 @@ func (r *Replica) Serve(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		return errNoCredentials
 	}
+	defer r.closeShadow("the node stopped serving")
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
@@ -584,6 +604,7 @@ func (r *Replica) admit(vmID, gen uint64, h *Hello, c *conn) error {
 		// Only a replica that links feed holds a copy of guest memory.
 		if r.store == nil {
 			r.store = newStore(h.MemBytes)
+			r.store.track = r.active != nil
 		}
 		r.liveLinks[h.Link] = gen // until releaseLink
 	case RoleRecovery:
@@ -646,6 +667,9 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 				if dec, err = newPageDecoder(); err != nil {
 					return c.errorf("link %d: %w", link, err)
 				}
+				if r.active != nil {
+					dec.dec.Shadow = r.active.page // kept records (active.go)
+				}
 			}
 			if err := r.receivePages(c, link, h, dec); err != nil {
 				return err
@@ -671,6 +695,10 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 		case MsgCommit:
 			if err := r.commit(link, c.gen, h.Epoch); err != nil {
 				return c.errorf("%w", err)
+			}
+		case MsgHashes:
+			if err := r.receiveHashes(c, link, h); err != nil {
+				return err
 			}
 		default:
 			return c.errorf("link %d: %w: unexpected %v message", link, ErrProtocol, h.Type)
@@ -778,7 +806,7 @@ func (r *Replica) beginEpoch(link uint32, gen uint64, m *MapRecord) error {
 	case uint64(cap(st.data)) > stagingKeep && uint64(cap(st.data)) > 4*st.recent:
 		st.data = make([]byte, need, max(need, st.recent))
 	}
-	st.epoch, st.regions, st.data, st.received, st.complete, st.continued = m.Epoch, m.Regions, st.data[:need], 0, false, false
+	st.epoch, st.regions, st.data, st.received, st.complete, st.continued, st.hashed = m.Epoch, m.Regions, st.data[:need], 0, false, false, false
 	return nil
 }
 
@@ -849,6 +877,9 @@ func (r *Replica) commit(link uint32, gen, epoch uint64) error {
 	st.epoch, st.complete, st.regions, st.data, st.applied = 0, false, nil, nil, done
 	go func() {
 		r.store.apply(job)
+		if r.active != nil {
+			r.restartShadow(job.epoch)
+		}
 		r.mu.Lock()
 		if st.data == nil {
 			st.data = job.data[:0]
@@ -1061,6 +1092,15 @@ func (r *Replica) declareFailed(reason string) {
 		r.failReason = reason
 		close(r.failed)
 	})
+	r.closeShadow("the primary failed")
+}
+
+// closeShadow ends the shadow, if any: a takeover needs its memory and
+// CPU, and the node's store stops changing.
+func (r *Replica) closeShadow(reason string) {
+	if r.active != nil {
+		r.active.close(reason)
+	}
 }
 
 // Failed is closed when the leader decides the primary has failed.

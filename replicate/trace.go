@@ -37,6 +37,8 @@ type EpochTrace struct {
 	// Reduce counts how the pages of links that reduce traffic travelled
 	// (reduce.go); LinkBytes are then the bytes on the wire.
 	Reduce *ReduceTrace `json:"reduce,omitempty"`
+	// Active counts the epoch's active backup (active.go).
+	Active *ActiveTrace `json:"active,omitempty"`
 	// Speculated is the pages sent ahead while the VM ran (speculate.go),
 	// SpeculatedBytes their bytes on the wire, SpeculatedAgain those of
 	// them the guest wrote again, which the pause sent once more.

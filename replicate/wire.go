@@ -25,7 +25,7 @@ import (
 // carried by every message in both directions, and checked on every read.
 const (
 	wireMagic   = 0x4D444E54 // "TNDM"
-	wireVersion = 3
+	wireVersion = 4
 	headerSize  = 40
 )
 
@@ -33,8 +33,9 @@ const (
 type MsgType uint16
 
 // Message types. Primary → replica on a link: Hello, Map, Data or Pages
-// (and, for an epoch sent in two parts, MapMore and its Data or Pages),
-// Done, Commit. Replica → primary: Welcome, Ack, Error. Primary → leader on the
+// (and, for an epoch sent in two parts, MapMore and its Data or Pages;
+// with active backup, Hashes right after the Map), Done, Commit. Replica
+// → primary: Welcome, Ack, Error, and Want answering Hashes. Primary → leader on the
 // state connection: Hello, State, Commit, Heartbeat; leader → primary:
 // Welcome, Ack, and Bye when the VM ended on purpose (no takeover).
 // Leader → replica during recovery: Hello, Query, Resolve,
@@ -67,10 +68,12 @@ const (
 	MsgCluster    // primary → leader, first on a state connection: how it replicates (cluster.go)
 	MsgPages      // primary → replica on a TCP link: the epoch's pages as pagecodec records (reduce.go)
 	MsgMapMore    // primary → replica on a TCP link: the second part of a speculated epoch's map (speculate.go)
+	MsgHashes     // primary → replica on a TCP link, after the map: a hash per page (active backup, active.go)
+	MsgWant       // replica → primary: the pages of those hashes it wants sent
 	msgTypeEnd
 )
 
-var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced", "cluster", "pages", "map more"}
+var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced", "cluster", "pages", "map more", "hashes", "want"}
 
 func (t MsgType) String() string {
 	if t > 0 && t < msgTypeEnd {
@@ -106,6 +109,10 @@ func maxPayload(t MsgType) uint64 {
 		return 8
 	case MsgPages:
 		return pagecodec.MaxMessage
+	case MsgHashes:
+		return maxHashesPayload
+	case MsgWant:
+		return 1 + maxHashesPayload/hashSize/8
 	}
 	return maxSmallPayload
 }

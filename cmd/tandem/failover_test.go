@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tandemvm/tandem/kvm/kvmtest"
+	"github.com/tandemvm/tandem/replicate"
 )
 
 // netLab is a set of network namespaces joined by veth links to a bridge
@@ -165,26 +166,34 @@ func TestFailoverLosesNoAcknowledgedIncrement(t *testing.T) {
 	if s := os.Getenv("TANDEM_FAILOVER_ROUNDS"); s != "" {
 		rounds, _ = strconv.Atoi(s)
 	}
-	type config struct{ policy, mode, dirty string }
+	type config struct {
+		policy, mode, dirty string
+		active              bool
+	}
 	var configs []config
 	for _, policy := range []string{"fast", "ft"} {
 		for _, mode := range []string{"sync", "async"} {
 			for _, dirty := range []string{"bitmap", "ring"} {
-				configs = append(configs, config{policy, mode, dirty})
+				configs = append(configs, config{policy: policy, mode: mode, dirty: dirty})
 			}
 		}
 	}
+	// The leader, also a link, runs a shadow of the guest (active backup).
+	configs = append(configs, config{policy: "ft", mode: "sync", dirty: "bitmap", active: true})
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	for round := 0; round < rounds; round++ {
 		cfg := configs[round%len(configs)]
 		// Every other pass over the configurations kills mid-transfer.
 		midTransfer := (round/len(configs))%2 == 1
 		name := fmt.Sprintf("round%02d/%s/%s/%s", round, cfg.policy, cfg.mode, cfg.dirty)
+		if cfg.active {
+			name += "/active-backup"
+		}
 		if midTransfer {
 			name += "/mid-transfer"
 		}
 		ok := t.Run(name, func(t *testing.T) {
-			failoverRound(t, lab, rng, failoverCase{policy: cfg.policy, mode: cfg.mode, dirty: cfg.dirty, midTransfer: midTransfer})
+			failoverRound(t, lab, rng, failoverCase{policy: cfg.policy, mode: cfg.mode, dirty: cfg.dirty, midTransfer: midTransfer, active: cfg.active})
 		})
 		if !ok {
 			break
@@ -199,6 +208,9 @@ type failoverCase struct {
 	// rdma runs the replica links over RDMA (failover_rdma_test.go): the
 	// replicas also listen with --rdma-listen and the links are rdma://.
 	rdma bool
+	// active makes the leader a link too, running a shadow of the guest
+	// (--shadow), and the primary use it (--active-backup on).
+	active bool
 }
 
 func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, fc failoverCase) {
@@ -224,27 +236,47 @@ func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, fc failoverCase) {
 		}
 		return args
 	}
+	recoverFrom := r1 + "," + r2
+	if fc.active {
+		recoverFrom += "," + lab.addrs["leader"] + port
+	}
+	leaderArgs := []string{"replica", "--listen", lab.addrs["leader"] + port, "--leader", "--auth-key", key,
+		"--replicas", recoverFrom, "--heartbeat-timeout", "2s", "--serial", "unix:" + dir + "/leader.sock"}
+	if fc.active {
+		leaderArgs = append(leaderArgs, "--shadow")
+	}
 	procs = append(procs,
 		lab.start("r1", nil, replicaArgs("r1")...),
 		lab.start("r2", nil, replicaArgs("r2")...),
-		lab.start("leader", nil, "replica", "--listen", lab.addrs["leader"]+port, "--leader", "--auth-key", key,
-			"--replicas", r1+","+r2, "--heartbeat-timeout", "2s", "--serial", "unix:"+dir+"/leader.sock"))
+		lab.start("leader", nil, leaderArgs...))
 	for _, p := range procs {
 		waitStderr(t, p, "replica listening")
 	}
 	var env []string
 	if fc.midTransfer {
 		// Die while epoch K's pages are on the wire, after B bytes.
-		env = append(env, fmt.Sprintf("%s=%d:%d", faultEnv, 5+rng.IntN(20), 1+rng.IntN(3*4096)))
+		// With active backup, late enough for the shadow to have run.
+		first := 5
+		if fc.active {
+			first = 12
+		}
+		env = append(env, fmt.Sprintf("%s=%d:%d", faultEnv, first+rng.IntN(20), 1+rng.IntN(3*4096)))
 	}
 	// Links: r1 twice (two links to one host) and r2 once.
 	l1, l2 := r1, r2
 	if fc.rdma {
 		l1, l2 = "rdma://"+lab.addrs["r1"]+rport+"?auth="+r1, "rdma://"+lab.addrs["r2"]+rport+"?auth="+r2
 	}
+	links := l1 + "," + l2 + "," + l1
+	if fc.active {
+		links = l1 + "," + l2 + "," + lab.addrs["leader"] + port
+	}
 	args := []string{"run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key,
-		"--replicas", l1 + "," + l2 + "," + l1, "--leader", lab.addrs["leader"] + port,
+		"--replicas", links, "--leader", lab.addrs["leader"] + port,
 		"--policy", fc.policy, "--mode", fc.mode, "--epoch", "10ms", "--serial", "unix:" + dir + "/primary.sock"}
+	if fc.active {
+		args = append(args, "--active-backup", "on", "--trace", dir+"/trace.jsonl")
+	}
 	if fc.dirty != "" {
 		args = append(args, "--dirty", fc.dirty)
 	}
@@ -255,7 +287,13 @@ func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, fc failoverCase) {
 	if !fc.midTransfer {
 		// Let some increments through, then kill at a random moment.
 		deadline := time.Now().Add(30 * time.Second)
-		for client.acked.Load() < 3 {
+		want := int64(3)
+		if fc.active {
+			// Some epochs compared with the shadow first.
+			waitStderr(t, procs[2], "running a shadow of the VM")
+			want = client.acked.Load() + 8
+		}
+		for client.acked.Load() < want {
 			if time.Now().After(deadline) {
 				t.Fatalf("no increments acknowledged in 30s; primary stderr:\n%s", primary.stderr.String())
 			}
@@ -282,6 +320,39 @@ func failoverRound(t *testing.T, lab *netLab, rng *rand.Rand, fc failoverCase) {
 	checkCount(t, askCount(t, lconn), sent, acked)
 	if !strings.Contains(procs[2].stdout.String(), "leader: recovered epoch") {
 		t.Errorf("the leader did not report its recovery; stdout %q", procs[2].stdout.String())
+	}
+	if fc.active {
+		checkActiveBackup(t, dir+"/trace.jsonl", procs[2])
+	}
+}
+
+// checkActiveBackup checks that the leader ran a shadow and that the
+// primary's epochs had their hashes compared with it.
+func checkActiveBackup(t *testing.T, trace string, leader *process) {
+	t.Helper()
+	if !strings.Contains(leader.stderr.String(), "running a shadow of the VM") {
+		t.Errorf("the leader ran no shadow; stderr:\n%s", leader.stderr.String())
+	}
+	f, err := os.Open(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	epochs, err := replicate.ReadTrace(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compared, pages, kept uint64
+	for _, e := range epochs {
+		if e.Active != nil {
+			compared += uint64(e.Active.Compared)
+			pages += e.Active.Pages
+			kept += e.Active.Kept
+		}
+	}
+	t.Logf("active backup: %d epochs compared, %d of %d pages kept", compared, kept, pages)
+	if compared == 0 {
+		t.Errorf("no epoch of %d had its hashes compared with the shadow", len(epochs))
 	}
 }
 

@@ -40,6 +40,7 @@ type haFlags struct {
 	trace      *string
 	record     *string
 	speculate  *float64
+	active     *string
 	ackTimeout *time.Duration
 	heartbeat  *time.Duration
 	auth       *authFlags
@@ -79,6 +80,7 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 		pageCache:  fs.String("page-cache", "64M", "with --reduce delta or similar: primary memory kept for copies of committed pages (least recently sent dropped first)"),
 		trace:      fs.String("trace", "", "write one JSON line per epoch to this file"),
 		speculate:  fs.Float64("speculate", 0, "send pages ahead this far through each epoch's interval while the VM runs (0 off, e.g. 0.5; sync mode, TCP links): the pause then moves only what was written again"),
+		active:     fs.String("active-backup", "off", "active backup: off, auto (on while it pays) or on: links to nodes started with --shadow send only the pages the node's own running copy of the VM wrote differently (needs --policy ft, --mode sync, no --speculate)"),
 		record:     fs.String("record-epochs", "", "record every epoch's dirty pages and their contents to this file, for tandem bench --traffic --recording (large: the dirty bytes of the whole run; lengthens the pauses)"),
 		ackTimeout: fs.Duration("ack-timeout", 2*time.Second, "a link that does not acknowledge an epoch within this time (plus transfer time) has failed"),
 		heartbeat:  fs.Duration("heartbeat", 100*time.Millisecond, "interval of heartbeats to the leader"),
@@ -91,7 +93,7 @@ func addHAFlags(fs *flag.FlagSet) *haFlags {
 // or nil when --ha is off.
 func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *slog.Logger) (*replicate.PrimaryConfig, error) {
 	if !*h.enabled {
-		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "reduce", "page-cache", "trace", "record-epochs", "speculate", "ack-timeout", "heartbeat", "auth-key", "insecure-plaintext", "coordinator", "coordinator-ttl"} {
+		for _, name := range []string{"replicas", "leader", "epoch", "policy", "mode", "sg-max", "reduce", "page-cache", "trace", "record-epochs", "speculate", "active-backup", "ack-timeout", "heartbeat", "auth-key", "insecure-plaintext", "coordinator", "coordinator-ttl"} {
 			if set[name] {
 				return nil, usagef("--%s needs --ha", name)
 			}
@@ -125,6 +127,14 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 		return nil, usagef("--speculate needs --policy ft: with fast, a page sent ahead on one link and again on another would leave two copies of one epoch")
 	}
 	cfg.Speculate = *h.speculate
+	active, err := replicate.ParseActiveBackup(*h.active)
+	if err != nil {
+		return nil, usagef("--active-backup: %v", err)
+	}
+	cfg.ActiveBackup = active
+	if active != replicate.ActiveBackupOff && (*h.policy != "ft" || *h.mode != "sync" || *h.speculate > 0) {
+		return nil, usagef("--active-backup needs --policy ft and --mode sync, without --speculate: the node running the copy must be sent every page of an epoch at its pause")
+	}
 	cache, err := vmm.ParseMemSize(*h.pageCache)
 	if err != nil {
 		return nil, usagef("--page-cache: %v", err)

@@ -93,6 +93,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	timeout := fs.Duration("heartbeat-timeout", time.Second, "declare the primary failed after this long without a message, once its epochs are this long overdue, or this long after its state connection broke if it does not reconnect")
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	shadow := fs.Bool("shadow", false, "active backup: run a copy of the VM (a second copy of its memory, a vCPU's worth of CPU) from every committed epoch this node holds the state of, so that a primary run with --active-backup sends its link here only the pages the copy wrote differently; guests without disks or network interfaces")
 	join := fs.String("join", "", "with --coordinator: offer this node to the running VM with this id (16 hex digits: tandem status shows it); its primary adds it as a link and a state holder")
 	authf := addAuthFlags(fs)
 	coordf := addCoordFlags(fs)
@@ -167,8 +168,12 @@ func cmdReplica(ctx context.Context, args []string) error {
 	if coordinator != nil {
 		defer coordinator.Close()
 	}
-	r := replicate.NewReplica(replicate.ReplicaConfig{Log: log, Leader: true, Coordinated: coordinator != nil, HeartbeatTimeout: *timeout,
-		MaxMemBytes: maxMemBytes, Auth: creds, Disks: copies.replicate, Committed: copies.apply})
+	rcfg := replicate.ReplicaConfig{Log: log, Leader: true, Coordinated: coordinator != nil, HeartbeatTimeout: *timeout,
+		MaxMemBytes: maxMemBytes, Auth: creds, Disks: copies.replicate, Committed: copies.apply}
+	if *shadow {
+		rcfg.Shadow = newShadowVM(log)
+	}
+	r := replicate.NewReplica(rcfg)
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
 	// A takeover waits for the serving to end; whatever ends it first ends
@@ -284,7 +289,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 		spec.ha = &replicate.PrimaryConfig{
 			Links: links, Leader: next, VMID: rec.VMID, Generation: rec.Generation, StartEpoch: rec.Epoch + 1, Reprotect: true,
 			Guest: rec.Guest, VCPUs: rec.VCPUs, Epoch: cluster.Epoch, Policy: cluster.Policy, Mode: cluster.Mode,
-			SGMax: cluster.SGMax, Reduce: cluster.Reduce, Speculate: cluster.Speculate, AckTimeout: cluster.AckTimeout, Heartbeat: cluster.Heartbeat, Auth: creds, Log: log,
+			SGMax: cluster.SGMax, Reduce: cluster.Reduce, Speculate: cluster.Speculate, ActiveBackup: cluster.ActiveBackup, AckTimeout: cluster.AckTimeout, Heartbeat: cluster.Heartbeat, Auth: creds, Log: log,
 			Summary: func(line string) { log.Info(line) },
 		}
 		if term != nil {
