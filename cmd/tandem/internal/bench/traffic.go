@@ -71,20 +71,32 @@ type Technique struct {
 	// speculates is run live only (a recording holds whole epochs: the
 	// pages sent ahead are in them).
 	Speculate float64
+	// Active runs the link's replica as the leader too, with a shadow of
+	// the guest (active backup, replicate.ActiveBackupOn); live only: a
+	// recording has no shadow to compare with.
+	Active bool
 }
 
 // trafficPolicy is the policy of a technique's live run over its one link:
-// fast, or ft for speculation, which needs it (on one link the two carry
-// the same pages).
+// fast, or ft for speculation and active backup, which need it (on one
+// link the two carry the same pages).
 func trafficPolicy(t Technique) replicate.Policy {
-	if t.Speculate > 0 {
+	if t.Speculate > 0 || t.Active {
 		return replicate.PolicyFT
 	}
 	return replicate.PolicyFast
 }
 
 // replayed reports whether the technique is replayed from recordings.
-func (t Technique) replayed() bool { return t.Speculate == 0 }
+func (t Technique) replayed() bool { return t.Speculate == 0 && !t.Active }
+
+// activeBackup is t's replicate.PrimaryConfig.ActiveBackup.
+func (t Technique) activeBackup() replicate.ActiveBackup {
+	if t.Active {
+		return replicate.ActiveBackupOn
+	}
+	return replicate.ActiveBackupOff
+}
 
 // Techniques are the techniques of the traffic part, in the order the
 // report shows them.
@@ -97,6 +109,7 @@ var Techniques = []Technique{
 	{Name: "zstd", ID: "zstd", Reduce: "zstd"},
 	{Name: "all", ID: "all", Reduce: "all", Live: true},
 	{Name: "speculate 0.5, raw", ID: "speculate", Reduce: "none", Live: true, Speculate: 0.5},
+	{Name: "active backup, raw", ID: "active", Reduce: "none", Live: true, Active: true},
 }
 
 // rawTechnique is the reference the others are compared with: grouping by
@@ -290,7 +303,9 @@ type RawLiveRun struct {
 	PagesStart  uint64    `json:"pages_start"`
 	PagesEnd    uint64    `json:"pages_end"`
 	Committed   uint64    `json:"committed"`
-	Error       string    `json:"error,omitempty"`
+	// Shadow is the leader's shadow over the run (active backup).
+	Shadow *replicate.ShadowStats `json:"shadow,omitempty"`
+	Error  string                 `json:"error,omitempty"`
 }
 
 // RunTraffic runs the traffic part cfg describes, writes its raw data,
@@ -573,11 +588,22 @@ func (b *bencher) runTrafficGuestErr(ctx context.Context, cfg *TrafficConfig, g 
 		return err
 	}
 	defer vm.Close()
-	rs, err := b.startReplicas(ctx, b.lab, 1, nil)
+	var rs *replicaSet
+	if g.tech.Active {
+		rs, err = b.startActiveReplica(ctx, b.lab)
+	} else {
+		rs, err = b.startReplicas(ctx, b.lab, 1, nil)
+	}
 	if err != nil {
 		return fmt.Errorf("starting the replica: %w", err)
 	}
 	defer rs.stop()
+	if g.tech.Active {
+		defer func() {
+			st := rs.leader.ShadowStats()
+			raw.Shadow = &st
+		}()
+	}
 	traceFile, err := os.Create(filepath.Join(cfg.Out, g.trace))
 	if err != nil {
 		return err
@@ -593,7 +619,7 @@ func (b *bencher) runTrafficGuestErr(ctx context.Context, cfg *TrafficConfig, g 
 		Auth:  b.auth,
 		Links: rs.addrs, Leader: rs.leadAddr, VMID: newVMID(), Guest: "dirty", VCPUs: guestVCPUs,
 		Epoch: cfg.Epoch(), Policy: trafficPolicy(g.tech), Mode: replicate.ModeSync,
-		SGMax: g.tech.SGMax, Reduce: red, Record: g.record, Speculate: g.tech.Speculate,
+		SGMax: g.tech.SGMax, Reduce: red, Record: g.record, Speculate: g.tech.Speculate, ActiveBackup: g.tech.activeBackup(),
 		Trace: replicate.NewTraceWriter(traceFile), Log: b.log, AckTimeout: 10 * time.Second,
 	}, src, gate)
 	if err != nil {
@@ -755,9 +781,18 @@ type TrafficLiveResult struct {
 	ReduceUs Stat `json:"reduce_cpu_us"`
 	// Ahead is the pages sent ahead while the guest ran (speculate), and
 	// AheadAgain those of them written again before the pause.
-	Ahead      int     `json:"ahead_pages,omitempty"`
-	AheadAgain int     `json:"ahead_again_pages,omitempty"`
-	Progress   float64 `json:"progress_pages_per_s"`
+	Ahead      int `json:"ahead_pages,omitempty"`
+	AheadAgain int `json:"ahead_again_pages,omitempty"`
+	// With active backup: the pages hashed and compared with the
+	// leader's shadow, those kept (not sent), the primary's hashing and
+	// the round trip per epoch (µs), and the share of the run the shadow
+	// ran (a vCPU's time on the leader, for a busy guest).
+	ActivePages uint64  `json:"active_pages,omitempty"`
+	ActiveKept  uint64  `json:"active_kept,omitempty"`
+	HashUs      Stat    `json:"hash_us,omitempty"`
+	WaitUs      Stat    `json:"want_wait_us,omitempty"`
+	ShadowRan   float64 `json:"shadow_ran_share,omitempty"`
+	Progress    float64 `json:"progress_pages_per_s"`
 	// RuleBroken: the technique saved nothing (under 5%) and made the
 	// pause per dirty page worse by more than 10% (issue 18's rule).
 	RuleBroken bool   `json:"rule_broken,omitempty"`
@@ -882,7 +917,7 @@ func analyzeLive(dir string, run RawLiveRun) (TrafficLiveResult, error) {
 		}
 		return lr, err
 	}
-	var pause, dirty, reduce []float64
+	var pause, dirty, reduce, hash, wait []float64
 	var wire, dirtyBytes, sumPause float64
 	for _, e := range recs {
 		if e.Mode == "initial" || e.Time.Before(run.WindowStart) || !e.Time.Before(run.WindowEnd) {
@@ -905,6 +940,11 @@ func analyzeLive(dir string, run RawLiveRun) (TrafficLiveResult, error) {
 		}
 		lr.Ahead += e.Speculated
 		lr.AheadAgain += e.SpeculatedAgain
+		if a := e.Active; a != nil {
+			lr.ActivePages += a.Pages
+			lr.ActiveKept += a.Kept
+			hash, wait = append(hash, a.HashMicros), append(wait, a.WaitMicros)
+		}
 		if e.Reduce != nil {
 			reduce = append(reduce, e.Reduce.EncodeMicros+e.Reduce.CacheMicros)
 		} else {
@@ -912,6 +952,12 @@ func analyzeLive(dir string, run RawLiveRun) (TrafficLiveResult, error) {
 		}
 	}
 	lr.Pause, lr.Dirty, lr.ReduceUs = Summarize(pause), Summarize(dirty), Summarize(reduce)
+	if len(hash) > 0 {
+		lr.HashUs, lr.WaitUs = Summarize(hash), Summarize(wait)
+	}
+	if sh := run.Shadow; sh != nil && !run.Start.IsZero() && run.WindowEnd.After(run.Start) {
+		lr.ShadowRan = sh.Ran.Seconds() / run.WindowEnd.Sub(run.Start).Seconds()
+	}
 	lr.Ratio = ratio(wire, dirtyBytes)
 	lr.PausePerPage = ratio(sumPause*1e3, dirtyBytes/pageSize)
 	return lr, nil
@@ -1010,6 +1056,10 @@ func trafficMarkdown(b *strings.Builder, t *TrafficResults, plots []Plot) {
 	}
 	w("\n")
 	for _, r := range t.Live {
+		if r.ActivePages > 0 {
+			w("- %s, %s: the leader's shadow had written %d of the %d pages compared (%s%%) as the guest did: those went as 5-byte kept records. The primary hashed each epoch's pages in %s µs (mean), the answer took %s µs; the shadow ran %s%% of the run (on the leader: a second copy of guest memory, and the guest's CPU while it ran).\n",
+				r.Pattern, r.Technique, r.ActiveKept, r.ActivePages, f(100*float64(r.ActiveKept)/float64(r.ActivePages), 1), f(r.HashUs.Mean, 0), f(r.WaitUs.Mean, 0), f(100*r.ShadowRan, 0))
+		}
 		if r.Ahead > 0 {
 			w("- %s, %s: %d pages sent ahead while the guest ran (counted as dirty above, their bytes as on the wire), %d of them (%s%%) written again and sent once more at the pause.\n",
 				r.Pattern, r.Technique, r.Ahead, r.AheadAgain, f(100*float64(r.AheadAgain)/float64(r.Ahead), 1))

@@ -45,15 +45,7 @@ type replicaSet struct {
 func (b *bencher) startReplicas(ctx context.Context, lab *Lab, n int, delay func(int)) (*replicaSet, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	rs := &replicaSet{cancel: cancel}
-	serve := func(r *replicate.Replica, ln net.Listener) {
-		rs.wg.Add(1)
-		go func() {
-			defer rs.wg.Done()
-			if err := r.Serve(ctx, ln); err != nil {
-				b.log.Warn("replica", "err", err)
-			}
-		}()
-	}
+	serve := func(r *replicate.Replica, ln net.Listener) { rs.serve(ctx, b, r, ln) }
 	for i := range n {
 		var ln net.Listener
 		var err error
@@ -80,6 +72,47 @@ func (b *bencher) startReplicas(ctx context.Context, lab *Lab, n int, delay func
 	rs.leadAddr = ln.Addr().String()
 	serve(rs.leader, ln)
 	return rs, nil
+}
+
+// startActiveReplica starts one replica that is also the leader and runs
+// a shadow of the guest (active backup): its link listens on the lab's
+// first link, its state connection on loopback.
+func (b *bencher) startActiveReplica(ctx context.Context, lab *Lab) (*replicaSet, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	rs := &replicaSet{cancel: cancel}
+	r := replicate.NewReplica(replicate.ReplicaConfig{Auth: b.auth, Log: b.log, Leader: true, HeartbeatTimeout: time.Hour,
+		Shadow: func(memBytes uint64, vcpus int, _ []byte) (replicate.Shadow, error) {
+			return vmm.NewShadow(vmm.ShadowConfig{MemBytes: memBytes, VCPUs: vcpus, Log: b.log})
+		}})
+	rs.replicas, rs.leader = []*replicate.Replica{r}, r
+	for _, listen := range []func() (net.Listener, error){
+		func() (net.Listener, error) { return lab.Listen(0) },
+		func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") },
+	} {
+		ln, err := listen()
+		if err != nil {
+			rs.stop()
+			return nil, err
+		}
+		if rs.addrs == nil {
+			rs.addrs = []string{ln.Addr().String()}
+		} else {
+			rs.leadAddr = ln.Addr().String()
+		}
+		rs.serve(ctx, b, r, ln)
+	}
+	return rs, nil
+}
+
+// serve serves r on ln until ctx is done or stop.
+func (rs *replicaSet) serve(ctx context.Context, b *bencher, r *replicate.Replica, ln net.Listener) {
+	rs.wg.Add(1)
+	go func() {
+		defer rs.wg.Done()
+		if err := r.Serve(ctx, ln); err != nil {
+			b.log.Warn("replica", "err", err)
+		}
+	}()
 }
 
 func (rs *replicaSet) stop() {
