@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/tandemvm/tandem/devices"
 )
@@ -339,6 +340,41 @@ func TestMMIOStateRoundTrip(t *testing.T) {
 		if err := m2.LoadState(b); !errors.Is(err, devices.ErrBadState) {
 			t.Errorf("%s: LoadState = %v, want ErrBadState", name, err)
 		}
+	}
+}
+
+// TestLoadStateWhilePaused: a state loads into a paused transport (a
+// replication node's shadow restores every epoch into a paused VM), and the
+// device is still paused afterwards (its lock held until Resume), then
+// serves its queue.
+func TestLoadStateWhilePaused(t *testing.T) {
+	be := &memBackend{data: make([]byte, 8*SectorSize)}
+	blk := NewBlock(be, "")
+	d, _ := newMMIODriver(t, blk)
+	d.setup(^uint64(0), 16)
+	st, err := d.m.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.m.Pause()
+	loaded := make(chan error, 1)
+	go func() { loaded <- d.m.LoadState(st) }()
+	select {
+	case err := <-loaded:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("LoadState into a paused transport did not return")
+	}
+	if blk.mu.TryLock() {
+		t.Fatal("the device is no longer paused after LoadState")
+	}
+	d.m.Resume()
+	_, _, status := blkRequest(d.qs[0], blkTIn, 0, nil, SectorSize)
+	d.write(RegQueueNotify, 0)
+	if d.mem.get(status, 1)[0] != blkSOK {
+		t.Fatal("the device did not serve the request after Resume")
 	}
 }
 

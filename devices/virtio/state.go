@@ -150,6 +150,17 @@ func (t *MMIO) LoadState(b []byte) error {
 		queues[i] = q
 	}
 
+	// A paused device holds its own lock until Resume (Pauser), and the
+	// reset and restart below need it: it is lent to them. The caller has
+	// the vCPUs still, so only the device's host-side threads could run
+	// meanwhile, as they do on a restore into a VM that never ran; the
+	// device is paused again before LoadState returns.
+	t.pauseMu.Lock()
+	defer t.pauseMu.Unlock()
+	if p, ok := t.dev.(Pauser); ok && t.pauseDepth > 0 {
+		p.Resume()
+		defer p.Pause()
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.deactivateLocked()
