@@ -359,3 +359,40 @@ func TestParseWant(t *testing.T) {
 		t.Fatalf("allWanted(9) = %x", w.marshal())
 	}
 }
+
+// TestActiveBackupSwitchesOff: with ActiveBackupAuto, a shadow that never
+// writes a page as the guest does saves nothing, and after a window of
+// epochs the primary stops hashing for a while; recovery is still exact.
+func TestActiveBackupSwitchesOff(t *testing.T) {
+	vm := newFakeVM(t, 64)
+	diverge := func(mem []byte, dst []uint64) []uint64 {
+		for p := 0; p < len(mem)/PageSize; p++ {
+			mem[p*PageSize]++
+			dst = append(dst, uint64(p))
+		}
+		return dst
+	}
+	leader, leadAddr, stopLeader := startReplica(t, ReplicaConfig{Leader: true, HeartbeatTimeout: 2 * time.Second,
+		Shadow: func(memBytes uint64, _ int, _ []byte) (Shadow, error) {
+			return newFakeShadow(t, memBytes, diverge), nil
+		}})
+	plain, plainAddr, stopPlain := startReplica(t, ReplicaConfig{})
+	c := &cluster{t: t, replicas: []*Replica{leader, plain}, addrs: []string{leadAddr, plainAddr},
+		cancels: []context.CancelFunc{stopLeader, stopPlain}, leader: leader, leadAddr: leadAddr, stopLeader: stopLeader}
+	epochs := loseAReplicaAndRecover(t, c, vm, vm, func(ctx context.Context) { vm.run(ctx, 10) }, 25, PrimaryConfig{
+		VMID: 0xAC73, Epoch: 5 * time.Millisecond, Policy: PolicyFT, Reduce: &Reduction{}, ActiveBackup: ActiveBackupAuto,
+	})
+	compared, last := 0, -1
+	for i, e := range epochs {
+		if e.Active != nil && e.Active.Compared > 0 {
+			compared++
+			last = i
+			if e.Active.Kept != 0 {
+				t.Fatalf("epoch %d kept %d pages of a shadow that never matches", e.Epoch, e.Active.Kept)
+			}
+		}
+	}
+	if compared == 0 || last == len(epochs)-1 || compared > payEpochs+2 {
+		t.Fatalf("%d epochs compared, the last at %d of %d: want active backup off after a window of %d", compared, last, len(epochs), payEpochs)
+	}
+}
