@@ -426,12 +426,15 @@ func (l *rdmaLink) teardown() {
 	}
 }
 
-// rdmaElementCost is what one more scatter-gather element costs an RDMA
-// link: a work request (posting it and its share of completions, about
-// 2 µs) spread over the max_sge (about 30) elements it carries. An
-// estimate: nothing here has RDMA hardware to measure it on.
-const rdmaElementCost = 2 * time.Microsecond / 30
+// rdmaWRCost is what one more work request costs an RDMA link: posting
+// it and its share of completions. An estimate (about 2 µs): nothing here
+// has RDMA hardware to measure it on.
+const rdmaWRCost = 2 * time.Microsecond
 
-// elementCost implements elementCoster: grouping merges a clean gap only
-// where its bytes cost less than this.
-func (l *rdmaLink) elementCost() time.Duration { return rdmaElementCost }
+// elementCost implements elementCoster: one more scatter-gather element
+// costs the link a work request spread over the max_sge its queue pair
+// was created with (queried per link), and grouping merges a clean gap
+// only where its bytes cost less than that.
+func (l *rdmaLink) elementCost() time.Duration {
+	return rdmaWRCost / time.Duration(max(1, l.ep.maxSGE))
+}
