@@ -190,6 +190,10 @@ type activeNode struct {
 	restarts, compared, equal uint64
 	restartTook, ran          time.Duration
 	since                     time.Time
+	// hashed is the newest epoch whose hashes came: the shadow runs only
+	// while the primary uses it (not before its first hashes, nor once it
+	// stopped sending them, as ActiveBackupAuto does when it does not pay).
+	hashed uint64
 }
 
 // stopped books the shadow's run that just ended.
@@ -203,10 +207,23 @@ func (a *activeNode) stopped() {
 // restart stops the shadow, makes its memory the store's (for a new
 // shadow all of it, else the pages either side changed), and runs it
 // from state, the state of the epoch the store just applied.
-func (a *activeNode) restart(s *Store, state []byte, vcpus int) error {
+func (a *activeNode) restart(s *Store, e uint64, state []byte, vcpus int) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.off != "" {
+		return nil
+	}
+	if a.hashed == 0 || e > a.hashed+1 {
+		// Not in use: idle, the pages it wrote remembered for the next
+		// restart (the store keeps the ones it changes meanwhile).
+		if a.shadow != nil && a.running {
+			var err error
+			if a.written, err = a.shadow.Stop(a.written); err != nil {
+				a.stop(fmt.Sprintf("stop: %v", err))
+				return err
+			}
+			a.stopped()
+		}
 		return nil
 	}
 	t := time.Now()
@@ -284,10 +301,11 @@ func (a *activeNode) close(reason string) {
 }
 
 // compare stops the shadow and answers hashes, one per page of pages.
-func (a *activeNode) compare(pages []uint64, hashes []byte) want {
+func (a *activeNode) compare(e uint64, pages []uint64, hashes []byte) want {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.kept = a.kept[:0]
+	a.hashed = max(a.hashed, e)
 	switch {
 	case a.off != "":
 		return allWanted(wantNoShadow, len(pages))
@@ -366,7 +384,7 @@ func (r *Replica) restartShadow(e uint64) {
 	if s == nil || len(s.Blob) == 0 {
 		return
 	}
-	if err := r.active.restart(r.store, s.Blob, vcpus); err != nil {
+	if err := r.active.restart(r.store, e, s.Blob, vcpus); err != nil {
 		r.log.Warn("active backup: the shadow VM stopped; every page is sent from now on", "epoch", e, "err", err)
 	}
 }
@@ -396,7 +414,7 @@ func (r *Replica) receiveHashes(c *conn, link uint32, h Header) error {
 	}
 	w := allWanted(wantNoShadow, len(pages))
 	if r.active != nil {
-		w = r.active.compare(pages, p)
+		w = r.active.compare(h.Epoch, pages, p)
 	}
 	if err := c.send(MsgWant, h.Epoch, w.marshal()); err != nil {
 		return c.errorf("link %d: %w", link, err)

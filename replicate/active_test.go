@@ -395,4 +395,8 @@ func TestActiveBackupSwitchesOff(t *testing.T) {
 	if compared == 0 || last == len(epochs)-1 || compared > payEpochs+2 {
 		t.Fatalf("%d epochs compared, the last at %d of %d: want active backup off after a window of %d", compared, last, len(epochs), payEpochs)
 	}
+	// Unused, the shadow idles: restarted only while hashes came.
+	if st := leader.ShadowStats(); st.Restarts > uint64(compared)+2 {
+		t.Errorf("the shadow restarted %d times for %d epochs compared: it kept running once unused", st.Restarts, compared)
+	}
 }
