@@ -53,6 +53,13 @@ type haFlags struct {
 	recordFile *os.File
 }
 
+// newVMID returns a random VM id (never 0, which is reserved).
+func newVMID() uint64 {
+	var id [8]byte
+	rand.Read(id[:])
+	return binary.LittleEndian.Uint64(id[:]) | 1
+}
+
 // close ends the primary's term at the coordinator, if any, and finishes
 // the epoch recording.
 func (h *haFlags) close() {
@@ -153,9 +160,7 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 	if cfg.Mode, err = replicate.ParseMode(*h.mode); err != nil {
 		return nil, usagef("--mode: %v", err)
 	}
-	var id [8]byte
-	rand.Read(id[:])
-	cfg.VMID = binary.LittleEndian.Uint64(id[:]) | 1
+	cfg.VMID = newVMID()
 	if *h.trace != "" {
 		f, err := os.Create(*h.trace)
 		if err != nil {

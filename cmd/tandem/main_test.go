@@ -185,6 +185,10 @@ func (c *serialClient) script(steps [][2]string) {
 
 func TestUsageErrors(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "no-such-image")
+	notEmpty := t.TempDir()
+	if err := os.WriteFile(filepath.Join(notEmpty, "notes"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args   []string
 		status int
@@ -209,6 +213,12 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"bench", "--linux", "--quick"}, 2, "--linux takes --epochs and --puts only (--quick)"},
 		{[]string{"bench", "--linux", "--puts", "3"}, 2, "--puts 3: want at least 10"},
 		{[]string{"run", "--bogus-flag"}, 2, "flag provided but not defined"},
+		{[]string{"run", "--guest", "hello", "--persist", notEmpty, "--resume", notEmpty}, 2, "--persist and --resume exclude each other"},
+		{[]string{"run", "--guest", "hello", "--persist", notEmpty}, 2, "continue that VM with --resume"},
+		{[]string{"run", "--resume", missing}, 1, "not a persisted Tandem VM"},
+		{[]string{"run", "--resume", notEmpty, "--guest", "hello"}, 2, "holds its guest"},
+		{[]string{"run", "--guest", "hello", "--persist", missing, "--ha"}, 2, "do not combine with --ha yet"},
+		{[]string{"run", "--guest", "hello", "--persist-epoch", "10ms"}, 2, "--persist-epoch needs --persist or --resume"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			_, stderr, status := runTandem(t, tc.args...)

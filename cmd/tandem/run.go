@@ -35,6 +35,9 @@ func cmdRun(ctx context.Context, args []string) error {
 	control := fs.String("control", "", "serve the control socket (for tandem snapshot) at unix:PATH or tcp:ADDR")
 	restore := fs.String("restore", "", "restore the VM from this snapshot file instead of booting a guest")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	persistDir := fs.String("persist", "", "make every epoch durable in this directory (new or empty) before its output leaves: the VM survives a power cut with nothing acknowledged lost (flat guests; continue it with --resume)")
+	resumeDir := fs.String("resume", "", "continue the VM persisted in this directory from its newest durable epoch, persisting on into it")
+	persistEpoch := fs.Duration("persist-epoch", 50*time.Millisecond, "with --persist or --resume: how long the VM runs between two durable epochs")
 	ha := addHAFlags(fs)
 	linux := addLinuxFlags(fs) // linux.go
 	if err := parseFlags(fs, args); err != nil {
@@ -51,7 +54,33 @@ func cmdRun(ctx context.Context, args []string) error {
 	if spec.dirty, err = vmm.ParseDirtyTracking(*dirty); err != nil {
 		return usagef("--dirty: %v", err)
 	}
+	if *persistDir != "" || *resumeDir != "" {
+		switch {
+		case *persistDir != "" && *resumeDir != "":
+			return usagef("--persist and --resume exclude each other: --resume persists on into its directory")
+		case set["ha"]:
+			return usagef("--persist and --resume do not combine with --ha yet")
+		case *resumeDir != "" && (*guest != "" || *restore != "" || linux.used(set) || set["mem"] || set["vcpus"] || set["args"]):
+			return usagef("--resume %s holds its guest: leave --guest, --restore, --kernel, --mem, --vcpus and --args out", *resumeDir)
+		case *persistDir != "" && (*restore != "" || linux.used(set)):
+			return usagef("--persist works with flat guests (--guest) for now")
+		case *persistEpoch < time.Millisecond:
+			return usagef("--persist-epoch %v: want at least 1ms", *persistEpoch)
+		case set["dirty"] && *dirty == "off":
+			return usagef("--persist needs dirty page tracking: --dirty bitmap or ring")
+		}
+		if spec.dirty == vmm.DirtyOff {
+			spec.dirty = vmm.DirtyBitmap
+		}
+	} else if set["persist-epoch"] {
+		return usagef("--persist-epoch needs --persist or --resume")
+	}
 	switch {
+	case *resumeDir != "":
+		if spec.persist, err = resumePersisted(*resumeDir, &spec, *persistEpoch); err != nil {
+			return err
+		}
+		defer spec.persist.dir.Close()
 	case *restore != "" && *guest != "":
 		return usagef("--guest and --restore exclude each other: a snapshot already holds its guest")
 	case *restore != "":
@@ -114,6 +143,12 @@ func cmdRun(ctx context.Context, args []string) error {
 		}
 	default:
 		return usagef("say what to run: --guest NAME|PATH, --kernel PATH or --restore FILE")
+	}
+	if *persistDir != "" {
+		if spec.persist, err = createPersisted(*persistDir, &spec, *persistEpoch); err != nil {
+			return err
+		}
+		defer spec.persist.dir.Close()
 	}
 	spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log)
 	if ha.coordinator != nil {
@@ -200,6 +235,9 @@ type vmSpec struct {
 	// what its devices give replication.
 	ha     *replicate.PrimaryConfig
 	haDevs *haDevices
+	// persist, when set, makes every epoch durable in a directory
+	// (persist.go).
+	persist *persistRun
 	// joins, when set, adds the nodes that join the VM at the coordinator
 	// to the primary's links (coord.go).
 	joins *joinWatch
@@ -218,7 +256,7 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	}
 	var serialOut io.Writer = console
 	var gate *replicate.OutputGate
-	if spec.ha != nil {
+	if spec.ha != nil || spec.persist != nil {
 		// Guest output leaves only once the epoch that produced it commits.
 		gate = replicate.NewOutputGate(console, haOutputLimit)
 		defer gate.Close()
@@ -316,6 +354,9 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	}
 	if spec.ready != nil {
 		spec.ready(vm)
+	}
+	if spec.persist != nil {
+		return runPersisted(ctx, vm, spec.persist, gate, spec.log)
 	}
 	if primary == nil {
 		return vm.Run(ctx)

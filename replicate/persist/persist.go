@@ -170,6 +170,22 @@ type Dir struct {
 	// pendingPages how many it holds.
 	buf, pending []byte
 	pendingPages int
+	// staged is the epoch Stage encoded into buf and Sync has not written
+	// (0: none), stagedPages its pages.
+	staged      uint64
+	stagedPages int
+	// Tear injects a power cut for tests (see Tear).
+	Tear *Tear
+}
+
+// Tear is fault injection: the record of the first epoch from Epoch on
+// reaches the log only up to its first Bytes bytes (synchronised), and
+// Then is called, which is meant to kill the process: a power cut in the
+// middle of an append.
+type Tear struct {
+	Epoch uint64
+	Bytes int
+	Then  func()
 }
 
 // Create makes a new persisted VM in path, which must not exist or be
@@ -294,9 +310,19 @@ func (d *Dir) appendRecord(e uint64, pages []uint64, page func(p uint64) []byte,
 
 // Append makes epoch e durable: its dirty pages (ascending, read from
 // mem, guest RAM) and its state. It returns once the record is
-// synchronised, and then writes the pages into the memory file. e must be
-// newer than the last epoch appended.
+// synchronised. e must be newer than the last epoch appended. It is Stage
+// and then Sync.
 func (d *Dir) Append(e uint64, pages []uint64, mem []byte, state []byte) error {
+	if err := d.Stage(e, pages, mem, state); err != nil {
+		return err
+	}
+	return d.Sync()
+}
+
+// Stage encodes epoch e's record, copying its pages out of mem: the VM
+// may run on once it returns, and Sync makes the epoch durable. A staged
+// record not synchronised is replaced by the next Stage.
+func (d *Dir) Stage(e uint64, pages []uint64, mem []byte, state []byte) error {
 	switch {
 	case e <= d.epoch:
 		return fmt.Errorf("persist: epoch %d after epoch %d", e, d.epoch)
@@ -308,7 +334,25 @@ func (d *Dir) Append(e uint64, pages []uint64, mem []byte, state []byte) error {
 		return errors.New("persist: pages out of order or beyond memory")
 	}
 	page := func(p uint64) []byte { return mem[p*PageSize : (p+1)*PageSize] }
-	rec := d.appendRecord(e, pages, page, state)
+	d.appendRecord(e, pages, page, state)
+	d.staged, d.stagedPages = e, len(pages)
+	return nil
+}
+
+// Sync writes the staged record to the log and synchronises it: the
+// epoch is durable when Sync returns nil. Nothing staged: nothing to do.
+func (d *Dir) Sync() error {
+	if d.staged == 0 {
+		return nil
+	}
+	e, rec := d.staged, d.buf
+	d.staged = 0
+	if t := d.Tear; t != nil && e >= t.Epoch {
+		d.log.Write(rec[:min(t.Bytes, len(rec))])
+		unix.Fdatasync(int(d.log.Fd()))
+		t.Then()
+		return fmt.Errorf("persist: epoch %d torn by fault injection", e)
+	}
 	if _, err := d.log.Write(rec); err != nil {
 		return fmt.Errorf("persist: epoch %d: %w", e, err)
 	}
@@ -316,11 +360,12 @@ func (d *Dir) Append(e uint64, pages []uint64, mem []byte, state []byte) error {
 		return fmt.Errorf("persist: epoch %d: fdatasync: %w", e, err)
 	}
 	d.size += int64(len(rec))
-	d.epoch, d.state = e, append(d.state[:0], state...)
+	d.epoch = e
+	d.state = append(d.state[:0], rec[len(rec)-int(binary.LittleEndian.Uint32(rec[16:])):]...)
 	// The record before is no longer the last: the memory file may take
 	// its pages (the log has them until the next checkpoint).
 	err := d.applyPending()
-	d.buf, d.pending, d.pendingPages = d.pending, rec, len(pages)
+	d.buf, d.pending, d.pendingPages = d.pending, rec, d.stagedPages
 	return err
 }
 
@@ -354,6 +399,9 @@ func (d *Dir) writePages(body []byte, n int) error {
 // Checkpoint synchronises the memory file, which then holds every epoch
 // appended, and starts a new log holding the newest epoch's state.
 func (d *Dir) Checkpoint() error {
+	if d.staged != 0 {
+		return fmt.Errorf("persist: checkpoint with epoch %d staged and not synchronised", d.staged)
+	}
 	if d.epoch == 0 {
 		return nil
 	}

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tandemvm/tandem/replicate"
+	"github.com/tandemvm/tandem/replicate/persist"
+	"github.com/tandemvm/tandem/vmm"
+)
+
+// persistRun is tandem run --persist or --resume: the directory the VM's
+// epochs become durable in, and the interval between them.
+type persistRun struct {
+	dir   *persist.Dir
+	epoch time.Duration
+	// first is the first epoch's number; full, that its record must hold
+	// every page that is not zero (a new directory: the guest's image was
+	// loaded without the dirty log seeing it).
+	first uint64
+	full  bool
+}
+
+// tearEnv makes a persisted VM pull its own plug in the middle of an
+// epoch's record, for tests: "EPOCH:BYTES" writes only the first BYTES
+// bytes of the record of the first epoch from EPOCH on (counted from the
+// VM's start or resume), then SIGKILLs the process.
+const tearEnv = "TANDEM_PERSIST_TEAR"
+
+func tearInjection(pr *persistRun) error {
+	spec := os.Getenv(tearEnv)
+	if spec == "" {
+		return nil
+	}
+	e, b, ok := strings.Cut(spec, ":")
+	epoch, err1 := strconv.ParseUint(e, 10, 64)
+	bytes, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || bytes < 0 {
+		return fmt.Errorf("%s=%q: want EPOCH:BYTES", tearEnv, spec)
+	}
+	pr.dir.Tear = &persist.Tear{Epoch: pr.first + epoch, Bytes: bytes, Then: func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }}
+	return nil
+}
+
+// checkpointBytes is the log size past which the loop checkpoints: the
+// memory file is synchronised and the log starts again.
+func checkpointBytes(memBytes uint64) int64 { return max(64<<20, int64(memBytes/2)) }
+
+// createPersisted makes --persist DIR for a new VM.
+func createPersisted(dir string, spec *vmSpec, epoch time.Duration) (*persistRun, error) {
+	d, err := persist.Create(dir, persist.VM{ID: newVMID(), MemBytes: spec.memBytes, VCPUs: spec.vcpus, Guest: spec.guestName})
+	if errors.Is(err, persist.ErrExists) {
+		return nil, usagef("--persist %s: %v; continue that VM with --resume %s, or give an empty directory", dir, err, dir)
+	} else if err != nil {
+		return nil, err
+	}
+	pr := &persistRun{dir: d, epoch: epoch, first: 1, full: true}
+	if err := tearInjection(pr); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return pr, nil
+}
+
+// resumePersisted opens --resume DIR and sets spec up to continue its VM
+// from the newest durable epoch.
+func resumePersisted(dir string, spec *vmSpec, epoch time.Duration) (*persistRun, error) {
+	d, rec, err := persist.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("--resume %s: %w", dir, err)
+	}
+	st, isLinux, err := splitHAState(rec.State)
+	if err != nil || isLinux {
+		d.Close()
+		return nil, fmt.Errorf("--resume %s: the state of epoch %d: not a flat guest's (%v)", dir, rec.Epoch, err)
+	}
+	spec.memBytes, spec.vcpus, spec.guestName = rec.VM.MemBytes, rec.VM.VCPUs, rec.VM.Guest
+	spec.load = func(vm *vmm.VM) error {
+		f, err := os.Open(rec.Memory)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if _, err := f.ReadAt(vm.Memory().Bytes(), 0); err != nil {
+			return fmt.Errorf("--resume %s: memory: %w", dir, err)
+		}
+		var s vmm.State
+		if err := s.UnmarshalBinary(st.vm); err != nil {
+			return fmt.Errorf("--resume %s: the state of epoch %d: %w", dir, rec.Epoch, err)
+		}
+		return vm.RestoreState(&s)
+	}
+	spec.log.Info("resuming a persisted VM", "dir", dir, "epoch", rec.Epoch, "guest", rec.VM.Guest, "mem_MiB", rec.VM.MemBytes>>20,
+		"records", rec.Records, "torn_bytes", rec.TornBytes)
+	pr := &persistRun{dir: d, epoch: epoch, first: rec.Epoch + 1}
+	if err := tearInjection(pr); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return pr, nil
+}
+
+// nonZeroPages appends the pages of mem that are not all zero.
+func nonZeroPages(dst []uint64, mem []byte) []uint64 {
+	for p := 0; p < len(mem)/persist.PageSize; p++ {
+		page := mem[p*persist.PageSize : (p+1)*persist.PageSize]
+		for _, b := range page {
+			if b != 0 {
+				dst = append(dst, uint64(p))
+				break
+			}
+		}
+	}
+	return dst
+}
+
+// runPersisted runs vm and, every epoch, pauses it, stages its dirty
+// pages and state, resumes it, and makes the epoch durable before its
+// output (held in gate) is released: the output commit of replication,
+// with the directory as the only replica. It returns when the VM stops;
+// a failure to persist stops the VM with its output held.
+func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replicate.OutputGate, log *slog.Logger) (vmm.Result, error) {
+	src, err := vmm.NewReplicationSource(vm)
+	if err != nil {
+		return vmm.Result{}, err
+	}
+	type result struct {
+		res vmm.Result
+		err error
+	}
+	vmDone := make(chan result, 1)
+	go func() {
+		res, err := vm.Run(ctx)
+		vmDone <- result{res, err}
+	}()
+	var pages []uint64
+	e := pr.first
+	tick := time.NewTicker(pr.epoch)
+	defer tick.Stop()
+	persistOne := func() error {
+		gate.BeginPause()
+		defer gate.EndPause()
+		if err := src.Pause(); err != nil {
+			return err
+		}
+		var err error
+		pages, err = src.HarvestDirty(pages[:0])
+		var state []byte
+		if err == nil {
+			if pr.full {
+				pages = nonZeroPages(pages[:0], src.Memory())
+			}
+			state, err = src.CaptureState()
+		}
+		if err == nil {
+			gate.Seal(e)
+			err = pr.dir.Stage(e, pages, src.Memory(), state)
+		}
+		src.Resume()
+		if err != nil {
+			return err
+		}
+		if err := pr.dir.Sync(); err != nil {
+			return err
+		}
+		pr.full = false
+		if err := gate.Release(e); err != nil {
+			log.Warn("serial console", "err", err)
+		}
+		e++
+		if pr.dir.LogBytes() > checkpointBytes(uint64(len(src.Memory()))) {
+			return pr.dir.Checkpoint()
+		}
+		return nil
+	}
+	for {
+		select {
+		case r := <-vmDone:
+			// What the guest wrote last leaves once it is durable.
+			if r.err == nil {
+				if err := persistFinal(pr, src, gate, e); err != nil {
+					log.Error("the last epoch could not be made durable; its output is dropped", "err", err)
+				}
+			}
+			return r.res, r.err
+		case <-tick.C:
+			if err := persistOne(); err != nil {
+				if errors.Is(err, vmm.ErrNotRunning) {
+					continue // the VM is stopping: vmDone follows
+				}
+				log.Error("persisting failed; stopping the VM with its output held", "err", err)
+				vm.Stop()
+				<-vmDone
+				return vmm.Result{}, fmt.Errorf("--persist: %w", err)
+			}
+		}
+	}
+}
+
+// persistFinal makes the stopped VM's last epoch durable and releases its
+// output.
+func persistFinal(pr *persistRun, src *vmm.ReplicationSource, gate *replicate.OutputGate, e uint64) error {
+	pages, err := src.HarvestDirty(nil)
+	if err != nil {
+		return err
+	}
+	if pr.full {
+		pages = nonZeroPages(nil, src.Memory())
+	}
+	state, err := src.CaptureState()
+	if err != nil {
+		return err
+	}
+	gate.Seal(e)
+	if err := pr.dir.Append(e, pages, src.Memory(), state); err != nil {
+		return err
+	}
+	return gate.Release(e)
+}

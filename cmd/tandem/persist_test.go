@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandemvm/tandem/kvm/kvmtest"
+)
+
+// TestPersistSurvivesKill pulls the plug on a persisted counter guest
+// again and again: each round runs it (first with --persist, then with
+// --resume of the same directory), pipelines increments at it and kills
+// it, at a random moment or (every other round) by fault injection in the
+// middle of writing an epoch's record; the next round's VM must hold
+// every acknowledged increment and none that was never sent, and the
+// torn records must have been seen and cut.
+func TestPersistSurvivesKill(t *testing.T) {
+	kvmtest.Open(t)
+	rounds := 6
+	if s := os.Getenv("TANDEM_PERSIST_ROUNDS"); s != "" {
+		rounds, _ = strconv.Atoi(s)
+	}
+	root := t.TempDir()
+	dir := filepath.Join(root, "vm")
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 14))
+	var floor, ceiling int64 // what the counter must hold at the next resume
+	for round := 0; round <= rounds; round++ {
+		sock := filepath.Join(root, fmt.Sprintf("serial%d.sock", round))
+		args := []string{"run", "--resume", dir, "--persist-epoch", "10ms", "--serial", "unix:" + sock}
+		if round == 0 {
+			args = []string{"run", "--guest", "counter", "--mem", "16M", "--persist", dir, "--persist-epoch", "10ms", "--serial", "unix:" + sock}
+		}
+		tear := round%2 == 1
+		t.Setenv(tearEnv, "")
+		if tear {
+			t.Setenv(tearEnv, fmt.Sprintf("%d:%d", 3+rng.IntN(15), 1+rng.IntN(4000)))
+		}
+		p := startTandem(t, args...)
+		conn := dialWhenReady(t, p, sock)
+		if round > 0 {
+			if strings.Contains(p.stderr.String(), "torn_bytes=0") == (round%2 == 0) {
+				t.Errorf("round %d: the resume after a torn record must report its bytes, and only then; stderr:\n%s", round, p.stderr.String())
+			}
+			v := askCount(t, conn)
+			checkCount(t, v, ceiling, floor)
+			if t.Failed() {
+				t.Fatalf("round %d; stderr:\n%s", round, p.stderr.String())
+			}
+			floor, ceiling = v, v
+			if !strings.Contains(p.stderr.String(), "resuming a persisted VM") {
+				t.Errorf("round %d: no resume reported; stderr:\n%s", round, p.stderr.String())
+			}
+		}
+		if round == rounds {
+			conn.Close()
+			break
+		}
+		conn.SetDeadline(time.Time{})
+		client := runCounterClient(conn, 4)
+		if tear {
+			// It kills itself in the middle of an epoch's record.
+			if status := p.wait(t, 60*time.Second); status != -1 && !strings.Contains(p.cmd.ProcessState.String(), "killed") {
+				t.Fatalf("round %d: exited with %v, not killed by its fault injection; stderr:\n%s", round, p.cmd.ProcessState, p.stderr.String())
+			}
+		} else {
+			deadline := time.Now().Add(30 * time.Second)
+			for client.acked.Load() < 3 {
+				if time.Now().After(deadline) {
+					t.Fatalf("round %d: no increments acknowledged in 30s; stderr:\n%s", round, p.stderr.String())
+				}
+				time.Sleep(time.Millisecond)
+			}
+			time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond) // a random moment to pull the plug
+			p.cmd.Process.Kill()
+			p.wait(t, 30*time.Second)
+		}
+		conn.Close()
+		<-client.done
+		floor += client.acked.Load()
+		ceiling += client.sent.Load()
+		t.Logf("round %d: %d increments sent, %d acknowledged before the kill", round, client.sent.Load(), client.acked.Load())
+	}
+}
