@@ -359,6 +359,23 @@ func releaseUnprotected(ctx context.Context, gates replicate.Gate, every time.Du
 	}
 }
 
+// vmResult is what VM.Run returned.
+type vmResult struct {
+	res vmm.Result
+	err error
+}
+
+// startRun runs vm in a goroutine of its own; the channel gets what Run
+// returned (and may be given it back by whoever reads it).
+func startRun(ctx context.Context, vm *vmm.VM) chan vmResult {
+	done := make(chan vmResult, 1)
+	go func() {
+		res, err := vm.Run(ctx)
+		done <- vmResult{res, err}
+	}()
+	return done
+}
+
 // runReplicated runs the VM and its replication together. If replication
 // fails the VM stops: its output stays held, so nothing escapes that the
 // leader's copy could contradict. A lost leader is not a failure: the VM
@@ -368,15 +385,7 @@ func runReplicated(ctx context.Context, vm *vmm.VM, p *replicate.Primary, log *s
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { repErr <- p.Run(rctx) }()
-	type result struct {
-		res vmm.Result
-		err error
-	}
-	vmDone := make(chan result, 1)
-	go func() {
-		res, err := vm.Run(ctx)
-		vmDone <- result{res, err}
-	}()
+	vmDone := startRun(ctx, vm)
 	select {
 	case r := <-vmDone:
 		// The VM ended here, on purpose or by its own fault: tell the

@@ -131,15 +131,7 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 	if err != nil {
 		return vmm.Result{}, err
 	}
-	type result struct {
-		res vmm.Result
-		err error
-	}
-	vmDone := make(chan result, 1)
-	go func() {
-		res, err := vm.Run(ctx)
-		vmDone <- result{res, err}
-	}()
+	vmDone := startRun(ctx, vm)
 	var pages []uint64
 	e := pr.first
 	tick := time.NewTicker(pr.epoch)
