@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -136,9 +137,13 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 	e := pr.first
 	tick := time.NewTicker(pr.epoch)
 	defer tick.Stop()
+	var sum persistSummary
+	summary := time.NewTicker(time.Second)
+	defer summary.Stop()
 	persistOne := func() error {
 		gate.BeginPause()
 		defer gate.EndPause()
+		start := time.Now()
 		if err := src.Pause(); err != nil {
 			return err
 		}
@@ -159,9 +164,12 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 		if err != nil {
 			return err
 		}
+		paused := time.Since(start)
+		log0 := pr.dir.LogBytes()
 		if err := pr.dir.Sync(); err != nil {
 			return err
 		}
+		sum.add(len(pages), paused, time.Since(start), pr.dir.LogBytes()-log0)
 		pr.full = false
 		if err := gate.Release(e); err != nil {
 			log.Warn("serial console", "err", err)
@@ -182,6 +190,10 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 				}
 			}
 			return r.res, r.err
+		case <-summary.C:
+			if line := sum.line(); line != "" {
+				log.Info(line)
+			}
 		case <-tick.C:
 			if err := persistOne(); err != nil {
 				if errors.Is(err, vmm.ErrNotRunning) {
@@ -215,4 +227,35 @@ func persistFinal(pr *persistRun, src *vmm.ReplicationSource, gate *replicate.Ou
 		return err
 	}
 	return gate.Release(e)
+}
+
+// persistSummary sums up a second of persisted epochs in a log line: the
+// dirty pages, the bytes the log took, the VM's pause, and the time until
+// the epoch was durable (its output released), from the pause's start.
+type persistSummary struct {
+	epochs, pages   int
+	bytes           int64
+	paused, durable []time.Duration
+}
+
+func (s *persistSummary) add(pages int, paused, durable time.Duration, bytes int64) {
+	s.epochs++
+	s.pages += pages
+	s.bytes += bytes
+	s.paused = append(s.paused, paused)
+	s.durable = append(s.durable, durable)
+}
+
+func (s *persistSummary) line() string {
+	if s.epochs == 0 {
+		return ""
+	}
+	pct := func(d []time.Duration, p int) time.Duration {
+		slices.Sort(d)
+		return d[min(len(d)-1, max(0, (p*len(d)+99)/100-1))].Round(10 * time.Microsecond)
+	}
+	line := fmt.Sprintf("persisted epochs %d | dirty %d pg/epoch | log %.1f MB/s | pause p50 %v p99 %v | durable p50 %v p99 %v",
+		s.epochs, s.pages/s.epochs, float64(s.bytes)/1e6, pct(s.paused, 50), pct(s.paused, 99), pct(s.durable, 50), pct(s.durable, 99))
+	*s = persistSummary{paused: s.paused[:0], durable: s.durable[:0]}
+	return line
 }

@@ -87,3 +87,23 @@ func TestPersistSurvivesKill(t *testing.T) {
 		t.Logf("round %d: %d increments sent, %d acknowledged before the kill", round, client.sent.Load(), client.acked.Load())
 	}
 }
+
+// TestPersistSummary: the per-second line gives the epochs, the mean
+// dirty pages and the percentiles of pause and durability, then starts
+// over.
+func TestPersistSummary(t *testing.T) {
+	var s persistSummary
+	if s.line() != "" {
+		t.Fatal("a line without epochs")
+	}
+	for i := 1; i <= 100; i++ {
+		s.add(10, time.Duration(i)*time.Millisecond, time.Duration(2*i)*time.Millisecond, 1e6/100)
+	}
+	want := "persisted epochs 100 | dirty 10 pg/epoch | log 1.0 MB/s | pause p50 50ms p99 99ms | durable p50 100ms p99 198ms"
+	if got := s.line(); got != want {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+	if s.line() != "" {
+		t.Fatal("the summary did not start over")
+	}
+}
