@@ -218,7 +218,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "--resume", missing}, 1, "not a persisted Tandem VM"},
 		{[]string{"run", "--resume", notEmpty, "--guest", "hello"}, 2, "holds its guest"},
 		{[]string{"run", "--guest", "hello", "--persist", missing, "--ha"}, 2, "do not combine with --ha yet"},
-		{[]string{"run", "--guest", "hello", "--persist-epoch", "10ms"}, 2, "--persist-epoch needs --persist or --resume"},
+		{[]string{"run", "--guest", "hello", "--persist-epoch", "10ms"}, 2, "need --persist or --resume"},
+		{[]string{"run", "--guest", "hello", "--persist", missing, "--persist-write-factor", "0.5"}, 2, "--persist-write-factor 0.5: want 1"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			_, stderr, status := runTandem(t, tc.args...)

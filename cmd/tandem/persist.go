@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tandemvm/tandem/cmd/tandem/internal/bench"
 	"github.com/tandemvm/tandem/replicate"
 	"github.com/tandemvm/tandem/replicate/persist"
 	"github.com/tandemvm/tandem/vmm"
@@ -48,6 +49,19 @@ func tearInjection(pr *persistRun) error {
 	}
 	pr.dir.Tear = &persist.Tear{Epoch: pr.first + epoch, Bytes: bytes, Then: func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }}
 	return nil
+}
+
+// slowWrites makes the directory's writes factor times slower than
+// DRAM's (--persist-write-factor), by the bench's model: this machine's
+// DRAM write bandwidth is measured once, and each write of n bytes waits
+// (factor-1) times the time DRAM takes for them.
+func (pr *persistRun) slowWrites(factor float64, log *slog.Logger) {
+	if factor <= 1 {
+		return
+	}
+	bw := bench.MeasureBandwidth(64<<20, 3)
+	pr.dir.WriteDelay = bench.WriteModel{DRAMWrite: bw.Write}.Delay(factor)
+	log.Info("emulating slow persistent memory", "write_factor", factor, "technology", bench.TechName(factor), "dram_write_GBps", fmt.Sprintf("%.1f", bw.Write/1e9))
 }
 
 // checkpointBytes is the log size past which the loop checkpoints: the

@@ -38,6 +38,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	persistDir := fs.String("persist", "", "make every epoch durable in this directory (new or empty) before its output leaves: the VM survives a power cut with nothing acknowledged lost (flat guests; continue it with --resume)")
 	resumeDir := fs.String("resume", "", "continue the VM persisted in this directory from its newest durable epoch, persisting on into it")
 	persistEpoch := fs.Duration("persist-epoch", 50*time.Millisecond, "with --persist or --resume: how long the VM runs between two durable epochs")
+	writeFactor := fs.Float64("persist-write-factor", 1, "with --persist or --resume: emulate persistent memory whose writes are this many times slower than DRAM's (seed 003 Table I: 2 ST-MRAM, 20 3D XPoint, 1000 RRAM), each write to the directory delayed to match; put the directory on a RAM file system (/dev/shm) to measure the technology alone")
 	ha := addHAFlags(fs)
 	linux := addLinuxFlags(fs) // linux.go
 	if err := parseFlags(fs, args); err != nil {
@@ -66,14 +67,16 @@ func cmdRun(ctx context.Context, args []string) error {
 			return usagef("--persist works with flat guests (--guest) for now")
 		case *persistEpoch < time.Millisecond:
 			return usagef("--persist-epoch %v: want at least 1ms", *persistEpoch)
+		case *writeFactor < 1 || *writeFactor > 1e6:
+			return usagef("--persist-write-factor %v: want 1 (DRAM, no delay) or more", *writeFactor)
 		case set["dirty"] && *dirty == "off":
 			return usagef("--persist needs dirty page tracking: --dirty bitmap or ring")
 		}
 		if spec.dirty == vmm.DirtyOff {
 			spec.dirty = vmm.DirtyBitmap
 		}
-	} else if set["persist-epoch"] {
-		return usagef("--persist-epoch needs --persist or --resume")
+	} else if set["persist-epoch"] || set["persist-write-factor"] {
+		return usagef("--persist-epoch and --persist-write-factor need --persist or --resume")
 	}
 	switch {
 	case *resumeDir != "":
@@ -81,6 +84,7 @@ func cmdRun(ctx context.Context, args []string) error {
 			return err
 		}
 		defer spec.persist.dir.Close()
+		spec.persist.slowWrites(*writeFactor, log)
 	case *restore != "" && *guest != "":
 		return usagef("--guest and --restore exclude each other: a snapshot already holds its guest")
 	case *restore != "":
@@ -149,6 +153,7 @@ func cmdRun(ctx context.Context, args []string) error {
 			return err
 		}
 		defer spec.persist.dir.Close()
+		spec.persist.slowWrites(*writeFactor, log)
 	}
 	spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log)
 	if ha.coordinator != nil {

@@ -176,6 +176,11 @@ type Dir struct {
 	stagedPages int
 	// Tear injects a power cut for tests (see Tear).
 	Tear *Tear
+	// WriteDelay, when set, is called after every write of n bytes to the
+	// log or the memory file: it emulates memory whose writes are slower
+	// than DRAM's (seed 003's NVRAM technologies), with the directory on
+	// a RAM file system.
+	WriteDelay func(n int)
 }
 
 // Tear is fault injection: the record of the first epoch from Epoch on
@@ -356,6 +361,9 @@ func (d *Dir) Sync() error {
 	if _, err := d.log.Write(rec); err != nil {
 		return fmt.Errorf("persist: epoch %d: %w", e, err)
 	}
+	if d.WriteDelay != nil {
+		d.WriteDelay(len(rec))
+	}
 	if err := unix.Fdatasync(int(d.log.Fd())); err != nil {
 		return fmt.Errorf("persist: epoch %d: fdatasync: %w", e, err)
 	}
@@ -390,6 +398,9 @@ func (d *Dir) writePages(body []byte, n int) error {
 		}
 		if _, err := d.mem.WriteAt(data[i*PageSize:j*PageSize], int64(p*PageSize)); err != nil {
 			return fmt.Errorf("persist: memory file: %w", err)
+		}
+		if d.WriteDelay != nil {
+			d.WriteDelay((j - i) * PageSize)
 		}
 		i = j
 	}
