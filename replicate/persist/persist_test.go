@@ -352,3 +352,28 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// TestWriteDelay: every byte written to the log and the memory file
+// passes through WriteDelay (the emulation of slow persistent memory).
+func TestWriteDelay(t *testing.T) {
+	d, err := Create(filepath.Join(t.TempDir(), "vm"), testVM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var delayed int
+	d.WriteDelay = func(n int) { delayed += n }
+	mem := make([]byte, testVM.MemBytes)
+	before := d.LogBytes()
+	if err := d.Append(1, []uint64{1, 2, 7}, mem, []byte("s1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Append(2, []uint64{3}, mem, []byte("s2")); err != nil {
+		t.Fatal(err)
+	}
+	// Both records, and epoch 1's three pages (applied once epoch 2 was
+	// durable).
+	if want := int(d.LogBytes()-before) + 3*PageSize; delayed != want {
+		t.Fatalf("%d bytes delayed, want %d", delayed, want)
+	}
+}
