@@ -182,9 +182,13 @@ type activeNode struct {
 	written []uint64
 	// off says why the node runs no shadow any more ("" while it may).
 	off string
-	// kept is the sorted pages the last comparison found equal: the only
-	// pages a kept record may name.
-	kept []uint64
+	// kept is, per link, the sorted pages its last comparison found
+	// equal: the only pages a kept record on that link may name. Several
+	// links to this node compare the same stopped shadow: stoppedFor is
+	// the epoch whose hashes stopped it (0: none since it last ran), and
+	// base the epoch it last ran from, which it is restarted from once.
+	kept             map[uint32][]uint64
+	stoppedFor, base uint64
 	// Counts, for tests and the status; since is when the shadow last
 	// started to run.
 	restarts, compared, equal uint64
@@ -213,6 +217,9 @@ func (a *activeNode) restart(s *Store, e uint64, state []byte, vcpus int) error 
 	if a.off != "" {
 		return nil
 	}
+	if e == a.base {
+		return nil // another link's apply of the same epoch restarted it
+	}
 	if a.hashed == 0 || e > a.hashed+1 {
 		// Not in use: idle, the pages it wrote remembered for the next
 		// restart (the store keeps the ones it changes meanwhile).
@@ -234,6 +241,7 @@ func (a *activeNode) restart(s *Store, e uint64, state []byte, vcpus int) error 
 	}
 	a.restarts++
 	a.restartTook += time.Since(t)
+	a.base = e
 	return nil
 }
 
@@ -273,11 +281,11 @@ func (a *activeNode) restartLocked(s *Store, state []byte, vcpus int) error {
 		s.mu.RUnlock()
 	}
 	a.written = a.written[:0]
-	a.kept = a.kept[:0]
+	clear(a.kept)
 	if err := a.shadow.Run(state); err != nil {
 		return err
 	}
-	a.running, a.since = true, time.Now()
+	a.running, a.since, a.stoppedFor = true, time.Now(), 0
 	return nil
 }
 
@@ -300,46 +308,55 @@ func (a *activeNode) close(reason string) {
 	a.stop(reason)
 }
 
-// compare stops the shadow and answers hashes, one per page of pages.
-func (a *activeNode) compare(e uint64, pages []uint64, hashes []byte) want {
+// compare stops the shadow and answers link's hashes of epoch e, one per
+// page of pages.
+func (a *activeNode) compare(link uint32, e uint64, pages []uint64, hashes []byte) want {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.kept = a.kept[:0]
+	if a.kept == nil {
+		a.kept = map[uint32][]uint64{}
+	}
+	kept := a.kept[link][:0]
+	delete(a.kept, link)
 	a.hashed = max(a.hashed, e)
 	switch {
 	case a.off != "":
 		return allWanted(wantNoShadow, len(pages))
-	case !a.running:
+	case a.running:
+		var err error
+		if a.written, err = a.shadow.Stop(a.written); err != nil {
+			a.stop(fmt.Sprintf("stop: %v", err))
+			return allWanted(wantNoShadow, len(pages))
+		}
+		a.stopped()
+		a.stoppedFor = e
+	case a.shadow == nil || a.stoppedFor != e:
+		// Stopped for another epoch: its memory is not this one's.
 		return allWanted(wantNotReady, len(pages))
 	}
-	var err error
-	if a.written, err = a.shadow.Stop(a.written); err != nil {
-		a.stop(fmt.Sprintf("stop: %v", err))
-		return allWanted(wantNoShadow, len(pages))
-	}
-	a.stopped()
 	w := want{reason: wantCompared, bits: make([]byte, (len(pages)+7)/8)}
 	mem := a.shadow.Memory()
 	for i, p := range pages {
 		h := pageHash(mem[p*PageSize : (p+1)*PageSize])
 		if [hashSize]byte(hashes[i*hashSize:]) == h {
-			a.kept = append(a.kept, p)
+			kept = append(kept, p)
 		} else {
 			w.bits[i/8] |= 1 << (i % 8)
 		}
 	}
-	slices.Sort(a.kept)
+	slices.Sort(kept)
+	a.kept[link] = kept
 	a.compared += uint64(len(pages))
-	a.equal += uint64(len(a.kept))
+	a.equal += uint64(len(kept))
 	return w
 }
 
-// page copies the shadow's copy of a page the last comparison kept into
-// dst (pagecodec.Decoder.Shadow).
-func (a *activeNode) page(p uint64, dst []byte) bool {
+// page copies the shadow's copy of a page link's last comparison kept
+// into dst (pagecodec.Decoder.Shadow).
+func (a *activeNode) page(link uint32, p uint64, dst []byte) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, ok := slices.BinarySearch(a.kept, p); !ok || a.shadow == nil || a.running {
+	if _, ok := slices.BinarySearch(a.kept[link], p); !ok || a.shadow == nil || a.running {
 		return false
 	}
 	copy(dst, a.shadow.Memory()[p*PageSize:(p+1)*PageSize])
@@ -414,7 +431,7 @@ func (r *Replica) receiveHashes(c *conn, link uint32, h Header) error {
 	}
 	w := allWanted(wantNoShadow, len(pages))
 	if r.active != nil {
-		w = r.active.compare(h.Epoch, pages, p)
+		w = r.active.compare(link, h.Epoch, pages, p)
 	}
 	if err := c.send(MsgWant, h.Epoch, w.marshal()); err != nil {
 		return c.errorf("link %d: %w", link, err)

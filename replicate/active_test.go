@@ -98,8 +98,22 @@ func mimic(vm *fakeVM) func(mem []byte, dst []uint64) []uint64 {
 // gives exactly the guest's memory, with no protocol error anywhere. The
 // replica without a shadow says so at once and gets no more hashes.
 func TestActiveBackup(t *testing.T) {
-	for _, red := range []*Reduction{{}, {Zero: true, CacheBytes: 1 << 20, Similar: true, Compress: true}} {
-		t.Run(red.String(), func(t *testing.T) {
+	for _, tc := range []struct {
+		red *Reduction
+		// twice: the leader carries two links, which compare the one
+		// shadow.
+		twice bool
+	}{
+		{&Reduction{}, false},
+		{&Reduction{Zero: true, CacheBytes: 1 << 20, Similar: true, Compress: true}, false},
+		{&Reduction{Zero: true}, true},
+	} {
+		red := tc.red
+		name := red.String()
+		if tc.twice {
+			name += "/two links to the shadow"
+		}
+		t.Run(name, func(t *testing.T) {
 			vm := newFakeVM(t, 256)
 			var shadows []*fakeShadow
 			var smu sync.Mutex
@@ -114,6 +128,9 @@ func TestActiveBackup(t *testing.T) {
 			plain, plainAddr, stopPlain := startReplica(t, ReplicaConfig{})
 			c := &cluster{t: t, replicas: []*Replica{leader, plain}, addrs: []string{leadAddr, plainAddr},
 				cancels: []context.CancelFunc{stopLeader, stopPlain}, leader: leader, leadAddr: leadAddr, stopLeader: stopLeader}
+			if tc.twice {
+				c.addrs = append(c.addrs, leadAddr)
+			}
 			epochs := loseAReplicaAndRecover(t, c, vm, vm, func(ctx context.Context) { vm.run(ctx, 9) }, 20, PrimaryConfig{
 				VMID: 0xAC71, Epoch: 5 * time.Millisecond, Policy: PolicyFT, Reduce: red, ActiveBackup: ActiveBackupOn,
 			})
@@ -122,7 +139,7 @@ func TestActiveBackup(t *testing.T) {
 				if e.Active != nil {
 					pages += e.Active.Pages
 					kept += e.Active.Kept
-					if e.Active.Links > 1 && e.Epoch > epochs[0].Epoch+1 {
+					if e.Active.Links > 1+btoi(tc.twice) && e.Epoch > epochs[0].Epoch+1 {
 						t.Errorf("epoch %d hashed on %d links: the replica without a shadow is asked again", e.Epoch, e.Active.Links)
 					}
 				}
@@ -131,6 +148,9 @@ func TestActiveBackup(t *testing.T) {
 			t.Logf("%d of %d hashed pages kept; leader: %+v", kept, pages, st)
 			if kept == 0 || kept == pages {
 				t.Fatalf("%d of %d pages kept: want some kept and the diverged ones sent", kept, pages)
+			}
+			if tc.twice && st.Restarts > st.Compared {
+				t.Errorf("the shadow restarted %d times: once per epoch, not per link", st.Restarts)
 			}
 			if st.Restarts < 10 || st.Equal != kept {
 				t.Errorf("shadow restarted %d times, found %d pages equal; the primary kept %d", st.Restarts, st.Equal, kept)
@@ -399,4 +419,11 @@ func TestActiveBackupSwitchesOff(t *testing.T) {
 	if st := leader.ShadowStats(); st.Restarts > uint64(compared)+2 {
 		t.Errorf("the shadow restarted %d times for %d epochs compared: it kept running once unused", st.Restarts, compared)
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -667,8 +667,8 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 				if dec, err = newPageDecoder(); err != nil {
 					return c.errorf("link %d: %w", link, err)
 				}
-				if r.active != nil {
-					dec.dec.Shadow = r.active.page // kept records (active.go)
+				if r.active != nil { // kept records (active.go)
+					dec.dec.Shadow = func(p uint64, dst []byte) bool { return r.active.page(link, p, dst) }
 				}
 			}
 			if err := r.receivePages(c, link, h, dec); err != nil {
