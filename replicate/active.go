@@ -104,10 +104,10 @@ func pageHash(page []byte) [hashSize]byte {
 	return [hashSize]byte(s[:hashSize])
 }
 
-// appendHashes appends the hashes of the pages of regions, read through
-// src, in map order, on up to GOMAXPROCS goroutines (the VM is paused:
-// its cores are free).
-func appendHashes(dst []byte, regions []Region, src func(Region) []byte) []byte {
+// hashPages returns the hashes of the pages of regions, read through
+// src, in map order, made on up to GOMAXPROCS goroutines (the VM is
+// paused: its cores are free).
+func hashPages(regions []Region, src func(Region) []byte) []byte {
 	var pages [][]byte
 	for _, x := range regions {
 		data := src(x)
@@ -115,9 +115,7 @@ func appendHashes(dst []byte, regions []Region, src func(Region) []byte) []byte 
 			pages = append(pages, data[k*PageSize:(k+1)*PageSize])
 		}
 	}
-	start := len(dst)
-	dst = slices.Grow(dst, len(pages)*hashSize)[:start+len(pages)*hashSize]
-	out := dst[start:]
+	out := make([]byte, len(pages)*hashSize)
 	workers := min(runtime.GOMAXPROCS(0), (len(pages)+255)/256)
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -131,7 +129,7 @@ func appendHashes(dst []byte, regions []Region, src func(Region) []byte) []byte 
 		}()
 	}
 	wg.Wait()
-	return dst
+	return out
 }
 
 // A want's reason: why a node asks for the pages it asks for.
@@ -496,7 +494,7 @@ func (a *activeEpoch) hashesOf(ext []Region, src func(Region) []byte) []byte {
 		}
 	}
 	t := time.Now()
-	h := appendHashes(nil, ext, src)
+	h := hashPages(ext, src)
 	a.took += time.Since(t)
 	a.shares, a.hashes = append(a.shares, ext), append(a.hashes, h)
 	return h
@@ -563,6 +561,15 @@ type linkActive struct {
 	wait        time.Duration
 }
 
+// activeAt is slot's link doing active backup this epoch (nil: none, or
+// active backup is off and actives nil).
+func activeAt(actives []*tcpLink, slot int) *tcpLink {
+	if slot < len(actives) {
+		return actives[slot]
+	}
+	return nil
+}
+
 // activeLinkOf returns l's TCP link if it takes part in active backup
 // this epoch.
 func (p *Primary) activeLinkOf(l *linkState, e uint64) *tcpLink {
@@ -579,6 +586,9 @@ func (p *Primary) activeLinkOf(l *linkState, e uint64) *tcpLink {
 // finishActive records the epoch's active backup and, with
 // ActiveBackupAuto, books whether it paid.
 func (p *Primary) finishActive(ae *activeEpoch, per []linkActive, rec *EpochTrace, e uint64) {
+	if per == nil {
+		return
+	}
 	t := &ActiveTrace{HashMicros: toMicros(ae.took)}
 	var wait time.Duration
 	rate := 0.0

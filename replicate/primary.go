@@ -1061,14 +1061,17 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 	var wg sync.WaitGroup
 	sendErrs := make([]error, len(p.links))
 	// Links to nodes running a shadow send hashes first (active.go).
-	actives := make([]*tcpLink, len(alive))
-	for slot, li := range alive {
-		if hashesFit(exts[slot]) {
-			actives[slot] = p.activeLinkOf(p.links[li], e)
+	var actives []*tcpLink
+	var perActive []linkActive
+	var ae activeEpoch
+	if p.cfg.ActiveBackup != ActiveBackupOff {
+		actives, perActive = make([]*tcpLink, len(alive)), make([]linkActive, len(p.links))
+		for slot, li := range alive {
+			if hashesFit(exts[slot]) {
+				actives[slot] = p.activeLinkOf(p.links[li], e)
+			}
 		}
 	}
-	var ae activeEpoch
-	perActive := make([]linkActive, len(p.links))
 	encoded, err := p.prepareEncoding(alive, exts, actives)
 	if err != nil {
 		return false, err
@@ -1086,7 +1089,7 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 			enc := encoded[slot]
 			m := &MapRecord{Epoch: e, Committed: l.mapCommit(p.committed.Load()), Regions: ext}
 			var err error
-			if tl := actives[slot]; tl != nil {
+			if tl := activeAt(actives, slot); tl != nil {
 				perActive[l.index].used = true
 				err = p.sendActive(l, tl, m, ext, src, enc, &ae, deadlines[l.index], &perActive[l.index])
 			} else {

@@ -559,7 +559,8 @@ type encodedGroup struct {
 // prepareEncoding returns, per slot of alive (whose shares are exts), the
 // encoding of the links that send encoded pages (nil for the others),
 // slots with the same share sharing one. It runs before the sending
-// goroutines, which only use what it returns.
+// goroutines, which only use what it returns. actives (nil: none) are
+// the slots' links doing active backup.
 func (p *Primary) prepareEncoding(alive []uint32, exts [][]Region, actives []*tcpLink) ([]*encodedSend, error) {
 	out := make([]*encodedSend, len(alive))
 	if p.red == nil {
@@ -570,13 +571,13 @@ func (p *Primary) prepareEncoding(alive []uint32, exts [][]Region, actives []*tc
 		pl, ok := p.links[li].Link.(pageLink)
 		// A link doing active backup always encodes, on its own: its
 		// kept records are its node's alone.
-		active := actives[slot] != nil
+		active := activeAt(actives, slot) != nil
 		if !ok || !on && !active {
 			continue
 		}
 		var g *encodedGroup
 		for prev := range slot {
-			if !active && out[prev] != nil && actives[prev] == nil && slices.Equal(exts[prev], exts[slot]) {
+			if !active && out[prev] != nil && activeAt(actives, prev) == nil && slices.Equal(exts[prev], exts[slot]) {
 				g = out[prev].group
 				break
 			}

@@ -136,7 +136,7 @@ func (p *Primary) speculate() {
 	// A copy first: the guest runs, and an encoded page must not change
 	// between its checksum and its delta.
 	src := p.stage(mem, s.regions)
-	encoded, err := p.prepareEncoding(alive, s.perLink, make([]*tcpLink, len(alive)))
+	encoded, err := p.prepareEncoding(alive, s.perLink, nil)
 	if err != nil {
 		p.log.Warn("speculative transfer", "err", err)
 		return

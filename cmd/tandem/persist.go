@@ -14,6 +14,7 @@ import (
 
 	"github.com/tandemvm/tandem/cmd/tandem/internal/bench"
 	"github.com/tandemvm/tandem/replicate"
+	"github.com/tandemvm/tandem/replicate/pagecodec"
 	"github.com/tandemvm/tandem/replicate/persist"
 	"github.com/tandemvm/tandem/vmm"
 )
@@ -125,15 +126,34 @@ func resumePersisted(dir string, spec *vmSpec, epoch time.Duration) (*persistRun
 // nonZeroPages appends the pages of mem that are not all zero.
 func nonZeroPages(dst []uint64, mem []byte) []uint64 {
 	for p := 0; p < len(mem)/persist.PageSize; p++ {
-		page := mem[p*persist.PageSize : (p+1)*persist.PageSize]
-		for _, b := range page {
-			if b != 0 {
-				dst = append(dst, uint64(p))
-				break
-			}
+		if !pagecodec.IsZero(mem[p*persist.PageSize : (p+1)*persist.PageSize]) {
+			dst = append(dst, uint64(p))
 		}
 	}
 	return dst
+}
+
+// stage stages epoch e of the still VM in the directory: its dirty pages
+// (every page that is not zero, for a new directory) and its state, with
+// its output sealed in gate. It returns the pages, in pages' storage.
+func (pr *persistRun) stage(src *vmm.ReplicationSource, gate *replicate.OutputGate, e uint64, pages []uint64) ([]uint64, error) {
+	pages, err := src.HarvestDirty(pages[:0])
+	if err != nil {
+		return pages, err
+	}
+	if pr.full {
+		pages = nonZeroPages(pages[:0], src.Memory())
+	}
+	state, err := src.CaptureState()
+	if err != nil {
+		return pages, err
+	}
+	gate.Seal(e)
+	if err := pr.dir.Stage(e, pages, src.Memory(), state); err != nil {
+		return pages, err
+	}
+	pr.full = false // the record holds them; a failed Sync ends the run
+	return pages, nil
 }
 
 // runPersisted runs vm and, every epoch, pauses it, stages its dirty
@@ -162,18 +182,7 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 			return err
 		}
 		var err error
-		pages, err = src.HarvestDirty(pages[:0])
-		var state []byte
-		if err == nil {
-			if pr.full {
-				pages = nonZeroPages(pages[:0], src.Memory())
-			}
-			state, err = src.CaptureState()
-		}
-		if err == nil {
-			gate.Seal(e)
-			err = pr.dir.Stage(e, pages, src.Memory(), state)
-		}
+		pages, err = pr.stage(src, gate, e, pages)
 		src.Resume()
 		if err != nil {
 			return err
@@ -184,7 +193,6 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 			return err
 		}
 		sum.add(len(pages), paused, time.Since(start), pr.dir.LogBytes()-log0)
-		pr.full = false
 		if err := gate.Release(e); err != nil {
 			log.Warn("serial console", "err", err)
 		}
@@ -225,19 +233,10 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 // persistFinal makes the stopped VM's last epoch durable and releases its
 // output.
 func persistFinal(pr *persistRun, src *vmm.ReplicationSource, gate *replicate.OutputGate, e uint64) error {
-	pages, err := src.HarvestDirty(nil)
-	if err != nil {
+	if _, err := pr.stage(src, gate, e, nil); err != nil {
 		return err
 	}
-	if pr.full {
-		pages = nonZeroPages(nil, src.Memory())
-	}
-	state, err := src.CaptureState()
-	if err != nil {
-		return err
-	}
-	gate.Seal(e)
-	if err := pr.dir.Append(e, pages, src.Memory(), state); err != nil {
+	if err := pr.dir.Sync(); err != nil {
 		return err
 	}
 	return gate.Release(e)
