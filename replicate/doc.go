@@ -14,8 +14,9 @@
 // during the epoch in the OutputGate. Grouping merges the dirty pages into
 // regions: by cost unless PrimaryConfig.SGMax fixes a bound (a clean gap is
 // sent along only where that is cheaper on the links in service than one
-// more element, which on TCP and, at usual rates, on RDMA it never is;
-// with SGMax, seed 003's fixed 32, across the smallest gaps). The Assigner
+// more element: its map entry plus what the link measured an element to
+// cost when it connected (a TCP link's probe, probe.go) or, on RDMA, a
+// share of a work request; at usual rates that is less than a page; with SGMax, seed 003's fixed 32, across the smallest gaps). The Assigner
 // splits the regions across links (Algorithm 1 of seed 003, "fast") or
 // sends each one on every link ("ft"). Each link then carries, like an
 // RDMA one-sided write followed by a write-with-immediate, a map record

@@ -63,6 +63,9 @@ type tcpLink struct {
 	deadline time.Time
 	// active is the link's side of active backup (active.go).
 	active *activeLink
+	// element is what one more slice costs the link, measured by the
+	// probe when it connected (probe.go).
+	element time.Duration
 }
 
 // sendDeadliner is implemented by links whose sends can be bounded in
@@ -83,6 +86,11 @@ func dialLink(ctx context.Context, creds *auth.Credentials, addr string, index i
 		return nil, fmt.Errorf("replicate: link %d: %w", index, err)
 	}
 	l := &tcpLink{index: index, c: c, active: &activeLink{wants: make(chan wantMsg, 1)}}
+	dl, _ := ctx.Deadline()
+	if err := l.probe(dl); err != nil {
+		c.c.Close()
+		return nil, err
+	}
 	go l.readAcks(acks)
 	return l, nil
 }

@@ -251,6 +251,7 @@ func (p *Primary) dialTCP(ctx context.Context, addr string, index int, hello Hel
 		return nil, err
 	}
 	l.chunk, l.progress = p.cfg.FaultChunk, p.cfg.FaultProgress
+	p.log.Debug("replica link connected", "link", index, "addr", addr, "element_cost", l.element)
 	return l, nil
 }
 

@@ -736,32 +736,37 @@ func (p *Primary) group(dst []Region, pages []uint64) []Region {
 }
 
 // elementCoster is a Link for which one more region of an epoch costs
-// time beyond its bytes (an RDMA link: a share of a work request).
+// time beyond its bytes: a TCP link's slice (measured by its probe,
+// probe.go), an RDMA link's share of a work request.
 type elementCoster interface {
 	elementCost() time.Duration
 }
 
 // mergeableGap is the largest clean gap, in pages, that is cheaper to send
 // along than to cut the region at, on the links in service: the gap's
-// bytes at the slowest link's rate against the cost of one more element.
-// On a TCP link with reduction an element is a 16-byte map entry, on a
-// raw one an iovec (writev takes IOV_MAX per call): neither is worth a
-// page. On RDMA it is a share of a work request.
+// bytes at the slowest link's rate against the cost of one more element,
+// its map entry's bytes plus the time the link states for it. A link that
+// carries encoded pages copies them into messages whatever the regions, so
+// only the map entry counts there.
 func (p *Primary) mergeableGap() uint64 {
 	var gap uint64
+	encoding := p.red != nil && p.red.encodingOn()
 	for _, l := range p.links {
 		if l == nil || !l.alive {
-			continue
-		}
-		c, ok := l.Link.(elementCoster)
-		if !ok {
 			continue
 		}
 		rate := l.rate
 		if rate <= 0 {
 			rate = 12.5e9 // 100 Gbit/s until measured: merges the least
 		}
-		gap = max(gap, uint64(c.elementCost().Seconds()*rate)/PageSize)
+		var cost time.Duration
+		if c, ok := l.Link.(elementCoster); ok {
+			cost = c.elementCost()
+		}
+		if _, ok := l.Link.(pageLink); ok && encoding {
+			cost = 0
+		}
+		gap = max(gap, (uint64(cost.Seconds()*rate)+mapEntrySize)/PageSize)
 	}
 	return gap
 }

@@ -629,6 +629,7 @@ func (r *Replica) releaseLink(link uint32, gen uint64) {
 // complete epochs and applies them when they are committed.
 func (r *Replica) serveLink(c *conn, link uint32) error {
 	pages := uint64(len(r.store.epochs))
+	mapped := false // a probe comes before the first map
 	var dec *pageDecoder
 	defer func() {
 		if dec != nil {
@@ -641,7 +642,12 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			return c.errorf("link %d: %w", link, err)
 		}
 		switch h.Type {
+		case MsgProbe:
+			if err := r.answerProbe(c, link, h, mapped); err != nil {
+				return err
+			}
 		case MsgMap, MsgMapMore:
+			mapped = true
 			p, err := readPayload(c.r, h)
 			if err != nil {
 				return c.errorf("link %d: %w", link, err)

@@ -25,14 +25,15 @@ import (
 // carried by every message in both directions, and checked on every read.
 const (
 	wireMagic   = 0x4D444E54 // "TNDM"
-	wireVersion = 4
+	wireVersion = 5
 	headerSize  = 40
 )
 
 // MsgType is the kind of a protocol message.
 type MsgType uint16
 
-// Message types. Primary → replica on a link: Hello, Map, Data or Pages
+// Message types. Primary → replica on a link: Hello, Probe (before the
+// first Map, answered by a Probe; probe.go), Map, Data or Pages
 // (and, for an epoch sent in two parts, MapMore and its Data or Pages;
 // with active backup, Hashes right after the Map), Done, Commit. Replica
 // → primary: Welcome, Ack, Error, and Want answering Hashes. Primary → leader on the
@@ -70,10 +71,11 @@ const (
 	MsgMapMore    // primary → replica on a TCP link: the second part of a speculated epoch's map (speculate.go)
 	MsgHashes     // primary → replica on a TCP link, after the map: a hash per page (active backup, active.go)
 	MsgWant       // replica → primary: the pages of those hashes it wants sent
+	MsgProbe      // primary → replica on a TCP link before its first map, and back: the element cost's measurement (probe.go)
 	msgTypeEnd
 )
 
-var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced", "cluster", "pages", "map more", "hashes", "want"}
+var msgNames = [...]string{"", "hello", "welcome", "error", "map", "data", "done", "ack", "commit", "state", "heartbeat", "query", "report", "resolve", "epochs", "fetch", "bye", "ticket", "disk hashes", "disk want", "disk chunk", "disk done", "fenced", "cluster", "pages", "map more", "hashes", "want", "probe"}
 
 func (t MsgType) String() string {
 	if t > 0 && t < msgTypeEnd {
@@ -100,7 +102,7 @@ func maxPayload(t MsgType) uint64 {
 	case MsgDiskChunk:
 		return 4 + 8 + disk.ChunkSize
 	case MsgMap, MsgMapMore, MsgFetch:
-		return 8 + 4 + maxMapRegions*16
+		return 8 + 4 + maxMapRegions*mapEntrySize
 	case MsgDone, MsgAck, MsgCommit, MsgHeartbeat, MsgQuery, MsgResolve, MsgBye:
 		return 0
 	case MsgDiskDone:
@@ -113,6 +115,8 @@ func maxPayload(t MsgType) uint64 {
 		return maxHashesPayload
 	case MsgWant:
 		return 1 + maxHashesPayload/hashSize/8
+	case MsgProbe:
+		return probeBytes
 	}
 	return maxSmallPayload
 }
@@ -344,6 +348,9 @@ func (m *MapRecord) Pages() uint64 {
 	return n
 }
 
+// mapEntrySize is the bytes one region takes in a map.
+const mapEntrySize = 16
+
 // appendMap appends a map message (header and payload) to b.
 func appendMap(b []byte, vmID, gen uint64, m *MapRecord) []byte {
 	return appendMapAs(b, MsgMap, vmID, gen, m)
@@ -351,7 +358,7 @@ func appendMap(b []byte, vmID, gen uint64, m *MapRecord) []byte {
 
 // appendMapAs appends a map of type t (MsgMap or MsgMapMore).
 func appendMapAs(b []byte, t MsgType, vmID, gen uint64, m *MapRecord) []byte {
-	b = appendHeader(b, Header{Type: t, VMID: vmID, Generation: gen, Epoch: m.Epoch, Length: uint32(12 + 16*len(m.Regions))})
+	b = appendHeader(b, Header{Type: t, VMID: vmID, Generation: gen, Epoch: m.Epoch, Length: uint32(12 + mapEntrySize*len(m.Regions))})
 	return appendRegions(binary.LittleEndian.AppendUint64(b, m.Committed), m.Regions)
 }
 
