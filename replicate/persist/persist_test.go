@@ -59,7 +59,7 @@ func checkRecovered(t *testing.T, dir string, e uint64, mem []byte) (*Dir, *Reco
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
-	if rec.Epoch != e || !bytes.Equal(rec.State, stateOf(e)) || rec.VM != testVM {
+	if rec.Epoch != e || !bytes.Equal(rec.State, stateOf(e)) || !rec.VM.Equal(testVM) {
 		t.Fatalf("recovered epoch %d, state %q, VM %+v; want epoch %d", rec.Epoch, rec.State, rec.VM, e)
 	}
 	got, err := os.ReadFile(rec.Memory)
