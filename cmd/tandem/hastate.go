@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/tandemvm/tandem/devices/virtio"
 	"github.com/tandemvm/tandem/replicate"
@@ -80,27 +81,57 @@ func (s *linuxSource) CaptureState() ([]byte, error) {
 }
 
 func (s *linuxSource) diskSection() ([]byte, error) {
-	b := binary.LittleEndian.AppendUint32(nil, uint32(len(s.disks)))
+	writes, err := s.harvestWrites()
+	if err != nil {
+		return nil, err
+	}
+	b := binary.LittleEndian.AppendUint32(nil, uint32(len(writes)))
+	for _, w := range writes {
+		b = disk.AppendWrites(b, w)
+	}
+	return b, nil
+}
+
+// harvestWrites takes each disk's blocks written since the last harvest,
+// with their content now.
+func (s *linuxSource) harvestWrites() ([]*disk.Writes, error) {
+	out := make([]*disk.Writes, len(s.disks))
 	total := 0
 	for i, d := range s.disks {
 		var w virtio.DiskWrites
 		d.Harvest(&w)
-		rec := disk.Writes{Flushed: w.Flushed}
+		rec := &disk.Writes{Flushed: w.Flushed}
 		for _, blk := range w.Blocks {
 			n, err := d.ReadBlock(blk, s.block)
 			if err != nil {
 				return nil, fmt.Errorf("disk %d: %w", i, err)
 			}
-			// The record keeps the bytes until it is encoded below.
+			// The record keeps the bytes until it is encoded.
 			rec.Blocks = append(rec.Blocks, disk.Block{Index: blk, Data: bytes.Clone(s.block[:n])})
 			if total += n; total > maxEpochDiskBytes {
 				return nil, fmt.Errorf("an epoch wrote more than %d MiB to its disks, more than one epoch's state carries: use a shorter --epoch", maxEpochDiskBytes>>20)
 			}
 		}
-		b = disk.AppendWrites(b, &rec)
+		out[i] = rec
 	}
 	s.diskBytes = total
-	return b, nil
+	return out, nil
+}
+
+// captureApart is CaptureState with the disk writes apart: the state
+// carries an empty disk section (a persisted record holds the writes
+// itself, see persist.go).
+func (s *linuxSource) captureApart() ([]byte, []*disk.Writes, error) {
+	writes, err := s.harvestWrites()
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := s.ReplicationSource.CaptureState()
+	if err != nil {
+		return nil, nil, err
+	}
+	out := append(slices.Clip(s.head), 0, 0, 0, 0)
+	return append(out, st...), writes, nil
 }
 
 var _ replicate.Source = (*linuxSource)(nil)

@@ -221,6 +221,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "--resume", notEmpty, "--guest", "hello"}, 2, "holds its guest"},
 		{[]string{"run", "--guest", "hello", "--persist", missing, "--ha"}, 2, "do not combine with --ha yet"},
 		{[]string{"run", "--guest", "hello", "--persist-epoch", "10ms"}, 2, "need --persist or --resume"},
+		{[]string{"run", "--guest", "hello", "--persist", missing, "--mem-file", missing}, 2, "leave --mem-file out"},
+		{[]string{"run", "--resume", notEmpty, "--kernel", missing}, 2, "holds its guest"},
+		{[]string{"run", "--guest", "hello", "--persist", filepath.Join(notEmpty, "new"), "--kernel", missing}, 2, "exclude each other"},
 		{[]string{"run", "--guest", "hello", "--persist", missing, "--persist-write-factor", "0.5"}, 2, "--persist-write-factor 0.5: want 1"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

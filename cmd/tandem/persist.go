@@ -14,6 +14,7 @@ import (
 
 	"github.com/tandemvm/tandem/cmd/tandem/internal/bench"
 	"github.com/tandemvm/tandem/replicate"
+	"github.com/tandemvm/tandem/replicate/disk"
 	"github.com/tandemvm/tandem/replicate/pagecodec"
 	"github.com/tandemvm/tandem/replicate/persist"
 	"github.com/tandemvm/tandem/vmm"
@@ -29,6 +30,9 @@ type persistRun struct {
 	// loaded without the dirty log seeing it).
 	first uint64
 	full  bool
+	// linux is a Linux guest's source: its state carries its devices,
+	// and its disk writes go into the records (nil: a flat guest).
+	linux *linuxSource
 }
 
 // tearEnv makes a persisted VM pull its own plug in the middle of an
@@ -69,9 +73,46 @@ func (pr *persistRun) slowWrites(factor float64, log *slog.Logger) {
 // memory file is synchronised and the log starts again.
 func checkpointBytes(memBytes uint64) int64 { return max(64<<20, int64(memBytes/2)) }
 
-// createPersisted makes --persist DIR for a new VM.
+// specDisks are the paths of the disks spec's guest has, in its order.
+func specDisks(spec *vmSpec) []string {
+	var out []string
+	for _, c := range spec.virtio {
+		if c.Type == "blk" {
+			out = append(out, c.Path)
+		}
+	}
+	return out
+}
+
+// createPersisted makes --persist DIR for a new VM, with a copy of each of
+// its disks as they are before it runs.
 func createPersisted(dir string, spec *vmSpec, epoch time.Duration) (*persistRun, error) {
-	d, err := persist.Create(dir, persist.VM{ID: newVMID(), MemBytes: spec.memBytes, VCPUs: spec.vcpus, Guest: spec.guestName})
+	vm := persist.VM{ID: newVMID(), MemBytes: spec.memBytes, VCPUs: spec.vcpus, Guest: spec.guestName}
+	var disks []*os.File
+	defer func() {
+		for _, f := range disks {
+			f.Close()
+		}
+	}()
+	for _, path := range specDisks(spec) {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, usagef("--disk: %v", err)
+		}
+		disks = append(disks, f)
+		fi, err := f.Stat()
+		if err != nil {
+			return nil, usagef("--disk: %v", err)
+		}
+		if fi.Size() == 0 {
+			return nil, usagef("--disk %s is empty", path)
+		}
+		vm.Disks = append(vm.Disks, fi.Size())
+	}
+	if len(disks) > 0 {
+		spec.log.Info("copying the disks into the persisted VM's directory", "dir", dir, "disks", len(disks))
+	}
+	d, err := persist.Create(dir, vm, disks...)
 	if errors.Is(err, persist.ErrExists) {
 		return nil, usagef("--persist %s: %v; continue that VM with --resume %s, or give an empty directory", dir, err, dir)
 	} else if err != nil {
@@ -87,18 +128,59 @@ func createPersisted(dir string, spec *vmSpec, epoch time.Duration) (*persistRun
 
 // resumePersisted opens --resume DIR and sets spec up to continue its VM
 // from the newest durable epoch.
-func resumePersisted(dir string, spec *vmSpec, epoch time.Duration) (*persistRun, error) {
+// Linux devices given on the command line (--disk, --net, --channel)
+// replace the host side of the persisted guest's, as with --restore.
+func resumePersisted(dir string, spec *vmSpec, epoch time.Duration, linux *linuxFlags, set map[string]bool) (*persistRun, error) {
 	d, rec, err := persist.Open(dir)
 	if err != nil {
 		return nil, fmt.Errorf("--resume %s: %w", dir, err)
 	}
-	st, isLinux, err := splitHAState(rec.State)
-	if err != nil || isLinux {
+	fail := func(err error) (*persistRun, error) {
 		d.Close()
-		return nil, fmt.Errorf("--resume %s: the state of epoch %d: not a flat guest's (%v)", dir, rec.Epoch, err)
+		return nil, err
+	}
+	st, isLinux, err := splitHAState(rec.State)
+	if err != nil {
+		return fail(fmt.Errorf("--resume %s: the state of epoch %d: %w", dir, rec.Epoch, err))
 	}
 	spec.memBytes, spec.vcpus, spec.guestName = rec.VM.MemBytes, rec.VM.VCPUs, rec.VM.Guest
+	addDevices := func(*vmm.VM) error { return nil }
+	if isLinux {
+		devs, err := devicesFromMeta(st.virtio)
+		if err != nil {
+			return fail(fmt.Errorf("--resume %s: the state of epoch %d: %w", dir, rec.Epoch, err))
+		}
+		if err := devs.override(linux, set); err != nil {
+			return fail(err)
+		}
+		if len(devs.disks) != len(rec.Disks) {
+			return fail(fmt.Errorf("--resume %s: %w: the guest has %d disks, the directory %d", dir, persist.ErrCorrupt, len(devs.disks), len(rec.Disks)))
+		}
+		// The guest runs on its disks as of the epoch: each is made the
+		// directory's copy again (whatever it was written after that).
+		for i, ds := range devs.disks {
+			if fi, err := os.Stat(ds.path); ds.readOnly && err == nil && fi.Size() == rec.VM.Disks[i] {
+				continue // never written: the guest cannot
+			}
+			if err := restoreDisk(ds.path, rec.Disks[i], rec.VM.Disks[i]); err != nil {
+				return fail(fmt.Errorf("--resume %s: disk %d: %w", dir, i, err))
+			}
+			spec.log.Info("disk restored to the durable epoch", "disk", ds.path, "epoch", rec.Epoch)
+		}
+		spec.virtio = devs.meta()
+		spec.haDevs = &haDevices{}
+		addDevices = func(vm *vmm.VM) error { return devs.add(vm, spec) }
+		// The guest may be on another host than before: tell the L2
+		// network where its MACs are now.
+		spec.ready = func(vm *vmm.VM) { announceInterfaces(vm, spec.log) }
+	} else if linux.used(set) {
+		return fail(usagef("--resume %s holds a flat guest: it has no --disk, --net or --channel", dir))
+	}
 	spec.load = func(vm *vmm.VM) error {
+		// The devices come first: the state includes theirs.
+		if err := addDevices(vm); err != nil {
+			return err
+		}
 		f, err := os.Open(rec.Memory)
 		if err != nil {
 			return err
@@ -123,6 +205,25 @@ func resumePersisted(dir string, spec *vmSpec, epoch time.Duration) (*persistRun
 	return pr, nil
 }
 
+// restoreDisk makes the disk at path (created if missing) the persisted
+// copy at from, of size bytes.
+func restoreDisk(path, from string, size int64) error {
+	src, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	err = persist.CopyFile(dst, src, size)
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // nonZeroPages appends the pages of mem that are not all zero.
 func nonZeroPages(dst []uint64, mem []byte) []uint64 {
 	for p := 0; p < len(mem)/persist.PageSize; p++ {
@@ -134,9 +235,10 @@ func nonZeroPages(dst []uint64, mem []byte) []uint64 {
 }
 
 // stage stages epoch e of the still VM in the directory: its dirty pages
-// (every page that is not zero, for a new directory) and its state, with
-// its output sealed in gate. It returns the pages, in pages' storage.
-func (pr *persistRun) stage(src *vmm.ReplicationSource, gate *replicate.OutputGate, e uint64, pages []uint64) ([]uint64, error) {
+// (every page that is not zero, for a new directory), its disk writes and
+// its state, with its output sealed in gates. It returns the pages, in
+// pages' storage.
+func (pr *persistRun) stage(src *vmm.ReplicationSource, gates replicate.Gates, e uint64, pages []uint64) ([]uint64, error) {
 	pages, err := src.HarvestDirty(pages[:0])
 	if err != nil {
 		return pages, err
@@ -144,12 +246,18 @@ func (pr *persistRun) stage(src *vmm.ReplicationSource, gate *replicate.OutputGa
 	if pr.full {
 		pages = nonZeroPages(pages[:0], src.Memory())
 	}
-	state, err := src.CaptureState()
+	var state []byte
+	var writes []*disk.Writes
+	if pr.linux != nil {
+		state, writes, err = pr.linux.captureApart()
+	} else {
+		state, err = src.CaptureState()
+	}
 	if err != nil {
 		return pages, err
 	}
-	gate.Seal(e)
-	if err := pr.dir.Stage(e, pages, src.Memory(), state); err != nil {
+	gates.Seal(e)
+	if err := pr.dir.Stage(e, pages, src.Memory(), state, writes...); err != nil {
 		return pages, err
 	}
 	pr.full = false // the record holds them; a failed Sync ends the run
@@ -157,14 +265,21 @@ func (pr *persistRun) stage(src *vmm.ReplicationSource, gate *replicate.OutputGa
 }
 
 // runPersisted runs vm and, every epoch, pauses it, stages its dirty
-// pages and state, resumes it, and makes the epoch durable before its
-// output (held in gate) is released: the output commit of replication,
-// with the directory as the only replica. It returns when the VM stops;
-// a failure to persist stops the VM with its output held.
-func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replicate.OutputGate, log *slog.Logger) (vmm.Result, error) {
+// pages, disk writes and state, resumes it, and makes the epoch durable
+// before its output (held in gates: the serial console's and, for a
+// Linux guest, its devices') is released: the output commit of
+// replication, with the directory as the only replica. It returns when
+// the VM stops; a failure to persist stops the VM with its output held.
+func runPersisted(ctx context.Context, vm *vmm.VM, spec *vmSpec, gates replicate.Gates) (vmm.Result, error) {
+	pr, log := spec.persist, spec.log
 	src, err := vmm.NewReplicationSource(vm)
 	if err != nil {
 		return vmm.Result{}, err
+	}
+	if len(spec.virtio) > 0 {
+		if pr.linux, err = newLinuxSource(src, spec.virtio, spec.haDevs.disks); err != nil {
+			return vmm.Result{}, err
+		}
 	}
 	vmDone := startRun(ctx, vm)
 	var pages []uint64
@@ -175,14 +290,14 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 	summary := time.NewTicker(time.Second)
 	defer summary.Stop()
 	persistOne := func() error {
-		gate.BeginPause()
-		defer gate.EndPause()
+		gates.BeginPause()
+		defer gates.EndPause()
 		start := time.Now()
 		if err := src.Pause(); err != nil {
 			return err
 		}
 		var err error
-		pages, err = pr.stage(src, gate, e, pages)
+		pages, err = pr.stage(src, gates, e, pages)
 		src.Resume()
 		if err != nil {
 			return err
@@ -193,8 +308,8 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 			return err
 		}
 		sum.add(len(pages), paused, time.Since(start), pr.dir.LogBytes()-log0)
-		if err := gate.Release(e); err != nil {
-			log.Warn("serial console", "err", err)
+		if err := gates.Release(e); err != nil {
+			log.Warn("guest output", "err", err)
 		}
 		e++
 		if pr.dir.LogBytes() > checkpointBytes(uint64(len(src.Memory()))) {
@@ -207,7 +322,7 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 		case r := <-vmDone:
 			// What the guest wrote last leaves once it is durable.
 			if r.err == nil {
-				if err := persistFinal(pr, src, gate, e); err != nil {
+				if err := persistFinal(pr, src, gates, e); err != nil {
 					log.Error("the last epoch could not be made durable; its output is dropped", "err", err)
 				}
 			}
@@ -232,14 +347,14 @@ func runPersisted(ctx context.Context, vm *vmm.VM, pr *persistRun, gate *replica
 
 // persistFinal makes the stopped VM's last epoch durable and releases its
 // output.
-func persistFinal(pr *persistRun, src *vmm.ReplicationSource, gate *replicate.OutputGate, e uint64) error {
-	if _, err := pr.stage(src, gate, e, nil); err != nil {
+func persistFinal(pr *persistRun, src *vmm.ReplicationSource, gates replicate.Gates, e uint64) error {
+	if _, err := pr.stage(src, gates, e, nil); err != nil {
 		return err
 	}
 	if err := pr.dir.Sync(); err != nil {
 		return err
 	}
-	return gate.Release(e)
+	return gates.Release(e)
 }
 
 // persistSummary sums up a second of persisted epochs in a log line: the

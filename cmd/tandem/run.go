@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,8 +36,8 @@ func cmdRun(ctx context.Context, args []string) error {
 	control := fs.String("control", "", "serve the control socket (for tandem snapshot) at unix:PATH or tcp:ADDR")
 	restore := fs.String("restore", "", "restore the VM from this snapshot file instead of booting a guest")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	persistDir := fs.String("persist", "", "make every epoch durable in this directory (new or empty) before its output leaves: the VM survives a power cut with nothing acknowledged lost (flat guests; continue it with --resume)")
-	resumeDir := fs.String("resume", "", "continue the VM persisted in this directory from its newest durable epoch, persisting on into it")
+	persistDir := fs.String("persist", "", "make every epoch durable in this directory (new or empty) before its output leaves, disk writes included: the VM survives a power cut with nothing acknowledged lost (continue it with --resume)")
+	resumeDir := fs.String("resume", "", "continue the VM persisted in this directory from its newest durable epoch, persisting on into it; its disks are restored to that epoch (--disk, --net and --channel replace their host side)")
 	persistEpoch := fs.Duration("persist-epoch", 50*time.Millisecond, "with --persist or --resume: how long the VM runs between two durable epochs")
 	writeFactor := fs.Float64("persist-write-factor", 1, "with --persist or --resume: emulate persistent memory whose writes are this many times slower than DRAM's (seed 003 Table I: 2 ST-MRAM, 20 3D XPoint, 1000 RRAM), each write to the directory delayed to match; put the directory on a RAM file system (/dev/shm) to measure the technology alone")
 	ha := addHAFlags(fs)
@@ -61,10 +62,10 @@ func cmdRun(ctx context.Context, args []string) error {
 			return usagef("--persist and --resume exclude each other: --resume persists on into its directory")
 		case set["ha"]:
 			return usagef("--persist and --resume do not combine with --ha yet")
-		case *resumeDir != "" && (*guest != "" || *restore != "" || linux.used(set) || set["mem"] || set["vcpus"] || set["args"]):
+		case *resumeDir != "" && (*guest != "" || *restore != "" || set["mem"] || set["vcpus"] || set["args"] || slices.ContainsFunc([]string{"kernel", "initrd", "cmdline", "kernel-entry", "rng"}, func(f string) bool { return set[f] })):
 			return usagef("--resume %s holds its guest: leave --guest, --restore, --kernel, --mem, --vcpus and --args out", *resumeDir)
-		case *persistDir != "" && (*restore != "" || linux.used(set)):
-			return usagef("--persist works with flat guests (--guest) for now")
+		case set["mem-file"]:
+			return usagef("--persist and --resume keep guest RAM themselves: leave --mem-file out")
 		case *persistEpoch < time.Millisecond:
 			return usagef("--persist-epoch %v: want at least 1ms", *persistEpoch)
 		case *writeFactor < 1 || *writeFactor > 1e6:
@@ -80,7 +81,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	}
 	switch {
 	case *resumeDir != "":
-		if spec.persist, err = resumePersisted(*resumeDir, &spec, *persistEpoch); err != nil {
+		if spec.persist, err = resumePersisted(*resumeDir, &spec, *persistEpoch, linux, set); err != nil {
 			return err
 		}
 		defer spec.persist.dir.Close()
@@ -163,7 +164,9 @@ func cmdRun(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if spec.ha != nil {
+	if spec.ha != nil || spec.persist != nil && spec.haDevs == nil {
+		// Replicated or persisted: the devices' writes and output go with
+		// their epoch.
 		spec.haDevs = &haDevices{}
 	}
 	if spec.ha != nil && spec.dirty == vmm.DirtyOff {
@@ -361,7 +364,7 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 		spec.ready(vm)
 	}
 	if spec.persist != nil {
-		return runPersisted(ctx, vm, spec.persist, gate, spec.log)
+		return runPersisted(ctx, vm, &spec, append(replicate.Gates{gate}, spec.haDevs.gates...))
 	}
 	if primary == nil {
 		return vm.Run(ctx)
