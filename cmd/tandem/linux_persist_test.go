@@ -121,6 +121,11 @@ func TestLinuxPersistKeepsDiskWrites(t *testing.T) {
 				t.Error("the guest's disk still holds what was written over it after the power cut: --resume did not restore it")
 			}
 			t.Logf("%d PUTs acknowledged over one connection across %d power cuts; lost %d", n, rounds, lost)
+			for _, line := range strings.Split(p.stderr.String(), "\n") {
+				if strings.Contains(line, "persisted epochs") {
+					t.Log(line) // the last round's epochs, second by second
+				}
+			}
 			if t.Failed() {
 				t.Logf("stderr:\n%s", p.stderr.String())
 			}
