@@ -63,6 +63,13 @@
 // It may be newer (a request processed whose reply was still held): clients
 // see that as at-least-once delivery.
 //
+// With PrimaryConfig.Persist (local.go) the primary also makes each epoch
+// durable on its own host, staged while the VM is paused and written while
+// the epoch is transferred, and the commit rule gains a clause: an epoch
+// commits only once it is durable there too. The whole cluster may then
+// lose power at once: the primary's directory holds every epoch whose
+// output left.
+//
 // # Generations and fencing
 //
 // Every primary term has a generation: the VM's first primary runs

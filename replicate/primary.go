@@ -136,6 +136,9 @@ type PrimaryConfig struct {
 	// (ReplicaConfig.Shadow) send only the pages the shadow wrote
 	// differently (active.go): ft, sync mode, TCP links, no Speculate.
 	ActiveBackup ActiveBackup
+	// Persist, when set, makes every epoch durable on this host too before
+	// it commits (local.go). Not with Speculate.
+	Persist LocalPersister
 	// AckTimeout is what an epoch may take on a link beyond the time the
 	// link's bytes need at its rate (see MinLinkRate), from the first send
 	// to the acknowledgement; a link (or leader) that has not taken its
@@ -327,6 +330,9 @@ func NewPrimary(cfg PrimaryConfig, src Source, gate Gate) (*Primary, error) {
 	}
 	if cfg.Speculate > 0 && cfg.Policy != PolicyFT {
 		return nil, errSpeculateFast
+	}
+	if cfg.Persist != nil && cfg.Speculate > 0 {
+		return nil, errPersistSpeculate
 	}
 	if cfg.ActiveBackup < ActiveBackupOff || cfg.ActiveBackup > ActiveBackupOn {
 		return nil, fmt.Errorf("replicate: active backup %v: want off, auto or on", cfg.ActiveBackup)
@@ -888,6 +894,11 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 		rec.DiskBytes = d.DiskWriteBytes()
 	}
 	p.gate.Seal(e)
+	local, err := p.persistLocally(e, mem, state)
+	if err != nil {
+		return err // paused, the output held
+	}
+	defer local.wait(e) // never two epochs at the persister at once
 	t1 := time.Now()
 	rec.Pause.Harvest = t1.Sub(t0)
 
@@ -919,6 +930,12 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 	t2 := time.Now()
 	rec.Pause.Group = t2.Sub(t1)
 	ok, err := p.transfer(ctx, e, p.regions, catchUp, src, state, rec)
+	if lerr := local.wait(e); lerr != nil && err == nil {
+		err = lerr // nothing commits that is not durable here
+	}
+	if local != nil {
+		rec.Durable = local.took
+	}
 	if err == nil && ok && state != nil {
 		if rerr := p.recordHolders(e); rerr != nil {
 			// Nothing commits until the coordinator knows who holds the

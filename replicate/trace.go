@@ -45,6 +45,9 @@ type EpochTrace struct {
 	Speculated      int    `json:"speculated,omitempty"`
 	SpeculatedBytes uint64 `json:"speculated_bytes,omitempty"`
 	SpeculatedAgain int    `json:"speculated_again,omitempty"`
+	// Durable is how long the epoch took to become durable on the
+	// primary's host, from its staging (PrimaryConfig.Persist).
+	Durable time.Duration `json:"durable_ns,omitempty"`
 }
 
 // GroupingOverhead returns TransferredPages / DirtyPages, the ratio seed 003
