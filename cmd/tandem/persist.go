@@ -86,8 +86,8 @@ func specDisks(spec *vmSpec) []string {
 
 // createPersisted makes --persist DIR for a new VM, with a copy of each of
 // its disks as they are before it runs.
-func createPersisted(dir string, spec *vmSpec, epoch time.Duration) (*persistRun, error) {
-	vm := persist.VM{ID: newVMID(), MemBytes: spec.memBytes, VCPUs: spec.vcpus, Guest: spec.guestName}
+func createPersisted(dir string, spec *vmSpec, epoch time.Duration, id uint64) (*persistRun, error) {
+	vm := persist.VM{ID: id, MemBytes: spec.memBytes, VCPUs: spec.vcpus, Guest: spec.guestName}
 	var disks []*os.File
 	defer func() {
 		for _, f := range disks {
@@ -355,6 +355,62 @@ func persistFinal(pr *persistRun, src *vmm.ReplicationSource, gates replicate.Ga
 		return err
 	}
 	return gates.Release(e)
+}
+
+// haPersister is a replicated VM's local persistence (--ha --persist, a
+// replicate.LocalPersister): the primary stages each epoch with it while
+// the VM is paused and waits for it before the epoch commits. A Linux
+// guest's disk writes come out of the state into the record.
+type haPersister struct {
+	pr    *persistRun
+	pages []uint64
+}
+
+func newHAPersister(pr *persistRun) *haPersister { return &haPersister{pr: pr} }
+
+// Stage implements replicate.LocalPersister.
+func (h *haPersister) Stage(e uint64, pages []uint64, mem []byte, state []byte) error {
+	if h.pr.full {
+		h.pages = nonZeroPages(h.pages[:0], mem)
+		pages = h.pages
+	}
+	st, linux, err := splitHAState(state)
+	if err != nil {
+		return err
+	}
+	var writes []*disk.Writes
+	if disks := h.pr.dir.VM().Disks; linux && len(disks) > 0 {
+		if writes, err = st.diskWrites(disks); err != nil {
+			return err
+		}
+		state = withoutDisks(state, st)
+	}
+	if err := h.pr.dir.Stage(e, pages, mem, state, writes...); err != nil {
+		return err
+	}
+	h.pr.full = false
+	return nil
+}
+
+// Sync implements replicate.LocalPersister, and checkpoints when the log
+// has grown.
+func (h *haPersister) Sync() error {
+	if err := h.pr.dir.Sync(); err != nil {
+		return err
+	}
+	if h.pr.dir.LogBytes() > checkpointBytes(h.pr.dir.VM().MemBytes) {
+		return h.pr.dir.Checkpoint()
+	}
+	return nil
+}
+
+// withoutDisks is a Linux guest's state (split as st) with an empty disk
+// section: the record carries the writes itself.
+func withoutDisks(state []byte, st haState) []byte {
+	at := len(state) - len(st.vm) - len(st.disks) - 4 // the section's length
+	out := make([]byte, 0, at+4+len(st.vm))
+	out = append(out, state[:at]...)
+	return append(append(out, 0, 0, 0, 0), st.vm...)
 }
 
 // persistSummary sums up a second of persisted epochs in a log line: the

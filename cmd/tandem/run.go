@@ -36,7 +36,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	control := fs.String("control", "", "serve the control socket (for tandem snapshot) at unix:PATH or tcp:ADDR")
 	restore := fs.String("restore", "", "restore the VM from this snapshot file instead of booting a guest")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	persistDir := fs.String("persist", "", "make every epoch durable in this directory (new or empty) before its output leaves, disk writes included: the VM survives a power cut with nothing acknowledged lost (continue it with --resume)")
+	persistDir := fs.String("persist", "", "make every epoch durable in this directory (new or empty) before its output leaves, disk writes included: the VM survives a power cut with nothing acknowledged lost (continue it with --resume); with --ha, every epoch is durable here as well as replicated before its output leaves, so the whole cluster may lose power")
 	resumeDir := fs.String("resume", "", "continue the VM persisted in this directory from its newest durable epoch, persisting on into it; its disks are restored to that epoch (--disk, --net and --channel replace their host side)")
 	persistEpoch := fs.Duration("persist-epoch", 50*time.Millisecond, "with --persist or --resume: how long the VM runs between two durable epochs")
 	writeFactor := fs.Float64("persist-write-factor", 1, "with --persist or --resume: emulate persistent memory whose writes are this many times slower than DRAM's (seed 003 Table I: 2 ST-MRAM, 20 3D XPoint, 1000 RRAM), each write to the directory delayed to match; put the directory on a RAM file system (/dev/shm) to measure the technology alone")
@@ -60,8 +60,8 @@ func cmdRun(ctx context.Context, args []string) error {
 		switch {
 		case *persistDir != "" && *resumeDir != "":
 			return usagef("--persist and --resume exclude each other: --resume persists on into its directory")
-		case set["ha"]:
-			return usagef("--persist and --resume do not combine with --ha yet")
+		case *resumeDir != "" && set["ha"]:
+			return usagef("--resume does not combine with --ha yet: it continues the VM unprotected, persisting on")
 		case *resumeDir != "" && (*guest != "" || *restore != "" || set["mem"] || set["vcpus"] || set["args"] || slices.ContainsFunc([]string{"kernel", "initrd", "cmdline", "kernel-entry", "rng"}, func(f string) bool { return set[f] })):
 			return usagef("--resume %s holds its guest: leave --guest, --restore, --kernel, --mem, --vcpus and --args out", *resumeDir)
 		case set["mem-file"]:
@@ -149,13 +149,6 @@ func cmdRun(ctx context.Context, args []string) error {
 	default:
 		return usagef("say what to run: --guest NAME|PATH, --kernel PATH or --restore FILE")
 	}
-	if *persistDir != "" {
-		if spec.persist, err = createPersisted(*persistDir, &spec, *persistEpoch); err != nil {
-			return err
-		}
-		defer spec.persist.dir.Close()
-		spec.persist.slowWrites(*writeFactor, log)
-	}
 	spec.ha, err = ha.configure(set, spec.guestName, spec.vcpus, log)
 	if ha.coordinator != nil {
 		spec.joins = &joinWatch{c: ha.coordinator}
@@ -163,6 +156,21 @@ func cmdRun(ctx context.Context, args []string) error {
 	defer ha.close()
 	if err != nil {
 		return err
+	}
+	if *persistDir != "" {
+		id := newVMID()
+		if spec.ha != nil {
+			id = spec.ha.VMID // one VM, replicated and persisted
+		}
+		if spec.persist, err = createPersisted(*persistDir, &spec, *persistEpoch, id); err != nil {
+			return err
+		}
+		defer spec.persist.dir.Close()
+		spec.persist.slowWrites(*writeFactor, log)
+		if spec.ha != nil {
+			// Each epoch is durable here too before it commits.
+			spec.ha.Persist = newHAPersister(spec.persist)
+		}
 	}
 	if spec.ha != nil || spec.persist != nil && spec.haDevs == nil {
 		// Replicated or persisted: the devices' writes and output go with
@@ -363,7 +371,7 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	if spec.ready != nil {
 		spec.ready(vm)
 	}
-	if spec.persist != nil {
+	if spec.persist != nil && spec.ha == nil {
 		return runPersisted(ctx, vm, &spec, append(replicate.Gates{gate}, spec.haDevs.gates...))
 	}
 	if primary == nil {
