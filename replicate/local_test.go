@@ -1,7 +1,9 @@
 package replicate
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -132,5 +134,141 @@ func TestLocalPersistNeedsNoSpeculation(t *testing.T) {
 		Policy: PolicyFT, Speculate: 0.5, Persist: &dirPersister{}}, newFakeVM(t, 4), NewOutputGate(nil, 1))
 	if !errors.Is(err, errPersistSpeculate) {
 		t.Fatalf("NewPrimary: %v", err)
+	}
+}
+
+// stoppableVM is a fakeVM that can stop: from then on it cannot be paused.
+type stoppableVM struct {
+	*fakeVM
+	stopped atomic.Bool
+}
+
+var errVMStopped = errors.New("the VM stopped")
+
+func (s *stoppableVM) Pause() error {
+	if s.stopped.Load() {
+		return errVMStopped
+	}
+	return s.fakeVM.Pause()
+}
+
+// TestLocal: local persistence alone releases no epoch's output before
+// the epoch is durable, traces every epoch, stops with the output held
+// when persisting fails, and leaves the directory holding the newest
+// durable epoch with exactly its memory. A VM that stops ends Run with
+// the source's error, and Finish makes its last epoch durable.
+func TestLocal(t *testing.T) {
+	setup := func(t *testing.T, failAt uint64) (*stoppableVM, *dirPersister, *durableGate, string) {
+		vm := &stoppableVM{fakeVM: newFakeVM(t, 256)}
+		dir := filepath.Join(t.TempDir(), "vm")
+		d, err := persist.Create(dir, persist.VM{ID: 0x10CA1, MemBytes: uint64(len(vm.mem)), VCPUs: 1, Guest: "fake"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		per := &dirPersister{d: d, failAt: failAt, slow: time.Millisecond}
+		return vm, per, &durableGate{t: t, p: per}, dir
+	}
+	recover := func(t *testing.T, vm *stoppableVM, dir string, atLeast uint64) (uint64, []byte) {
+		t.Helper()
+		pd, rec, err := persist.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pd.Close()
+		mem, err := os.ReadFile(rec.Memory)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkRecovered(t, vm.fakeVM, &Recovered{Epoch: rec.Epoch, State: rec.State, Memory: mem}, atLeast)
+		return rec.Epoch, rec.State
+	}
+
+	t.Run("failure", func(t *testing.T) {
+		vm, per, gate, dir := setup(t, 30)
+		var trace strings.Builder
+		var lines atomic.Int32
+		l, err := NewLocal(LocalConfig{Epoch: 2 * time.Millisecond, Persist: per, Trace: NewTraceWriter(&trace),
+			Summary: func(string) { lines.Add(1) }}, vm, gate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go vm.run(ctx, 1)
+		err = l.Run(ctx)
+		if err == nil || !strings.Contains(err.Error(), "persisting epoch 30: the persistent memory failed") {
+			t.Fatalf("Run: %v", err)
+		}
+		if r := gate.released.Load(); r != 29 {
+			t.Fatalf("released up to epoch %d, want 29: the last durable one", r)
+		}
+		recs, err := ReadTrace(strings.NewReader(trace.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != 29 {
+			t.Fatalf("%d epochs traced, want 29", len(recs))
+		}
+		for i, r := range recs {
+			if r.Epoch != uint64(i+1) || r.Mode != "local" || r.Durable < r.Pause.Total || r.Pause.Total <= 0 {
+				t.Fatalf("trace record %d: epoch %d mode %q pause %v durable %v", i, r.Epoch, r.Mode, r.Pause.Total, r.Durable)
+			}
+		}
+		if got, _ := recover(t, vm, dir, 29); got != 29 {
+			t.Fatalf("recovered epoch %d, want 29", got)
+		}
+	})
+
+	t.Run("stop", func(t *testing.T) {
+		vm, per, gate, dir := setup(t, 0)
+		l, err := NewLocal(LocalConfig{Epoch: 2 * time.Millisecond, Persist: per, FirstEpoch: 7}, vm, gate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		guest := make(chan struct{})
+		go func() { vm.run(ctx, 2); close(guest) }()
+		vm.waitWrites(t, 2000, "guest writes")
+		vm.stopped.Store(true)
+		cancel()
+		<-guest
+		if err := l.Run(context.Background()); !errors.Is(err, errVMStopped) {
+			t.Fatalf("Run of a stopped VM: %v", err)
+		}
+		if err := l.Finish(); err != nil {
+			t.Fatal(err)
+		}
+		if l.Committed() < 7 || gate.released.Load() != l.Committed() {
+			t.Fatalf("last epoch %d, released %d", l.Committed(), gate.released.Load())
+		}
+		// The directory holds the memory the guest ended with.
+		_, state := recover(t, vm, dir, l.Committed())
+		vm.mu.Lock()
+		final := bytes.Equal(vm.snaps[binary.LittleEndian.Uint64(state)], vm.mem)
+		vm.mu.Unlock()
+		if !final {
+			t.Fatal("the directory's last epoch is not the memory the guest ended with")
+		}
+	})
+}
+
+// TestLocalSummary: the per-second line gives the epochs, the mean dirty
+// pages and the percentiles of pause and durability, then starts over.
+func TestLocalSummary(t *testing.T) {
+	var s localSummary
+	if s.line() != "" {
+		t.Fatal("a line without epochs")
+	}
+	for i := 1; i <= 100; i++ {
+		s.add(&EpochTrace{DirtyPages: 10, Pause: Durations{Total: time.Duration(i) * time.Millisecond}, Durable: time.Duration(2*i) * time.Millisecond})
+	}
+	want := "persisted epochs 100 | dirty 10 pg/epoch | pause p50 50ms p99 99ms | durable p50 100ms p99 198ms"
+	if got := s.line(); got != want {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+	if s.line() != "" {
+		t.Fatal("the summary did not start over")
 	}
 }

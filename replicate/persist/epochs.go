@@ -1,0 +1,69 @@
+package persist
+
+import (
+	"bytes"
+
+	"github.com/tandemvm/tandem/replicate/disk"
+)
+
+// Epochs feeds a Dir the epochs of a running VM, as the replication
+// engine's local persister (replicate.LocalPersister) or its only
+// protection (replicate.Local): Stage with the VM paused, Sync after.
+type Epochs struct {
+	Dir *Dir
+	// Full makes the next record hold every page that is not zero, not
+	// only the dirty ones: a new directory's first epoch (the guest was
+	// loaded without the dirty log seeing it).
+	Full bool
+	// Split, when set, takes an epoch's disk writes out of its state (a
+	// Linux guest's carries them), for the record to hold them itself.
+	Split func(state []byte) ([]byte, []*disk.Writes, error)
+	// CheckpointBytes is the log size past which Sync checkpoints; 0
+	// means max(64 MiB, half the VM's memory).
+	CheckpointBytes int64
+	pages           []uint64
+}
+
+var zeroPage = make([]byte, PageSize)
+
+// Stage stages epoch e: its dirty pages (or, with Full, every page that
+// is not zero) of mem, and its state.
+func (p *Epochs) Stage(e uint64, pages []uint64, mem []byte, state []byte) error {
+	if p.Full {
+		p.pages = p.pages[:0]
+		for i := range uint64(len(mem) / PageSize) {
+			if !bytes.Equal(mem[i*PageSize:(i+1)*PageSize], zeroPage) {
+				p.pages = append(p.pages, i)
+			}
+		}
+		pages = p.pages
+	}
+	var writes []*disk.Writes
+	if p.Split != nil {
+		var err error
+		if state, writes, err = p.Split(state); err != nil {
+			return err
+		}
+	}
+	if err := p.Dir.Stage(e, pages, mem, state, writes...); err != nil {
+		return err
+	}
+	p.Full = false // the record holds them; a failed Sync ends the run
+	return nil
+}
+
+// Sync makes the staged epoch durable, and checkpoints once the log has
+// grown past CheckpointBytes.
+func (p *Epochs) Sync() error {
+	if err := p.Dir.Sync(); err != nil {
+		return err
+	}
+	limit := p.CheckpointBytes
+	if limit == 0 {
+		limit = max(64<<20, int64(p.Dir.VM().MemBytes/2))
+	}
+	if p.Dir.LogBytes() > limit {
+		return p.Dir.Checkpoint()
+	}
+	return nil
+}
