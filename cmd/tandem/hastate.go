@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"slices"
 
 	"github.com/tandemvm/tandem/devices/virtio"
 	"github.com/tandemvm/tandem/replicate"
@@ -116,22 +115,6 @@ func (s *linuxSource) harvestWrites() ([]*disk.Writes, error) {
 	}
 	s.diskBytes = total
 	return out, nil
-}
-
-// captureApart is CaptureState with the disk writes apart: the state
-// carries an empty disk section (a persisted record holds the writes
-// itself, see persist.go).
-func (s *linuxSource) captureApart() ([]byte, []*disk.Writes, error) {
-	writes, err := s.harvestWrites()
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := s.ReplicationSource.CaptureState()
-	if err != nil {
-		return nil, nil, err
-	}
-	out := append(slices.Clip(s.head), 0, 0, 0, 0)
-	return append(out, st...), writes, nil
 }
 
 var _ replicate.Source = (*linuxSource)(nil)

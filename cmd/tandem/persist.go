@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,24 +14,47 @@ import (
 	"github.com/tandemvm/tandem/cmd/tandem/internal/bench"
 	"github.com/tandemvm/tandem/replicate"
 	"github.com/tandemvm/tandem/replicate/disk"
-	"github.com/tandemvm/tandem/replicate/pagecodec"
 	"github.com/tandemvm/tandem/replicate/persist"
 	"github.com/tandemvm/tandem/vmm"
 )
 
 // persistRun is tandem run --persist or --resume: the directory the VM's
-// epochs become durable in, and the interval between them.
+// epochs become durable in, the interval between them, and the first
+// epoch's number.
 type persistRun struct {
-	dir   *persist.Dir
-	epoch time.Duration
-	// first is the first epoch's number; full, that its record must hold
-	// every page that is not zero (a new directory: the guest's image was
-	// loaded without the dirty log seeing it).
-	first uint64
-	full  bool
-	// linux is a Linux guest's source: its state carries its devices,
-	// and its disk writes go into the records (nil: a flat guest).
-	linux *linuxSource
+	dir    *persist.Dir
+	epoch  time.Duration
+	first  uint64
+	epochs *persist.Epochs // feeds dir the epochs: replicate.LocalPersister
+}
+
+// newPersistRun persists into d from epoch first on; full says the first
+// record must hold every page that is not zero (a new directory: the
+// guest's image was loaded without the dirty log seeing it). A Linux
+// guest's disk writes come out of its state into the records.
+func newPersistRun(d *persist.Dir, epoch time.Duration, first uint64, full bool) (*persistRun, error) {
+	pr := &persistRun{dir: d, epoch: epoch, first: first,
+		epochs: &persist.Epochs{Dir: d, Full: full, Split: diskWritesApart(d.VM().Disks)}}
+	if err := tearInjection(pr); err != nil {
+		return nil, err
+	}
+	return pr, nil
+}
+
+// diskWritesApart takes a Linux guest's disk writes (disks of the given
+// sizes) out of its state, which keeps an empty disk section.
+func diskWritesApart(disks []int64) func(state []byte) ([]byte, []*disk.Writes, error) {
+	return func(state []byte) ([]byte, []*disk.Writes, error) {
+		st, linux, err := splitHAState(state)
+		if err != nil || !linux {
+			return state, nil, err
+		}
+		writes, err := st.diskWrites(disks)
+		if err != nil {
+			return nil, nil, err
+		}
+		return withoutDisks(state, st), writes, nil
+	}
 }
 
 // tearEnv makes a persisted VM pull its own plug in the middle of an
@@ -68,10 +90,6 @@ func (pr *persistRun) slowWrites(factor float64, log *slog.Logger) {
 	pr.dir.WriteDelay = bench.WriteModel{DRAMWrite: bw.Write}.Delay(factor)
 	log.Info("emulating slow persistent memory", "write_factor", factor, "technology", bench.TechName(factor), "dram_write_GBps", fmt.Sprintf("%.1f", bw.Write/1e9))
 }
-
-// checkpointBytes is the log size past which the loop checkpoints: the
-// memory file is synchronised and the log starts again.
-func checkpointBytes(memBytes uint64) int64 { return max(64<<20, int64(memBytes/2)) }
 
 // specDisks are the paths of the disks spec's guest has, in its order.
 func specDisks(spec *vmSpec) []string {
@@ -118,12 +136,11 @@ func createPersisted(dir string, spec *vmSpec, epoch time.Duration, id uint64) (
 	} else if err != nil {
 		return nil, err
 	}
-	pr := &persistRun{dir: d, epoch: epoch, first: 1, full: true}
-	if err := tearInjection(pr); err != nil {
+	pr, err := newPersistRun(d, epoch, 1, true)
+	if err != nil {
 		d.Close()
-		return nil, err
 	}
-	return pr, nil
+	return pr, err
 }
 
 // resumePersisted opens --resume DIR and sets spec up to continue its VM
@@ -197,12 +214,11 @@ func resumePersisted(dir string, spec *vmSpec, epoch time.Duration, linux *linux
 	}
 	spec.log.Info("resuming a persisted VM", "dir", dir, "epoch", rec.Epoch, "guest", rec.VM.Guest, "mem_MiB", rec.VM.MemBytes>>20,
 		"records", rec.Records, "torn_bytes", rec.TornBytes)
-	pr := &persistRun{dir: d, epoch: epoch, first: rec.Epoch + 1}
-	if err := tearInjection(pr); err != nil {
+	pr, err := newPersistRun(d, epoch, rec.Epoch+1, false)
+	if err != nil {
 		d.Close()
-		return nil, err
 	}
-	return pr, nil
+	return pr, err
 }
 
 // restoreDisk makes the disk at path (created if missing) the persisted
@@ -224,184 +240,54 @@ func restoreDisk(path, from string, size int64) error {
 	return err
 }
 
-// nonZeroPages appends the pages of mem that are not all zero.
-func nonZeroPages(dst []uint64, mem []byte) []uint64 {
-	for p := 0; p < len(mem)/persist.PageSize; p++ {
-		if !pagecodec.IsZero(mem[p*persist.PageSize : (p+1)*persist.PageSize]) {
-			dst = append(dst, uint64(p))
-		}
-	}
-	return dst
-}
-
-// stage stages epoch e of the still VM in the directory: its dirty pages
-// (every page that is not zero, for a new directory), its disk writes and
-// its state, with its output sealed in gates. It returns the pages, in
-// pages' storage.
-func (pr *persistRun) stage(src *vmm.ReplicationSource, gates replicate.Gates, e uint64, pages []uint64) ([]uint64, error) {
-	pages, err := src.HarvestDirty(pages[:0])
-	if err != nil {
-		return pages, err
-	}
-	if pr.full {
-		pages = nonZeroPages(pages[:0], src.Memory())
-	}
-	var state []byte
-	var writes []*disk.Writes
-	if pr.linux != nil {
-		state, writes, err = pr.linux.captureApart()
-	} else {
-		state, err = src.CaptureState()
-	}
-	if err != nil {
-		return pages, err
-	}
-	gates.Seal(e)
-	if err := pr.dir.Stage(e, pages, src.Memory(), state, writes...); err != nil {
-		return pages, err
-	}
-	pr.full = false // the record holds them; a failed Sync ends the run
-	return pages, nil
-}
-
 // runPersisted runs vm and, every epoch, pauses it, stages its dirty
 // pages, disk writes and state, resumes it, and makes the epoch durable
 // before its output (held in gates: the serial console's and, for a
 // Linux guest, its devices') is released: the output commit of
-// replication, with the directory as the only replica. It returns when
-// the VM stops; a failure to persist stops the VM with its output held.
+// replication, with the directory as the only replica
+// (replicate.Local). It returns when the VM stops, its last epoch durable
+// and its output out; a failure to persist stops the VM with its output
+// held.
 func runPersisted(ctx context.Context, vm *vmm.VM, spec *vmSpec, gates replicate.Gates) (vmm.Result, error) {
 	pr, log := spec.persist, spec.log
-	src, err := vmm.NewReplicationSource(vm)
+	src, err := haSource(vm, spec.virtio, spec.haDevs)
 	if err != nil {
 		return vmm.Result{}, err
 	}
-	if len(spec.virtio) > 0 {
-		if pr.linux, err = newLinuxSource(src, spec.virtio, spec.haDevs.disks); err != nil {
-			return vmm.Result{}, err
-		}
+	local, err := replicate.NewLocal(replicate.LocalConfig{Epoch: pr.epoch, Persist: pr.epochs, FirstEpoch: pr.first, Log: log,
+		Summary: func(line string) { log.Info(line) }}, src, gates)
+	if err != nil {
+		return vmm.Result{}, err
 	}
 	vmDone := startRun(ctx, vm)
-	var pages []uint64
-	e := pr.first
-	tick := time.NewTicker(pr.epoch)
-	defer tick.Stop()
-	var sum persistSummary
-	summary := time.NewTicker(time.Second)
-	defer summary.Stop()
-	persistOne := func() error {
-		gates.BeginPause()
-		defer gates.EndPause()
-		start := time.Now()
-		if err := src.Pause(); err != nil {
-			return err
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- local.Run(lctx) }()
+	var r vmResult
+	select {
+	case r = <-vmDone:
+		cancel()
+		err = <-runErr
+	case err = <-runErr:
+		if err != nil && !errors.Is(err, vmm.ErrNotRunning) {
+			log.Error("persisting failed; stopping the VM with its output held", "err", err)
+			vm.Stop()
+			<-vmDone
+			return vmm.Result{}, fmt.Errorf("--persist: %w", err)
 		}
-		var err error
-		pages, err = pr.stage(src, gates, e, pages)
-		src.Resume()
-		if err != nil {
-			return err
-		}
-		paused := time.Since(start)
-		log0 := pr.dir.LogBytes()
-		if err := pr.dir.Sync(); err != nil {
-			return err
-		}
-		sum.add(len(pages), paused, time.Since(start), pr.dir.LogBytes()-log0)
-		if err := gates.Release(e); err != nil {
-			log.Warn("guest output", "err", err)
-		}
-		e++
-		if pr.dir.LogBytes() > checkpointBytes(uint64(len(src.Memory()))) {
-			return pr.dir.Checkpoint()
-		}
-		return nil
+		r = <-vmDone
 	}
-	for {
-		select {
-		case r := <-vmDone:
-			// What the guest wrote last leaves once it is durable.
-			if r.err == nil {
-				if err := persistFinal(pr, src, gates, e); err != nil {
-					log.Error("the last epoch could not be made durable; its output is dropped", "err", err)
-				}
-			}
-			return r.res, r.err
-		case <-summary.C:
-			if line := sum.line(); line != "" {
-				log.Info(line)
-			}
-		case <-tick.C:
-			if err := persistOne(); err != nil {
-				if errors.Is(err, vmm.ErrNotRunning) {
-					continue // the VM is stopping: vmDone follows
-				}
-				log.Error("persisting failed; stopping the VM with its output held", "err", err)
-				vm.Stop()
-				<-vmDone
-				return vmm.Result{}, fmt.Errorf("--persist: %w", err)
-			}
+	switch {
+	case err != nil && !errors.Is(err, vmm.ErrNotRunning):
+		log.Error("persisting failed as the VM stopped; its last output stays held", "err", err)
+	case r.err == nil:
+		// What the guest wrote last leaves once it is durable.
+		if err := local.Finish(); err != nil {
+			log.Error("the last epoch could not be made durable; its output is dropped", "err", err)
 		}
 	}
-}
-
-// persistFinal makes the stopped VM's last epoch durable and releases its
-// output.
-func persistFinal(pr *persistRun, src *vmm.ReplicationSource, gates replicate.Gates, e uint64) error {
-	if _, err := pr.stage(src, gates, e, nil); err != nil {
-		return err
-	}
-	if err := pr.dir.Sync(); err != nil {
-		return err
-	}
-	return gates.Release(e)
-}
-
-// haPersister is a replicated VM's local persistence (--ha --persist, a
-// replicate.LocalPersister): the primary stages each epoch with it while
-// the VM is paused and waits for it before the epoch commits. A Linux
-// guest's disk writes come out of the state into the record.
-type haPersister struct {
-	pr    *persistRun
-	pages []uint64
-}
-
-func newHAPersister(pr *persistRun) *haPersister { return &haPersister{pr: pr} }
-
-// Stage implements replicate.LocalPersister.
-func (h *haPersister) Stage(e uint64, pages []uint64, mem []byte, state []byte) error {
-	if h.pr.full {
-		h.pages = nonZeroPages(h.pages[:0], mem)
-		pages = h.pages
-	}
-	st, linux, err := splitHAState(state)
-	if err != nil {
-		return err
-	}
-	var writes []*disk.Writes
-	if disks := h.pr.dir.VM().Disks; linux && len(disks) > 0 {
-		if writes, err = st.diskWrites(disks); err != nil {
-			return err
-		}
-		state = withoutDisks(state, st)
-	}
-	if err := h.pr.dir.Stage(e, pages, mem, state, writes...); err != nil {
-		return err
-	}
-	h.pr.full = false
-	return nil
-}
-
-// Sync implements replicate.LocalPersister, and checkpoints when the log
-// has grown.
-func (h *haPersister) Sync() error {
-	if err := h.pr.dir.Sync(); err != nil {
-		return err
-	}
-	if h.pr.dir.LogBytes() > checkpointBytes(h.pr.dir.VM().MemBytes) {
-		return h.pr.dir.Checkpoint()
-	}
-	return nil
+	return r.res, r.err
 }
 
 // withoutDisks is a Linux guest's state (split as st) with an empty disk
@@ -411,35 +297,4 @@ func withoutDisks(state []byte, st haState) []byte {
 	out := make([]byte, 0, at+4+len(st.vm))
 	out = append(out, state[:at]...)
 	return append(append(out, 0, 0, 0, 0), st.vm...)
-}
-
-// persistSummary sums up a second of persisted epochs in a log line: the
-// dirty pages, the bytes the log took, the VM's pause, and the time until
-// the epoch was durable (its output released), from the pause's start.
-type persistSummary struct {
-	epochs, pages   int
-	bytes           int64
-	paused, durable []time.Duration
-}
-
-func (s *persistSummary) add(pages int, paused, durable time.Duration, bytes int64) {
-	s.epochs++
-	s.pages += pages
-	s.bytes += bytes
-	s.paused = append(s.paused, paused)
-	s.durable = append(s.durable, durable)
-}
-
-func (s *persistSummary) line() string {
-	if s.epochs == 0 {
-		return ""
-	}
-	pct := func(d []time.Duration, p int) time.Duration {
-		slices.Sort(d)
-		return d[min(len(d)-1, max(0, (p*len(d)+99)/100-1))].Round(10 * time.Microsecond)
-	}
-	line := fmt.Sprintf("persisted epochs %d | dirty %d pg/epoch | log %.1f MB/s | pause p50 %v p99 %v | durable p50 %v p99 %v",
-		s.epochs, s.pages/s.epochs, float64(s.bytes)/1e6, pct(s.paused, 50), pct(s.paused, 99), pct(s.durable, 50), pct(s.durable, 99))
-	*s = persistSummary{paused: s.paused[:0], durable: s.durable[:0]}
-	return line
 }

@@ -90,26 +90,6 @@ func TestPersistSurvivesKill(t *testing.T) {
 	}
 }
 
-// TestPersistSummary: the per-second line gives the epochs, the mean
-// dirty pages and the percentiles of pause and durability, then starts
-// over.
-func TestPersistSummary(t *testing.T) {
-	var s persistSummary
-	if s.line() != "" {
-		t.Fatal("a line without epochs")
-	}
-	for i := 1; i <= 100; i++ {
-		s.add(10, time.Duration(i)*time.Millisecond, time.Duration(2*i)*time.Millisecond, 1e6/100)
-	}
-	want := "persisted epochs 100 | dirty 10 pg/epoch | log 1.0 MB/s | pause p50 50ms p99 99ms | durable p50 100ms p99 198ms"
-	if got := s.line(); got != want {
-		t.Fatalf("got  %q\nwant %q", got, want)
-	}
-	if s.line() != "" {
-		t.Fatal("the summary did not start over")
-	}
-}
-
 // TestPersistWithHASurvivesClusterPowerCut runs the counter guest under
 // --ha with --persist on the primary, pipelines increments at it, and
 // pulls the plug on the whole cluster at once (primary, replica and

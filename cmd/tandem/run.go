@@ -169,7 +169,7 @@ func cmdRun(ctx context.Context, args []string) error {
 		spec.persist.slowWrites(*writeFactor, log)
 		if spec.ha != nil {
 			// Each epoch is durable here too before it commits.
-			spec.ha.Persist = newHAPersister(spec.persist)
+			spec.ha.Persist = spec.persist.epochs
 		}
 	}
 	if spec.ha != nil || spec.persist != nil && spec.haDevs == nil {
