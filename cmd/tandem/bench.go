@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,7 +17,7 @@ import (
 // cmdBench runs seed 003's evaluation on this machine: see
 // cmd/tandem/internal/bench and the README's "tandem bench" section.
 func cmdBench(ctx context.Context, args []string) error {
-	fs := newFlagSet("bench", "[--quick] [--out DIR] [flags]   |   tandem bench --traffic [--smoke] [--out DIR] [--recording NAME=FILE,...]   |   tandem bench --analyze DIR")
+	fs := newFlagSet("bench", "[--quick] [--out DIR] [flags]   |   tandem bench --persist [--quick] [--out DIR] [flags]   |   tandem bench --traffic [--smoke] [--out DIR] [--recording NAME=FILE,...]   |   tandem bench --analyze DIR")
 	full := bench.DefaultConfig(bench.PresetFull)
 	quick := fs.Bool("quick", false, "run the reduced matrix (under 10 minutes on 2 cores): first --mem size only, "+bench.DefaultConfig(bench.PresetQuick).Duration.String()+" runs")
 	smoke := fs.Bool("smoke", false, "run a minimal matrix (under a minute), for tests")
@@ -34,6 +36,7 @@ func cmdBench(ctx context.Context, args []string) error {
 	writeBW := fs.Float64("write-bw", 0, "DRAM write bandwidth in bytes/s for the write-latency model (0: measure it)")
 	linux := fs.Bool("linux", false, "instead of the matrix, time the PUTs of a replicated Linux guest's client without --ha and at each --epochs (default 10ms,25ms,50ms); needs root, builds or reuses the guest")
 	puts := fs.Int("puts", 100, "with --linux: PUTs timed per configuration")
+	persistFlag := fs.Bool("persist", false, "instead of the whole bench, compare local persistence with replication: the dirty guest with no protection, --persist alone, async and fast(2) replication, and both, at each write-latency factor (default "+factorList(bench.PersistFactors)+": DRAM, ST-MRAM, 3D XPoint, RRAM), one pattern and epoch (default 50ms); takes the matrix's flags")
 	traffic := fs.Bool("traffic", false, "instead of the matrix, compare the techniques of traffic reduction: record each dirty guest pattern's epochs, replay them through every technique, run the random and scattered patterns live with the main ones; takes --quick, --smoke, --out, --mem and --epochs (one each), --duration, --warmup, --link-rate, --rate, --recording")
 	linuxWork := fs.Int("linux-workload", 0, "with --traffic: first record this many seconds of the Linux test guest's memory-writing workload (text, records, zeroed buffers, code copies) replicated on loopback, and add it as the workload \"linux\"; builds or reuses the guest")
 	recordings := fs.String("recording", "", "with --traffic: further workloads to replay, NAME=FILE,... (epoch recordings, as replicate.EpochRecorder writes them, e.g. of a Linux guest)")
@@ -83,6 +86,9 @@ func cmdBench(ctx context.Context, args []string) error {
 	if *linuxWork < 0 || *linuxWork > 600 {
 		return usagef("--linux-workload %d: want 1 to 600 seconds", *linuxWork)
 	}
+	if *persistFlag && (*traffic || *linux) {
+		return usagef("--persist excludes --traffic and --linux")
+	}
 	if *traffic {
 		for name := range set {
 			if !trafficFlags[name] {
@@ -103,6 +109,13 @@ func cmdBench(ctx context.Context, args []string) error {
 	tcfg := bench.DefaultTrafficConfig(preset)
 	if *traffic {
 		cfg = tcfg.Config
+	}
+	if *persistFlag {
+		cfg.MatrixOnly = true
+		cfg.Setups = slices.Clone(bench.PersistSetups)
+		cfg.Factors = slices.Clone(bench.PersistFactors)
+		cfg.Epochs = []time.Duration{50 * time.Millisecond}
+		cfg.Patterns = cfg.Patterns[:1]
 	}
 	var err error
 	cfg.Out = *out
@@ -196,6 +209,15 @@ func cmdBench(ctx context.Context, args []string) error {
 	}
 	_, err = bench.Run(ctx, cfg, opt)
 	return err
+}
+
+// factorList is factors as the --factors flag takes them.
+func factorList(fs []float64) string {
+	var s []string
+	for _, f := range fs {
+		s = append(s, strconv.FormatFloat(f, 'g', -1, 64))
+	}
+	return strings.Join(s, ",")
 }
 
 // trafficFlags are the flags --traffic takes.

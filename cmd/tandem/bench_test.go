@@ -26,6 +26,9 @@ func TestBenchFlags(t *testing.T) {
 		{"bench", "--setups", "fast3"},
 		{"bench", "--analyze", "x", "--quick"},
 		{"bench", "stray"},
+		{"bench", "--persist", "--traffic"},
+		{"bench", "--persist", "--linux"},
+		{"bench", "--persist", "--factors", "0.5"},
 	} {
 		_, stderr, status := runTandem(t, args...)
 		if status != exitUsage {
@@ -188,5 +191,75 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	if string(again) != string(b) {
 		t.Error("--analyze wrote different results from the same raw data")
+	}
+}
+
+// TestBenchPersistSmoke runs tandem bench --persist at its smallest: no
+// protection, local persistence, replication and both at one factor.
+// Every protected run persists or replicates epochs in its window, the
+// persisted ones report when their epochs were durable, and the report
+// compares them; the directories on the RAM file system are gone.
+func TestBenchPersistSmoke(t *testing.T) {
+	kvmtest.Open(t)
+	if err := bench.CheckLabTools(); err != nil {
+		if kvmtest.Required() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, tandemBin, "bench", "--persist", "--smoke", "--factors", "2", "--setups", "none,persist,async,asyncp,fast2p", "--out", dir)
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("tandem bench --persist --smoke: %v\n%s", err, out.String())
+	}
+	if strings.Contains(out.String(), "recovery of") || strings.Contains(out.String(), "data path") {
+		t.Errorf("--persist ran more than the matrix:\n%s", out.String())
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res bench.Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Env.Errors) > 0 {
+		t.Errorf("errors: %v", res.Env.Errors)
+	}
+	setups := map[string]bool{}
+	for _, r := range res.Runs {
+		setups[r.Spec.Setup] = true
+		if r.Progress <= 0 || r.ProgressRatio <= 0 {
+			t.Errorf("%s: progress %v ratio %v", r.Spec.ID, r.Progress, r.ProgressRatio)
+		}
+		if r.Spec.Setup == "none" {
+			continue
+		}
+		if r.Epochs < 2 || r.Pause.Total.Mean <= 0 || r.Spec.Factor != 2 {
+			t.Errorf("%s: %d epochs, pause %v", r.Spec.ID, r.Epochs, r.Pause.Total.Mean)
+		}
+		// Persisted runs, and only they, trace when each epoch was durable.
+		if persisted := r.Spec.SetupOf().Persist; persisted != (r.Durable.N > 0) || persisted && r.Durable.P50 <= 0 {
+			t.Errorf("%s: durable %+v", r.Spec.ID, r.Durable)
+		}
+	}
+	if len(setups) != 5 {
+		t.Errorf("setups run: %v", setups)
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"## Persistence and replication", "| ST-MRAM ×2 | persist |", "| ST-MRAM ×2 | async+persist |", "| ST-MRAM ×2 | fast(2)+persist |"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("report.md lacks %q", want)
+		}
+	}
+	if left, _ := filepath.Glob("/dev/shm/tandem-bench-persist-*"); len(left) > 0 {
+		t.Errorf("persisted runs left %v", left)
 	}
 }

@@ -100,6 +100,10 @@ type RunResult struct {
 	OverBound  float64          `json:"measured_over_bound"`
 	StateBytes float64          `json:"state_bytes"`
 	Timeline   []ProgressSample `json:"timeline,omitempty"` // pages/s per interval
+	// Durable is, with local persistence, how long each epoch took to be
+	// durable on the primary's host from its pause's start (for
+	// persistence alone: until its output left).
+	Durable Stat `json:"durable_ms"`
 }
 
 // RecoveryResult is the leader's recovery time for one memory size and
@@ -262,21 +266,32 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // emulated hardware, in ms: the bytes over the aggregate link rate (fast:
 // every link carries its share; ft: every link carries everything) plus the
 // emulated write delay of the bytes each replica writes, or for async the
-// staging copy at memcpy speed plus its emulated write delay.
+// staging copy at memcpy speed plus its emulated write delay. Local
+// persistence stages the bytes in its record at memcpy speed while the VM
+// is paused, and a sync epoch waits too for the record and the memory
+// file (each n bytes at the emulated technology's write speed) if that
+// takes longer than the links.
 func epochBound(env *Env, setup Setup, factor float64, n float64) float64 {
 	if n <= 0 {
 		return 0
 	}
 	w := WriteModel{DRAMWrite: env.WriteBW}
 	linkBps := float64(env.Config.LinkRate) / 8
+	var stage, durable float64
+	if setup.Persist {
+		stage = n / env.Bandwidth.Memcpy * 1e3
+		durable = 2 * (n/env.WriteBW*1e3 + ms(w.Extra(factor, int(n))))
+	}
 	switch {
+	case setup.Links == 0:
+		return stage
 	case setup.Mode == "async":
-		return n/env.Bandwidth.Memcpy*1e3 + ms(w.Extra(factor, int(n)))
+		return stage + n/env.Bandwidth.Memcpy*1e3 + ms(w.Extra(factor, int(n)))
 	case setup.Policy == "ft":
-		return n/linkBps*1e3 + ms(w.Extra(factor, int(n)))
+		return stage + max(durable, n/linkBps*1e3+ms(w.Extra(factor, int(n))))
 	default:
 		k := float64(setup.Links)
-		return n/(k*linkBps)*1e3 + ms(w.Extra(factor, int(n/k)))
+		return stage + max(durable, n/(k*linkBps)*1e3+ms(w.Extra(factor, int(n/k))))
 	}
 }
 
@@ -285,7 +300,7 @@ func analyzeRun(dir string, env *Env, raw RawRun) (RunResult, error) {
 	s := raw.Spec
 	setup := s.SetupOf()
 	rr := RunResult{Spec: s, Name: setup.Name, Error: raw.Error}
-	if setup.Links > 0 {
+	if setup.Protected() {
 		rr.Tech = TechName(s.Factor)
 	}
 	secs := raw.WindowEnd.Sub(raw.WindowStart).Seconds()
@@ -311,7 +326,7 @@ func analyzeRun(dir string, env *Env, raw RawRun) (RunResult, error) {
 		}
 		return rr, err
 	}
-	var total, harvest, group, transfer, ack, dirty, sent, extra, bound, boundSent, starts, imbal []float64
+	var total, harvest, group, transfer, ack, dirty, sent, extra, bound, boundSent, starts, imbal, durable []float64
 	var sumDirty, sumSent, sumBound, sumPause, sumState float64
 	rr.LinkBytes = make([]uint64, setup.Links)
 	for _, t := range recs {
@@ -329,6 +344,9 @@ func analyzeRun(dir string, env *Env, raw RawRun) (RunResult, error) {
 		group = append(group, ms(p.Group))
 		transfer = append(transfer, ms(p.Transfer))
 		ack = append(ack, ms(p.Ack))
+		if t.Durable > 0 {
+			durable = append(durable, ms(t.Durable))
+		}
 		dirty = append(dirty, float64(t.DirtyPages))
 		sent = append(sent, float64(t.TransferredPages))
 		if t.DirtyPages > 0 {
@@ -354,6 +372,7 @@ func analyzeRun(dir string, env *Env, raw RawRun) (RunResult, error) {
 	}
 	rr.Pause = PauseStats{Total: Summarize(total), Harvest: Summarize(harvest), Group: Summarize(group), Transfer: Summarize(transfer), Ack: Summarize(ack)}
 	rr.Dirty, rr.Transferred = Summarize(dirty), Summarize(sent)
+	rr.Durable = Summarize(durable)
 	rr.Overhead = ratio(sumSent, sumDirty)
 	rr.ExtraPct = Summarize(extra)
 	rr.ImbalancePct = Imbalance(rr.LinkBytes)

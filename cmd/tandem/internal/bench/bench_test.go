@@ -157,6 +157,25 @@ func TestMatrix(t *testing.T) {
 	if m := cfg.Matrix(); len(m) != 9+2 || slices.ContainsFunc(m, func(r RunSpec) bool { return r.Setup != "fast4" }) {
 		t.Errorf("--setups fast4: %d runs", len(m))
 	}
+	// tandem bench --persist: persistence alone is a protected setup with
+	// an epoch and a factor, not a baseline.
+	cfg.Setups, cfg.Factors, cfg.Epochs, cfg.Patterns = PersistSetups, PersistFactors, []time.Duration{50 * time.Millisecond}, cfg.Patterns[:1]
+	m := cfg.Matrix()
+	if len(m) != 1+4*(5+1) {
+		t.Errorf("--persist: %d runs, want 25", len(m))
+	}
+	persisted := 0
+	for _, r := range m {
+		if r.SetupOf().Persist {
+			persisted++
+			if r.Epoch != 50*time.Millisecond || r.Factor == 0 {
+				t.Errorf("--persist: run %+v lacks its epoch or factor", r)
+			}
+		}
+	}
+	if persisted != 3*4 {
+		t.Errorf("--persist: %d persisted runs, want 12", persisted)
+	}
 }
 
 func TestValidate(t *testing.T) {
@@ -248,6 +267,9 @@ func TestEpochBound(t *testing.T) {
 	f4, _ := LookupSetup("fast4")
 	ft4, _ := LookupSetup("ft4")
 	as, _ := LookupSetup("async")
+	p, _ := LookupSetup("persist")
+	asp, _ := LookupSetup("asyncp")
+	f2p, _ := LookupSetup("fast2p")
 	for _, c := range []struct {
 		setup  Setup
 		factor float64
@@ -259,6 +281,11 @@ func TestEpochBound(t *testing.T) {
 		{ft4, 20, 32 + 76}, // + 19 x 4 MB at 1 ns/byte
 		{as, 1, 0.4},       // memcpy at 10 GB/s
 		{as, 2, 0.4 + 4},   // + the staging copy's delay
+		{p, 1000, 0.4},     // the record's copy; its writes follow the pause
+		{asp, 2, 0.4 + 0.4 + 4},
+		{f2p, 1, 0.4 + 16},                   // 4 MB over 2 links outlasts writing 2 x 4 MB at 1 ns/byte
+		{f2p, 20, 0.4 + 2*(4+76)},            // the record and the memory file at ×20 outlast the links
+		{f2p, 2, 0.4 + max(16+2, 2*(4+4.0))}, // links + 2 MB per replica at ×2 vs 2 x 8 ms
 	} {
 		if got := epochBound(env, c.setup, c.factor, 4e6); !near(got, c.want, 1e-9) {
 			t.Errorf("bound %s x%g = %v ms, want %v", c.setup.Name, c.factor, got, c.want)
@@ -279,6 +306,26 @@ func writeTrace(t *testing.T, dir, rel string, recs []replicate.EpochTrace) {
 		if err := w.Write(&recs[i]); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// writeRun writes the raw data of a made-up run of setup into dir: pages
+// written in its 2 s window from t0+1s, 100 ms epochs traced by recs.
+func writeRun(t *testing.T, dir string, t0 time.Time, id, setup string, mem uint64, factor float64, pages uint64, recs []replicate.EpochTrace) {
+	t.Helper()
+	spec := RunSpec{ID: id, Setup: setup, Pattern: "scattered", MemBytes: mem, Factor: factor}
+	if setup != "none" {
+		spec.Epoch = 100 * time.Millisecond
+	}
+	raw := RawRun{Spec: spec, Start: t0, WindowStart: t0.Add(time.Second), WindowEnd: t0.Add(3 * time.Second),
+		PagesStart: 1000, PagesEnd: 1000 + pages,
+		Samples: []ProgressSample{{T: 1, Pages: 1000}, {T: 2, Pages: 1000 + pages/2}, {T: 3, Pages: 1000 + pages}}}
+	if recs != nil {
+		raw.Trace = filepath.Join(tracesDir, id+".jsonl")
+		writeTrace(t, dir, raw.Trace, recs)
+	}
+	if err := writeJSON(dir, filepath.Join(runsDir, id+".json"), raw); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -307,20 +354,7 @@ func fakeOutput(t *testing.T) string {
 	}
 	mem := cfg.Mems[0]
 	run := func(id, setup string, factor float64, pages uint64, recs []replicate.EpochTrace) {
-		spec := RunSpec{ID: id, Setup: setup, Pattern: "scattered", MemBytes: mem, Factor: factor}
-		if setup != "none" {
-			spec.Epoch = 100 * time.Millisecond
-		}
-		raw := RawRun{Spec: spec, Start: t0, WindowStart: t0.Add(time.Second), WindowEnd: t0.Add(3 * time.Second),
-			PagesStart: 1000, PagesEnd: 1000 + pages,
-			Samples: []ProgressSample{{T: 1, Pages: 1000}, {T: 2, Pages: 1000 + pages/2}, {T: 3, Pages: 1000 + pages}}}
-		if recs != nil {
-			raw.Trace = filepath.Join(tracesDir, id+".jsonl")
-			writeTrace(t, dir, raw.Trace, recs)
-		}
-		if err := writeJSON(dir, filepath.Join(runsDir, id+".json"), raw); err != nil {
-			t.Fatal(err)
-		}
+		writeRun(t, dir, t0, id, setup, mem, factor, pages, recs)
 	}
 	// Baselines: 60000 and 40000 pages in 2 s: 25000 pages/s on average.
 	run("scattered-64M-none-0", "none", 0, 60000, nil)
@@ -487,6 +521,62 @@ func TestReport(t *testing.T) {
 	}
 	if again.Runs[2].Pause.Total != res.Runs[2].Pause.Total {
 		t.Error("a second analysis disagrees with the first")
+	}
+}
+
+// TestPersistReport: runs with local persistence report how long their
+// epochs took to be durable, and the report compares them with
+// replication and no protection, technology by technology.
+func TestPersistReport(t *testing.T) {
+	dir := fakeOutput(t)
+	var env Env
+	if err := readJSON(dir, envFile, &env); err != nil {
+		t.Fatal(err)
+	}
+	env.Config.Setups = append(env.Config.Setups, "persist", "fast2p")
+	if err := writeJSON(dir, envFile, env); err != nil {
+		t.Fatal(err)
+	}
+	t0 := env.Started
+	epochs := func(mode string, links int, durable ...time.Duration) []replicate.EpochTrace {
+		var recs []replicate.EpochTrace
+		for i, d := range durable {
+			recs = append(recs, replicate.EpochTrace{Epoch: uint64(i + 1), Time: t0.Add(time.Second + time.Duration(i)*100*time.Millisecond), Mode: mode,
+				DirtyPages: 100, TransferredPages: 100, LinkBytes: make([]uint64, links), Pause: replicate.Durations{Harvest: d / 4, Total: d / 2}, Durable: d})
+		}
+		return recs
+	}
+	mem := env.Config.Mems[0]
+	for _, f := range []float64{1, 2} {
+		writeRun(t, dir, t0, runID("persist", "scattered", mem, 100*time.Millisecond, f, 0), "persist", mem, f, 45000,
+			epochs("local", 0, time.Duration(f)*2*time.Millisecond, time.Duration(f)*4*time.Millisecond, time.Duration(f)*6*time.Millisecond))
+		writeRun(t, dir, t0, runID("fast2p", "scattered", mem, 100*time.Millisecond, f, 0), "fast2p", mem, f, 30000,
+			epochs("sync", 2, 10*time.Millisecond, 20*time.Millisecond))
+	}
+	res, err := Report(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The ×2 block has only the baseline before it: 20000 pages/s.
+	p := findRun(res.Runs, "persist", "scattered", mem, 100*time.Millisecond, 2)
+	if p == nil || p.Tech != "ST-MRAM" || p.Durable.N != 3 || p.Durable.P50 != 8 || !near(p.Pause.Total.Mean, 4, 1e-9) || !near(p.ProgressRatio, 22500.0/20000, 1e-9) {
+		t.Fatalf("persist ×2: %+v", p)
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"## Persistence and replication",
+		"| DRAM ×1 | persist | 2.00 | 2.00 | 3.00 | 4.00 | 6.00 | 0.3% | 0.900 |",
+		"| ST-MRAM ×2 | fast(2)+persist | 7.50 | 5.00 | 10.00 | 10.00 | 20.00 | 0.8% | 0.750 |",
+		"| ST-MRAM ×2 | async | "} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("report.md lacks %q", want)
+		}
+	}
+	// Without persisted runs, no such section.
+	if strings.Contains(Markdown(&Results{Env: env, Runs: res.Runs[:2]}, nil), "## Persistence") {
+		t.Error("a persistence section without persisted runs")
 	}
 }
 

@@ -47,6 +47,9 @@ type Config struct {
 	// experiment; HarvestEpochs the harvests measured per point.
 	HarvestSizes  []uint64
 	HarvestEpochs int
+	// MatrixOnly runs the dirty guest's matrix alone: no data-path,
+	// recovery or harvest experiments (tandem bench --persist).
+	MatrixOnly bool
 	// PipelineTime is how long each data-path microbenchmark runs;
 	// PipelineDirty its dirty pages per epoch (scattered).
 	PipelineTime  time.Duration
@@ -149,22 +152,43 @@ type Setup struct {
 	Mode   string // "" (no replication), "sync" or "async"
 	Policy string // "fast" or "ft"
 	Links  int
+	// Persist makes every epoch durable on the primary's host too, in a
+	// directory on a RAM file system whose writes are slowed to the
+	// run's write-latency factor (tandem run --persist); alone, it is
+	// the only protection (replicate.Local).
+	Persist bool
 }
 
 // Setups are the configurations the issue asks for. async sends over one
 // link, as qemu-mc's single TCP stream did.
 var Setups = []Setup{
-	{"none", "none", "", "", 0},
-	{"async", "async", "async", "fast", 1},
-	{"fast(2)", "fast2", "sync", "fast", 2},
-	{"fast(4)", "fast4", "sync", "fast", 4},
-	{"ft(4)", "ft4", "sync", "ft", 4},
+	{Name: "none", ID: "none"},
+	{Name: "async", ID: "async", Mode: "async", Policy: "fast", Links: 1},
+	{Name: "fast(2)", ID: "fast2", Mode: "sync", Policy: "fast", Links: 2},
+	{Name: "fast(4)", ID: "fast4", Mode: "sync", Policy: "fast", Links: 4},
+	{Name: "ft(4)", ID: "ft4", Mode: "sync", Policy: "ft", Links: 4},
 	// Not in seed 003 and not run by default: async over every link.
-	{"async(4)", "async4", "async", "fast", 4},
+	{Name: "async(4)", ID: "async4", Mode: "async", Policy: "fast", Links: 4},
+	// Persistence (tandem bench --persist): alone and with replication.
+	{Name: "persist", ID: "persist", Persist: true},
+	{Name: "async+persist", ID: "asyncp", Mode: "async", Policy: "fast", Links: 1, Persist: true},
+	{Name: "fast(2)+persist", ID: "fast2p", Mode: "sync", Policy: "fast", Links: 2, Persist: true},
 }
+
+// Protected says whether the setup protects the VM at all: the
+// baseline ("none") does not.
+func (s Setup) Protected() bool { return s.Links > 0 || s.Persist }
 
 // DefaultSetups are the setups the bench runs unless told otherwise.
 var DefaultSetups = []string{"none", "async", "fast2", "fast4", "ft4"}
+
+// PersistSetups and PersistFactors are what tandem bench --persist runs:
+// no protection, local persistence, replication (async and sync), both,
+// at every technology of seed 003 Table I and RRAM's ×1000.
+var (
+	PersistSetups  = []string{"none", "persist", "async", "fast2", "asyncp", "fast2p"}
+	PersistFactors = []float64{1, 2, 20, 1000}
+)
 
 // SetupNames lists the setups' IDs.
 func SetupNames() []string {
@@ -225,7 +249,7 @@ func (c *Config) Matrix() []RunSpec {
 	var setups []string
 	hasNone := false
 	for _, s := range c.Setups {
-		if x, _ := LookupSetup(s); x.Mode == "" {
+		if x, _ := LookupSetup(s); !x.Protected() {
 			hasNone = true
 		} else {
 			setups = append(setups, x.ID)

@@ -24,12 +24,15 @@ type Plot struct {
 // palette: one colour per setup, and one per pause step.
 var (
 	setupColor = map[string]color.Color{
-		"none":   color.RGBA{0x55, 0x55, 0x55, 0xff},
-		"async":  color.RGBA{0xd6, 0x27, 0x28, 0xff},
-		"fast2":  color.RGBA{0x1f, 0x77, 0xb4, 0xff},
-		"fast4":  color.RGBA{0x2c, 0xa0, 0x2c, 0xff},
-		"ft4":    color.RGBA{0x94, 0x67, 0xbd, 0xff},
-		"async4": color.RGBA{0xff, 0x7f, 0x0e, 0xff},
+		"none":    color.RGBA{0x55, 0x55, 0x55, 0xff},
+		"async":   color.RGBA{0xd6, 0x27, 0x28, 0xff},
+		"fast2":   color.RGBA{0x1f, 0x77, 0xb4, 0xff},
+		"fast4":   color.RGBA{0x2c, 0xa0, 0x2c, 0xff},
+		"ft4":     color.RGBA{0x94, 0x67, 0xbd, 0xff},
+		"async4":  color.RGBA{0xff, 0x7f, 0x0e, 0xff},
+		"persist": color.RGBA{0x8c, 0x56, 0x4b, 0xff},
+		"asyncp":  color.RGBA{0xe3, 0x77, 0xc2, 0xff},
+		"fast2p":  color.RGBA{0x17, 0xbe, 0xcf, 0xff},
 	}
 	stepColor = []color.Color{
 		color.RGBA{0x8c, 0x56, 0x4b, 0xff}, // harvest
@@ -202,10 +205,10 @@ func memsWithRuns(res *Results) []uint64 {
 	return ms
 }
 
-func replicatedSetups() []Setup {
+func protectedSetups() []Setup {
 	var s []Setup
 	for _, x := range Setups {
-		if x.Links > 0 {
+		if x.Protected() {
 			s = append(s, x)
 		}
 	}
@@ -225,7 +228,7 @@ func plotSlowdown(path string, res *Results, mem uint64) (bool, error) {
 		p.X.Tick.Marker = plot.ConstantTicks(ticks)
 		p.Y.Tick.Marker = plot.ConstantTicks([]plot.Tick{{Value: 0, Label: "0"}, {Value: 0.25, Label: "0.25"}, {Value: 0.5, Label: "0.5"}, {Value: 0.75, Label: "0.75"}, {Value: 1, Label: "1"}})
 		any := false
-		for _, s := range replicatedSetups() {
+		for _, s := range protectedSetups() {
 			var xys plotter.XYs
 			for _, e := range cfg.Epochs {
 				if r := findRun(res.Runs, s.ID, cfg.Patterns[0], mem, e, f); r != nil && r.ProgressRatio > 0 {
@@ -257,7 +260,7 @@ func plotPause(path string, res *Results, mem uint64) (bool, error) {
 		var steps [4]plotter.Values
 		var bounds plotter.XYs
 		for _, e := range cfg.Epochs {
-			for _, s := range replicatedSetups() {
+			for _, s := range protectedSetups() {
 				r := findRun(res.Runs, s.ID, cfg.Patterns[0], mem, e, f)
 				if r == nil || r.Epochs == 0 {
 					continue
@@ -336,7 +339,7 @@ func plotEfficiency(path string, res *Results) (bool, error) {
 	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
 	lo, hi := math.Inf(1), 0.0
 	any := false
-	for i, s := range replicatedSetups() {
+	for i, s := range protectedSetups() {
 		var xys plotter.XYs
 		for _, r := range res.Runs {
 			if r.Spec.Setup == s.ID && r.Bound.Mean > 0 && r.Pause.Total.Mean > 0 {
@@ -439,7 +442,7 @@ func plotLinkBytes(path string, res *Results) (bool, error) {
 	p := newPlot(fmt.Sprintf("Bytes per link (%s, %dms, %s)", cfg.Patterns[0], e.Milliseconds(), TechName(f)), "link", "MB sent")
 	var bars []*plotter.BarChart
 	maxLinks := 0
-	for _, s := range replicatedSetups() {
+	for _, s := range protectedSetups() {
 		r := findRun(res.Runs, s.ID, cfg.Patterns[0], cfg.Mems[0], e, f)
 		if r == nil || len(r.LinkBytes) == 0 {
 			continue

@@ -74,6 +74,7 @@ func Markdown(res *Results, plots []Plot) string {
 			"an async epoch lasts until its transfer is acknowledged, so when its link cannot carry what the guest dirties, its epochs stretch and the work a failure can lose grows with them. "+
 			"*Time paused* is the sum of the pauses over the measured time: a pause per epoch means little when the epochs differ in length. Pattern %s, %d MiB.\n\n", cfg.Patterns[0], cfg.Mems[0]>>20)
 	}
+	persistReport(&b, res)
 	if spread := baselineSpread(res.Runs); spread != "" {
 		w("Run-to-run noise: the no-replication baselines of this run varied by %s (max − min over the mean), because the emulated guest's speed follows the load on the machine; ratios that differ by less than that are not distinguishable.\n\n", spread)
 	}
@@ -374,4 +375,52 @@ func baselineSpread(runs []RunResult) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// persistReport writes the comparison tandem bench --persist makes, if
+// the matrix had persisted runs: for each technology, pause per epoch,
+// time until an epoch is durable and guest progress, for no protection,
+// local persistence, replication and both (first pattern and memory
+// size, the headline epoch).
+func persistReport(b *strings.Builder, res *Results) {
+	cfg := res.Env.Config
+	any := false
+	for _, r := range res.Runs {
+		any = any || r.Spec.SetupOf().Persist
+	}
+	if !any {
+		return
+	}
+	e := headlineEpoch(cfg)
+	fmt.Fprintf(b, "## Persistence and replication\n\n"+
+		"The `%s` dirty guest, %d MiB, %v epochs. *persist* makes every epoch durable on the primary's host before its output leaves "+
+		"(`tandem run --persist`): while the VM is paused the epoch's dirty pages and state are copied into a record, then the record is written "+
+		"to the log and the previous one into the memory file, each write followed by the emulated technology's delay, and `fdatasync`; "+
+		"the directory is on a RAM file system (%s), so the delay is what the technology costs. "+
+		"*+persist* does the same on a replicated primary: an epoch commits once the replicas have it and it is durable here (sync waits for both while paused; async while the guest runs). "+
+		"*Durable* is from the pause's start (persistence alone) or the record's staging in it (with replication) to the record being durable. Progress ratio as in the matrix.\n\n",
+		cfg.Patterns[0], cfg.Mems[0]>>20, e, persistRoot())
+	t := newTable(b, "technology", "setup", "pause mean ms", "p50", "p99", "durable p50 ms", "p99", "time paused", "progress ratio")
+	for _, f0 := range cfg.Factors {
+		for _, id := range PersistSetups {
+			if id == "none" {
+				continue
+			}
+			r := findRun(res.Runs, id, cfg.Patterns[0], cfg.Mems[0], e, f0)
+			if r == nil {
+				continue
+			}
+			if r.Epochs == 0 {
+				t.row(fmt.Sprintf("%s ×%g", TechName(f0), f0), r.Name, "no epoch began in the measured window (each took longer than it)", "", "", "", "", "", f(r.ProgressRatio, 3))
+				continue
+			}
+			dur, dur99 := "", ""
+			if r.Durable.N > 0 {
+				dur, dur99 = f(r.Durable.P50, 2), f(r.Durable.P99, 2)
+			}
+			t.row(fmt.Sprintf("%s ×%g", TechName(f0), f0), r.Name, f(r.Pause.Total.Mean, 2), f(r.Pause.Total.P50, 2), f(r.Pause.Total.P99, 2),
+				dur, dur99, f(r.PausedPct, 1)+"%", f(r.ProgressRatio, 3))
+		}
+	}
+	b.WriteString("\n")
 }

@@ -148,7 +148,7 @@ func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
 	// The data path alone.
 	var pipes []RawPipeline
 	for _, s := range pipelineSetups {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || cfg.MatrixOnly {
 			break
 		}
 		p := b.runPipeline(ctx, s.name, s.policy, s.links)
@@ -192,7 +192,7 @@ func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
 	var recs []RawRecovery
 	for _, mem := range cfg.Mems {
 		for _, n := range cfg.RecoveryReplicas() {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || cfg.MatrixOnly {
 				break
 			}
 			rs := b.runRecovery(ctx, mem, n, cfg.RecoveryReps)
@@ -219,7 +219,7 @@ func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
 	for _, tr := range []vmm.DirtyTracking{vmm.DirtyBitmap, vmm.DirtyRing} {
 		for _, mem := range cfg.Mems {
 			for _, k := range cfg.HarvestSizes {
-				if ctx.Err() != nil {
+				if ctx.Err() != nil || cfg.MatrixOnly {
 					break
 				}
 				h := b.runHarvest(ctx, tr, mem, k, cfg.HarvestEpochs)
@@ -299,6 +299,9 @@ func (b *bencher) probeLinks() ([]float64, error) {
 
 func estimate(cfg Config) time.Duration {
 	d := time.Duration(len(cfg.Matrix())) * (cfg.Warmup + cfg.Duration + 700*time.Millisecond)
+	if cfg.MatrixOnly {
+		return d + 10*time.Second
+	}
 	d += time.Duration(len(pipelineSetups)) * (cfg.PipelineTime + time.Second)
 	linkBps := float64(cfg.LinkRate) / 8
 	for _, m := range cfg.Mems {

@@ -15,9 +15,12 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tandemvm/tandem/boot"
 	"github.com/tandemvm/tandem/images"
 	"github.com/tandemvm/tandem/replicate"
+	"github.com/tandemvm/tandem/replicate/persist"
 	"github.com/tandemvm/tandem/vmm"
 )
 
@@ -177,19 +180,26 @@ func (b *bencher) dirtyVM(mem uint64, pattern string, rate uint64, tracking vmm.
 	return vm, nil
 }
 
-// guestRun is a running VM and, when it is replicated, its primary.
+// protection is what protects a guest run: a replicate.Primary, or a
+// replicate.Local (persistence alone).
+type protection interface {
+	Run(ctx context.Context) error
+	Committed() uint64
+}
+
+// guestRun is a running VM and, when it is protected, its protection.
 type guestRun struct {
-	vm      *vmm.VM
-	primary *replicate.Primary
-	// vmDone and repDone get what the VM's and the primary's runs
+	vm   *vmm.VM
+	prot protection
+	// vmDone and repDone get what the VM's and the protection's runs
 	// returned; a watcher that takes one puts it back for stop.
 	vmDone, repDone chan error
 	stopVM, stopRep context.CancelFunc
 }
 
-// startGuest runs vm and, if not nil, primary.
-func startGuest(ctx context.Context, vm *vmm.VM, primary *replicate.Primary) *guestRun {
-	g := &guestRun{vm: vm, primary: primary, vmDone: make(chan error, 1), repDone: make(chan error, 1)}
+// startGuest runs vm and, if not nil, prot.
+func startGuest(ctx context.Context, vm *vmm.VM, prot protection) *guestRun {
+	g := &guestRun{vm: vm, prot: prot, vmDone: make(chan error, 1), repDone: make(chan error, 1)}
 	var vctx, rctx context.Context
 	vctx, g.stopVM = context.WithCancel(ctx)
 	rctx, g.stopRep = context.WithCancel(ctx)
@@ -200,22 +210,22 @@ func startGuest(ctx context.Context, vm *vmm.VM, primary *replicate.Primary) *gu
 		}
 		g.vmDone <- err
 	}()
-	if primary != nil {
-		go func() { g.repDone <- primary.Run(rctx) }()
+	if prot != nil {
+		go func() { g.repDone <- prot.Run(rctx) }()
 	}
 	return g
 }
 
-// stop stops replication, then the VM, and returns what either failed
-// with and the primary's committed epoch.
+// stop stops the protection, then the VM, and returns what either failed
+// with and the last committed epoch.
 func (g *guestRun) stop() (committed uint64, err error) {
 	var errs []error
-	if g.primary != nil {
+	if g.prot != nil {
 		g.stopRep()
 		if err := <-g.repDone; err != nil && !errors.Is(err, context.Canceled) {
-			errs = append(errs, fmt.Errorf("replication: %w", err))
+			errs = append(errs, fmt.Errorf("protection: %w", err))
 		}
-		committed = g.primary.Committed()
+		committed = g.prot.Committed()
 	}
 	g.stopVM()
 	g.vm.Stop()
@@ -225,11 +235,37 @@ func (g *guestRun) stop() (committed uint64, err error) {
 	return committed, errors.Join(errs...)
 }
 
+// persistRoot is where persisted runs keep their directories: a RAM file
+// system, so that the emulated technology's delay is what the writes cost.
+func persistRoot() string {
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() && unix.Access("/dev/shm", unix.W_OK) == nil {
+		return "/dev/shm"
+	}
+	return os.TempDir()
+}
+
+// startPersist makes a directory for a persisted run of vm, its writes
+// slowed to the factor's technology; remove it with the function
+// returned.
+func (b *bencher) startPersist(vm *vmm.VM, factor float64) (*persist.Epochs, func(), error) {
+	dir, err := os.MkdirTemp(persistRoot(), "tandem-bench-persist-")
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := persist.Create(filepath.Join(dir, "vm"), persist.VM{ID: newVMID(), MemBytes: vm.Memory().Size(), VCPUs: guestVCPUs, Guest: "dirty"})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	d.WriteDelay = b.model.Delay(factor)
+	return &persist.Epochs{Dir: d, Full: true}, func() { d.Close(); os.RemoveAll(dir) }, nil
+}
+
 func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) error {
 	setup := spec.SetupOf()
 	tracking := vmm.DirtyOff
-	if setup.Links > 0 {
-		tracking = vmm.DirtyBitmap // what tandem run --ha uses
+	if setup.Protected() {
+		tracking = vmm.DirtyBitmap // what tandem run --ha and --persist use
 	}
 	vm, err := b.dirtyVM(spec.MemBytes, spec.Pattern, b.cfg.Rate, tracking)
 	if err != nil {
@@ -237,51 +273,44 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 	}
 	defer vm.Close()
 
-	var primary *replicate.Primary
-	var traceFile *os.File
-	if setup.Links > 0 {
-		rs, err := b.startReplicas(ctx, b.lab, setup.Links, b.model.Delay(spec.Factor))
-		if err != nil {
-			return err
-		}
-		defer rs.stop()
+	var prot protection
+	if setup.Protected() {
 		raw.Trace = filepath.Join(tracesDir, spec.ID+".jsonl")
-		traceFile, err = os.Create(filepath.Join(b.cfg.Out, raw.Trace))
+		traceFile, err := os.Create(filepath.Join(b.cfg.Out, raw.Trace))
 		if err != nil {
 			return err
 		}
 		defer traceFile.Close()
-		mode, _ := replicate.ParseMode(setup.Mode)
-		policy, _ := replicate.ParsePolicy(setup.Policy)
-		pcfg := replicate.PrimaryConfig{
-			Auth:  b.auth,
-			Links: rs.addrs, Leader: rs.leadAddr, VMID: newVMID(), Guest: "dirty", VCPUs: guestVCPUs,
-			Epoch: spec.Epoch, Policy: policy, Mode: mode, SGMax: b.cfg.SGMax, Reduce: &seedPages,
-			Trace: replicate.NewTraceWriter(traceFile), Log: b.log,
-			AckTimeout: 10 * time.Second,
-		}
-		if mode == replicate.ModeAsync {
-			pcfg.StagingDelay = b.model.Delay(spec.Factor)
-		}
+		trace := replicate.NewTraceWriter(traceFile)
 		src, err := vmm.NewReplicationSource(vm)
 		if err != nil {
 			return err
 		}
 		gate := replicate.NewOutputGate(io.Discard, 16<<20)
 		defer gate.Close()
-		if primary, err = replicate.NewPrimary(pcfg, src, gate); err != nil {
-			return err
+		var epochs *persist.Epochs
+		if setup.Persist {
+			var remove func()
+			if epochs, remove, err = b.startPersist(vm, spec.Factor); err != nil {
+				return err
+			}
+			defer remove()
 		}
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err = primary.Connect(cctx)
-		cancel()
-		if err != nil {
-			return err
+		if setup.Links == 0 {
+			if prot, err = replicate.NewLocal(replicate.LocalConfig{Epoch: spec.Epoch, Persist: epochs, Trace: trace, Log: b.log}, src, gate); err != nil {
+				return err
+			}
+		} else {
+			primary, stop, err := b.startPrimary(ctx, spec, src, gate, trace, epochs)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			prot = primary
 		}
 	}
-
 	raw.Start = time.Now()
-	run := startGuest(ctx, vm, primary)
+	run := startGuest(ctx, vm, prot)
 	vmDone, repDone := run.vmDone, run.repDone
 	stopAll := func() error {
 		var err error
@@ -323,7 +352,7 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 			switch phase {
 			case 0:
 				_, started := pagesWritten(mem)
-				if started && (primary == nil || primary.Committed() >= 1) {
+				if started && (prot == nil || prot.Committed() >= 1) {
 					phase, windowStart = 1, now.Add(b.cfg.Warmup)
 				} else if now.After(deadline) {
 					return errors.Join(errors.New("the guest or the initial copy did not start within 30s"), stopAll())
@@ -332,15 +361,15 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 				if !now.Before(windowStart) {
 					phase, windowEnd = 2, now.Add(b.cfg.Duration)
 					raw.WindowStart, raw.PagesStart = now, sample()
-					if primary != nil {
-						committed0 = primary.Committed()
+					if prot != nil {
+						committed0 = prot.Committed()
 					}
 				}
 			case 2:
 				// Long epochs (async on a slow link stretches them to the
 				// transfer time) extend the window, up to 3 times, until a
 				// few epochs fall in it.
-				short := primary != nil && primary.Committed() < committed0+minWindowEpochs &&
+				short := prot != nil && prot.Committed() < committed0+minWindowEpochs &&
 					now.Before(raw.WindowStart.Add(3*b.cfg.Duration))
 				if !now.Before(windowEnd) && !short {
 					raw.WindowEnd, raw.PagesEnd = now, sample()
@@ -349,4 +378,47 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 			}
 		}
 	}
+}
+
+// startPrimary starts the replicas of spec's setup and connects a primary
+// of src to them; epochs, when set, makes every epoch durable on this
+// host too. stop stops the replicas.
+func (b *bencher) startPrimary(ctx context.Context, spec RunSpec, src replicate.Source, gate replicate.Gate, trace *replicate.TraceWriter,
+	epochs *persist.Epochs) (_ *replicate.Primary, stop func(), err error) {
+	setup := spec.SetupOf()
+	rs, err := b.startReplicas(ctx, b.lab, setup.Links, b.model.Delay(spec.Factor))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			rs.stop()
+		}
+	}()
+	mode, _ := replicate.ParseMode(setup.Mode)
+	policy, _ := replicate.ParsePolicy(setup.Policy)
+	pcfg := replicate.PrimaryConfig{
+		Auth:  b.auth,
+		Links: rs.addrs, Leader: rs.leadAddr, VMID: newVMID(), Guest: "dirty", VCPUs: guestVCPUs,
+		Epoch: spec.Epoch, Policy: policy, Mode: mode, SGMax: b.cfg.SGMax, Reduce: &seedPages,
+		Trace: trace, Log: b.log,
+		AckTimeout: 10 * time.Second,
+	}
+	if epochs != nil { // a nil *Epochs in the interface would not be nil
+		pcfg.Persist = epochs
+	}
+	if mode == replicate.ModeAsync {
+		pcfg.StagingDelay = b.model.Delay(spec.Factor)
+	}
+	primary, err := replicate.NewPrimary(pcfg, src, gate)
+	if err != nil {
+		return nil, nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = primary.Connect(cctx)
+	cancel()
+	if err != nil {
+		return nil, nil, err
+	}
+	return primary, rs.stop, nil
 }
