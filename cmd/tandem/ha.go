@@ -51,6 +51,9 @@ type haFlags struct {
 	// recorder writes --record-epochs, to recordFile.
 	recorder   *replicate.EpochRecorder
 	recordFile *os.File
+	// vmID, when set, is the VM's id (a resumed persisted VM keeps its
+	// own); otherwise configure makes one.
+	vmID uint64
 }
 
 // newVMID returns a random VM id (never 0, which is reserved).
@@ -160,7 +163,10 @@ func (h *haFlags) configure(set map[string]bool, guest string, vcpus int, log *s
 	if cfg.Mode, err = replicate.ParseMode(*h.mode); err != nil {
 		return nil, usagef("--mode: %v", err)
 	}
-	cfg.VMID = newVMID()
+	cfg.VMID = h.vmID
+	if cfg.VMID == 0 {
+		cfg.VMID = newVMID()
+	}
 	if *h.trace != "" {
 		f, err := os.Create(*h.trace)
 		if err != nil {

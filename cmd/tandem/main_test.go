@@ -219,7 +219,6 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "--guest", "hello", "--persist", notEmpty}, 2, "continue that VM with --resume"},
 		{[]string{"run", "--resume", missing}, 1, "not a persisted Tandem VM"},
 		{[]string{"run", "--resume", notEmpty, "--guest", "hello"}, 2, "holds its guest"},
-		{[]string{"run", "--resume", notEmpty, "--ha"}, 2, "--resume does not combine with --ha yet"},
 		{[]string{"run", "--guest", "hello", "--persist-epoch", "10ms"}, 2, "need --persist or --resume"},
 		{[]string{"run", "--guest", "hello", "--persist", missing, "--mem-file", missing}, 2, "leave --mem-file out"},
 		{[]string{"run", "--resume", notEmpty, "--kernel", missing}, 2, "holds its guest"},

@@ -60,8 +60,6 @@ func cmdRun(ctx context.Context, args []string) error {
 		switch {
 		case *persistDir != "" && *resumeDir != "":
 			return usagef("--persist and --resume exclude each other: --resume persists on into its directory")
-		case *resumeDir != "" && set["ha"]:
-			return usagef("--resume does not combine with --ha yet: it continues the VM unprotected, persisting on")
 		case *resumeDir != "" && (*guest != "" || *restore != "" || set["mem"] || set["vcpus"] || set["args"] || slices.ContainsFunc([]string{"kernel", "initrd", "cmdline", "kernel-entry", "rng"}, func(f string) bool { return set[f] })):
 			return usagef("--resume %s holds its guest: leave --guest, --restore, --kernel, --mem, --vcpus and --args out", *resumeDir)
 		case set["mem-file"]:
@@ -86,6 +84,7 @@ func cmdRun(ctx context.Context, args []string) error {
 		}
 		defer spec.persist.dir.Close()
 		spec.persist.slowWrites(*writeFactor, log)
+		ha.vmID = spec.persist.dir.VM().ID // one VM, replicated and persisted
 	case *restore != "" && *guest != "":
 		return usagef("--guest and --restore exclude each other: a snapshot already holds its guest")
 	case *restore != "":
@@ -167,10 +166,15 @@ func cmdRun(ctx context.Context, args []string) error {
 		}
 		defer spec.persist.dir.Close()
 		spec.persist.slowWrites(*writeFactor, log)
-		if spec.ha != nil {
-			// Each epoch is durable here too before it commits.
-			spec.ha.Persist = spec.persist.epochs
-		}
+	}
+	if spec.persist != nil && spec.ha != nil {
+		// Each epoch is durable here too before it commits. A resumed VM
+		// is replicated afresh (an initial copy from the directory's
+		// epoch on), and its first record holds all of memory: the guest
+		// may run before the initial copy starts its dirty log.
+		spec.ha.Persist = spec.persist.epochs
+		spec.ha.StartEpoch = spec.persist.first
+		spec.persist.epochs.Full = true
 	}
 	if spec.ha != nil || spec.persist != nil && spec.haDevs == nil {
 		// Replicated or persisted: the devices' writes and output go with
