@@ -177,7 +177,8 @@ func (l *Local) runEpoch(pause bool) error {
 	}
 	rec.Pause.Harvest = time.Since(t0)
 	rec.Pause.Total = rec.Pause.Harvest
-	rec.DirtyPages, rec.StateBytes = len(l.pages), len(state)
+	// The record carries the dirty pages themselves: nothing is grouped.
+	rec.DirtyPages, rec.TransferredPages, rec.StateBytes = len(l.pages), uint64(len(l.pages)), len(state)
 	if ds, ok := l.src.(DiskWriteSizer); ok {
 		rec.DiskBytes = ds.DiskWriteBytes()
 	}

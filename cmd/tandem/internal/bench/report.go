@@ -396,7 +396,7 @@ func persistReport(b *strings.Builder, res *Results) {
 		"The `%s` dirty guest, %d MiB, %v epochs. *persist* makes every epoch durable on the primary's host before its output leaves "+
 		"(`tandem run --persist`): while the VM is paused the epoch's dirty pages and state are copied into a record, then the record is written "+
 		"to the log and the previous one into the memory file, each write followed by the emulated technology's delay, and `fdatasync`; "+
-		"the directory is on a RAM file system (%s), so the delay is what the technology costs. "+
+		"the directory is on a RAM file system (%s), so the delay is what the technology costs (its first record, all of the loaded guest, is written at DRAM speed: a set-up step, not an epoch). "+
 		"*+persist* does the same on a replicated primary: an epoch commits once the replicas have it and it is durable here (sync waits for both while paused; async while the guest runs). "+
 		"*Durable* is from the pause's start (persistence alone) or the record's staging in it (with replication) to the record being durable. Progress ratio as in the matrix.\n\n",
 		cfg.Patterns[0], cfg.Mems[0]>>20, e, persistRoot())

@@ -245,9 +245,10 @@ func persistRoot() string {
 }
 
 // startPersist makes a directory for a persisted run of vm, its writes
-// slowed to the factor's technology; remove it with the function
-// returned.
-func (b *bencher) startPersist(vm *vmm.VM, factor float64) (*persist.Epochs, func(), error) {
+// slowed to the factor's technology once its first record, all of the
+// loaded guest, is durable (as the replicas' initial copy is not part of
+// the measure); remove it with the function returned.
+func (b *bencher) startPersist(vm *vmm.VM, factor float64) (replicate.LocalPersister, func(), error) {
 	dir, err := os.MkdirTemp(persistRoot(), "tandem-bench-persist-")
 	if err != nil {
 		return nil, nil, err
@@ -257,8 +258,23 @@ func (b *bencher) startPersist(vm *vmm.VM, factor float64) (*persist.Epochs, fun
 		os.RemoveAll(dir)
 		return nil, nil, err
 	}
-	d.WriteDelay = b.model.Delay(factor)
-	return &persist.Epochs{Dir: d, Full: true}, func() { d.Close(); os.RemoveAll(dir) }, nil
+	p := &slowAfterFirst{Epochs: &persist.Epochs{Dir: d, Full: true}, delay: b.model.Delay(factor)}
+	return p, func() { d.Close(); os.RemoveAll(dir) }, nil
+}
+
+// slowAfterFirst is a persister whose directory writes at DRAM speed until
+// its first record is durable, then with delay.
+type slowAfterFirst struct {
+	*persist.Epochs
+	delay func(n int)
+}
+
+func (s *slowAfterFirst) Sync() error {
+	err := s.Epochs.Sync()
+	if err == nil && s.Dir.WriteDelay == nil {
+		s.Dir.WriteDelay = s.delay
+	}
+	return err
 }
 
 func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) error {
@@ -288,7 +304,7 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 		}
 		gate := replicate.NewOutputGate(io.Discard, 16<<20)
 		defer gate.Close()
-		var epochs *persist.Epochs
+		var epochs replicate.LocalPersister
 		if setup.Persist {
 			var remove func()
 			if epochs, remove, err = b.startPersist(vm, spec.Factor); err != nil {
@@ -384,7 +400,7 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 // of src to them; epochs, when set, makes every epoch durable on this
 // host too. stop stops the replicas.
 func (b *bencher) startPrimary(ctx context.Context, spec RunSpec, src replicate.Source, gate replicate.Gate, trace *replicate.TraceWriter,
-	epochs *persist.Epochs) (_ *replicate.Primary, stop func(), err error) {
+	epochs replicate.LocalPersister) (_ *replicate.Primary, stop func(), err error) {
 	setup := spec.SetupOf()
 	rs, err := b.startReplicas(ctx, b.lab, setup.Links, b.model.Delay(spec.Factor))
 	if err != nil {
@@ -404,9 +420,7 @@ func (b *bencher) startPrimary(ctx context.Context, spec RunSpec, src replicate.
 		Trace: trace, Log: b.log,
 		AckTimeout: 10 * time.Second,
 	}
-	if epochs != nil { // a nil *Epochs in the interface would not be nil
-		pcfg.Persist = epochs
-	}
+	pcfg.Persist = epochs
 	if mode == replicate.ModeAsync {
 		pcfg.StagingDelay = b.model.Delay(spec.Factor)
 	}
