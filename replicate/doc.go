@@ -70,6 +70,15 @@
 // lose power at once: the primary's directory holds every epoch whose
 // output left.
 //
+// A replica opened on a directory (OpenReplica, replica_persist.go, the
+// format in package replicadir) acknowledges nothing it has not made
+// durable: a link's epoch before its MsgAck, the leader's state before its
+// MsgAck, a newer generation before anything of it. The commit rule then
+// holds across the whole cluster losing power with no clause added: every
+// committed epoch is in the replicas' and the leader's directories, and a
+// leader reopened with no primary to reconnect takes over from the
+// reopened replicas as after a primary's failure.
+//
 // # Generations and fencing
 //
 // Every primary term has a generation: the VM's first primary runs

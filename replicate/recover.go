@@ -106,6 +106,11 @@ func (r *Replica) StartRecoveryAs(ctx context.Context, replicas []string, gen ui
 		r.mu.Unlock()
 		return nil, fmt.Errorf("%w: takeover generation %d is not newer than generation %d, seen here", ErrUnrecoverable, gen, r.gen)
 	}
+	// Durable before anything of the takeover's term is read.
+	if err := r.persist(true, recGen, u64s(gen)); err != nil {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("replicate: persisting generation %d: %w", gen, err)
+	}
 	r.fence(gen)
 	states := make(map[uint64]*StateRecord, len(r.states))
 	for e, s := range r.states {

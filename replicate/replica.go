@@ -226,6 +226,9 @@ type Replica struct {
 	rdmaGrants []*rdmaGrant
 	// active runs the shadow, with cfg.Shadow (active.go).
 	active *activeNode
+	// durable keeps the store on persistent media (OpenReplica,
+	// replica_persist.go); nil for a replica in memory.
+	durable *replicaDir
 }
 
 // NewReplica returns a replica that holds no VM yet.
@@ -557,6 +560,10 @@ func (r *Replica) admit(vmID, gen uint64, h *Hello, c *conn) error {
 			return errors.New("this replica holds no VM")
 		}
 		r.vmID, r.hello = vmID, *h
+		if err := r.persistHello(); err != nil {
+			r.vmID, r.hello = 0, Hello{}
+			return fmt.Errorf("persisting the VM's hello: %w", err)
+		}
 		r.log.Info("replica serving VM", "vm", fmt.Sprintf("%016x", vmID), "mem_MiB", h.MemBytes>>20, "guest", h.Guest)
 	}
 	switch {
@@ -568,11 +575,20 @@ func (r *Replica) admit(vmID, gen uint64, h *Hello, c *conn) error {
 			detail: fmt.Sprintf("VM %016x has %d bytes of memory here, hello says %d", vmID, r.hello.MemBytes, h.MemBytes)}
 	case h.Role == RoleState && !r.cfg.Leader:
 		return errors.New("this replica is not the leader")
+	case h.Role == RoleRDMA && r.durable != nil:
+		return errPersistRDMA
 	}
 	if err := r.checkGen(gen); err != nil {
 		return err
 	}
 	newer := gen > r.gen
+	if newer {
+		// Durable before anything of the generation is accepted: a
+		// reopened replica must still fence the older ones.
+		if err := r.persist(true, recGen, u64s(gen)); err != nil {
+			return fmt.Errorf("persisting generation %d: %w", gen, err)
+		}
+	}
 	switch {
 	case h.Role == RoleState && r.stateActive && !newer:
 		return errors.New("the leader already has a state connection")
@@ -600,6 +616,16 @@ func (r *Replica) admit(vmID, gen uint64, h *Hello, c *conn) error {
 		// or one the primary dropped and dials again) would fail it.
 		r.progressBy = time.Time{}
 		r.hello.VCPUs, r.hello.Guest, r.hello.Links, r.hello.Policy = h.VCPUs, h.Guest, h.Links, h.Policy
+		cleared := byte(0)
+		if newer {
+			cleared = 1
+		}
+		if err := r.persist(false, recStateConn, u64s(gen), []byte{cleared}); err != nil {
+			return fmt.Errorf("persisting the state connection: %w", err)
+		}
+		if err := r.persistHello(); err != nil {
+			return fmt.Errorf("persisting the VM's hello: %w", err)
+		}
 	case RoleLink:
 		// Only a replica that links feed holds a copy of guest memory.
 		if r.store == nil {
@@ -694,6 +720,9 @@ func (r *Replica) serveLink(c *conn, link uint32) error {
 			}
 			if !ok {
 				return c.errorf("link %d: %w: completion of epoch %d does not match the data received", link, ErrProtocol, h.Epoch)
+			}
+			if err := r.persistStaged(st); err != nil {
+				return c.errorf("link %d: persisting epoch %d before acknowledging it: %w", link, h.Epoch, err)
 			}
 			if err := c.send(MsgAck, h.Epoch, nil); err != nil {
 				return c.errorf("link %d: %w", link, err)
@@ -871,6 +900,9 @@ func (r *Replica) commit(link uint32, gen, epoch uint64) error {
 	if err := checkCommitted(st, "a commit message", epoch); err != nil {
 		return err
 	}
+	if err := r.persist(false, recCommit, binary.LittleEndian.AppendUint32(nil, link), u64s(gen, epoch)); err != nil {
+		return fmt.Errorf("link %d: persisting the commit of epoch %d: %w", link, epoch, err)
+	}
 	st.committed = epoch
 	if !st.complete || st.epoch > epoch {
 		return nil
@@ -941,6 +973,9 @@ func (r *Replica) serveState(c *conn) error {
 			// progress too.
 			r.progressed(h.Epoch)
 		case MsgBye:
+			if err := r.persist(true, recBye); err != nil {
+				return c.errorf("state: persisting the goodbye: %w", err)
+			}
 			r.mu.Lock()
 			r.ended = true
 			r.mu.Unlock()
@@ -962,6 +997,9 @@ func (r *Replica) serveState(c *conn) error {
 			}
 			r.cluster = cl
 			r.mu.Unlock()
+			if err := r.persist(true, recCluster, p); err != nil {
+				return c.errorf("state: persisting the cluster: %w", err)
+			}
 		case MsgDiskHashes, MsgDiskChunk, MsgDiskDone:
 			p, err := readPayload(c.r, h)
 			if err != nil {
@@ -985,6 +1023,10 @@ func (r *Replica) serveState(c *conn) error {
 			if err := r.checkDisksSynced(); err != nil {
 				c.sendError(err.Error())
 				return c.errorf("state: %w", err)
+			}
+			// Durable before it is acknowledged (replica_persist.go).
+			if err := r.persist(true, recState, u64s(c.gen, h.Epoch), p); err != nil {
+				return c.errorf("state: persisting the state of epoch %d: %w", h.Epoch, err)
 			}
 			r.mu.Lock()
 			if err := r.checkGen(c.gen); err != nil {
@@ -1012,15 +1054,11 @@ func (r *Replica) serveState(c *conn) error {
 				return c.errorf("state: %w", err)
 			}
 			r.deliverCommitted(h.Epoch)
-			r.mu.Lock()
-			if h.Epoch > r.committed {
-				r.committed = h.Epoch
-				for e := range r.states {
-					if e < h.Epoch {
-						delete(r.states, e)
-					}
-				}
+			if err := r.persist(false, recLeaderCommit, u64s(h.Epoch)); err != nil {
+				return c.errorf("state: persisting the commit of epoch %d: %w", h.Epoch, err)
 			}
+			r.mu.Lock()
+			r.leaderCommitted(h.Epoch)
 			r.mu.Unlock()
 			r.progressed(h.Epoch)
 		default:
@@ -1181,13 +1219,10 @@ func (r *Replica) resolve(e uint64) {
 	r.waitApplies()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, st := range r.stages {
-		if st.complete && st.epoch <= e {
-			r.store.apply(st)
-			st.appliedEpoch = max(st.appliedEpoch, st.epoch)
-		}
-		st.epoch, st.complete, st.regions = 0, false, nil
+	if err := r.persist(true, recResolve, u64s(e)); err != nil {
+		r.log.Error("persisting the recovery's epoch", "epoch", e, "err", err)
 	}
+	r.resolveStages(e)
 }
 
 func (r *Replica) sendEpochs(c *conn) error {

@@ -170,3 +170,98 @@ func TestPersistWithHASurvivesClusterPowerCut(t *testing.T) {
 		t.Errorf("LOST OR INVENTED INCREMENTS: the counter holds %d, want %d to %d; stderr:\n%s", got, low, high, p.stderr.String())
 	}
 }
+
+// TestReplicaPersistSurvivesClusterPowerCut runs the counter guest under
+// --ha, its replica and its leader each keeping their store in a
+// directory (tandem replica --persist), and pulls the plug on the whole
+// cluster at a random moment. Only the two replica nodes come back, from
+// their directories: the leader finds no primary, takes over from the
+// replica's store and resumes the VM, whose counter must hold every
+// acknowledged increment and none never sent. Three rounds, both modes.
+func TestReplicaPersistSurvivesClusterPowerCut(t *testing.T) {
+	kvmtest.Open(t)
+	lab := newNetLab(t, "primary", "r1", "leader")
+	key := testKeyFile(t)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 16))
+	const port = ":7071"
+	r1, leader := lab.addrs["r1"]+port, lab.addrs["leader"]+port
+	for round := range 3 {
+		mode := []string{"sync", "async"}[round%2]
+		t.Run(fmt.Sprintf("round%d/%s", round, mode), func(t *testing.T) {
+			root := t.TempDir()
+			r1Dir, leaderDir := filepath.Join(root, "r1"), filepath.Join(root, "leader")
+			leaderSock := filepath.Join(root, "leader.sock")
+			nodes := func() []*process {
+				procs := []*process{
+					lab.start("r1", nil, "replica", "--listen", r1, "--auth-key", key, "--persist", r1Dir),
+					lab.start("leader", nil, "replica", "--listen", leader, "--leader", "--auth-key", key, "--replicas", r1,
+						"--heartbeat-timeout", "2s", "--serial", "unix:"+leaderSock, "--persist", leaderDir),
+				}
+				for _, p := range procs {
+					t.Cleanup(p.kill)
+					waitStderr(t, p, "replica listening")
+				}
+				return procs
+			}
+			procs := nodes()
+			sock := filepath.Join(root, "primary.sock")
+			primary := lab.start("primary", nil, "run", "--guest", "counter", "--mem", "16M", "--ha", "--auth-key", key,
+				"--replicas", r1, "--leader", leader, "--mode", mode, "--epoch", "10ms", "--serial", "unix:"+sock)
+			t.Cleanup(primary.kill)
+			conn := dialWhenReady(t, primary, sock)
+			client := runCounterClient(conn, 4)
+			pollFor(t, "increments acknowledged", 30*time.Second, func() bool { return client.acked.Load() >= 3 })
+			time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond) // a random moment to pull the plug
+			// The power fails everywhere at once.
+			for _, p := range append([]*process{primary}, procs...) {
+				p.cmd.Process.Kill()
+			}
+			for _, p := range append([]*process{primary}, procs...) {
+				p.kill()
+			}
+			conn.Close()
+			<-client.done
+			// The replica nodes come back; the primary's host does not.
+			again := nodes()
+			// The leader finds no primary, takes over, and serves the console.
+			c := dialWhenReady(t, again[1], leaderSock)
+			defer c.Close()
+			checkCount(t, askCount(t, c), client.sent.Load(), client.acked.Load())
+			if !strings.Contains(again[1].stderr.String(), "replica restored from its directory") {
+				t.Errorf("the leader did not restore its store; stderr:\n%s", again[1].stderr.String())
+			}
+			if t.Failed() {
+				t.Logf("leader stderr:\n%s\nr1 stderr:\n%s", again[1].stderr.String(), again[0].stderr.String())
+			}
+		})
+	}
+}
+
+// TestReplicaPersistFlags: --persist refuses what it cannot keep with the
+// epochs, and a directory that is not a replica's, leaving it untouched.
+func TestReplicaPersistFlags(t *testing.T) {
+	key := testKeyFile(t)
+	dir := t.TempDir()
+	copyFile := filepath.Join(dir, "copy.img")
+	os.WriteFile(copyFile, make([]byte, 1<<20), 0o600)
+	foreign := filepath.Join(dir, "foreign")
+	os.MkdirAll(foreign, 0o700)
+	os.WriteFile(filepath.Join(foreign, "precious"), []byte("data"), 0o600)
+	for _, c := range []struct {
+		args   []string
+		status int
+		want   string
+	}{
+		{[]string{"--persist", filepath.Join(dir, "a"), "--disk", copyFile}, exitUsage, "--persist takes TCP links only"},
+		{[]string{"--persist", filepath.Join(dir, "b"), "--shadow"}, exitUsage, "--persist takes TCP links only"},
+		{[]string{"--persist", foreign}, 1, "not a Tandem replica directory"},
+	} {
+		_, stderr, status := runTandem(t, append([]string{"replica", "--listen", "127.0.0.1:0", "--auth-key", key}, c.args...)...)
+		if status != c.status || !strings.Contains(stderr, c.want) {
+			t.Errorf("tandem replica %v: status %d, stderr %q; want %d and %q", c.args, status, stderr, c.status, c.want)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(foreign, "precious")); string(b) != "data" {
+		t.Error("the foreign directory was changed")
+	}
+}
