@@ -3,6 +3,8 @@ package replicate
 import (
 	"bytes"
 	"context"
+	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -204,5 +206,63 @@ func TestReplicaPersistMessageByMessage(t *testing.T) {
 	}
 	if _, err := dialHello(context.Background(), testCreds, n.addr, vm, 4, hello); err == nil || !strings.Contains(err.Error(), "generation") {
 		t.Fatalf("a hello of generation 4 after one of 5: %v, want it fenced", err)
+	}
+}
+
+// BenchmarkReplicaPersist measures one synchronous epoch (fast over two
+// links, 1024 scattered dirty pages of a 64 MiB guest, loopback, the
+// default encryption) with the replicas and the leader in memory and with
+// each persisting into a directory under the test's temporary directory:
+// the difference is the log's write and fdatasync before each ack.
+func BenchmarkReplicaPersist(b *testing.B) {
+	dirty := scatteredPages(rand.New(rand.NewPCG(42, 45)), 1024)
+	for _, persisted := range []bool{false, true} {
+		b.Run(map[bool]string{false: "memory", true: "persisted"}[persisted], func(b *testing.B) {
+			src := newStaticSource(b, 16384, dirty)
+			start := func(cfg ReplicaConfig) string {
+				if !persisted {
+					return replicaAddr(b, cfg)
+				}
+				d, c, err := replicadir.Open(filepath.Join(b.TempDir(), "r"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				cfg.Auth, cfg.Log = testCreds, quietLog()
+				r, err := OpenReplica(cfg, d, c)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { r.Serve(ctx, ln); close(done) }()
+				b.Cleanup(func() { cancel(); <-done; d.Close() })
+				return ln.Addr().String()
+			}
+			links := []string{start(ReplicaConfig{Auth: testCreds}), start(ReplicaConfig{Auth: testCreds})}
+			leader := start(ReplicaConfig{Auth: testCreds, Leader: true, HeartbeatTimeout: time.Hour})
+			p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: links, Leader: leader, VMID: 0xBE7D, Guest: "static", VCPUs: 1,
+				Epoch: time.Hour, Policy: PolicyFast, Mode: ModeSync, Log: quietLog()}, src, NewOutputGate(io.Discard, 1<<20))
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := p.Connect(ctx); err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close()
+			if err := p.initialSync(ctx); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if err := p.runEpoch(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
