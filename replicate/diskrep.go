@@ -187,6 +187,9 @@ func (r *Replica) serveDiskSync(c *conn, h Header, p []byte) error {
 		if err := d.F.Sync(); err != nil {
 			return fmt.Errorf("disk %s: %w", d.Name, err)
 		}
+		if err := r.persistDiskSynced(i); err != nil {
+			return fmt.Errorf("disk %s: %w", d.Name, err)
+		}
 		r.mu.Lock()
 		r.disks.synced[i] = true
 		r.mu.Unlock()
@@ -231,7 +234,11 @@ func (r *Replica) deliverCommitted(upTo uint64) error {
 	r.mu.Unlock()
 	slices.SortFunc(due, func(a, b *StateRecord) int { return cmp.Compare(a.Epoch, b.Epoch) })
 	for _, s := range due {
-		if err := r.cfg.Committed(s.Epoch, s.Blob); err != nil {
+		err := r.cfg.Committed(s.Epoch, s.Blob)
+		if err == nil {
+			err = r.persistDelivered(s.Epoch)
+		}
+		if err != nil {
 			err = fmt.Errorf("replicate: applying epoch %d to the leader's disks: %w", s.Epoch, err)
 			r.mu.Lock()
 			r.disks.err = err

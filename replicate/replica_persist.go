@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,6 +34,11 @@ import (
 // whole replica (store, stages, states) as a snapshot and starts the log
 // again, once the log exceeds max(64 MiB, the guest's memory).
 //
+// A persisted leader's disk copies (ReplicaConfig.Disks) are synchronised
+// before the log records that they hold the primary's content or an
+// epoch's writes (recDiskSynced, recDelivered); the writes of later epochs
+// are in the states the log keeps, and recovery delivers them.
+//
 // A reopened leader that no primary reconnects to within its heartbeat
 // timeout and reconnect wait declares the primary failed, as it would for
 // a lost state connection, and the takeover recovers the VM from the
@@ -50,6 +56,8 @@ const (
 	recCluster                        // cluster description (JSON)
 	recLeaderCommit                   // u64 epoch
 	recBye                            // the primary stopped its VM on purpose
+	recDiskSynced                     // u32 disk: its copy holds the primary's content
+	recDelivered                      // u64 epoch: the disk copies hold its writes, synchronised
 )
 
 // persistCheckpointMin is the log size past which a persisted replica
@@ -68,12 +76,11 @@ type replicaDir struct {
 
 // OpenReplica returns a replica whose store is kept in dir (opened with
 // contents c, as replicadir.Open returns them): what dir held is restored
-// first. The leader's disk copies are not kept with the epochs, so a
-// persisted leader may not have any.
+// first. The leader's disk copies (cfg.Disks) must be the files it had:
+// a copy is synchronised before the log says it holds the primary's
+// content or an epoch's writes, and the writes of the epochs after that
+// come from the states in the log when recovery delivers them.
 func OpenReplica(cfg ReplicaConfig, dir *replicadir.Dir, c *replicadir.Contents) (*Replica, error) {
-	if len(cfg.Disks) > 0 {
-		return nil, errors.New("replicate: a persisted leader cannot keep disk copies yet: their writes are not durable with the epochs")
-	}
 	if cfg.Shadow != nil {
 		return nil, errors.New("replicate: a persisted replica runs no shadow")
 	}
@@ -282,6 +289,20 @@ func (r *Replica) replay(rec replicadir.Record) error {
 		r.leaderCommitted(le.Uint64(b))
 	case recBye:
 		r.ended = true
+	case recDiskSynced:
+		if err := need(4); err != nil {
+			return err
+		}
+		i := le.Uint32(b)
+		if int(i) >= len(r.disks.synced) {
+			return fmt.Errorf("disk %d synchronised, this leader has %d copies: give it the --disk it had", i+1, len(r.disks.synced))
+		}
+		r.disks.synced[i] = true
+	case recDelivered:
+		if err := need(8); err != nil {
+			return err
+		}
+		r.disks.delivered = max(r.disks.delivered, le.Uint64(b))
 	default:
 		return fmt.Errorf("unknown record kind %d", rec.Kind)
 	}
@@ -316,7 +337,8 @@ func (r *Replica) resolveStages(e uint64) {
 // Snapshot layout (little endian), after replicadir's framing:
 //
 //	"TNDMRPS1" | u64 VM id | u32 n | n bytes hello | u64 gen | u64 state gen
-//	| u64 committed | u8 ended | u32 n | n bytes cluster JSON (0: none)
+//	| u64 committed | u8 ended | u64 disks delivered | u32 n | n u8 synced
+//	| u32 n | n bytes cluster JSON (0: none)
 //	| u32 states | per state: u64 epoch | u32 n | n bytes state payload
 //	| u32 stages | per stage: u32 link | u64 gen, epoch, lastMap, acked,
 //	  committed, appliedEpoch | u8 complete | regions | u64 n | n bytes data
@@ -414,6 +436,11 @@ func (r *Replica) snapshotHead() []byte {
 		ended = 1
 	}
 	b = append(b, ended)
+	b = le.AppendUint64(b, r.disks.delivered)
+	b = le.AppendUint32(b, uint32(len(r.disks.synced)))
+	for _, ok := range r.disks.synced {
+		b = append(b, map[bool]byte{false: 0, true: 1}[ok])
+	}
 	var cl []byte
 	if r.cluster != nil {
 		cl = r.cluster.marshal()
@@ -486,6 +513,15 @@ func (r *Replica) readSnapshot(rd io.Reader) error {
 	if e := read(1); err == nil {
 		r.ended = e[0] != 0
 	}
+	r.disks.delivered = u64()
+	if synced := read(uint64(u32())); err == nil {
+		if len(synced) != len(r.disks.synced) && slices.Contains(synced, 1) {
+			return fmt.Errorf("%d disk copies synchronised, this leader has %d: give it the --disk it had", len(synced), len(r.disks.synced))
+		}
+		for i := range min(len(synced), len(r.disks.synced)) {
+			r.disks.synced[i] = synced[i] != 0
+		}
+	}
 	if cl := read(uint64(u32())); err == nil && len(cl) > 0 {
 		r.cluster, err = parseCluster(cl)
 	}
@@ -531,4 +567,26 @@ func (r *Replica) readSnapshot(rd io.Reader) error {
 		}
 	}
 	return err
+}
+
+// persistDiskSynced records that disk copy i holds the primary's content
+// (synchronised already) before the sync is acknowledged.
+func (r *Replica) persistDiskSynced(i uint32) error {
+	return r.persist(true, recDiskSynced, binary.LittleEndian.AppendUint32(nil, i))
+}
+
+// persistDelivered synchronises the disk copies, which now hold epoch e's
+// writes, and records it: a reopened leader delivers only the epochs
+// after e. (If the record is lost, the epochs up to e are delivered
+// again, which writes the same blocks.)
+func (r *Replica) persistDelivered(e uint64) error {
+	if r.durable == nil {
+		return nil
+	}
+	for _, d := range r.cfg.Disks {
+		if err := d.F.Sync(); err != nil {
+			return fmt.Errorf("disk %s: %w", d.Name, err)
+		}
+	}
+	return r.persist(false, recDelivered, u64s(e))
 }

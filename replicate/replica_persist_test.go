@@ -128,8 +128,8 @@ func TestReplicaPersistSurvivesClusterPowerCut(t *testing.T) {
 	}
 }
 
-// TestReplicaPersistRefuses: a persisted replica takes no disk copies and
-// no shadow, and a reopened one refuses a directory that is not its own.
+// TestReplicaPersistRefuses: a persisted replica runs no shadow, and
+// refuses a directory that is not a replica's.
 func TestReplicaPersistRefuses(t *testing.T) {
 	dir := t.TempDir()
 	d, c, err := replicadir.Open(filepath.Join(dir, "r"))
@@ -137,8 +137,8 @@ func TestReplicaPersistRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if _, err := OpenReplica(ReplicaConfig{Disks: []DiskCopy{{Name: "x", Size: 4096}}, Auth: testCreds}, d, c); err == nil {
-		t.Error("a persisted leader with disk copies")
+	if _, err := OpenReplica(ReplicaConfig{Shadow: func(uint64, int, []byte) (Shadow, error) { return nil, nil }, Auth: testCreds}, d, c); err == nil {
+		t.Error("a persisted replica with a shadow")
 	}
 	junk := filepath.Join(dir, "junk")
 	os.MkdirAll(junk, 0o700)
@@ -264,5 +264,53 @@ func BenchmarkReplicaPersist(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestReplicaPersistDiskCopies: a persisted leader remembers which disk
+// copies hold the primary's content and up to which epoch they hold its
+// writes (synchronised first), and refuses to reopen without its copies.
+func TestReplicaPersistDiskCopies(t *testing.T) {
+	root := t.TempDir()
+	f, err := os.Create(filepath.Join(root, "copy.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Truncate(1 << 20)
+	cfg := ReplicaConfig{Leader: true, Auth: testCreds, Log: quietLog(), Disks: []DiskCopy{{Name: f.Name(), Size: 1 << 20, F: f}}}
+	open := func(cfg ReplicaConfig) (*Replica, *replicadir.Dir, error) {
+		d, c, err := replicadir.Open(filepath.Join(root, "leader"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := OpenReplica(cfg, d, c)
+		if err != nil {
+			d.Close()
+		}
+		return r, d, err
+	}
+	r, d, err := open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.persistDiskSynced(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.persistDelivered(7); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	r, d, err = open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.disks.synced[0] || r.disks.delivered != 7 {
+		t.Fatalf("reopened: synced %v, delivered %d", r.disks.synced, r.disks.delivered)
+	}
+	d.Close()
+	cfg.Disks = nil
+	if _, _, err := open(cfg); err == nil || !strings.Contains(err.Error(), "give it the --disk it had") {
+		t.Fatalf("reopened without its disk copy: %v", err)
 	}
 }

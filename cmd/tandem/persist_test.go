@@ -252,7 +252,7 @@ func TestReplicaPersistFlags(t *testing.T) {
 		status int
 		want   string
 	}{
-		{[]string{"--persist", filepath.Join(dir, "a"), "--disk", copyFile}, exitUsage, "--persist takes TCP links only"},
+		{[]string{"--persist", filepath.Join(dir, "a"), "--rdma-listen", "127.0.0.1:0", "--disk", copyFile}, exitUsage, "--persist takes TCP links only"},
 		{[]string{"--persist", filepath.Join(dir, "b"), "--shadow"}, exitUsage, "--persist takes TCP links only"},
 		{[]string{"--persist", foreign}, 1, "not a Tandem replica directory"},
 	} {

@@ -95,7 +95,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	shadow := fs.Bool("shadow", false, "active backup: run a copy of the VM (a second copy of its memory, a vCPU's worth of CPU) from every committed epoch this node holds the state of, so that a primary run with --active-backup sends its link here only the pages the copy wrote differently; guests without disks or network interfaces")
-	persistDir := fs.String("persist", "", "keep this node's store in DIR (new, empty, or left by an earlier run of this node): every epoch and state it acknowledges is durable there first, so that after the whole cluster lost power the VM is recovered from the replicas' directories (start each node again with its --persist); TCP links only, without --disk or --shadow")
+	persistDir := fs.String("persist", "", "keep this node's store in DIR (new, empty, or left by an earlier run of this node): every epoch and state it acknowledges is durable there first, so that after the whole cluster lost power the VM is recovered from the replicas' directories (start each node again with its --persist, and its --disk copies); TCP links only, without --shadow")
 	join := fs.String("join", "", "with --coordinator: offer this node to the running VM with this id (16 hex digits: tandem status shows it); its primary adds it as a link and a state holder")
 	authf := addAuthFlags(fs)
 	coordf := addCoordFlags(fs)
@@ -118,8 +118,8 @@ func cmdReplica(ctx context.Context, args []string) error {
 	if *timeout <= 0 {
 		return usagef("--heartbeat-timeout %v: want a positive duration", *timeout)
 	}
-	if *persistDir != "" && (len(disks) > 0 || *shadow || *rdmaListen != "") {
-		return usagef("--persist takes TCP links only, without --disk or --shadow: disk copies, shadows and RDMA links are not kept with the epochs yet")
+	if *persistDir != "" && (*shadow || *rdmaListen != "") {
+		return usagef("--persist takes TCP links only, without --shadow: shadows and RDMA links are not kept with the epochs yet")
 	}
 	if *join != "" {
 		if *coordf.url == "" {
