@@ -136,6 +136,7 @@ func createPersisted(dir string, spec *vmSpec, epoch time.Duration, id uint64) (
 	} else if err != nil {
 		return nil, err
 	}
+	logPersistentMemory(d, spec.log)
 	pr, err := newPersistRun(d, epoch, 1, true)
 	if err != nil {
 		d.Close()
@@ -214,11 +215,20 @@ func resumePersisted(dir string, spec *vmSpec, epoch time.Duration, linux *linux
 	}
 	spec.log.Info("resuming a persisted VM", "dir", dir, "epoch", rec.Epoch, "guest", rec.VM.Guest, "mem_MiB", rec.VM.MemBytes>>20,
 		"records", rec.Records, "torn_bytes", rec.TornBytes)
+	logPersistentMemory(d, spec.log)
 	pr, err := newPersistRun(d, epoch, rec.Epoch+1, false)
 	if err != nil {
 		d.Close()
 	}
 	return pr, err
+}
+
+// logPersistentMemory says when the directory's log is on persistent
+// memory, written through a mapping with cache-line flushes.
+func logPersistentMemory(d *persist.Dir, log *slog.Logger) {
+	if mode := d.DAX(); mode != "" {
+		log.Info("the persisted VM's log is on persistent memory", "mode", mode)
+	}
 }
 
 // restoreDisk makes the disk at path (created if missing) the persisted

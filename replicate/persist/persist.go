@@ -47,6 +47,15 @@
 // mix epochs: the memory file only ever receives pages of durable epochs,
 // and replay writes every page of every record again.
 //
+// # Persistent memory
+//
+// On a DAX file system the log is mapped with MAP_SYNC and a record is
+// durable once copied into the mapping and its cache lines written back
+// and fenced (dax.go): the same commit rule, without a system call per
+// epoch. Such a log is allocated ahead, 64 MiB at a time, and its tail
+// past the last record is zero, which Open neither replays nor counts as
+// torn, and cuts off, so that the directory continues on any file system.
+//
 // # Formats (little endian)
 //
 // vm:
@@ -212,6 +221,7 @@ type Dir struct {
 	path  string
 	vm    VM
 	log   *os.File
+	dax   *daxLog // the log mapped from persistent memory (dax.go), or nil
 	mem   *os.File
 	disks []*os.File // disk-N
 	epoch uint64     // the newest durable epoch (0: none)
@@ -339,15 +349,52 @@ func (d *Dir) replaceLog(first []byte) error {
 	if err := writeAtomic(d.path, logFile, append(logHeaderBytes(d.vm.ID), first...)); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(filepath.Join(d.path, logFile), os.O_WRONLY|os.O_APPEND, 0)
+	return d.openLog(int64(logHeader + len(first)))
+}
+
+// openLog opens the log, whose records end at end, for appending: mapped
+// from persistent memory where the file system allows it (dax.go),
+// written and synchronised elsewhere.
+func (d *Dir) openLog(end int64) error {
+	d.dax.close()
+	d.dax = nil
+	if d.log != nil {
+		d.log.Close()
+		d.log = nil
+	}
+	path := filepath.Join(d.path, logFile)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("persist: %w", err)
 	}
-	if d.log != nil {
-		d.log.Close()
+	l, err := mapLog(f, end, recordHeader)
+	switch {
+	case err == nil:
+		d.log, d.dax, d.size = f, l, end
+		return nil
+	case !errors.Is(err, errNoDAX):
+		f.Close()
+		return err
 	}
-	d.log, d.size = f, int64(logHeader+len(first))
+	f.Close()
+	if f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0); err != nil {
+		return fmt.Errorf("persist: %w", err)
+	}
+	d.log, d.size = f, end
 	return nil
+}
+
+// DAX names how the log reaches persistent memory: "MAP_SYNC, clwb" (or
+// clflushopt, clflush) when it is mapped from a DAX file system, "" when
+// it is written and fdatasync'd.
+func (d *Dir) DAX() string {
+	switch {
+	case d.dax == nil:
+		return ""
+	case !d.dax.sync:
+		return "mapped without MAP_SYNC (tests), " + flushKind
+	}
+	return "MAP_SYNC, " + flushKind
 }
 
 // diskPath is where disk i of the VM in dir is kept.
@@ -494,19 +541,12 @@ func (d *Dir) Sync() error {
 	e, rec := d.staged, d.buf
 	d.staged = 0
 	if t := d.Tear; t != nil && e >= t.Epoch {
-		d.log.Write(rec[:min(t.Bytes, len(rec))])
-		unix.Fdatasync(int(d.log.Fd()))
+		d.writeLog(rec[:min(t.Bytes, len(rec))])
 		t.Then()
 		return fmt.Errorf("persist: epoch %d torn by fault injection", e)
 	}
-	if _, err := d.log.Write(rec); err != nil {
+	if err := d.writeLog(rec); err != nil {
 		return fmt.Errorf("persist: epoch %d: %w", e, err)
-	}
-	if d.WriteDelay != nil {
-		d.WriteDelay(len(rec))
-	}
-	if err := unix.Fdatasync(int(d.log.Fd())); err != nil {
-		return fmt.Errorf("persist: epoch %d: fdatasync: %w", e, err)
 	}
 	d.size += int64(len(rec))
 	d.epoch = e
@@ -517,6 +557,27 @@ func (d *Dir) Sync() error {
 	err := d.applyPending()
 	d.buf, d.pending = d.pending, rec
 	return err
+}
+
+// writeLog appends b to the log and makes it durable: through the mapping
+// and cache-line flushes on persistent memory, else write and fdatasync.
+func (d *Dir) writeLog(b []byte) error {
+	if d.dax != nil {
+		if err := d.dax.write(d.size, b); err != nil {
+			return err
+		}
+	} else if _, err := d.log.Write(b); err != nil {
+		return err
+	}
+	if d.WriteDelay != nil {
+		d.WriteDelay(len(b))
+	}
+	if d.dax == nil {
+		if err := unix.Fdatasync(int(d.log.Fd())); err != nil {
+			return fmt.Errorf("fdatasync: %w", err)
+		}
+	}
+	return nil
 }
 
 // applyPending writes the pending record's pages and blocks into the
@@ -617,6 +678,8 @@ func (d *Dir) syncFiles() error {
 // last record's pages reach the memory file at the next Open).
 func (d *Dir) Close() error {
 	var errs []error
+	d.dax.close()
+	d.dax = nil
 	for _, f := range append([]*os.File{d.log, d.mem}, d.disks...) {
 		if f != nil {
 			errs = append(errs, f.Close())
@@ -694,15 +757,17 @@ func Open(path string) (*Dir, *Recovered, error) {
 	if err := d.syncFiles(); err != nil {
 		return fail(fmt.Errorf("persist: %w", err))
 	}
-	if rec.TornBytes > 0 {
+	// A torn record, or the zero tail of a log allocated ahead on
+	// persistent memory, is cut off: appends start at the end.
+	if fi, err := os.Stat(filepath.Join(path, logFile)); err == nil && fi.Size() > end {
 		if err := os.Truncate(filepath.Join(path, logFile), end); err != nil {
-			return fail(fmt.Errorf("persist: cutting the torn record: %w", err))
+			return fail(fmt.Errorf("persist: cutting the log's tail: %w", err))
 		}
 	}
-	if d.log, err = os.OpenFile(filepath.Join(path, logFile), os.O_WRONLY|os.O_APPEND, 0); err != nil {
-		return fail(fmt.Errorf("persist: %w", err))
+	if err := d.openLog(end); err != nil {
+		return fail(err)
 	}
-	d.size, d.epoch, d.state = end, rec.Epoch, slices.Clone(rec.State)
+	d.epoch, d.state = rec.Epoch, slices.Clone(rec.State)
 	rec.VM, rec.Memory, rec.Disks = vm, filepath.Join(path, memoryFile), diskPaths
 	return d, rec, nil
 }
@@ -724,12 +789,19 @@ func (d *Dir) replay(lf *os.File) (*Recovered, int64, error) {
 	for off < size {
 		whole, n, e, state, bad := readRecord(lf, off, size, d.vm.MemBytes/PageSize)
 		if bad != "" {
+			end := size
+			if size%logChunk == 0 {
+				end = dataEnd(lf, off, size) // allocated ahead (dax.go)
+			}
+			if end == off {
+				break // the log's allocated tail (dax.go): nothing torn
+			}
 			// A torn last record, or damage: damage if a whole record
 			// follows anywhere after it.
-			if wholeAfter(lf, off+1, size, d.vm.MemBytes/PageSize) {
+			if wholeAfter(lf, off+1, end, d.vm.MemBytes/PageSize) {
 				return nil, 0, fmt.Errorf("%w: the record at byte %d of the log (%s) is followed by more: acknowledged epochs would be lost", ErrCorrupt, off, bad)
 			}
-			rec.TornBytes = size - off
+			rec.TornBytes = end - off
 			break
 		}
 		if e <= rec.Epoch {
@@ -787,6 +859,28 @@ func readRecord(lf *os.File, off, size int64, memPages uint64) (rec []byte, n in
 		}
 	}
 	return rec, n, le.Uint64(h[8:]), body[n-int64(s):], ""
+}
+
+// dataEnd is where the log's last non-zero byte from off on ends (off if
+// none): a log allocated ahead on persistent memory (dax.go, its size a
+// multiple of logChunk) has a zero tail, which is neither a record nor a
+// tear; the torn bytes it reports are those up to the last non-zero one.
+func dataEnd(lf *os.File, off, size int64) int64 {
+	chunk := make([]byte, 1<<20)
+	for end := size; end > off; {
+		from := max(off, end-int64(len(chunk)))
+		n, err := lf.ReadAt(chunk[:end-from], from)
+		if n < int(end-from) && err != nil {
+			return end // unreadable: count it
+		}
+		for i := n - 1; i >= 0; i-- {
+			if chunk[i] != 0 {
+				return from + int64(i) + 1
+			}
+		}
+		end = from
+	}
+	return off
 }
 
 // wholeAfter reports whether a whole record starts anywhere from off on:
