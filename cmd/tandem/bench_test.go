@@ -92,48 +92,19 @@ func TestBenchTrafficFlags(t *testing.T) {
 // microbenchmark; checks the report, results and plots, and that the
 // namespaces are gone afterwards.
 func TestBenchSmoke(t *testing.T) {
-	kvmtest.Open(t)
-	if err := bench.CheckLabTools(); err != nil {
-		if kvmtest.Required() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
 	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, tandemBin, "bench", "--smoke", "--out", dir)
-	var out lockedBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	pid := 0
-	if cmd.Process != nil {
-		pid = cmd.Process.Pid
-	}
-	if err != nil {
-		t.Fatalf("tandem bench --smoke: %v\n%s", err, out.String())
-	}
+	out, pid := runBench(t, "--smoke", "--out", dir)
 	// Progress lines as it goes.
 	for _, want := range []string{"links: 4 veth pairs", "data path fast(4)", "run 6/6", "recovery of 64 MiB from 4", "harvest ring", "done in"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("output lacks %q:\n%s", want, out.String())
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
 	nsList, _ := exec.Command("ip", "netns", "list").Output()
 	if prefix := fmt.Sprintf("tandem-bench-%d-", pid); strings.Contains(string(nsList), prefix) {
 		t.Errorf("namespaces %s* left behind:\n%s", prefix, nsList)
 	}
-	var res bench.Results
-	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &res); err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Env.Errors) > 0 {
-		t.Errorf("errors: %v", res.Env.Errors)
-	}
+	res, b := readResults(t, dir)
 	if len(res.Runs) != 6 {
 		t.Errorf("%d runs, want 6", len(res.Runs))
 	}
@@ -200,36 +171,12 @@ func TestBenchSmoke(t *testing.T) {
 // persisted ones report when their epochs were durable, and the report
 // compares them; the directories on the RAM file system are gone.
 func TestBenchPersistSmoke(t *testing.T) {
-	kvmtest.Open(t)
-	if err := bench.CheckLabTools(); err != nil {
-		if kvmtest.Required() {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
 	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, tandemBin, "bench", "--persist", "--smoke", "--factors", "2", "--setups", "none,persist,async,asyncp,fast2p", "--out", dir)
-	var out lockedBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("tandem bench --persist --smoke: %v\n%s", err, out.String())
+	out, _ := runBench(t, "--persist", "--smoke", "--factors", "2", "--setups", "none,persist,async,asyncp,fast2p", "--out", dir)
+	if strings.Contains(out, "recovery of") || strings.Contains(out, "data path") {
+		t.Errorf("--persist ran more than the matrix:\n%s", out)
 	}
-	if strings.Contains(out.String(), "recovery of") || strings.Contains(out.String(), "data path") {
-		t.Errorf("--persist ran more than the matrix:\n%s", out.String())
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var res bench.Results
-	if err := json.Unmarshal(b, &res); err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Env.Errors) > 0 {
-		t.Errorf("errors: %v", res.Env.Errors)
-	}
+	res, _ := readResults(t, dir)
 	setups := map[string]bool{}
 	for _, r := range res.Runs {
 		setups[r.Spec.Setup] = true
@@ -262,4 +209,45 @@ func TestBenchPersistSmoke(t *testing.T) {
 	if left, _ := filepath.Glob("/dev/shm/tandem-bench-persist-*"); len(left) > 0 {
 		t.Errorf("persisted runs left %v", left)
 	}
+}
+
+// runBench runs tandem bench with args, which must succeed within three
+// minutes, and returns its output and process id; it needs KVM and the
+// lab's tools.
+func runBench(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	kvmtest.Open(t)
+	if err := bench.CheckLabTools(); err != nil {
+		if kvmtest.Required() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, tandemBin, append([]string{"bench"}, args...)...)
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("tandem bench %v: %v\n%s", args, err, out.String())
+	}
+	return out.String(), cmd.Process.Pid
+}
+
+// readResults reads a bench's results.json (and returns its bytes),
+// failing the test on errors the bench recorded.
+func readResults(t *testing.T, dir string) (*bench.Results, []byte) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res bench.Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Env.Errors) > 0 {
+		t.Errorf("errors: %v", res.Env.Errors)
+	}
+	return &res, b
 }

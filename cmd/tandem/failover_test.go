@@ -98,6 +98,17 @@ func (p *process) kill() {
 	p.done <- err
 }
 
+// powerCut SIGKILLs every process at once, as a power cut across their
+// hosts would stop them, and waits for them to end.
+func powerCut(procs ...*process) {
+	for _, p := range procs {
+		p.cmd.Process.Kill()
+	}
+	for _, p := range procs {
+		p.kill()
+	}
+}
+
 // counterClient pipelines INCs to the counter guest and counts replies:
 // maxGap is the longest time (ns) between two replies, twice the replies
 // that answered an INC already answered.

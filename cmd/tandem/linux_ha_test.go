@@ -364,25 +364,7 @@ func diskFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, snap, bootDisk
 	if !strings.Contains(primary.stderr.String(), "disk sync done") {
 		t.Errorf("the primary did not report its disk sync; stderr:\n%s", primary.stderr.String())
 	}
-	// PUT keys one after the other until the connection ends; acked counts
-	// those answered OK.
-	var acked atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		r := bufio.NewReader(conn)
-		for i := int64(0); ; i++ {
-			conn.SetDeadline(time.Now().Add(2 * time.Minute))
-			if _, err := fmt.Fprintf(conn, "PUT key%d value%d\n", i, i); err != nil {
-				return
-			}
-			line, err := r.ReadString('\n')
-			if err != nil || line != "OK\n" {
-				return
-			}
-			acked.Store(i + 1)
-		}
-	}()
+	acked, done := putKeys(conn)
 	pollFor(t, "five acknowledged PUTs", time.Minute, func() bool { return acked.Load() >= 5 })
 	if midTransfer {
 		os.WriteFile(armed, nil, 0o600)
@@ -406,24 +388,12 @@ func diskFailoverRound(t *testing.T, lab *netLab, rng *rand.Rand, snap, bootDisk
 		t.Fatalf("a new connection to the recovered guest: %v", err)
 	}
 	defer fresh.Close()
-	kv := newKVClient(t, fresh)
-	lost := 0
-	for i := int64(0); i < n; i++ {
-		if got, want := kv.ask(t, fmt.Sprintf("GET key%d", i)), fmt.Sprintf("VALUE value%d", i); got != want {
-			t.Errorf("LOST WRITE: GET key%d answered %q, want %q", i, got, want)
-			lost++
-		}
-	}
-	// Every acknowledged value is in the leader's copy, which the
-	// recovered guest runs on (its PUTs were fsynced).
+	// Every acknowledged value is in the guest, and in the leader's copy,
+	// which the recovered guest runs on (its PUTs were fsynced).
+	lost := checkKeys(t, fresh, n, leaderDisk)
 	raw, err := os.ReadFile(leaderDisk)
 	if err != nil {
 		t.Fatal(err)
-	}
-	for i := int64(0); i < n; i++ {
-		if !bytes.Contains(raw, []byte(fmt.Sprintf("value%d\x00", i))) {
-			t.Errorf("the leader's disk lacks value%d", i)
-		}
 	}
 	if bytes.Contains(raw, []byte("stale copy")) {
 		t.Error("the leader's disk still holds its stale content: the sync missed chunks")
@@ -455,4 +425,50 @@ func TestLeaderDeviceUsageErrors(t *testing.T) {
 			t.Errorf("%v: status %d, stderr %q; want status 2 and %q", tc.args[5:], status, stderr, tc.want)
 		}
 	}
+}
+
+// putKeys PUTs key<i> value<i> over conn, one after the other, until the
+// connection ends (done is closed then); acked counts those answered OK.
+func putKeys(conn net.Conn) (acked *atomic.Int64, done chan struct{}) {
+	acked, done = &atomic.Int64{}, make(chan struct{})
+	go func() {
+		defer close(done)
+		r := bufio.NewReader(conn)
+		for i := int64(0); ; i++ {
+			conn.SetDeadline(time.Now().Add(2 * time.Minute))
+			if _, err := fmt.Fprintf(conn, "PUT key%d value%d\n", i, i); err != nil {
+				return
+			}
+			if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
+				return
+			}
+			acked.Store(i + 1)
+		}
+	}()
+	return acked, done
+}
+
+// checkKeys GETs key0 to key<n-1> over c, and checks that the disk image
+// at disk holds each value (the guest fsyncs a PUT before its OK); it
+// fails the test for every one missing and returns how many were.
+func checkKeys(t *testing.T, c net.Conn, n int64, disk string) (lost int) {
+	t.Helper()
+	kv := newKVClient(t, c)
+	for i := int64(0); i < n; i++ {
+		if got, want := kv.ask(t, fmt.Sprintf("GET key%d", i)), fmt.Sprintf("VALUE value%d", i); got != want {
+			t.Errorf("LOST WRITE: GET key%d answered %q, want %q", i, got, want)
+			lost++
+		}
+	}
+	raw, err := os.ReadFile(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := int64(0); i < n; i++ {
+		if !bytes.Contains(raw, []byte(fmt.Sprintf("value%d\x00", i))) {
+			t.Errorf("LOST WRITE: the disk %s lacks value%d", filepath.Base(disk), i)
+			lost++
+		}
+	}
+	return lost
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"math/rand/v2"
@@ -41,9 +40,9 @@ func TestLinuxPersistKeepsDiskWrites(t *testing.T) {
 	os.WriteFile(work, booted, 0o600)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 18))
 
-	var acked atomic.Int64
+	var acked *atomic.Int64
 	var conn interface{ Close() error }
-	done := make(chan struct{})
+	var done chan struct{}
 	const rounds = 3 // kill, tear, kill; then a last resume
 	for round := 0; round <= rounds; round++ {
 		args := []string{"run", "--resume", dir, "--persist-epoch", "20ms", "--serial", "file:" + filepath.Join(root, fmt.Sprintf("console%d.txt", round))}
@@ -61,22 +60,7 @@ func TestLinuxPersistKeepsDiskWrites(t *testing.T) {
 		if round == 0 {
 			c := dialGuestFor(t, lab, p, guest)
 			conn = c
-			// PUT keys one after the other until the connection ends.
-			go func() {
-				defer close(done)
-				r := bufio.NewReader(c)
-				for i := int64(0); ; i++ {
-					c.SetDeadline(time.Now().Add(2 * time.Minute))
-					if _, err := fmt.Fprintf(c, "PUT key%d value%d\n", i, i); err != nil {
-						return
-					}
-					line, err := r.ReadString('\n')
-					if err != nil || line != "OK\n" {
-						return
-					}
-					acked.Store(i + 1)
-				}
-			}()
+			acked, done = putKeys(c)
 		}
 		if round > 0 {
 			waitStderr(t, p, "resuming a persisted VM")
@@ -97,25 +81,12 @@ func TestLinuxPersistKeepsDiskWrites(t *testing.T) {
 				t.Fatalf("a new connection to the resumed guest: %v", err)
 			}
 			defer fresh.Close()
-			kv := newKVClient(t, fresh)
-			lost := 0
-			for i := int64(0); i < n; i++ {
-				if got, want := kv.ask(t, fmt.Sprintf("GET key%d", i)), fmt.Sprintf("VALUE value%d", i); got != want {
-					t.Errorf("LOST WRITE: GET key%d answered %q, want %q", i, got, want)
-					lost++
-				}
-			}
-			// Every acknowledged value is on the disk the guest runs on
-			// (its PUTs were fsynced), which the resumes restored.
+			// Every acknowledged value is in the guest and on the disk it
+			// runs on, which the resumes restored.
+			lost := checkKeys(t, fresh, n, work)
 			raw, err := os.ReadFile(work)
 			if err != nil {
 				t.Fatal(err)
-			}
-			for i := int64(0); i < n; i++ {
-				if !bytes.Contains(raw, []byte(fmt.Sprintf("value%d\x00", i))) {
-					t.Errorf("the guest's disk lacks value%d", i)
-					lost++
-				}
 			}
 			if bytes.Contains(raw, []byte("lost write")) {
 				t.Error("the guest's disk still holds what was written over it after the power cut: --resume did not restore it")
@@ -198,51 +169,17 @@ func TestLinuxReplicaPersistKeepsDiskWrites(t *testing.T) {
 				"--mode", mode, "--epoch", "50ms")
 			t.Cleanup(primary.kill)
 			conn := dialGuestFor(t, lab, primary, guest)
-			var acked atomic.Int64
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				r := bufio.NewReader(conn)
-				for i := int64(0); ; i++ {
-					conn.SetDeadline(time.Now().Add(time.Minute))
-					if _, err := fmt.Fprintf(conn, "PUT key%d value%d\n", i, i); err != nil {
-						return
-					}
-					if line, err := r.ReadString('\n'); err != nil || line != "OK\n" {
-						return
-					}
-					acked.Store(i + 1)
-				}
-			}()
+			acked, done := putKeys(conn)
 			pollFor(t, "five acknowledged PUTs", time.Minute, func() bool { return acked.Load() >= 5 })
 			time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond) // a random moment to pull the plug
-			for _, p := range append([]*process{primary}, procs...) {
-				p.cmd.Process.Kill()
-			}
-			for _, p := range append([]*process{primary}, procs...) {
-				p.kill()
-			}
+			powerCut(append(procs, primary)...)
 			conn.Close()
 			<-done
 			n := acked.Load()
 			again := nodes()
 			c := dialGuestFor(t, lab, again[1], guest)
 			defer c.Close()
-			kv := newKVClient(t, c)
-			for i := int64(0); i < n; i++ {
-				if got, want := kv.ask(t, fmt.Sprintf("GET key%d", i)), fmt.Sprintf("VALUE value%d", i); got != want {
-					t.Errorf("LOST WRITE: GET key%d answered %q, want %q", i, got, want)
-				}
-			}
-			raw, err := os.ReadFile(leaderDisk)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i := int64(0); i < n; i++ {
-				if !bytes.Contains(raw, []byte(fmt.Sprintf("value%d\x00", i))) {
-					t.Errorf("the leader's disk copy lacks value%d", i)
-				}
-			}
+			checkKeys(t, c, n, leaderDisk)
 			t.Logf("%d PUTs acknowledged before the power cut, all there after the leader's takeover", n)
 			if t.Failed() {
 				t.Logf("leader stderr:\n%s", again[1].stderr.String())

@@ -141,12 +141,7 @@ func TestPersistWithHASurvivesClusterPowerCut(t *testing.T) {
 			}
 			time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond) // a random moment to pull the plug
 			// The power fails everywhere at once.
-			for _, p := range append([]*process{primary}, procs...) {
-				p.cmd.Process.Kill()
-			}
-			for _, p := range append([]*process{primary}, procs...) {
-				p.kill()
-			}
+			powerCut(append(procs, primary)...)
 			conn.Close()
 			<-client.done
 			low, high = base+client.acked.Load(), base+client.sent.Load()
@@ -213,12 +208,7 @@ func TestReplicaPersistSurvivesClusterPowerCut(t *testing.T) {
 			pollFor(t, "increments acknowledged", 30*time.Second, func() bool { return client.acked.Load() >= 3 })
 			time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond) // a random moment to pull the plug
 			// The power fails everywhere at once.
-			for _, p := range append([]*process{primary}, procs...) {
-				p.cmd.Process.Kill()
-			}
-			for _, p := range append([]*process{primary}, procs...) {
-				p.kill()
-			}
+			powerCut(append(procs, primary)...)
 			conn.Close()
 			<-client.done
 			// The replica nodes come back; the primary's host does not.
