@@ -112,17 +112,8 @@ func TestLocalPersist(t *testing.T) {
 			p.Close()
 			d.Close()
 			// The power fails everywhere: the directory alone holds the VM.
-			pd, rec, err := persist.Open(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer pd.Close()
-			mem, err := os.ReadFile(rec.Memory)
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkRecovered(t, vm, &Recovered{Epoch: rec.Epoch, State: rec.State, Memory: mem}, committed)
-			t.Logf("committed %d, durable %d, recovered epoch %d from the directory", committed, per.durable.Load(), rec.Epoch)
+			e, _ := recoverDir(t, vm, dir, committed)
+			t.Logf("committed %d, durable %d, recovered epoch %d from the directory", committed, per.durable.Load(), e)
 		})
 	}
 }
@@ -171,17 +162,7 @@ func TestLocal(t *testing.T) {
 	}
 	recover := func(t *testing.T, vm *stoppableVM, dir string, atLeast uint64) (uint64, []byte) {
 		t.Helper()
-		pd, rec, err := persist.Open(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pd.Close()
-		mem, err := os.ReadFile(rec.Memory)
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkRecovered(t, vm.fakeVM, &Recovered{Epoch: rec.Epoch, State: rec.State, Memory: mem}, atLeast)
-		return rec.Epoch, rec.State
+		return recoverDir(t, vm.fakeVM, dir, atLeast)
 	}
 
 	t.Run("failure", func(t *testing.T) {
@@ -271,4 +252,22 @@ func TestLocalSummary(t *testing.T) {
 	if s.line() != "" {
 		t.Fatal("the summary did not start over")
 	}
+}
+
+// recoverDir opens the persisted VM in dir, checks its newest epoch is at
+// least atLeast with exactly the memory of its state, and returns the
+// epoch and state.
+func recoverDir(t *testing.T, vm *fakeVM, dir string, atLeast uint64) (uint64, []byte) {
+	t.Helper()
+	pd, rec, err := persist.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pd.Close()
+	mem, err := os.ReadFile(rec.Memory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRecovered(t, vm, &Recovered{Epoch: rec.Epoch, State: rec.State, Memory: mem}, atLeast)
+	return rec.Epoch, rec.State
 }

@@ -3,7 +3,6 @@ package replicate
 import (
 	"bytes"
 	"context"
-	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -244,20 +243,9 @@ func BenchmarkReplicaPersist(b *testing.B) {
 			}
 			links := []string{start(ReplicaConfig{Auth: testCreds}), start(ReplicaConfig{Auth: testCreds})}
 			leader := start(ReplicaConfig{Auth: testCreds, Leader: true, HeartbeatTimeout: time.Hour})
-			p, err := NewPrimary(PrimaryConfig{Auth: testCreds, Links: links, Leader: leader, VMID: 0xBE7D, Guest: "static", VCPUs: 1,
-				Epoch: time.Hour, Policy: PolicyFast, Mode: ModeSync, Log: quietLog()}, src, NewOutputGate(io.Discard, 1<<20))
-			if err != nil {
-				b.Fatal(err)
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			if err := p.Connect(ctx); err != nil {
-				b.Fatal(err)
-			}
-			defer p.Close()
-			if err := p.initialSync(ctx); err != nil {
-				b.Fatal(err)
-			}
+			p := staticPrimary(ctx, b, PrimaryConfig{Auth: testCreds, Links: links, Leader: leader, VMID: 0xBE7D, Policy: PolicyFast}, src)
 			for b.Loop() {
 				if err := p.runEpoch(ctx); err != nil {
 					b.Fatal(err)

@@ -72,22 +72,9 @@ func BenchmarkTransfer(b *testing.B) {
 					links = append(links, replicaAddr(b, ReplicaConfig{Auth: creds}))
 				}
 				leader := replicaAddr(b, ReplicaConfig{Auth: creds, Leader: true, HeartbeatTimeout: time.Hour})
-				p, err := NewPrimary(PrimaryConfig{Auth: creds,
-					Links: links, Leader: leader, VMID: 0xBE7C, Guest: "static", VCPUs: 1,
-					Epoch: time.Hour, Policy: c.policy, Mode: ModeSync, SGMax: sgMax, Log: quietLog(),
-				}, src, NewOutputGate(io.Discard, 1<<20))
-				if err != nil {
-					b.Fatal(err)
-				}
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				defer cancel()
-				if err := p.Connect(ctx); err != nil {
-					b.Fatal(err)
-				}
-				defer p.Close()
-				if err := p.initialSync(ctx); err != nil {
-					b.Fatal(err)
-				}
+				p := staticPrimary(ctx, b, PrimaryConfig{Auth: creds, Links: links, Leader: leader, VMID: 0xBE7C, Policy: c.policy, SGMax: sgMax}, src)
 				wire := sent * PageSize
 				if c.policy == PolicyFT {
 					wire *= uint64(c.links)
@@ -106,4 +93,23 @@ func BenchmarkTransfer(b *testing.B) {
 			})
 		}
 	}
+}
+
+// staticPrimary connects a synchronous primary of src with cfg (the rest
+// filled in for a benchmark) and sends its initial copy; it closes with
+// the benchmark.
+func staticPrimary(ctx context.Context, b *testing.B, cfg PrimaryConfig, src Source) *Primary {
+	cfg.Guest, cfg.VCPUs, cfg.Epoch, cfg.Mode, cfg.Log = "static", 1, time.Hour, ModeSync, quietLog()
+	p, err := NewPrimary(cfg, src, NewOutputGate(io.Discard, 1<<20))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := p.Connect(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(p.Close)
+	if err := p.initialSync(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return p
 }
