@@ -6,6 +6,7 @@
 //	tandem run --restore vm.snap --serial stdio
 //	tandem demo
 //	tandem version
+//	tandem --api-sock /tmp/firecracker.socket --id vm0   (Firecracker's API)
 package main
 
 import (
@@ -55,6 +56,7 @@ var commands = []command{
 	{"demo", "boot the built-in counter guest and talk to it", cmdDemo},
 	{"rdma-devices", "list the RDMA devices, ports and limits the RDMA transport can use", cmdRDMADevices},
 	{"version", "print the version of tandem and of the KVM it finds", cmdVersion},
+	{"--api-sock", "PATH [--id ID]: serve Firecracker's API on a Unix socket and run the microVM it configures", cmdAPI},
 }
 
 func main() {
@@ -69,6 +71,10 @@ func mainStatus(args []string) int {
 	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(os.Stdout)
 		return 0
+	}
+	if strings.HasPrefix(args[0], "--api-sock") || strings.HasPrefix(args[0], "--id") {
+		// Started the way Firecracker is: its API on a socket.
+		args = append([]string{"--api-sock"}, args...)
 	}
 	for _, c := range commands {
 		if c.name != args[0] {
