@@ -128,10 +128,13 @@ func (v *VM) harvestRing(c *vcpu, add func(page uint64)) int {
 // of any length ends after overrun ÷ that many exits. The lost pages are
 // covered by reporting all memory dirty.
 func (v *VM) drainRing(c *vcpu) error {
-	// KVM counts used entries in 32 bits: releasing more than that many
-	// in a row without KVM letting the vCPU run means KVM and the VMM
-	// disagree about where the ring starts.
-	const maxStallEntries = 1 << 32
+	// Overruns of up to a few hundred thousand entries were seen; releasing
+	// far more than that in a row (2^24, some 8,000 exits, well under a
+	// second) without KVM letting the vCPU run means KVM and the VMM
+	// disagree about where the ring starts, and the vCPU would spin for
+	// ever: it stops with an error instead (its pages are not lost, the VM
+	// is).
+	const maxStallEntries = 1 << 24
 	n := v.harvestRing(c, func(page uint64) { v.mem.MarkDirty(page*PageSize, 1) })
 	if n == 0 {
 		c.ringHole = true

@@ -347,6 +347,13 @@ func TestDirtyRingOverflowStaysSafe(t *testing.T) {
 			tv := newTestVM(t, Config{VCPUs: vcpus, Dirty: DirtyRing, DirtyRingBytes: 64 << 10, Memory: MemoryConfig{Bytes: mem}}, "dirty", p.Args())
 			tv.start(t)
 			res, err := tv.wait(t, 60*time.Second)
+			if err != nil && strings.Contains(err.Error(), "keeps reporting the ring full") {
+				// A host that overfills the ring (PVM) beyond where the
+				// VMM can find its start again: the VM must stop, with
+				// this error, rather than spin or lose pages.
+				t.Logf("the ring could not be resynchronised; the VM stopped: %v", err)
+				return
+			}
 			if err != nil || res != (Result{Kind: ExitGuest}) {
 				t.Fatalf("result %+v, %v", res, err)
 			}
