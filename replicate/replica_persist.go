@@ -352,7 +352,7 @@ func (r *Replica) maybeCheckpoint() error {
 	d.mu.Lock()
 	size := d.dir.LogBytes()
 	d.mu.Unlock()
-	limit := int64(persistCheckpointMin)
+	limit := persistCheckpointMin
 	r.mu.Lock()
 	if r.hello.MemBytes > uint64(limit) {
 		limit = int64(r.hello.MemBytes)

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -92,16 +91,17 @@ func runArgs(cfg fcapi.Config, control string) []string {
 		args = append(args, "--dirty", "bitmap")
 	}
 	// The root device is /dev/vda, then the others in the order given.
-	drives := slices.Clone(cfg.Drives)
-	slices.SortStableFunc(drives, func(a, b fcapi.Drive) int {
-		return map[bool]int{true: 0, false: 1}[a.IsRootDevice] - map[bool]int{true: 0, false: 1}[b.IsRootDevice]
-	})
-	for _, d := range drives {
-		spec := d.PathOnHost
-		if d.IsReadOnly != nil && *d.IsReadOnly {
-			spec += ",ro"
+	for _, root := range []bool{true, false} {
+		for _, d := range cfg.Drives {
+			if d.IsRootDevice != root {
+				continue
+			}
+			spec := d.PathOnHost
+			if d.IsReadOnly != nil && *d.IsReadOnly {
+				spec += ",ro"
+			}
+			args = append(args, "--disk", spec)
 		}
-		args = append(args, "--disk", spec)
 	}
 	for _, n := range cfg.NetworkInterfaces {
 		args = append(args, "--net", "tap:"+n.HostDevName)

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tandemvm/tandem/cmd/tandem/internal/fcapi"
 )
 
 // apiClient speaks HTTP over a Firecracker API socket, as curl
@@ -140,5 +142,23 @@ func TestAPIFlags(t *testing.T) {
 		if status != exitUsage || !strings.Contains(stderr, c.want) {
 			t.Errorf("tandem %v: status %d, stderr %q; want %d and %q", c.args, status, stderr, exitUsage, c.want)
 		}
+	}
+}
+
+// TestRunArgs: the API's configuration becomes tandem run's flags, the
+// root drive first (/dev/vda), then the others in the order given.
+func TestRunArgs(t *testing.T) {
+	one, mem, yes := 2, 256, true
+	cfg := fcapi.Config{
+		BootSource:    &fcapi.BootSource{KernelImagePath: "/k", InitrdPath: "/i", BootArgs: "console=ttyS0"},
+		MachineConfig: fcapi.MachineConfig{VCPUCount: &one, MemSizeMib: &mem, TrackDirtyPages: &yes},
+		Drives: []fcapi.Drive{{DriveID: "a", PathOnHost: "/a"}, {DriveID: "root", PathOnHost: "/r", IsRootDevice: true, IsReadOnly: &yes},
+			{DriveID: "b", PathOnHost: "/b"}},
+		NetworkInterfaces: []fcapi.NetworkInterface{{IfaceID: "eth0", HostDevName: "tap0"}},
+	}
+	got := strings.Join(runArgs(cfg, "unix:/c"), " ")
+	want := "--kernel /k --mem 256M --vcpus 2 --serial stdio --control unix:/c --initrd /i --cmdline console=ttyS0 --dirty bitmap --disk /r,ro --disk /a --disk /b --net tap:tap0"
+	if got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
 	}
 }

@@ -151,17 +151,8 @@ func TestLinuxReplicaPersistKeepsDiskWrites(t *testing.T) {
 			os.WriteFile(primaryDisk, booted, 0o600)
 			os.WriteFile(leaderDisk, make([]byte, len(booted)), 0o600) // the sync fills it
 			nodes := func() []*process {
-				procs := []*process{
-					lab.start("r1", nil, "replica", "--listen", r1, "--auth-key", key, "--persist", filepath.Join(dir, "r1")),
-					lab.start("leader", nil, "replica", "--listen", leader, "--leader", "--auth-key", key, "--replicas", r1,
-						"--heartbeat-timeout", "2s", "--serial", "file:"+filepath.Join(dir, "leader.txt"),
-						"--net", "tap:"+tap, "--disk", leaderDisk, "--persist", filepath.Join(dir, "leader")),
-				}
-				for _, p := range procs {
-					t.Cleanup(p.kill)
-					waitStderr(t, p, "replica listening")
-				}
-				return procs
+				return startReplicaAndLeader(t, lab, key, r1, leader, []string{"--persist", filepath.Join(dir, "r1")},
+					[]string{"--serial", "file:" + filepath.Join(dir, "leader.txt"), "--net", "tap:" + tap, "--disk", leaderDisk, "--persist", filepath.Join(dir, "leader")})
 			}
 			procs := nodes()
 			primary := lab.start("primary", nil, "run", "--restore", snap, "--net", "tap:"+tap, "--disk", primaryDisk,

@@ -112,15 +112,7 @@ func TestPersistWithHASurvivesClusterPowerCut(t *testing.T) {
 	for round := range 6 {
 		mode := []string{"sync", "async"}[round%2]
 		ok := t.Run(fmt.Sprintf("round%d/%s", round, mode), func(t *testing.T) {
-			procs := []*process{
-				lab.start("r1", nil, "replica", "--listen", r1, "--auth-key", key),
-				lab.start("leader", nil, "replica", "--listen", leader, "--leader", "--auth-key", key, "--replicas", r1,
-					"--heartbeat-timeout", "2s", "--serial", "none"),
-			}
-			for _, p := range procs {
-				t.Cleanup(p.kill)
-				waitStderr(t, p, "replica listening")
-			}
+			procs := startReplicaAndLeader(t, lab, key, r1, leader, nil, []string{"--serial", "none"})
 			sock := filepath.Join(root, fmt.Sprintf("primary%d.sock", round))
 			args := []string{"run", "--guest", "counter", "--mem", "16M", "--persist", dir}
 			if round > 0 {
@@ -187,16 +179,8 @@ func TestReplicaPersistSurvivesClusterPowerCut(t *testing.T) {
 			r1Dir, leaderDir := filepath.Join(root, "r1"), filepath.Join(root, "leader")
 			leaderSock := filepath.Join(root, "leader.sock")
 			nodes := func() []*process {
-				procs := []*process{
-					lab.start("r1", nil, "replica", "--listen", r1, "--auth-key", key, "--persist", r1Dir),
-					lab.start("leader", nil, "replica", "--listen", leader, "--leader", "--auth-key", key, "--replicas", r1,
-						"--heartbeat-timeout", "2s", "--serial", "unix:"+leaderSock, "--persist", leaderDir),
-				}
-				for _, p := range procs {
-					t.Cleanup(p.kill)
-					waitStderr(t, p, "replica listening")
-				}
-				return procs
+				return startReplicaAndLeader(t, lab, key, r1, leader, []string{"--persist", r1Dir},
+					[]string{"--serial", "unix:" + leaderSock, "--persist", leaderDir})
 			}
 			procs := nodes()
 			sock := filepath.Join(root, "primary.sock")
@@ -254,4 +238,22 @@ func TestReplicaPersistFlags(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(foreign, "precious")); string(b) != "data" {
 		t.Error("the foreign directory was changed")
 	}
+}
+
+// startReplicaAndLeader starts `tandem replica` on the lab's r1 host
+// (with r1Args) and its leader on the leader host (watching the primary
+// with a 2 s heartbeat timeout, recovering from r1, with leaderArgs), and
+// waits until both listen; they are killed when the test ends.
+func startReplicaAndLeader(t *testing.T, lab *netLab, key, r1, leader string, r1Args, leaderArgs []string) []*process {
+	t.Helper()
+	procs := []*process{
+		lab.start("r1", nil, append([]string{"replica", "--listen", r1, "--auth-key", key}, r1Args...)...),
+		lab.start("leader", nil, append([]string{"replica", "--listen", leader, "--leader", "--auth-key", key, "--replicas", r1,
+			"--heartbeat-timeout", "2s"}, leaderArgs...)...),
+	}
+	for _, p := range procs {
+		t.Cleanup(p.kill)
+		waitStderr(t, p, "replica listening")
+	}
+	return procs
 }

@@ -1,9 +1,8 @@
 package persist
 
 import (
-	"bytes"
-
 	"github.com/tandemvm/tandem/replicate/disk"
+	"github.com/tandemvm/tandem/replicate/pagecodec"
 )
 
 // Epochs feeds a Dir the epochs of a running VM, as the replication
@@ -18,13 +17,8 @@ type Epochs struct {
 	// Split, when set, takes an epoch's disk writes out of its state (a
 	// Linux guest's carries them), for the record to hold them itself.
 	Split func(state []byte) ([]byte, []*disk.Writes, error)
-	// CheckpointBytes is the log size past which Sync checkpoints; 0
-	// means max(64 MiB, half the VM's memory).
-	CheckpointBytes int64
-	pages           []uint64
+	pages []uint64
 }
-
-var zeroPage = make([]byte, PageSize)
 
 // Stage stages epoch e: its dirty pages (or, with Full, every page that
 // is not zero) of mem, and its state.
@@ -32,7 +26,7 @@ func (p *Epochs) Stage(e uint64, pages []uint64, mem []byte, state []byte) error
 	if p.Full {
 		p.pages = p.pages[:0]
 		for i := range uint64(len(mem) / PageSize) {
-			if !bytes.Equal(mem[i*PageSize:(i+1)*PageSize], zeroPage) {
+			if !pagecodec.IsZero(mem[i*PageSize : (i+1)*PageSize]) {
 				p.pages = append(p.pages, i)
 			}
 		}
@@ -53,16 +47,12 @@ func (p *Epochs) Stage(e uint64, pages []uint64, mem []byte, state []byte) error
 }
 
 // Sync makes the staged epoch durable, and checkpoints once the log has
-// grown past CheckpointBytes.
+// grown past max(64 MiB, half the VM's memory).
 func (p *Epochs) Sync() error {
 	if err := p.Dir.Sync(); err != nil {
 		return err
 	}
-	limit := p.CheckpointBytes
-	if limit == 0 {
-		limit = max(64<<20, int64(p.Dir.VM().MemBytes/2))
-	}
-	if p.Dir.LogBytes() > limit {
+	if p.Dir.LogBytes() > max(64<<20, int64(p.Dir.VM().MemBytes/2)) {
 		return p.Dir.Checkpoint()
 	}
 	return nil

@@ -233,18 +233,9 @@ func (d *Dir) readLog(c *Contents) error {
 		body, ok := parseRecord(b[off:])
 		if !ok {
 			// A tear only if nothing whole follows.
-			if next := bytes.Index(b[off+1:], binary.LittleEndian.AppendUint32(nil, recordMagic)); next >= 0 {
-				for at := off + 1 + next; at < len(b); {
-					if _, ok := parseRecord(b[at:]); ok {
-						f.Close()
-						return fmt.Errorf("%w: %s: a damaged record at byte %d before a whole one at %d", ErrCorrupt, f.Name(), off, at)
-					}
-					i := bytes.Index(b[at+1:], binary.LittleEndian.AppendUint32(nil, recordMagic))
-					if i < 0 {
-						break
-					}
-					at += 1 + i
-				}
+			if at, found := wholeRecordAfter(b, off+1); found {
+				f.Close()
+				return fmt.Errorf("%w: %s: a damaged record at byte %d before a whole one at %d", ErrCorrupt, f.Name(), off, at)
 			}
 			c.TornBytes = int64(len(b) - off)
 			break
@@ -262,6 +253,22 @@ func (d *Dir) readLog(c *Contents) error {
 	}
 	d.log, d.size = f, int64(off)
 	return nil
+}
+
+// wholeRecordAfter finds a whole record starting at or after from.
+func wholeRecordAfter(b []byte, from int) (int, bool) {
+	magic := binary.LittleEndian.AppendUint32(nil, recordMagic)
+	for at := from; at < len(b); at++ {
+		i := bytes.Index(b[at:], magic)
+		if i < 0 {
+			return 0, false
+		}
+		at += i
+		if _, ok := parseRecord(b[at:]); ok {
+			return at, true
+		}
+	}
+	return 0, false
 }
 
 // parseRecord returns the body of the whole record at the start of b.
