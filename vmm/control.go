@@ -29,6 +29,14 @@ type ControlRequest struct {
 	// Stop stops the VM after the snapshot instead of resuming it, so the
 	// snapshot is the VM's last state (snapshot).
 	Stop bool `json:"stop,omitempty"`
+	// MemPath, when set, puts guest memory in a file of its own
+	// (VM.WriteSnapshotSplit) and Path holds the rest (snapshot).
+	MemPath string `json:"mem_path,omitempty"`
+	// Diff writes only the pages written since the previous snapshot to
+	// MemPath (snapshot; needs Controller.DiffSnapshots).
+	Diff bool `json:"diff,omitempty"`
+	// Config is kept in the snapshot's metadata as is (SnapshotMeta.Config).
+	Config json.RawMessage `json:"config,omitempty"`
 }
 
 // ControlResponse answers a ControlRequest.
@@ -59,6 +67,11 @@ type Controller struct {
 	// AddReplica, when set, gives the VM's replication another replica
 	// (add-replica; package vmm does not interpret the address).
 	AddReplica func(addr string) error
+	// DiffSnapshots says the VM's dirty log is the snapshots' own (dirty
+	// tracking on, and no replication or persistence harvesting it):
+	// every snapshot with a memory file harvests it, so that a Diff
+	// snapshot holds the pages written since the previous one.
+	DiffSnapshots bool
 
 	mu     sync.Mutex
 	pauses int // pauses taken through the control socket and not yet resumed
@@ -152,7 +165,8 @@ func (c *Controller) Handle(req ControlRequest) (_ *ControlStatus, after func(),
 		paused := err == nil
 		meta := c.Meta
 		meta.Created = time.Now().UTC()
-		err = c.VM.WriteSnapshot(req.Path, meta)
+		meta.Config = req.Config
+		err = c.snapshot(req, meta)
 		switch {
 		case paused && (err != nil || !req.Stop):
 			c.VM.Resume()
@@ -186,6 +200,37 @@ func (c *Controller) Handle(req ControlRequest) (_ *ControlStatus, after func(),
 		st.Replication = c.Replication()
 	}
 	return st, after, nil
+}
+
+// snapshot writes the snapshot req asks for of the paused VM.
+func (c *Controller) snapshot(req ControlRequest, meta SnapshotMeta) error {
+	switch {
+	case req.MemPath == "" && req.Diff:
+		return errors.New("a Diff snapshot needs a memory file")
+	case req.MemPath == "":
+		return c.VM.WriteSnapshot(req.Path, meta)
+	case req.Diff && !c.DiffSnapshots:
+		return errors.New("a Diff snapshot needs the VM's dirty log, and it is off or taken by replication or persistence")
+	}
+	var dirty *DirtySet
+	if c.DiffSnapshots {
+		// Harvested for a Full snapshot too: the next Diff starts here.
+		// Should the write fail, the pages are dirty again so that no
+		// later Diff misses them.
+		set := NewDirtySet(c.VM.mem.Size() / PageSize)
+		if err := c.VM.HarvestDirty(set); err != nil {
+			return err
+		}
+		if req.Diff {
+			dirty = set
+		}
+		if err := c.VM.WriteSnapshotSplit(req.Path, req.MemPath, dirty, meta); err != nil {
+			c.VM.mem.redirty(set)
+			return err
+		}
+		return nil
+	}
+	return c.VM.WriteSnapshotSplit(req.Path, req.MemPath, nil, meta)
 }
 
 // ControlCall sends one request to the control socket at addr ("unix:PATH",

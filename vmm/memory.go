@@ -220,6 +220,16 @@ func (m *Memory) MarkDirty(off, n uint64) {
 	}
 }
 
+// redirty reports the pages of d dirty again at the next harvest, for a
+// harvest whose pages were not used.
+func (m *Memory) redirty(d *DirtySet) {
+	for i, w := range d.words {
+		if w != 0 {
+			m.vmmDirty[i].Or(w)
+		}
+	}
+}
+
 // takeVMMDirty moves the VMM-written pages into dst and clears them.
 func (m *Memory) takeVMMDirty(dst *DirtySet) {
 	for i := range m.vmmDirty {

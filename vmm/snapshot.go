@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-// Snapshot file format, version 1 (all integers little endian):
+// Snapshot file format, version 2 (all integers little endian):
 //
 //	header   "TANDEMSN" | u32 format version | u32 flags (0)
 //	section  u32 kind | u32 flags (0) | u64 payload length | payload | u32 CRC-32C
@@ -25,9 +25,15 @@ import (
 // pages, each "u64 first page | u64 page count | count*4096 bytes"; pages in
 // no run are zero. A reader rejects unknown versions, sections out of order,
 // checksum mismatches and files that stop before the end section.
+//
+// Version 2 adds meta's memory_file: when it is present the memory section
+// is empty and guest memory is in a file of its own, byte for byte as the
+// guest sees it (Firecracker's layout, pages never written are holes),
+// whose CRC-32C the metadata holds. Version 1 files are read as before;
+// a version 1 reader refuses version 2 instead of restoring zeros.
 const (
 	snapshotMagic   = "TANDEMSN"
-	snapshotVersion = 1
+	snapshotVersion = 2
 
 	sectionMeta   = 1
 	sectionState  = 2
@@ -54,6 +60,24 @@ type SnapshotMeta struct {
 	// (which fixes their addresses and IRQs), with the host resources they
 	// were opened on, so that a restore can open them again.
 	Virtio []VirtioConfig `json:"virtio,omitempty"`
+	// MemoryFile, when set, says guest memory is in a file of its own
+	// (WriteSnapshotSplit) rather than in the snapshot.
+	MemoryFile *MemoryFile `json:"memory_file,omitempty"`
+	// Config is the configuration of the front end that made the VM (the
+	// Firecracker API's), kept for it as is: package vmm does not read it.
+	Config json.RawMessage `json:"config,omitempty"`
+}
+
+// MemoryFile describes a snapshot's separate memory file.
+type MemoryFile struct {
+	// Diff says the file holds only the pages written since the previous
+	// snapshot (the rest are holes): it restores only once rebased onto
+	// the previous snapshot's memory file (tandem rebase-snap).
+	Diff bool `json:"diff,omitempty"`
+	// CRC32C is the Castagnoli CRC of all guest memory at the snapshot:
+	// a restore refuses a memory file that does not match it (another
+	// snapshot's, a Diff not rebased, a damaged copy).
+	CRC32C uint32 `json:"crc32c"`
 }
 
 // VirtioConfig says which virtio device a VM had and what it was opened
@@ -75,33 +99,100 @@ func (v *VM) WriteSnapshot(path string, meta SnapshotMeta) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	meta.MemoryFile = nil
+	return v.writeSnapshotFile(path, meta, st, v.mem.Bytes())
+}
+
+// WriteSnapshotSplit captures the paused VM as Firecracker lays a snapshot
+// out: its state to path and its memory, byte for byte, to memPath. With
+// dirty nil the memory file is full; otherwise it holds only the pages in
+// dirty (a Diff snapshot, whose other pages are holes). Each file is
+// written atomically, the memory file first, so a snapshot file exists
+// only with its memory file complete.
+func (v *VM) WriteSnapshotSplit(path, memPath string, dirty *DirtySet, meta SnapshotMeta) error {
+	st, err := v.CaptureState()
 	if err != nil {
-		return fmt.Errorf("vmm: snapshot: %w", err)
+		return err
 	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
+	mem := v.mem.Bytes()
+	var runs []pageRun
+	if dirty == nil {
+		runs = nonZeroRuns(mem)
+	} else {
+		runs = dirtyRuns(dirty, uint64(len(mem))/PageSize)
+	}
+	if err := writeFileAtomic(memPath, func(f *os.File) error {
+		if err := f.Truncate(int64(len(mem))); err != nil {
+			return err
+		}
+		for _, r := range runs {
+			if _, err := f.WriteAt(mem[r.first*PageSize:(r.first+r.count)*PageSize], int64(r.first*PageSize)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("vmm: snapshot memory %s: %w", memPath, err)
+	}
+	meta.MemoryFile = &MemoryFile{Diff: dirty != nil, CRC32C: crc32.Checksum(mem, castagnoli)}
+	return v.writeSnapshotFile(path, meta, st, nil)
+}
+
+// dirtyRuns lists the maximal runs of pages in d, below pages.
+func dirtyRuns(d *DirtySet, pages uint64) []pageRun {
+	var runs []pageRun
+	for _, pg := range d.AppendPages(nil) {
+		if pg >= pages {
+			break
+		}
+		if n := len(runs); n > 0 && runs[n-1].first+runs[n-1].count == pg {
+			runs[n-1].count++
+		} else {
+			runs = append(runs, pageRun{pg, 1})
+		}
+	}
+	return runs
+}
+
+// writeSnapshotFile writes a snapshot of state st and memory mem (nil: the
+// memory is in meta.MemoryFile's file) to path.
+func (v *VM) writeSnapshotFile(path string, meta SnapshotMeta, st *State, mem []byte) error {
 	meta.MemBytes, meta.VCPUs = v.mem.Size(), len(v.vcpus)
 	if meta.Created.IsZero() {
 		meta.Created = time.Now().UTC()
 	}
-	bw := bufio.NewWriterSize(tmp, 1<<20)
-	if err := writeSnapshot(bw, meta, st, v.mem.Bytes()); err != nil {
+	err := writeFileAtomic(path, func(f *os.File) error {
+		bw := bufio.NewWriterSize(f, 1<<20)
+		if err := writeSnapshot(bw, meta, st, mem); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
+	if err != nil {
 		return fmt.Errorf("vmm: snapshot %s: %w", path, err)
-	}
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("vmm: snapshot %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("vmm: snapshot %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("vmm: snapshot %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("vmm: snapshot: %w", err)
 	}
 	return nil
+}
+
+// writeFileAtomic writes path through fill: into a temporary file beside
+// it, synced and renamed over path, so path is complete or unchanged.
+func writeFileAtomic(path string, fill func(*os.File) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	if err := fill(tmp); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
 
 func writeSnapshot(w io.Writer, meta SnapshotMeta, st *State, mem []byte) error {
@@ -222,10 +313,13 @@ func isZeroPage(p []byte) bool {
 type Snapshot struct {
 	Meta  SnapshotMeta
 	State *State
-	path  string
-	f     *os.File
-	r     *bufio.Reader
-	off   int64 // file offset of r's next byte, for error messages
+	// MemFile is the memory file of a snapshot whose Meta.MemoryFile is
+	// set, for Restore and ReadMemory to read guest memory from.
+	MemFile string
+	path    string
+	f       *os.File
+	r       *bufio.Reader
+	off     int64 // file offset of r's next byte, for error messages
 }
 
 // OpenSnapshot reads and verifies a snapshot's header, metadata and state.
@@ -269,8 +363,8 @@ func (s *Snapshot) readHead() error {
 	if string(hdr[:8]) != snapshotMagic {
 		return s.errorf("not a Tandem snapshot (bad magic)")
 	}
-	if v := binary.LittleEndian.Uint32(hdr[8:]); v != snapshotVersion {
-		return s.errorf("format version %d, this build reads version %d", v, snapshotVersion)
+	if v := binary.LittleEndian.Uint32(hdr[8:]); v != snapshotVersion && v != 1 {
+		return s.errorf("format version %d, this build reads versions 1 and %d", v, snapshotVersion)
 	}
 	meta, err := s.readSmallSection(sectionMeta, "metadata", maxMetaBytes)
 	if err != nil {
@@ -352,11 +446,25 @@ func (s *Snapshot) ReadMemory(mem []byte) error {
 	if uint64(len(mem)) != s.Meta.MemBytes {
 		return fmt.Errorf("vmm: restore %s: VM has %d bytes of RAM, snapshot %d", s.path, len(mem), s.Meta.MemBytes)
 	}
+	switch {
+	case s.Meta.MemoryFile != nil && s.MemFile == "":
+		return s.errorf("guest memory is in a separate memory file: give it")
+	case s.Meta.MemoryFile == nil && s.MemFile != "":
+		return s.errorf("guest memory is in the snapshot itself: a memory file (%s) does not apply", s.MemFile)
+	case s.MemFile != "":
+		if err := s.readMemoryFile(mem); err != nil {
+			return err
+		}
+	default:
+		clear(mem)
+	}
 	n, crc, err := s.sectionHeader(sectionMemory, "memory")
 	if err != nil {
 		return err
 	}
-	clear(mem)
+	if s.Meta.MemoryFile != nil && n != 0 {
+		return s.errorf("memory section of %d bytes beside a memory file", n)
+	}
 	pages := uint64(len(mem)) / PageSize
 	var rh [16]byte
 	for n > 0 {
@@ -394,4 +502,91 @@ func (s *Snapshot) ReadMemory(mem []byte) error {
 		return s.errorf("trailing bytes after the end section")
 	}
 	return nil
+}
+
+// readMemoryFile reads guest memory from s.MemFile into mem and checks it
+// against the snapshot's CRC.
+func (s *Snapshot) readMemoryFile(mem []byte) error {
+	f, err := os.Open(s.MemFile)
+	if err != nil {
+		return fmt.Errorf("vmm: restore %s: %w", s.path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("vmm: restore %s: %w", s.path, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Size() != int64(len(mem)) {
+		return fmt.Errorf("%w %s: memory file %s is %d bytes (%v), want a regular file of %d", ErrSnapshot, s.path, s.MemFile, fi.Size(), fi.Mode().Type(), len(mem))
+	}
+	if _, err := io.ReadFull(f, mem); err != nil {
+		return fmt.Errorf("vmm: restore %s: memory file %s: %w", s.path, s.MemFile, err)
+	}
+	if got := crc32.Checksum(mem, castagnoli); got != s.Meta.MemoryFile.CRC32C {
+		hint := ""
+		if s.Meta.MemoryFile.Diff {
+			hint = " (a Diff snapshot's memory file restores only once rebased onto its base: tandem rebase-snap)"
+		}
+		return fmt.Errorf("%w %s: memory file %s does not match the snapshot: CRC-32C %08x, want %08x%s", ErrSnapshot, s.path, s.MemFile, got, s.Meta.MemoryFile.CRC32C, hint)
+	}
+	return nil
+}
+
+// RebaseMemoryFile writes the pages a Diff snapshot's memory file holds
+// onto base, the memory file of the snapshot before it, which then
+// restores with the Diff snapshot's state (Firecracker's rebase-snap).
+// The pages are the diff file's data extents (SEEK_DATA and SEEK_HOLE), so
+// the diff must be on a file system that keeps holes; a restore checks the
+// result against the snapshot's CRC either way.
+func RebaseMemoryFile(base, diff string) error {
+	d, err := os.Open(diff)
+	if err != nil {
+		return fmt.Errorf("vmm: rebase: %w", err)
+	}
+	defer d.Close()
+	b, err := os.OpenFile(base, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("vmm: rebase: %w", err)
+	}
+	defer b.Close()
+	di, err := d.Stat()
+	if err != nil {
+		return fmt.Errorf("vmm: rebase: %w", err)
+	}
+	bi, err := b.Stat()
+	if err != nil {
+		return fmt.Errorf("vmm: rebase: %w", err)
+	}
+	if !di.Mode().IsRegular() || !bi.Mode().IsRegular() || di.Size() != bi.Size() {
+		return fmt.Errorf("vmm: rebase: %s (%d bytes) and %s (%d bytes) are not memory files of one guest", base, bi.Size(), diff, di.Size())
+	}
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < di.Size(); {
+		start, err := seekData(d, off)
+		if err != nil {
+			return fmt.Errorf("vmm: rebase %s: %w", diff, err)
+		}
+		if start < 0 {
+			break // no data after off
+		}
+		end, err := seekHole(d, start)
+		if err != nil {
+			return fmt.Errorf("vmm: rebase %s: %w", diff, err)
+		}
+		for start < end {
+			n := int(min(int64(len(buf)), end-start))
+			if _, err := d.ReadAt(buf[:n], start); err != nil {
+				return fmt.Errorf("vmm: rebase %s: %w", diff, err)
+			}
+			if _, err := b.WriteAt(buf[:n], start); err != nil {
+				return fmt.Errorf("vmm: rebase %s: %w", base, err)
+			}
+			start += int64(n)
+		}
+		off = end
+	}
+	if err := b.Sync(); err != nil {
+		return fmt.Errorf("vmm: rebase %s: %w", base, err)
+	}
+	return b.Close()
 }

@@ -195,3 +195,123 @@ func TestCanonicalXSaveIgnoresInitOptimization(t *testing.T) {
 		t.Error("a live XMM register compares equal to the initial state")
 	}
 }
+
+// dataBytes counts the bytes of path's data extents (what is not a hole).
+func dataBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var n int64
+	for off := int64(0); ; {
+		start, err := seekData(f, off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if start < 0 {
+			return n
+		}
+		end, err := seekHole(f, start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += end - start
+		off = end
+	}
+}
+
+// TestSplitSnapshotFullAndDiff: snapshots laid out as Firecracker's (state
+// and memory files) restore the VM exactly; a Diff holds only the pages
+// written since the snapshot before it, restores once rebased onto that
+// one's memory file, and is refused before, as is a memory file of the
+// wrong snapshot or none at all.
+func TestSplitSnapshotFullAndDiff(t *testing.T) {
+	a := newTestVM(t, Config{Dirty: DirtyBitmap}, "counter", nil)
+	a.start(t)
+	a.out.waitFor(t, "counter: ready\n", 30*time.Second)
+	counterSession(t, a, [][2]string{{"INC x", "OK x 1"}})
+	dir := t.TempDir()
+	full, fullMem := filepath.Join(dir, "full.snap"), filepath.Join(dir, "full.mem")
+	diff, diffMem := filepath.Join(dir, "diff.snap"), filepath.Join(dir, "diff.mem")
+
+	c := &Controller{VM: a.VM}
+	if _, _, err := c.Handle(ControlRequest{Op: "snapshot", Path: diff, MemPath: diffMem, Diff: true}); err == nil || !strings.Contains(err.Error(), "dirty log") {
+		t.Errorf("a Diff without the dirty log: %v, want a refusal naming it", err)
+	}
+	c.DiffSnapshots = true
+	if _, _, err := c.Handle(ControlRequest{Op: "snapshot", Path: diff, Diff: true}); err == nil || !strings.Contains(err.Error(), "memory file") {
+		t.Errorf("a Diff without a memory file: %v, want a refusal naming it", err)
+	}
+	if _, _, err := c.Handle(ControlRequest{Op: "snapshot", Path: full, MemPath: fullMem}); err != nil {
+		t.Fatal(err)
+	}
+	counterSession(t, a, [][2]string{{"INC y", "OK y 2"}})
+	if _, _, err := c.Handle(ControlRequest{Op: "pause"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Handle(ControlRequest{Op: "snapshot", Path: diff, MemPath: diffMem, Diff: true}); err != nil {
+		t.Fatal(err)
+	}
+	memA := bytes.Clone(a.Memory().Bytes())
+	stA, err := a.CaptureState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Stop()
+	a.Resume()
+
+	if f, d := dataBytes(t, fullMem), dataBytes(t, diffMem); d == 0 || d > f/4 {
+		t.Errorf("the Diff's memory file holds %d bytes of data, the Full's %d: want some, and far fewer", d, f)
+	}
+	restore := func(path, mem string) (*testVM, error) {
+		s, err := OpenSnapshot(path)
+		if err != nil {
+			return nil, err
+		}
+		defer s.Close()
+		s.MemFile = mem
+		b := newTestVM(t, Config{Memory: MemoryConfig{Bytes: s.Meta.MemBytes}, VCPUs: s.Meta.VCPUs}, "", nil)
+		return b, s.Restore(b.VM)
+	}
+	for _, tc := range []struct{ name, snap, mem, want string }{
+		{"no memory file", full, "", "separate memory file"},
+		{"a Diff not rebased", diff, diffMem, "rebase"},
+		{"the other snapshot's memory", diff, fullMem, "does not match"},
+	} {
+		if _, err := restore(tc.snap, tc.mem); !errors.Is(err, ErrSnapshot) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want ErrSnapshot naming %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := restore(full, fullMem); err != nil {
+		t.Errorf("the Full snapshot: %v", err)
+	}
+	rebased := filepath.Join(dir, "rebased.mem")
+	data, err := os.ReadFile(fullMem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rebased, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := RebaseMemoryFile(rebased, diffMem); err != nil {
+		t.Fatal(err)
+	}
+	b, err := restore(diff, rebased)
+	if err != nil {
+		t.Fatalf("the rebased Diff: %v", err)
+	}
+	if !bytes.Equal(memA, b.Memory().Bytes()) {
+		t.Error("guest memory differs after restoring the rebased Diff")
+	}
+	stB, err := b.CaptureState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range DiffStates(stA, stB) {
+		t.Error(d)
+	}
+	b.start(t)
+	counterSession(t, b, [][2]string{{"GET", "VALUE 2"}, {"INC z", "OK z 3"}})
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -112,21 +114,25 @@ func runArgs(cfg fcapi.Config, control string) []string {
 // Start implements fcapi.Machine: it runs the microVM and returns once
 // its control socket answers, or why it did not start.
 func (m *apiMachine) Start(cfg fcapi.Config) error {
-	args := runArgs(cfg, m.control)
+	return m.launch(runArgs(cfg, m.control))
+}
+
+// launch runs `tandem run args` and returns once its control socket
+// answers. A run that does not start leaves the API serving, for the
+// client to correct the configuration; one that started ends cmdAPI
+// when it ends.
+func (m *apiMachine) launch(args []string) error {
 	m.log.Info("starting the microVM", "run", strings.Join(args, " "))
 	ran := make(chan error, 1)
-	m.started.Store(true)
-	go func() {
-		err := cmdRun(m.ctx, args)
-		ran <- err
-		m.done <- err
-	}()
+	go func() { ran <- cmdRun(m.ctx, args) }()
 	deadline := time.Now().Add(time.Minute)
 	for {
 		cctx, cancel := context.WithTimeout(m.ctx, time.Second)
 		_, err := vmm.ControlCall(cctx, m.control, vmm.ControlRequest{Op: "status"})
 		cancel()
 		if err == nil {
+			m.started.Store(true)
+			go func() { m.done <- <-ran }()
 			return nil
 		}
 		select {
@@ -141,6 +147,92 @@ func (m *apiMachine) Start(cfg fcapi.Config) error {
 			return fmt.Errorf("the microVM did not start within a minute: %w", err)
 		}
 	}
+}
+
+// CreateSnapshot implements fcapi.Snapshotter. The API's configuration
+// goes into the snapshot, for LoadSnapshot to give back.
+func (m *apiMachine) CreateSnapshot(p fcapi.SnapshotCreateParams, cfg fcapi.Config) error {
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(m.ctx, 10*time.Minute)
+	defer cancel()
+	_, err = vmm.ControlCall(ctx, m.control, vmm.ControlRequest{Op: "snapshot", Path: p.SnapshotPath, MemPath: p.MemFilePath, Diff: p.SnapshotType == "Diff", Config: b})
+	return err
+}
+
+// LoadSnapshot implements fcapi.Snapshotter: it runs `tandem run
+// --restore` on the snapshot and its memory file, with the network
+// overrides as --net.
+func (m *apiMachine) LoadSnapshot(p fcapi.SnapshotLoadParams) (fcapi.Config, error) {
+	snap, err := vmm.OpenSnapshot(p.SnapshotPath)
+	if err != nil {
+		return fcapi.Config{}, err
+	}
+	meta := snap.Meta
+	snap.Close()
+	cfg, err := snapshotConfig(meta)
+	if err != nil {
+		return fcapi.Config{}, err
+	}
+	for _, o := range p.NetworkOverrides {
+		i := slices.IndexFunc(cfg.NetworkInterfaces, func(n fcapi.NetworkInterface) bool { return n.IfaceID == o.IfaceID })
+		if i < 0 {
+			return fcapi.Config{}, fmt.Errorf("network_overrides: the snapshot has no interface %q", o.IfaceID)
+		}
+		cfg.NetworkInterfaces[i].HostDevName = o.HostDevName
+	}
+	args := []string{"--restore", p.SnapshotPath, "--restore-mem", p.MemFile(), "--serial", "stdio", "--control", m.control}
+	if !p.ResumeVM {
+		args = append(args, "--paused")
+	}
+	if p.Tracking() {
+		args = append(args, "--dirty", "bitmap")
+	}
+	if len(p.NetworkOverrides) > 0 {
+		for _, n := range cfg.NetworkInterfaces {
+			args = append(args, "--net", "tap:"+n.HostDevName)
+		}
+	}
+	if err := m.launch(args); err != nil {
+		return fcapi.Config{}, err
+	}
+	return cfg, nil
+}
+
+// snapshotConfig is the API configuration of the microVM a snapshot
+// holds: the one saved in it by CreateSnapshot, or for a snapshot taken
+// otherwise (tandem snapshot) one read from its devices.
+func snapshotConfig(meta vmm.SnapshotMeta) (fcapi.Config, error) {
+	var cfg fcapi.Config
+	if len(meta.Config) > 0 {
+		if err := json.Unmarshal(meta.Config, &cfg); err != nil {
+			return cfg, fmt.Errorf("the snapshot's API configuration: %w", err)
+		}
+	} else {
+		for _, v := range meta.Virtio {
+			switch v.Type {
+			case "blk":
+				ro := v.ReadOnly
+				cfg.Drives = append(cfg.Drives, fcapi.Drive{DriveID: fmt.Sprintf("drive%d", len(cfg.Drives)), PathOnHost: v.Path, IsRootDevice: len(cfg.Drives) == 0, IsReadOnly: &ro})
+			case "net":
+				cfg.NetworkInterfaces = append(cfg.NetworkInterfaces, fcapi.NetworkInterface{IfaceID: fmt.Sprintf("eth%d", len(cfg.NetworkInterfaces)), HostDevName: v.TAP})
+			}
+		}
+	}
+	if cfg.Drives == nil {
+		cfg.Drives = []fcapi.Drive{}
+	}
+	if cfg.NetworkInterfaces == nil {
+		cfg.NetworkInterfaces = []fcapi.NetworkInterface{}
+	}
+	vcpus, mib, off := meta.VCPUs, int(meta.MemBytes>>20), false
+	cfg.MachineConfig.VCPUCount, cfg.MachineConfig.MemSizeMib = &vcpus, &mib
+	if cfg.MachineConfig.SMT == nil {
+		cfg.MachineConfig.SMT = &off
+	}
+	return cfg, nil
 }
 
 func (m *apiMachine) op(op string) error {

@@ -60,8 +60,12 @@ func (a *apiClient) do(method, path, body string, want int) string {
 // VMM on a socket, wait for it to answer, configure the machine, the
 // kernel and a root drive, start the instance, then pause and resume it;
 // the guest's console (COM1 on the VMM's stdout) shows it counting on its
-// disk, not while paused, and on again after. SIGTERM ends the VMM with
-// status 0 and the socket gone.
+// disk, not while paused, and on again after. Then it takes a Full
+// snapshot and, further on, a Diff, ends the VMM with SIGTERM (status 0,
+// the socket gone), rebases the Diff's memory onto the Full's with tandem
+// rebase-snap, and loads it in a new VMM: refused with the Diff's memory
+// file alone, paused with the rebased one, counting on from where the
+// Diff was taken once resumed.
 func TestAPILinuxLifecycle(t *testing.T) {
 	k, initrd := linuxGuest(t)
 	dir := t.TempDir()
@@ -80,20 +84,21 @@ func TestAPILinuxLifecycle(t *testing.T) {
 	if got := api.do("GET", "/", "", 200); !strings.Contains(got, `"id":"api-test"`) || !strings.Contains(got, `"state":"Not started"`) {
 		t.Fatalf("GET /: %s", got)
 	}
-	api.do("PUT", "/machine-config", `{"vcpu_count": 1, "mem_size_mib": 128}`, 204)
+	api.do("PUT", "/machine-config", `{"vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": true}`, 204)
 	api.do("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path": %q, "initrd_path": %q, "boot_args": "console=ttyS0 reboot=k panic=-1 tandem_loop=/dev/vda"}`, k.Vmlinux, initrd), 204)
 	api.do("PUT", "/drives/rootfs", fmt.Sprintf(`{"drive_id": "rootfs", "path_on_host": %q, "is_root_device": true, "is_read_only": false}`, disk), 204)
 	api.do("PUT", "/actions", `{"action_type": "InstanceStart"}`, 204)
 	api.do("PUT", "/boot-source", `{"kernel_image_path": "/elsewhere"}`, 400)
 	ticks := regexp.MustCompile(`tandem-init: tick (\d+) disk (\d+)`)
-	last := func() int {
+	tickOf := func(p *process, nth int) int {
 		m := ticks.FindAllStringSubmatch(p.stdout.String(), -1)
 		if len(m) == 0 {
 			return -1
 		}
-		n, _ := strconv.Atoi(m[len(m)-1][1])
+		n, _ := strconv.Atoi(m[(nth+len(m))%len(m)][1])
 		return n
 	}
+	last := func() int { return tickOf(p, -1) }
 	pollFor(t, "the guest counting on its disk", 6*time.Minute, func() bool { return last() >= 3 })
 	api.do("PATCH", "/vm", `{"state": "Paused"}`, 204)
 	if got := api.do("GET", "/", "", 200); !strings.Contains(got, `"state":"Paused"`) {
@@ -117,12 +122,60 @@ func TestAPILinuxLifecycle(t *testing.T) {
 	if err := json.Unmarshal([]byte(api.do("GET", "/vm/config", "", 200)), &cfg); err != nil || len(cfg.Drives) != 1 || cfg.Drives[0].PathOnHost != disk || cfg.MachineConfig.MemSizeMib != 128 {
 		t.Fatalf("GET /vm/config: %+v, %v", cfg, err)
 	}
+
+	fullSnap, fullMem := filepath.Join(dir, "full.snap"), filepath.Join(dir, "full.mem")
+	diffSnap, diffMem := filepath.Join(dir, "diff.snap"), filepath.Join(dir, "diff.mem")
+	api.do("PUT", "/snapshot/create", fmt.Sprintf(`{"snapshot_path": %q, "mem_file_path": %q}`, fullSnap, fullMem), 400) // running
+	api.do("PATCH", "/vm", `{"state": "Paused"}`, 204)
+	api.do("PUT", "/snapshot/create", fmt.Sprintf(`{"snapshot_path": %q, "mem_file_path": %q, "snapshot_type": "Full"}`, fullSnap, fullMem), 204)
+	api.do("PATCH", "/vm", `{"state": "Resumed"}`, 204)
+	at = last()
+	pollFor(t, "the guest counting after the Full snapshot", time.Minute, func() bool { return last() >= at+3 })
+	api.do("PATCH", "/vm", `{"state": "Paused"}`, 204)
+	api.do("PUT", "/snapshot/create", fmt.Sprintf(`{"snapshot_path": %q, "mem_file_path": %q, "snapshot_type": "Diff"}`, diffSnap, diffMem), 204)
+	atDiff := last()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	if status := p.wait(t, time.Minute); status != 0 {
 		t.Fatalf("tandem --api-sock exited with %d after SIGTERM; stderr:\n%s", status, p.stderr.String())
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("the API socket is left behind: %v", err)
+	}
+
+	sock2 := filepath.Join(dir, "restored.socket")
+	p2 := startCommand(t, tandemBin, "--api-sock", sock2)
+	api2 := newAPIClient(t, sock2)
+	pollFor(t, "the second API socket", 30*time.Second, func() bool {
+		c, err := net.Dial("unix", sock2)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	load := func(mem string, want int) string {
+		return api2.do("PUT", "/snapshot/load", fmt.Sprintf(`{"snapshot_path": %q, "mem_backend": {"backend_type": "File", "backend_path": %q}, "track_dirty_pages": true}`, diffSnap, mem), want)
+	}
+	if got := load(diffMem, 400); !strings.Contains(got, "rebase") {
+		t.Errorf("loading a Diff not rebased: %s, want a fault naming the rebase", got)
+	}
+	if _, stderr, status := runTandem(t, "rebase-snap", "--base-file", fullMem, "--diff-file", diffMem); status != 0 {
+		t.Fatalf("tandem rebase-snap: status %d: %s", status, stderr)
+	}
+	load(fullMem, 204)
+	if got := api2.do("GET", "/", "", 200); !strings.Contains(got, `"state":"Paused"`) {
+		t.Fatalf("GET / after the load: %s", got)
+	}
+	if got := api2.do("GET", "/vm/config", "", 200); !strings.Contains(got, disk) || !strings.Contains(got, `"track_dirty_pages":true`) {
+		t.Errorf("GET /vm/config after the load: %s", got)
+	}
+	api2.do("PATCH", "/vm", `{"state": "Resumed"}`, 204)
+	pollFor(t, "the restored guest counting", time.Minute, func() bool { return tickOf(p2, -1) >= atDiff+2 })
+	if first := tickOf(p2, 0); first < atDiff {
+		t.Errorf("the restored guest's first tick is %d, the Diff was taken at %d: not the Diff's guest", first, atDiff)
+	}
+	p2.cmd.Process.Signal(syscall.SIGTERM)
+	if status := p2.wait(t, time.Minute); status != 0 {
+		t.Fatalf("the restored tandem --api-sock exited with %d after SIGTERM; stderr:\n%s", status, p2.stderr.String())
 	}
 }
 

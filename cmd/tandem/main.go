@@ -50,6 +50,7 @@ var commands = []command{
 	{"replica", "keep a copy of a replicated VM; with --leader, take over when the primary fails", cmdReplica},
 	{"keygen", "write a new replication key file (for --auth-key)", cmdKeygen},
 	{"snapshot", "write a snapshot of a running VM through its control socket", cmdSnapshot},
+	{"rebase-snap", "write a Diff snapshot's memory file onto its base's, so the Diff restores (Firecracker's rebase-snap)", cmdRebaseSnap},
 	{"status", "show a running VM and its protection: generation, leader, links and their lag", cmdStatus},
 	{"add-replica", "protect a running VM with one more node: a link, and with a coordinator a state holder", cmdAddReplica},
 	{"bench", "reproduce seed 003's evaluation: replication matrix, report and plots", cmdBench},

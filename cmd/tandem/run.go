@@ -35,6 +35,8 @@ func cmdRun(ctx context.Context, args []string) error {
 	dirty := fs.String("dirty", "off", "dirty page tracking: off, bitmap or ring (--ha: bitmap unless set)")
 	control := fs.String("control", "", "serve the control socket (for tandem snapshot) at unix:PATH or tcp:ADDR")
 	restore := fs.String("restore", "", "restore the VM from this snapshot file instead of booting a guest")
+	restoreMem := fs.String("restore-mem", "", "with --restore: the snapshot's memory file, for a snapshot that keeps guest memory apart (the Firecracker API's)")
+	paused := fs.Bool("paused", false, "start paused, until a resume on the control socket (needs --control)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	persistDir := fs.String("persist", "", "make every epoch durable in this directory (new or empty) before its output leaves, disk writes included: the VM survives a power cut with nothing acknowledged lost (continue it with --resume); with --ha, every epoch is durable here as well as replicated before its output leaves, so the whole cluster may lose power")
 	resumeDir := fs.String("resume", "", "continue the VM persisted in this directory from its newest durable epoch, persisting on into it; its disks are restored to that epoch (--disk, --net and --channel replace their host side)")
@@ -52,7 +54,13 @@ func cmdRun(ctx context.Context, args []string) error {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
-	spec := vmSpec{serial: *serial, control: *control, memFile: *memFile, log: log}
+	spec := vmSpec{serial: *serial, control: *control, memFile: *memFile, log: log, paused: *paused}
+	switch {
+	case *paused && *control == "":
+		return usagef("--paused needs --control: a resume on the control socket is what starts the VM")
+	case *restoreMem != "" && *restore == "":
+		return usagef("--restore-mem needs --restore")
+	}
 	if spec.dirty, err = vmm.ParseDirtyTracking(*dirty); err != nil {
 		return usagef("--dirty: %v", err)
 	}
@@ -98,6 +106,13 @@ func cmdRun(ctx context.Context, args []string) error {
 			return err
 		}
 		defer snap.Close()
+		switch {
+		case snap.Meta.MemoryFile != nil && *restoreMem == "":
+			return usagef("--restore %s keeps guest memory in a file of its own: give it with --restore-mem", *restore)
+		case snap.Meta.MemoryFile == nil && *restoreMem != "":
+			return usagef("--restore %s holds guest memory itself: leave --restore-mem out", *restore)
+		}
+		snap.MemFile = *restoreMem
 		devs, err := devicesFromMeta(snap.Meta.Virtio)
 		if err != nil {
 			return fmt.Errorf("--restore %s: %w", *restore, err)
@@ -263,6 +278,8 @@ type vmSpec struct {
 	joins *joinWatch
 	// ready, when set, is called once the VM is about to run.
 	ready func(*vmm.VM)
+	// paused starts the VM paused through its control socket.
+	paused bool
 }
 
 func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
@@ -342,7 +359,14 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 		if err != nil {
 			return vmm.Result{}, usagef("--control: %v", err)
 		}
-		c := &vmm.Controller{VM: vm, Meta: vmm.SnapshotMeta{Tandem: version(), Guest: spec.guestName, Virtio: spec.virtio}, Log: spec.log}
+		c := &vmm.Controller{VM: vm, Meta: vmm.SnapshotMeta{Tandem: version(), Guest: spec.guestName, Virtio: spec.virtio}, Log: spec.log,
+			DiffSnapshots: spec.dirty != vmm.DirtyOff && spec.ha == nil && spec.persist == nil}
+		if spec.paused {
+			if _, _, err := c.Handle(vmm.ControlRequest{Op: "pause"}); err != nil {
+				return vmm.Result{}, err
+			}
+			spec.log.Info("the VM starts paused: resume it on the control socket", "addr", spec.control)
+		}
 		if primary != nil {
 			c.Replication = func() json.RawMessage {
 				b, _ := json.Marshal(primary.Status())
@@ -393,6 +417,22 @@ func listenControl(addr string) (net.Listener, error) {
 		os.Remove(path) // a stale socket from an earlier run
 	}
 	return net.Listen("unix", path)
+}
+
+// cmdRebaseSnap is Firecracker's rebase-snap: the pages of a Diff
+// snapshot's memory file are written onto the memory file of the snapshot
+// before it, which then restores with the Diff's state.
+func cmdRebaseSnap(ctx context.Context, args []string) error {
+	fs := newFlagSet("rebase-snap", "--base-file FILE --diff-file FILE")
+	base := fs.String("base-file", "", "the memory file of the snapshot the Diff follows: written in place")
+	diff := fs.String("diff-file", "", "the Diff snapshot's memory file")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *base == "" || *diff == "" {
+		return usagef("--base-file and --diff-file are required")
+	}
+	return vmm.RebaseMemoryFile(*base, *diff)
 }
 
 func cmdSnapshot(ctx context.Context, args []string) error {

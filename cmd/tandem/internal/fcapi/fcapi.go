@@ -10,7 +10,10 @@
 // Before InstanceStart the configuration requests (PUT and PATCH
 // /machine-config, PUT /boot-source, PUT /drives/{id}, PUT
 // /network-interfaces/{id}) change the configuration; after it they are
-// refused with 400, as are PATCH /vm and the pause state before it. A
+// refused with 400, as are PATCH /vm and the pause state before it.
+// PUT /snapshot/create needs the microVM paused, and a Diff needs
+// track_dirty_pages; PUT /snapshot/load needs a fresh microVM (nothing
+// configured, not started), which it leaves paused unless resume_vm. A
 // request body is at most MaxBody bytes of one JSON value whose fields
 // are all known and of their types; anything else is a 400 that changes
 // nothing. A field Tandem does not support with a value other than its
@@ -116,6 +119,9 @@ type Server struct {
 	mu    sync.Mutex
 	cfg   Config
 	state string
+	// configured says a configuration request succeeded, which rules
+	// out loading a snapshot.
+	configured bool
 }
 
 // NewServer returns a server for a microVM not yet started, with
@@ -142,7 +148,7 @@ func badRequest(format string, args ...any) error {
 var errStarted = &faultError{http.StatusBadRequest, "the microVM has started: this configuration can only be changed before InstanceStart"}
 
 // unsupported are the endpoints of Firecracker's API Tandem does not serve.
-var unsupported = []string{"/balloon", "/cpu-config", "/pmem", "/mmds", "/entropy", "/serial", "/hotplug", "/vsock", "/snapshot", "/logger", "/metrics"}
+var unsupported = []string{"/balloon", "/cpu-config", "/pmem", "/mmds", "/entropy", "/serial", "/hotplug", "/vsock", "/logger", "/metrics"}
 
 var idPath = regexp.MustCompile(`^/(drives|network-interfaces)/([A-Za-z0-9_-]{1,64})$`)
 
@@ -201,6 +207,10 @@ func (s *Server) route(r *http.Request) (int, any, error) {
 		return s.action(r)
 	case path == "/vm" && method == http.MethodPatch:
 		return s.vmState(r)
+	case path == "/snapshot/create" && method == http.MethodPut:
+		return s.createSnapshot(r)
+	case path == "/snapshot/load" && method == http.MethodPut:
+		return s.loadSnapshot(r)
 	case path == "/vm/config" && method == http.MethodGet:
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -263,6 +273,7 @@ func (s *Server) configure(change func(*Config) error) (int, any, error) {
 		return 0, nil, err
 	}
 	s.cfg = next
+	s.configured = true
 	return http.StatusNoContent, nil, nil
 }
 

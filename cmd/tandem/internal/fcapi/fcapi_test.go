@@ -35,6 +35,15 @@ func (m *fakeMachine) Start(cfg Config) error {
 }
 func (m *fakeMachine) Pause() error  { m.calls = append(m.calls, "pause"); return m.fail }
 func (m *fakeMachine) Resume() error { m.calls = append(m.calls, "resume"); return m.fail }
+func (m *fakeMachine) CreateSnapshot(p SnapshotCreateParams, cfg Config) error {
+	m.calls = append(m.calls, "snapshot "+p.SnapshotType)
+	return m.fail
+}
+func (m *fakeMachine) LoadSnapshot(p SnapshotLoadParams) (Config, error) {
+	m.calls = append(m.calls, "load "+p.MemFile())
+	two, mem := 2, 256
+	return Config{MachineConfig: MachineConfig{VCPUCount: &two, MemSizeMib: &mem}, Drives: []Drive{}, NetworkInterfaces: []NetworkInterface{}}, m.fail
+}
 
 // call sends one request to s and returns the status and body.
 func call(t *testing.T, s http.Handler, method, path, body string) (int, string) {
@@ -95,10 +104,14 @@ func TestLifecycle(t *testing.T) {
 		{"PUT", "/actions", `{"action_type": "InstanceStart"}`, 400, "started already"},
 		{"PATCH", "/vm", `{"state": "Paused"}`, 204, ""},
 		{"GET", "/", "", 200, `"state":"Paused"`},
+		{"PUT", "/snapshot/create", `{"snapshot_path": "/s", "mem_file_path": "/m"}`, 204, ""},
+		{"PUT", "/snapshot/create", `{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Diff"}`, 204, ""},
+		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_file_path": "/m"}`, 400, "fresh"},
 		{"PATCH", "/vm", `{"state": "Resumed"}`, 204, ""},
+		{"PUT", "/snapshot/create", `{"snapshot_path": "/s", "mem_file_path": "/m"}`, 400, "pause it first"},
 		{"GET", "/vm/config", "", 200, `"path_on_host":"/d2.img","is_root_device":false,"is_read_only":true`},
 	})
-	if !slices.Equal(m.calls, []string{"start", "pause", "resume"}) {
+	if !slices.Equal(m.calls, []string{"start", "pause", "snapshot ", "snapshot Diff", "resume"}) {
 		t.Errorf("machine calls %v", m.calls)
 	}
 	c := m.started
@@ -141,7 +154,17 @@ func TestBadRequests(t *testing.T) {
 		{"PUT", "/actions", `{"action_type": "Reboot"}`, 400, "want InstanceStart"},
 		{"PUT", "/actions", `{"action_type": "InstanceStart"}`, 400, "no boot source"},
 		{"PUT", "/mmds", `{}`, 400, "does not support PUT /mmds"},
-		{"PUT", "/snapshot/create", `{}`, 400, "does not support PUT /snapshot/create"},
+		{"PUT", "/snapshot/create", `{"snapshot_path": "/s"}`, 400, "required"},
+		{"PUT", "/snapshot/create", `{"snapshot_path": "/s", "mem_file_path": "/s"}`, 400, "two files"},
+		{"PUT", "/snapshot/create", `{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Half"}`, 400, "want Full or Diff"},
+		{"PUT", "/snapshot/create", `{"snapshot_path": "/s", "mem_file_path": "/m"}`, 400, "pause it first"},
+		{"PUT", "/snapshot/load", `{"mem_file_path": "/m"}`, 400, "snapshot_path is required"},
+		{"PUT", "/snapshot/load", `{"snapshot_path": "/s"}`, 400, "exactly one"},
+		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}`, 400, "exactly one"},
+		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}`, 400, "Uffd"},
+		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_backend": {"backend_type": "Tape", "backend_path": "/u"}}`, 400, "want File"},
+		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": "/v"}}`, 400, "vsock"},
+		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": true}`, 400, "clock_realtime"},
 		{"GET", "/balloon/statistics", ``, 400, "does not support"},
 		{"DELETE", "/", ``, 400, "no such endpoint"},
 		{"GET", "/nonsense", ``, 400, "no such endpoint"},
@@ -150,13 +173,41 @@ func TestBadRequests(t *testing.T) {
 	if string(before) != string(after) || len(m.calls) != 0 || s.state != NotStarted {
 		t.Errorf("bad requests changed the server: %s -> %s, calls %v, state %s", before, after, m.calls, s.state)
 	}
-	// A machine that cannot start leaves the instance not started.
+	// A machine that cannot start or load leaves the instance not started.
 	m.fail = errors.New("no KVM")
 	run(t, s, []step{
+		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_file_path": "/m"}`, 400, "no KVM"},
+		{"GET", "/", "", 200, `"Not started"`},
 		{"PUT", "/boot-source", `{"kernel_image_path": "/k"}`, 204, ""},
 		{"PUT", "/actions", `{"action_type": "InstanceStart"}`, 400, "no KVM"},
 		{"GET", "/", "", 200, `"Not started"`},
+		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_file_path": "/m"}`, 400, "configured already"},
 	})
+}
+
+// TestLoadSnapshot: a snapshot loads into a fresh microVM only, paused
+// unless resume_vm, with the loaded configuration and the dirty tracking
+// the request asks for.
+func TestLoadSnapshot(t *testing.T) {
+	for _, tc := range []struct {
+		body, state, tracking string
+	}{
+		{`{"snapshot_path": "/s", "mem_file_path": "/m"}`, "Paused", "false"},
+		{`{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "resume_vm": true, "enable_diff_snapshots": true}`, "Running", "true"},
+	} {
+		m := &fakeMachine{}
+		s := NewServer("vm0", "1", m)
+		run(t, s, []step{
+			{"PUT", "/snapshot/load", tc.body, 204, ""},
+			{"GET", "/", "", 200, `"state":"` + tc.state + `"`},
+			{"GET", "/machine-config", "", 200, `"vcpu_count":2,"mem_size_mib":256,"track_dirty_pages":` + tc.tracking},
+			{"PUT", "/snapshot/load", tc.body, 400, "started"},
+			{"PUT", "/actions", `{"action_type": "InstanceStart"}`, 400, "started already"},
+		})
+		if !slices.Equal(m.calls, []string{"load /m"}) {
+			t.Errorf("%s: machine calls %v", tc.body, m.calls)
+		}
+	}
 }
 
 // FuzzDecode: no request body panics the server or is accepted as
@@ -168,7 +219,7 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body string) {
 		s := NewServer("vm0", "1", &fakeMachine{})
 		for _, p := range []struct{ method, path string }{{"PUT", "/machine-config"}, {"PATCH", "/machine-config"}, {"PUT", "/boot-source"},
-			{"PUT", "/drives/a"}, {"PUT", "/network-interfaces/a"}, {"PUT", "/actions"}, {"PATCH", "/vm"}} {
+			{"PUT", "/drives/a"}, {"PUT", "/network-interfaces/a"}, {"PUT", "/actions"}, {"PATCH", "/vm"}, {"PUT", "/snapshot/load"}, {"PUT", "/snapshot/create"}} {
 			status, resp := call(t, s, p.method, p.path, body)
 			if status != 204 && status != 400 {
 				t.Fatalf("%s %s %q: status %d %s", p.method, p.path, body, status, resp)
@@ -313,6 +364,8 @@ func TestAgainstSpec(t *testing.T) {
 		{"PUT", "/actions", "/actions", `{"action_type": "FlushMetrics"}`},
 		{"PUT", "/actions", "/actions", `{"action_type": "InstanceStart"}`},
 		{"PATCH", "/vm", "/vm", `{"state": "Paused"}`},
+		{"PUT", "/snapshot/create", "/snapshot/create", `{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Diff"}`},
+		{"PUT", "/snapshot/load", "/snapshot/load", `{"snapshot_path": "/s", "mem_file_path": "/m"}`},
 		{"PATCH", "/vm", "/vm", `{"state": "Resumed"}`},
 		{"GET", "/vm/config", "/vm/config", ""},
 		{"GET", "/", "/", ""},
@@ -363,7 +416,8 @@ func TestAgainstSpec(t *testing.T) {
 	}
 	// The Go types name only fields the spec's definitions have.
 	for def, typ := range map[string]any{"MachineConfiguration": MachineConfig{}, "BootSource": BootSource{}, "Drive": Drive{},
-		"NetworkInterface": NetworkInterface{}, "InstanceInfo": InstanceInfo{}, "FullVmConfiguration": Config{}} {
+		"NetworkInterface": NetworkInterface{}, "InstanceInfo": InstanceInfo{}, "FullVmConfiguration": Config{},
+		"SnapshotCreateParams": SnapshotCreateParams{}, "SnapshotLoadParams": SnapshotLoadParams{}, "MemoryBackend": MemoryBackend{}, "NetworkOverride": NetworkOverride{}} {
 		props := sp.resolve(sp.Definitions[def]).Properties
 		rt := reflect.TypeOf(typ)
 		for i := range rt.NumField() {
