@@ -5,11 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/tandemvm/tandem/cmd/tandem-plot/figure"
 	"github.com/tandemvm/tandem/cmd/tandem/internal/bench"
 	"github.com/tandemvm/tandem/replicate/auth"
 )
@@ -52,7 +54,7 @@ func cmdBench(ctx context.Context, args []string) error {
 				return usagef("--analyze takes no other flag (--%s)", name)
 			}
 		}
-		res, err := bench.Report(*analyze)
+		res, err := bench.Report(*analyze, benchPlotter(*analyze))
 		if err != nil {
 			return err
 		}
@@ -179,7 +181,7 @@ func cmdBench(ctx context.Context, args []string) error {
 			return usagef("%v", err)
 		}
 	}
-	opt := bench.Options{Version: version(), Out: os.Stdout}
+	opt := bench.Options{Version: version(), Out: os.Stdout, Plots: benchPlotter(cfg.Out)}
 	if *plaintext {
 		// The bench's connections join its own in-process replicas and
 		// primaries: a key made for the run serves them; no key file.
@@ -209,6 +211,25 @@ func cmdBench(ctx context.Context, args []string) error {
 	}
 	_, err = bench.Run(ctx, cfg, opt)
 	return err
+}
+
+// benchPlotter is what draws the plots of the bench writing dir: the
+// tandem-plot next to tandem or in PATH. Without one it says, once, how to
+// get the plots, and the bench writes everything else (figures.json keeps
+// what each plot shows).
+func benchPlotter(dir string) bench.DrawPlots {
+	plotter, err := bench.FindPlotter()
+	if err == nil {
+		return bench.PlotCommand(plotter)
+	}
+	where := `"$(dirname "$(command -v tandem)")"`
+	if exe, err := os.Executable(); err == nil {
+		where = filepath.Dir(exe)
+	}
+	fmt.Fprintf(os.Stderr, "tandem bench: %v: the report will have no plots (%s keeps what each shows); "+
+		"to draw them, build it with `go build -o %s ./cmd/%s` in Tandem's source tree, then run `tandem bench --analyze %s`\n",
+		err, figure.File, where, bench.PlotterName, dir)
+	return nil
 }
 
 // factorList is factors as the --factors flag takes them.

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -163,6 +164,43 @@ func TestBenchSmoke(t *testing.T) {
 	if string(again) != string(b) {
 		t.Error("--analyze wrote different results from the same raw data")
 	}
+	checkAnalyzeWithoutPlotter(t, dir, b)
+}
+
+// checkAnalyzeWithoutPlotter runs tandem bench --analyze on dir with no
+// tandem-plot next to tandem or in PATH: it says once how to get the
+// plots, writes the same results, and a report that names no plot and
+// says why.
+func checkAnalyzeWithoutPlotter(t *testing.T, dir string, results []byte) {
+	t.Helper()
+	exe, err := os.ReadFile(tandemBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone := filepath.Join(t.TempDir(), "tandem")
+	if err := os.WriteFile(alone, exe, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(alone, "bench", "--analyze", dir)
+	cmd.Env = append(os.Environ(), "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("tandem bench --analyze without tandem-plot: %v\n%s", err, stderr.String())
+	}
+	if n := strings.Count(stderr.String(), bench.ErrNoPlotter.Error()); n != 1 || !strings.Contains(stderr.String(), "go build -o "+filepath.Dir(alone)+" ./cmd/tandem-plot") {
+		t.Errorf("tandem bench --analyze without tandem-plot said so %d times, or not how to build it:\n%s", n, stderr.String())
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(md), ".png") || !strings.Contains(string(md), "The plots were not drawn") {
+		t.Error("the report without tandem-plot names plots, or does not say why there are none")
+	}
+	if again, err := os.ReadFile(filepath.Join(dir, "results.json")); err != nil || string(again) != string(results) {
+		t.Errorf("--analyze without tandem-plot wrote other results (%v)", err)
+	}
 }
 
 // TestBenchPersistSmoke runs tandem bench --persist at its smallest: no
@@ -211,6 +249,16 @@ func TestBenchPersistSmoke(t *testing.T) {
 	}
 }
 
+// buildPlotter builds tandem-plot next to tandemBin, where tandem bench
+// looks for it first, once for all tests.
+var buildPlotter = sync.OnceValue(func() error {
+	out, err := exec.Command("go", "build", "-o", filepath.Join(filepath.Dir(tandemBin), bench.PlotterName), "github.com/tandemvm/tandem/cmd/tandem-plot").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("building tandem-plot: %w\n%s", err, out)
+	}
+	return nil
+})
+
 // runBench runs tandem bench with args, which must succeed within three
 // minutes, and returns its output and process id; it needs KVM and the
 // lab's tools.
@@ -222,6 +270,9 @@ func runBench(t *testing.T, args ...string) (string, int) {
 			t.Fatal(err)
 		}
 		t.Skip(err)
+	}
+	if err := buildPlotter(); err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -29,6 +29,7 @@ func TestMain(m *testing.M) {
 	}
 	tandemBin = filepath.Join(dir, "tandem")
 	build := exec.Command("go", "build", "-o", tandemBin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // the README's edge build: static (TestEdgeBinary)
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building tandem:", err)

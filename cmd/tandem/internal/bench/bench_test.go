@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"image/png"
 	"math"
 	"os"
@@ -10,8 +11,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandemvm/tandem/cmd/tandem-plot/figure"
+	"github.com/tandemvm/tandem/cmd/tandem-plot/render"
 	"github.com/tandemvm/tandem/replicate"
 )
+
+// drawInProcess draws a bench directory's plots as tandem-plot does, in
+// the test's process.
+func drawInProcess(dir string) error {
+	_, err := render.Dir(dir)
+	return err
+}
 
 func near(a, b, tol float64) bool { return math.Abs(a-b) <= tol*math.Max(1, math.Abs(b)) }
 
@@ -413,7 +423,7 @@ func fakeOutput(t *testing.T) string {
 // paper's figures out of the measured columns, and that the plots are PNGs.
 func TestReport(t *testing.T) {
 	dir := fakeOutput(t)
-	res, err := Report(dir)
+	res, err := Report(dir, drawInProcess)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,6 +534,62 @@ func TestReport(t *testing.T) {
 	}
 }
 
+// TestReportPlots: the report shows exactly the plots that were drawn.
+// figures.json describes every plot either way; without a plotter, or
+// with one that fails, the report names no PNG and says why and how to
+// get them, and a failing plotter is Report's error once the rest is
+// written.
+func TestReportPlots(t *testing.T) {
+	dir := fakeOutput(t)
+	if _, err := Report(dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	figs, err := figure.Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(figs) < 8 {
+		t.Errorf("%d figures described", len(figs))
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "report.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"## Headline", "The plots were not drawn (" + ErrNoPlotter.Error() + ")", "go build -o", "./cmd/tandem-plot"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("report.md without a plotter lacks %q", want)
+		}
+	}
+	if strings.Contains(string(md), ".png") {
+		t.Error("report.md without a plotter names a PNG")
+	}
+
+	broken := errors.New("the plotter broke")
+	_, err = Report(dir, func(string) error { return broken })
+	if !errors.Is(err, broken) {
+		t.Errorf("Report with a failing plotter: %v", err)
+	}
+	md, _ = os.ReadFile(filepath.Join(dir, "report.md"))
+	if !strings.Contains(string(md), "The plots were not drawn (the plotter broke)") || strings.Contains(string(md), ".png") {
+		t.Errorf("report.md with a failing plotter:\n%s", md)
+	}
+
+	// Drawn, every figure is a PNG the report shows with its caption.
+	if _, err := Report(dir, drawInProcess); err != nil {
+		t.Fatal(err)
+	}
+	md, _ = os.ReadFile(filepath.Join(dir, "report.md"))
+	if strings.Contains(string(md), "not drawn") {
+		t.Error("report.md says the plots it shows were not drawn")
+	}
+	for _, fig := range figs {
+		if !strings.Contains(string(md), "!["+fig.File+"]("+fig.File+")") || !strings.Contains(string(md), fig.Caption) {
+			t.Errorf("report.md does not show %s with its caption", fig.File)
+		}
+		checkPNG(t, filepath.Join(dir, fig.File))
+	}
+}
+
 // TestPersistReport: runs with local persistence report how long their
 // epochs took to be durable, and the report compares them with
 // replication and no protection, technology by technology.
@@ -553,7 +619,7 @@ func TestPersistReport(t *testing.T) {
 		writeRun(t, dir, t0, runID("fast2p", "scattered", mem, 100*time.Millisecond, f, 0), "fast2p", mem, f, 30000,
 			epochs("sync", 2, 10*time.Millisecond, 20*time.Millisecond))
 	}
-	res, err := Report(dir)
+	res, err := Report(dir, drawInProcess)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -575,7 +641,7 @@ func TestPersistReport(t *testing.T) {
 		}
 	}
 	// Without persisted runs, no such section.
-	if strings.Contains(Markdown(&Results{Env: env, Runs: res.Runs[:2]}, nil), "## Persistence") {
+	if strings.Contains(Markdown(&Results{Env: env, Runs: res.Runs[:2]}, Plots{}), "## Persistence") {
 		t.Error("a persistence section without persisted runs")
 	}
 }

@@ -7,5 +7,8 @@
 // --linux), and the analysis that turns the raw data and traces a run
 // leaves in its directory into report.md, results.json and the plots, so
 // that --analyze reproduces them from those files alone (analyze.go,
-// report.go, plot.go).
+// report.go). What each plot shows is decided here (figures.go) and
+// written to figures.json; tandem-plot (cmd/tandem-plot) draws them, run
+// by Report when it is found (plotter.go), so that the tandem binary links
+// no plotting library and no fonts.
 package bench

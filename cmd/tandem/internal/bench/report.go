@@ -43,8 +43,8 @@ func (t *table) row(cells ...string) {
 	t.b.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 }
 
-// Markdown renders the report.
-func Markdown(res *Results, plots []Plot) string {
+// Markdown renders the report, showing the plots drawn.
+func Markdown(res *Results, plots Plots) string {
 	if res.Traffic != nil && !res.matrix {
 		return trafficReport(res, plots)
 	}
@@ -258,14 +258,15 @@ func Markdown(res *Results, plots []Plot) string {
 		trafficMarkdown(&b, res.Traffic, plots)
 	}
 
-	if len(plots) > 0 {
+	if len(plots.Drawn) > 0 || plots.NotDrawn != "" {
 		w("## Plots\n\n")
-		for _, p := range plots {
+		for _, p := range plots.Drawn {
 			if p.File == trafficPlot {
 				continue // in its section
 			}
 			w("### %s\n\n![%s](%s)\n\n%s\n\n", p.File, p.File, p.File, p.Caption)
 		}
+		w("%s", notDrawnNote(plots))
 	}
 
 	if len(env.Errors) > 0 {

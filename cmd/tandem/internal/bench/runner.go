@@ -28,6 +28,7 @@ type bencher struct {
 	model WriteModel
 	log   *slog.Logger
 	out   io.Writer // progress lines
+	plots DrawPlots
 	start time.Time
 }
 
@@ -44,6 +45,9 @@ type Options struct {
 	// its own replicas and primaries; nil makes a key for the run and
 	// encrypts (the default of tandem run --ha).
 	Auth *auth.Credentials
+	// Plots draws the report's plots from figures.json (PlotCommand runs
+	// tandem-plot); nil draws none, and the report says so.
+	Plots DrawPlots
 }
 
 // newBencher checks that the machine can run guests in a lab (its tools,
@@ -82,7 +86,7 @@ func newBencher(cfg Config, opt Options, logName string, dirs ...string) (b *ben
 		}
 	}
 	b = &bencher{
-		cfg: cfg, out: opt.Out, start: time.Now(), auth: opt.Auth,
+		cfg: cfg, out: opt.Out, plots: opt.Plots, start: time.Now(), auth: opt.Auth,
 		log: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	}
 	if stale := RemoveStaleNamespaces(); len(stale) > 0 {
@@ -92,7 +96,7 @@ func newBencher(cfg Config, opt Options, logName string, dirs ...string) (b *ben
 }
 
 // Run runs the bench cfg describes, writes the raw data, traces, results,
-// report and plots into cfg.Out, and prints progress lines to opt.Out.
+// report and plots (with opt.Plots) into cfg.Out, and prints progress lines to opt.Out.
 func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -243,7 +247,7 @@ func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
 }
 
 // finish stamps env as finished, writes the raw data with save, and, unless
-// the run was cancelled, the report.
+// the run was cancelled, the report and its plots.
 func (b *bencher) finish(ctx context.Context, env *Env, save func() error) (*Results, error) {
 	env.Finished = time.Now()
 	env.LoadAvg[1] = loadAvg()
@@ -253,31 +257,11 @@ func (b *bencher) finish(ctx context.Context, env *Env, save func() error) (*Res
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	res, err := Report(b.cfg.Out)
+	res, err := Report(b.cfg.Out, b.plots)
 	if err != nil {
 		return nil, err
 	}
 	b.progress("done in %v: %s", time.Since(b.start).Round(time.Second), filepath.Join(b.cfg.Out, "report.md"))
-	return res, nil
-}
-
-// Report analyses an output directory and writes results.json, report.md
-// and the plots into it.
-func Report(dir string) (*Results, error) {
-	res, err := Analyze(dir)
-	if err != nil {
-		return nil, err
-	}
-	if err := writeJSON(dir, "results.json", res); err != nil {
-		return nil, err
-	}
-	plots, err := WritePlots(dir, res)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(Markdown(res, plots)), 0o644); err != nil {
-		return nil, err
-	}
 	return res, nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"image/color"
 	"io"
 	"io/fs"
 	"math"
@@ -16,10 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
-
+	"github.com/tandemvm/tandem/cmd/tandem-plot/figure"
 	"github.com/tandemvm/tandem/replicate"
 	"github.com/tandemvm/tandem/vmm"
 )
@@ -964,7 +960,7 @@ func analyzeLive(dir string, run RawLiveRun) (TrafficLiveResult, error) {
 }
 
 // trafficMarkdown writes the "Traffic reduction" section.
-func trafficMarkdown(b *strings.Builder, t *TrafficResults, plots []Plot) {
+func trafficMarkdown(b *strings.Builder, t *TrafficResults, plots Plots) {
 	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	env, cfg := t.Env, t.Env.Config
 	w("## Traffic reduction\n\n")
@@ -1013,7 +1009,7 @@ func trafficMarkdown(b *strings.Builder, t *TrafficResults, plots []Plot) {
 			cpu(r.EncodeUs), p99(r.EncodeUs), cpu(r.DecodeUs), p99(r.DecodeUs), sentAs)
 	}
 	w("\n")
-	for _, p := range plots {
+	for _, p := range plots.Drawn {
 		if p.File == trafficPlot {
 			w("![%s](%s)\n\n%s\n\n", p.File, p.File, p.Caption)
 		}
@@ -1079,7 +1075,7 @@ func ratioStr(x float64) string {
 
 // trafficReport is the report of an output directory that holds only the
 // traffic part.
-func trafficReport(res *Results, plots []Plot) string {
+func trafficReport(res *Results, plots Plots) string {
 	var b strings.Builder
 	t := res.Traffic
 	fmt.Fprintf(&b, "# Tandem bench: traffic reduction on this machine\n\n")
@@ -1087,6 +1083,7 @@ func trafficReport(res *Results, plots []Plot) string {
 		"`tandem bench --analyze DIR` recomputes this report, `results.json` and the plot from them (the recordings are not needed for that). Started %s, finished %s (%v), tandem %s.\n\n",
 		t.Env.Config.Preset, t.Env.Started.Format(time.RFC3339), t.Env.Finished.Format(time.RFC3339), t.Env.Finished.Sub(t.Env.Started).Round(time.Second), t.Env.Tandem)
 	trafficMarkdown(&b, t, plots)
+	b.WriteString(notDrawnNote(plots))
 	if len(t.Env.Errors) > 0 {
 		b.WriteString("## Errors\n\n")
 		for _, e := range t.Env.Errors {
@@ -1097,21 +1094,10 @@ func trafficReport(res *Results, plots []Plot) string {
 	return b.String()
 }
 
-// trafficColor is one colour per technique, in the order of Techniques.
-var trafficColor = []color.Color{
-	color.RGBA{0x55, 0x55, 0x55, 0xff}, // seed-003
-	color.RGBA{0x1f, 0x77, 0xb4, 0xff}, // by cost, raw
-	color.RGBA{0x17, 0xbe, 0xcf, 0xff}, // zero
-	color.RGBA{0x2c, 0xa0, 0x2c, 0xff}, // delta
-	color.RGBA{0x94, 0x67, 0xbd, 0xff}, // similar
-	color.RGBA{0xff, 0x7f, 0x0e, 0xff}, // zstd
-	color.RGBA{0xd6, 0x27, 0x28, 0xff}, // all
-}
-
-// plotTraffic draws the replays' bytes on the wire ÷ dirty bytes, per
+// trafficFigure shows the replays' bytes on the wire ÷ dirty bytes, per
 // technique, grouped by workload, on a log scale (bars rise from the
 // axis's lowest decade; a dashed line marks 1, the dirty bytes).
-func plotTraffic(path string, t *TrafficResults) (bool, error) {
+func trafficFigure(t *TrafficResults) (figure.Figure, bool) {
 	var names []string
 	for _, w := range t.Workloads {
 		if w.Error == "" {
@@ -1119,7 +1105,7 @@ func plotTraffic(path string, t *TrafficResults) (bool, error) {
 		}
 	}
 	if len(names) == 0 || len(t.Replay) == 0 {
-		return false, nil
+		return figure.Figure{}, false
 	}
 	// Bars hold log10(ratio) - lo, lo the lowest decade, so that they
 	// rise from the bottom of the axis.
@@ -1141,52 +1127,39 @@ func plotTraffic(path string, t *TrafficResults) (bool, error) {
 	if hi == lo {
 		hi++
 	}
-	p := newPlot(fmt.Sprintf("Bytes on the wire ÷ dirty bytes, replayed (%.0f ms epochs, 1 link)", t.Epoch), "workload", "wire ÷ dirty (log scale)")
-	width := vg.Points(7)
-	var bars []*plotter.BarChart
+	p := figure.Panel{
+		Title: fmt.Sprintf("Bytes on the wire ÷ dirty bytes, replayed (%.0f ms epochs, 1 link)", t.Epoch),
+		X:     figure.Axis{Label: "workload", Categories: names},
+		Y:     figure.Axis{Label: "wire ÷ dirty (log scale)", Min: figure.Value(0), Max: figure.Value(hi - lo)},
+	}
+	const width = 7
 	for ti, tech := range Techniques {
-		v := make(plotter.Values, len(names))
+		v := make([]float64, len(names))
 		any := false
 		for i, x := range logs[ti] {
 			if !math.IsNaN(x) {
 				v[i], any = x-lo, true
 			}
 		}
-		if !any {
-			continue
+		if any {
+			p.Series = append(p.Series, figure.Series{Kind: figure.Bars, Name: tech.Name, Color: trafficColor[ti%len(trafficColor)], Values: v, Width: width})
 		}
-		bc, err := plotter.NewBarChart(v, width)
-		if err != nil {
-			return true, err
-		}
-		bc.Color = trafficColor[ti%len(trafficColor)]
-		bc.LineStyle.Width = 0
-		p.Legend.Add(tech.Name, bc)
-		bars = append(bars, bc)
 	}
-	if len(bars) == 0 {
-		return false, nil
+	if len(p.Series) == 0 {
+		return figure.Figure{}, false
 	}
-	for i, bc := range bars {
-		bc.Offset = width * vg.Length(float64(i)-float64(len(bars)-1)/2)
-		p.Add(bc)
+	for i := range p.Series {
+		p.Series[i].Offset = barOffset(i, len(p.Series), width)
 	}
-	one, err := plotter.NewLine(plotter.XYs{{X: -0.5, Y: -lo}, {X: float64(len(names)) - 0.5, Y: -lo}})
-	if err != nil {
-		return true, err
-	}
-	one.Color = color.Gray{0x40}
-	one.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-	p.Add(one)
-	p.Legend.Add("wire = dirty", one)
-	p.NominalX(names...)
-	p.Y.Min, p.Y.Max = 0, hi-lo
-	var ticks []plot.Tick
+	p.Series = append(p.Series, figure.Series{Kind: figure.Line, Name: "wire = dirty", Color: reference, Dashed: true,
+		XY: []figure.XY{{X: -0.5, Y: -lo}, {X: float64(len(names)) - 0.5, Y: -lo}}})
 	for k := lo; k <= hi; k++ {
-		ticks = append(ticks, plot.Tick{Value: k - lo, Label: strconv.FormatFloat(math.Pow(10, k), 'f', -1, 64)})
+		p.Y.Ticks = append(p.Y.Ticks, figure.Tick{Value: k - lo, Label: strconv.FormatFloat(math.Pow(10, k), 'f', -1, 64)})
 	}
-	roomForLegend(p, false)
-	p.Y.Tick.Marker = plot.ConstantTicks(ticks)
-	width = vg.Length(max(140, 30+25*len(names))) * vg.Millimeter
-	return true, savePlot(path, p, width, 110*vg.Millimeter)
+	p.Legend.Room = true
+	return figure.Figure{
+		File:    trafficPlot,
+		Caption: "Bytes on the wire ÷ dirty bytes of every technique replayed on every workload, log scale; dashed: the dirty bytes themselves (1).",
+		Width:   float64(max(140, 30+25*len(names))), Height: 110, Panels: []figure.Panel{p},
+	}, true
 }

@@ -34,7 +34,7 @@ func TestTrafficSmoke(t *testing.T) {
 	defer cancel()
 	var progress bytes.Buffer
 	start := time.Now()
-	res, err := RunTraffic(ctx, cfg, Options{Version: "test", Out: &progress})
+	res, err := RunTraffic(ctx, cfg, Options{Version: "test", Out: &progress, Plots: drawInProcess})
 	if err != nil {
 		t.Fatalf("RunTraffic: %v\n%s", err, progress.String())
 	}
@@ -148,7 +148,7 @@ func TestTrafficSmoke(t *testing.T) {
 		t.Error("results.json lacks the traffic results")
 	}
 	// The analysis reproduces from the directory alone.
-	if _, err := Report(cfg.Out); err != nil {
+	if _, err := Report(cfg.Out, drawInProcess); err != nil {
 		t.Fatal(err)
 	}
 	if again, err := os.ReadFile(filepath.Join(cfg.Out, "results.json")); err != nil || !bytes.Equal(again, b) {
@@ -408,7 +408,7 @@ func TestTrafficAnalysis(t *testing.T) {
 	if err := writeJSON(dir, trafficRaw, raw); err != nil {
 		t.Fatal(err)
 	}
-	res, err := Report(dir)
+	res, err := Report(dir, drawInProcess)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -475,7 +475,7 @@ func TestTrafficAnalysis(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mres, err := Report(mdir)
+	mres, err := Report(mdir, drawInProcess)
 	if err != nil {
 		t.Fatal(err)
 	}
