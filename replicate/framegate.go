@@ -172,6 +172,22 @@ type Gate interface {
 // error and still releases every gate.
 type Gates []Gate
 
+// Held is the output g holds now, in bytes: what an [OutputGate] or a
+// [FrameGate] holds, summed over [Gates]; 0 for a gate that does not say.
+func Held(g Gate) int {
+	switch g := g.(type) {
+	case Gates:
+		n := 0
+		for _, one := range g {
+			n += Held(one)
+		}
+		return n
+	case interface{ Held() int }:
+		return g.Held()
+	}
+	return 0
+}
+
 func (gs Gates) BeginPause() {
 	for _, g := range gs {
 		g.BeginPause()

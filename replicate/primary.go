@@ -158,6 +158,10 @@ type PrimaryConfig struct {
 	Log   *slog.Logger
 	// Summary, when set, receives a one-line summary about every second.
 	Summary func(line string)
+	// Observe, when set, receives every epoch's record once the epoch
+	// is over, on the replication loop's goroutine: it must return at
+	// once and must not keep rec, which is reused.
+	Observe func(rec *EpochTrace)
 	// FaultChunk and FaultProgress inject faults: epoch data is written in
 	// chunks of FaultChunk bytes and FaultProgress is called after each
 	// with the epoch and the chunk's size.
@@ -259,6 +263,7 @@ type Primary struct {
 	assigner *Assigner
 
 	epoch     uint64        // last epoch started
+	lastEpoch *EpochTrace   // the newest epoch's record, for Status
 	committed atomic.Uint64 // newest committed epoch; read by other goroutines
 	needFull  bool          // the next epoch sends all of memory (a fast-mode link was lost)
 	// carry holds the pages of epochs that did not commit: the next
@@ -894,6 +899,7 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 		rec.DiskBytes = d.DiskWriteBytes()
 	}
 	p.gate.Seal(e)
+	rec.HeldBytes = Held(p.gate)
 	local, err := p.persistLocally(e, mem, state)
 	if err != nil {
 		return err // paused, the output held
@@ -959,6 +965,7 @@ func (p *Primary) runEpoch(ctx context.Context) error {
 		return err
 	}
 	if ok {
+		rec.Commit = time.Since(t0)
 		p.commit(e)
 		p.learnSent(e, src, rec)
 		p.caughtUp(catchUp, total)
@@ -1338,8 +1345,14 @@ func (p *Primary) commit(e uint64) {
 }
 
 func (p *Primary) record(rec *EpochTrace) {
+	last := *rec
+	last.LinkBytes = slices.Clone(rec.LinkBytes)
+	p.lastEpoch = &last // published with the next status
 	if err := p.cfg.Trace.Write(rec); err != nil {
 		p.log.Warn("trace", "err", err)
+	}
+	if p.cfg.Observe != nil {
+		p.cfg.Observe(rec)
 	}
 	if p.cfg.Summary == nil {
 		return // nobody reads the summary: keep nothing

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
+	"sync/atomic"
 )
 
 // Status is what a primary's protection looks like now: its term, what is
@@ -29,6 +29,9 @@ type Status struct {
 	Policy    Policy `json:"policy"`
 	Degraded  bool   `json:"degraded"`
 	Protected bool   `json:"protected"`
+	// LastEpoch is the newest epoch's record (its pause and what it
+	// sent), nil before the first.
+	LastEpoch *EpochTrace `json:"last_epoch,omitempty"`
 }
 
 // HolderStatus is one state holder's state (the leader is the first).
@@ -99,24 +102,25 @@ func (s Status) String() string {
 }
 
 // statusBoard holds the newest Status; the run loop publishes, anyone
-// reads.
-type statusBoard struct {
-	mu sync.Mutex
-	s  Status
-}
+// reads, without a lock: a published Status is never changed again, so a
+// reader copies it while the run loop builds the next.
+type statusBoard struct{ s atomic.Pointer[Status] }
 
-func (b *statusBoard) publish(s Status) {
-	b.mu.Lock()
-	b.s = s
-	b.mu.Unlock()
-}
+func (b *statusBoard) publish(s Status) { b.s.Store(&s) }
 
 func (b *statusBoard) read() Status {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.s
-	s.Links = append([]LinkStatus(nil), s.Links...)
-	s.Holders = append([]HolderStatus(nil), s.Holders...)
+	p := b.s.Load()
+	if p == nil {
+		return Status{}
+	}
+	s := *p
+	s.Links = slices.Clone(s.Links)
+	s.Holders = slices.Clone(s.Holders)
+	if s.LastEpoch != nil {
+		last := *s.LastEpoch
+		last.LinkBytes = slices.Clone(last.LinkBytes)
+		s.LastEpoch = &last
+	}
 	return s
 }
 
@@ -125,7 +129,7 @@ func (p *Primary) Status() Status { return p.status.read() }
 
 // publishStatus makes the run loop's view the current Status.
 func (p *Primary) publishStatus() {
-	s := Status{VMID: p.cfg.VMID, Generation: p.cfg.Generation, Committed: p.committed.Load(), Leader: p.cfg.Leader, Policy: p.cfg.Policy}
+	s := Status{VMID: p.cfg.VMID, Generation: p.cfg.Generation, Committed: p.committed.Load(), Leader: p.cfg.Leader, Policy: p.cfg.Policy, LastEpoch: p.lastEpoch}
 	for _, h := range p.holders {
 		s.Holders = append(s.Holders, HolderStatus{Addr: h.addr, Connected: h.link != nil, Acked: h.acked})
 		if h.link != nil && !s.LeaderConnected {

@@ -48,6 +48,14 @@ type EpochTrace struct {
 	// Durable is how long the epoch took to become durable on the
 	// primary's host, from its staging (PrimaryConfig.Persist).
 	Durable time.Duration `json:"durable_ns,omitempty"`
+	// Commit is how long the epoch took to commit, from the start of its
+	// pause to the release of its output (async: after the VM resumed);
+	// zero for an epoch that did not commit.
+	Commit time.Duration `json:"commit_ns,omitempty"`
+	// HeldBytes is the guest output held when the epoch was sealed: the
+	// bytes (and frames' bytes) waiting for this epoch or an earlier one
+	// to commit, of the gates that count it (Held).
+	HeldBytes int `json:"held_bytes,omitempty"`
 }
 
 // GroupingOverhead returns TransferredPages / DirtyPages, the ratio seed 003
