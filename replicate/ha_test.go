@@ -34,6 +34,7 @@ type fakeVM struct {
 	writes uint64
 	snaps  map[uint64][]byte // writes count (the state) → memory at capture
 	order  []uint64          // keys of snaps, oldest first
+	gone   bool              // mem is unmapped: the test is over
 }
 
 func newFakeVM(t *testing.T, pages int) *fakeVM {
@@ -41,9 +42,16 @@ func newFakeVM(t *testing.T, pages int) *fakeVM {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Munmap(mem) })
 	f := &fakeVM{mem: mem, dirty: map[uint64]bool{}, snaps: map[uint64][]byte{}}
 	f.cond.L = &f.mu
+	t.Cleanup(func() {
+		// A writer (run) may not have seen its context end yet.
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.gone = true
+		f.cond.Broadcast()
+		syscall.Munmap(mem)
+	})
 	// Some initial content for the initial copy.
 	for p := 0; p < pages; p += 3 {
 		mem[p*PageSize] = byte(p) | 1
@@ -95,15 +103,22 @@ func (f *fakeVM) CaptureState() ([]byte, error) {
 }
 
 // write is one guest store: a page gets a new value, unless paused.
-func (f *fakeVM) write(page uint64, v uint64) {
+func (f *fakeVM) write(page uint64, v uint64) { f.writeUnless(context.Background(), page, v) }
+
+// writeUnless is write, given up when ctx ends while the VM is paused (a
+// primary cancelled mid-epoch leaves it paused) or once the test is over.
+func (f *fakeVM) writeUnless(ctx context.Context, page uint64, v uint64) {
 	f.mu.Lock()
-	for f.paused {
+	defer f.mu.Unlock()
+	for f.paused && !f.gone && ctx.Err() == nil {
 		f.cond.Wait()
+	}
+	if f.gone || f.paused {
+		return
 	}
 	binary.LittleEndian.PutUint64(f.mem[page*PageSize+8*(v%500):], v)
 	f.dirty[page] = true
 	f.writes++
-	f.mu.Unlock()
 }
 
 // waitWrites waits until the guest has made n more writes: it runs.
@@ -123,8 +138,15 @@ func (f *fakeVM) waitWrites(t *testing.T, n uint64, what string) {
 func (f *fakeVM) run(ctx context.Context, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, 1))
 	pages := uint64(len(f.mem) / PageSize)
+	// Wake a write waiting for a resume that will not come.
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	defer stop()
 	for v := uint64(1); ctx.Err() == nil; v++ {
-		f.write(r.Uint64N(pages), v)
+		f.writeUnless(ctx, r.Uint64N(pages), v)
 		if v%64 == 0 {
 			time.Sleep(50 * time.Microsecond) // a guest that also computes
 		}
