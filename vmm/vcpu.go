@@ -31,6 +31,18 @@ type vcpu struct {
 	// thread or while it is parked.
 	ringHole   bool
 	ringStalls int64
+	// exits counts the returns from KVM_RUN by exit reason; only the
+	// vCPU's thread adds, anyone reads (VM.Exits).
+	exits [exitReasons]atomic.Uint64
+}
+
+// exitReasons bounds the exit reasons counted one by one; a larger one
+// (a kernel newer than package kvm) counts in the last slot.
+const exitReasons = int(kvm.ExitMemoryFault) + 2
+
+// countExit counts one return from KVM_RUN.
+func (c *vcpu) countExit(r kvm.ExitReason) {
+	c.exits[min(int(r), exitReasons-1)].Add(1)
 }
 
 // kick makes the vCPU leave KVM_RUN soon: immediate_exit covers a thread about
@@ -225,6 +237,9 @@ func (v *VM) runVCPU(c *vcpu) (r Result, err error, done bool) {
 		if errno := c.k.Run(); errno != nil {
 			switch errno {
 			case unix.EINTR:
+				// A signal or immediate_exit: KVM's API reports it as
+				// KVM_EXIT_INTR with -EINTR.
+				c.countExit(kvm.ExitIntr)
 				if !v.ctl.interrupted(c.index) {
 					return Result{}, nil, false
 				}
@@ -234,6 +249,7 @@ func (v *VM) runVCPU(c *vcpu) (r Result, err error, done bool) {
 			}
 			return Result{}, fmt.Errorf("vmm: vCPU %d: KVM_RUN: %w", c.index, errno), true
 		}
+		c.countExit(run.ExitReason)
 		switch run.ExitReason {
 		case kvm.ExitIO:
 			err = v.handleIO(c)

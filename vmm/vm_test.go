@@ -139,6 +139,16 @@ func TestHelloGuest(t *testing.T) {
 			if got := tv.out.String(); got != want {
 				t.Errorf("serial output %q, want %q", got, want)
 			}
+			// Every byte of it is one OUT to the 8250: one KVM_EXIT_IO.
+			var io uint64
+			for _, e := range tv.Exits() {
+				if e.Reason == kvm.ExitIO {
+					io = e.Count
+				}
+			}
+			if io < uint64(len(want)) {
+				t.Errorf("Exits: %d KVM_EXIT_IO (%v), want at least one per byte of output (%d)", io, tv.Exits(), len(want))
+			}
 		})
 	}
 }
