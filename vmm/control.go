@@ -19,13 +19,18 @@ import (
 
 // ControlRequest is one command to a running VM.
 type ControlRequest struct {
-	// Op is "status", "pause", "resume", "snapshot", "stop" or
-	// "add-replica".
+	// Op is "status", "pause", "resume", "snapshot", "stop",
+	// "add-replica" or "update-drive".
 	Op string `json:"op"`
 	// Replica is the replica to add (add-replica).
 	Replica string `json:"replica,omitempty"`
-	// Path is the snapshot file to write (snapshot).
+	// Path is the snapshot file to write (snapshot), or the new backing
+	// file of the drive (update-drive).
 	Path string `json:"path,omitempty"`
+	// Drive is the drive to give a new backing file (update-drive): its
+	// index among the VM's virtio-blk devices, in the order they were
+	// added (0 is /dev/vda).
+	Drive *int `json:"drive,omitempty"`
 	// Stop stops the VM after the snapshot instead of resuming it, so the
 	// snapshot is the VM's last state (snapshot).
 	Stop bool `json:"stop,omitempty"`
@@ -67,6 +72,10 @@ type Controller struct {
 	// AddReplica, when set, gives the VM's replication another replica
 	// (add-replica; package vmm does not interpret the address).
 	AddReplica func(addr string) error
+	// UpdateDrive, when set, gives drive index (Drive) the backing file
+	// at path while the VM runs (update-drive; package vmm interprets
+	// neither).
+	UpdateDrive func(index int, path string) error
 	// DiffSnapshots says the VM's dirty log is the snapshots' own (dirty
 	// tracking on, and no replication or persistence harvesting it):
 	// every snapshot with a memory file harvests it, so that a Diff
@@ -192,8 +201,20 @@ func (c *Controller) Handle(req ControlRequest) (_ *ControlStatus, after func(),
 		if err := c.AddReplica(req.Replica); err != nil {
 			return nil, nil, err
 		}
+	case "update-drive":
+		switch {
+		case c.UpdateDrive == nil:
+			return nil, nil, errors.New("this VM's drives cannot be updated")
+		case req.Drive == nil || *req.Drive < 0:
+			return nil, nil, errors.New("update-drive needs a drive index, 0 or more")
+		case req.Path == "":
+			return nil, nil, errors.New("update-drive needs the drive's new path")
+		}
+		if err := c.UpdateDrive(*req.Drive, req.Path); err != nil {
+			return nil, nil, err
+		}
 	default:
-		return nil, nil, fmt.Errorf("unknown op %q (want status, pause, resume, snapshot, stop or add-replica)", req.Op)
+		return nil, nil, fmt.Errorf("unknown op %q (want status, pause, resume, snapshot, stop, add-replica or update-drive)", req.Op)
 	}
 	st := &ControlStatus{MemBytes: c.VM.mem.Size(), VCPUs: len(c.VM.vcpus), Paused: c.VM.Paused()}
 	if c.Replication != nil {

@@ -91,3 +91,44 @@ func TestControlAddReplica(t *testing.T) {
 		t.Errorf("the hook got %v, want the one address", got)
 	}
 }
+
+// TestControlUpdateDrive: update-drive reaches the hook with the drive's
+// index and path, and is refused with why when the VM's drives cannot be
+// updated or the index or path is missing; the hook's refusal is the
+// answer.
+func TestControlUpdateDrive(t *testing.T) {
+	tv := newTestVM(t, Config{}, "counter", nil)
+	type call struct {
+		index int
+		path  string
+	}
+	var got []call
+	record := func(i int, p string) error { got = append(got, call{i, p}); return nil }
+	c := &Controller{VM: tv.VM}
+	one, minus := 1, -1
+	for _, tc := range []struct {
+		hook  func(int, string) error
+		drive *int
+		path  string
+		want  string // "" for success
+	}{
+		{nil, &one, "/new.img", "cannot be updated"},
+		{record, nil, "/new.img", "needs a drive index"},
+		{record, &minus, "/new.img", "needs a drive index"},
+		{record, &one, "", "needs the drive's new path"},
+		{record, &one, "/new.img", ""},
+		{func(int, string) error { return errors.New("refused under --ha") }, &one, "/new.img", "refused under --ha"},
+	} {
+		c.UpdateDrive = tc.hook
+		_, _, err := c.Handle(ControlRequest{Op: "update-drive", Drive: tc.drive, Path: tc.path})
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("update-drive %v %q: %v", tc.drive, tc.path, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("update-drive %v %q: %v, want an error naming %q", tc.drive, tc.path, err, tc.want)
+		}
+	}
+	if len(got) != 1 || got[0] != (call{1, "/new.img"}) {
+		t.Errorf("the hook got %v, want the one call", got)
+	}
+}

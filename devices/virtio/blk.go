@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -104,27 +105,36 @@ func (b *FileBackend) Flush() error {
 
 // Block is a virtio-blk device: one request queue, read-only or writable,
 // with flush. Requests are served synchronously, in queue order, by the
-// goroutine that delivers the notification.
+// goroutine that delivers the notification. Its backend may be replaced
+// while the VM runs (MMIO.ReplaceBlockBackend).
 type Block struct {
-	backend BlockBackend
-	id      string
+	id string
+	// readOnly is what the device offered the driver (VIRTIO_BLK_F_RO),
+	// fixed at creation: a replacement backend must agree.
+	readOnly bool
+	// capacity is the disk size in sectors, read without mu by
+	// configuration-space reads.
+	capacity atomic.Uint64
 
-	mu  sync.Mutex // serialises request processing and activation
-	env *Env
-	buf []byte
+	mu      sync.Mutex // serialises request processing, activation and backend replacement
+	backend BlockBackend
+	env     *Env
+	buf     []byte
 }
 
 // NewBlock returns a virtio-blk device over backend. id is what GET_ID
 // answers (the guest's /sys/block/vda/serial), cut to 20 bytes.
 func NewBlock(backend BlockBackend, id string) *Block {
-	return &Block{backend: backend, id: id}
+	d := &Block{backend: backend, id: id, readOnly: backend.ReadOnly()}
+	d.capacity.Store(uint64(backend.Size()) / SectorSize)
+	return d
 }
 
 func (d *Block) Type() DeviceType { return TypeBlock }
 
 func (d *Block) Features() uint64 {
 	f := uint64(blkFSegMax | blkFFlush)
-	if d.backend.ReadOnly() {
+	if d.readOnly {
 		f |= blkFRO
 	}
 	return f
@@ -133,7 +143,39 @@ func (d *Block) Features() uint64 {
 func (d *Block) QueueSizes() []uint16 { return []uint16{BlockQueueSize} }
 
 // Capacity is the disk size in 512-byte sectors.
-func (d *Block) Capacity() uint64 { return uint64(d.backend.Size()) / SectorSize }
+func (d *Block) Capacity() uint64 { return d.capacity.Load() }
+
+// ReadOnly reports whether the device is a read-only disk.
+func (d *Block) ReadOnly() bool { return d.readOnly }
+
+// ReplaceBlockBackend gives the virtio-blk device behind t new storage
+// while the VM runs, and returns the backend it replaces, for the caller
+// to close. The swap waits for the request being served, if any, to
+// complete on the old backend; every later request is served from the
+// new one. The capacity in configuration space becomes the new backend's,
+// the configuration generation changes, and a live driver is told with a
+// configuration-change interrupt (VIRTIO_MMIO_INT_CONFIG), on which Linux
+// reads the new size. The new backend must be read-only if and only if
+// the old one was: the driver negotiated VIRTIO_BLK_F_RO once.
+func (t *MMIO) ReplaceBlockBackend(backend BlockBackend) (BlockBackend, error) {
+	d, ok := t.dev.(*Block)
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("virtio-mmio@%#x: a virtio-%v device, not virtio-blk: no backend to replace", t.base, t.dev.Type())
+	case d.readOnly && !backend.ReadOnly():
+		return nil, fmt.Errorf("virtio-blk@%#x: the device is read-only and the replacement writable: read-only-ness cannot change while the VM runs", t.base)
+	case !d.readOnly && backend.ReadOnly():
+		return nil, fmt.Errorf("virtio-blk@%#x: the device is writable and the replacement read-only: read-only-ness cannot change while the VM runs", t.base)
+	case backend.Size() < SectorSize:
+		return nil, fmt.Errorf("virtio-blk@%#x: the replacement is %d bytes, smaller than one 512-byte sector", t.base, backend.Size())
+	}
+	var old BlockBackend
+	t.changeConfig(func() {
+		old, d.backend = d.backend, backend
+		d.capacity.Store(uint64(backend.Size()) / SectorSize)
+	})
+	return old, nil
+}
 
 // ReadConfig implements Device: capacity (u64 at 0) and seg_max (u32 at
 // 12); the rest reads as zero.
@@ -217,7 +259,7 @@ func (d *Block) serve(q *Queue, c *Chain) uint32 {
 		}
 		return d.finish(q, c, w.Written(), blkSOK)
 	case blkTOut:
-		if d.backend.ReadOnly() {
+		if d.readOnly {
 			return d.finish(q, c, 0, blkSIOErr)
 		}
 		if err := d.checkRange(sector, dataOut); err != nil {
@@ -294,7 +336,8 @@ func (d *Block) scratch(n int) []byte {
 	return d.buf[:n]
 }
 
-// Close closes the backend.
+// Close closes the backend, once the device has stopped (its transport
+// reset, no replacement under way).
 func (d *Block) Close() error { return d.backend.Close() }
 
 // Pause implements Pauser: it holds queue processing until Resume.

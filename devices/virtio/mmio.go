@@ -396,6 +396,28 @@ func (t *MMIO) signalUsed() {
 	t.trigger()
 }
 
+// changeConfig runs change, which alters the device's configuration space,
+// with the device's queue processing held (no request in flight, as for a
+// snapshot), then moves the configuration generation on and, if the driver
+// is live, raises the configuration-change interrupt. The generation moves
+// under the transport's lock, as the driver reads it: a driver that read
+// the generation, then the configuration, then the generation again, saw
+// either all of the old configuration or all of the new.
+func (t *MMIO) changeConfig(change func()) {
+	// Lock order: the transport, then the device (as SaveState).
+	t.mu.Lock()
+	t.Pause()
+	change()
+	t.Resume()
+	t.configGen++
+	live := t.active != nil
+	t.mu.Unlock()
+	if live {
+		t.interruptStatus.Or(IntConfigChanged)
+		t.trigger()
+	}
+}
+
 func (t *MMIO) trigger() {
 	if t.irq == nil {
 		return
