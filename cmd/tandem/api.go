@@ -17,47 +17,88 @@ import (
 	"time"
 
 	"github.com/tandemvm/tandem/cmd/tandem/internal/fcapi"
+	"github.com/tandemvm/tandem/cmd/tandem/internal/metrics"
 	"github.com/tandemvm/tandem/vmm"
 )
 
 // cmdAPI is Tandem started the way Firecracker is (tandem --api-sock PATH
 // [--id ID]): it serves Firecracker's API on the socket (package fcapi)
 // and, on InstanceStart, runs the microVM configured through it as
-// `tandem run` would, with COM1 on its standard input and output. It
-// ends when the microVM does, with the run's status.
+// `tandem run` would, with COM1 on its standard input and output. With
+// --config-file FILE it configures and starts the microVM as FILE says
+// (Firecracker's JSON configuration) without waiting for API requests,
+// and then serves the API only if --api-sock is given. It ends when the
+// microVM does, with the run's status.
 func cmdAPI(ctx context.Context, args []string) error {
-	fs := newFlagSet("--api-sock", "PATH [--id ID] [--log-level LEVEL]")
+	fs := newFlagSet("--api-sock", "PATH [--id ID] [--config-file FILE] [--log-level LEVEL] ... | --config-file FILE [--no-api]")
 	sock := fs.String("api-sock", "", "serve Firecracker's API on this Unix socket, which must not exist")
 	id := fs.String("id", "anonymous-instance", "the microVM's id, as GET / reports it")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	configFile := fs.String("config-file", "", "configure the microVM as this JSON file (Firecracker's --config-file) says and start it")
+	noAPI := fs.Bool("no-api", false, "serve no API: run the microVM of --config-file (Firecracker's flag; the default without --api-sock)")
+	logf := addLogFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := newLogger(*logLevel)
+	base, err := newLogHandler(*logf)
 	if err != nil {
 		return err
 	}
-	if *sock == "" {
-		return usagef("--api-sock PATH is required")
+	logSwitch := newSwitchableHandler(base)
+	log := slog.New(logSwitch)
+	switch {
+	case *noAPI && *sock != "":
+		return usagef("--no-api and --api-sock exclude each other")
+	case *sock == "" && *configFile == "":
+		return usagef("--api-sock PATH is required, or --config-file FILE to run a microVM without the API")
 	}
-	if _, err := os.Lstat(*sock); err == nil {
-		return usagef("--api-sock %s exists: remove it, or give another path", *sock)
-	}
-	ln, err := net.Listen("unix", *sock)
-	if err != nil {
-		return usagef("--api-sock: %v", err)
-	}
-	defer os.Remove(*sock)
 	work, err := os.MkdirTemp("", "tandem-api-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
 	m := &apiMachine{ctx: ctx, log: log, control: "unix:" + filepath.Join(work, "control.sock"), done: make(chan error, 1)}
-	hs := &http.Server{Handler: fcapi.NewServer(*id, version(), m), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	go hs.Serve(ln)
-	defer hs.Close()
-	log.Info("API server listening", "socket", *sock, "id", *id)
+	m.logFlags.Store(logf)
+	srv := fcapi.NewServer(*id, version(), m)
+	srv.Metrics, srv.Log = metrics.Gatherer(), log
+	srv.RedirectLog = func(o fcapi.LogOptions) error {
+		next := *m.logFlags.Load()
+		next.level, next.showLevel, next.showOrigin = o.Level, o.ShowLevel, o.ShowOrigin
+		if o.File != nil {
+			adoptLogOutput(o.Path, o.File)
+			next.path = o.Path
+		}
+		h, err := newLogHandler(next)
+		if err != nil {
+			return err
+		}
+		logSwitch.switchTo(h)
+		m.logFlags.Store(&next)
+		return nil
+	}
+	defer func() {
+		if err := srv.Close(); err != nil {
+			log.Warn("writing the last metrics line", "err", err)
+		}
+	}()
+	if *sock != "" {
+		if _, err := os.Lstat(*sock); err == nil {
+			return usagef("--api-sock %s exists: remove it, or give another path", *sock)
+		}
+		ln, err := net.Listen("unix", *sock)
+		if err != nil {
+			return usagef("--api-sock: %v", err)
+		}
+		defer os.Remove(*sock)
+		hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		go hs.Serve(ln)
+		defer hs.Close()
+		log.Info("API server listening", "socket", *sock, "id", *id)
+	}
+	if *configFile != "" {
+		if err := applyConfigFile(srv, *configFile); err != nil {
+			return err
+		}
+	}
 	select {
 	case <-ctx.Done():
 		if m.started.Load() {
@@ -76,13 +117,18 @@ type apiMachine struct {
 	control string // the run's control socket, for pause and resume
 	started atomic.Bool
 	done    chan error // what the run returned
+	// logFlags are the logging flags of the run: cmdAPI's, until PUT
+	// /logger changes them.
+	logFlags atomic.Pointer[logFlags]
 }
 
-// runArgs are the `tandem run` flags of a configuration.
-func runArgs(cfg fcapi.Config, control string) []string {
+// runArgs are the `tandem run` flags of a configuration, the run logging
+// as log says.
+func runArgs(cfg fcapi.Config, control string, log logFlags) []string {
 	mc := cfg.MachineConfig
 	args := []string{"--kernel", cfg.BootSource.KernelImagePath, "--mem", strconv.Itoa(*mc.MemSizeMib) + "M",
 		"--vcpus", strconv.Itoa(*mc.VCPUCount), "--serial", "stdio", "--control", control}
+	args = append(args, log.args()...)
 	if cfg.BootSource.InitrdPath != "" {
 		args = append(args, "--initrd", cfg.BootSource.InitrdPath)
 	}
@@ -93,28 +139,24 @@ func runArgs(cfg fcapi.Config, control string) []string {
 		args = append(args, "--dirty", "bitmap")
 	}
 	// The root device is /dev/vda, then the others in the order given.
-	for _, root := range []bool{true, false} {
-		for _, d := range cfg.Drives {
-			if d.IsRootDevice != root {
-				continue
-			}
-			spec := d.PathOnHost
-			if d.IsReadOnly != nil && *d.IsReadOnly {
-				spec += ",ro"
-			}
-			args = append(args, "--disk", spec)
+	for _, d := range cfg.DriveOrder() {
+		spec := d.PathOnHost
+		if d.IsReadOnly != nil && *d.IsReadOnly {
+			spec += ",ro"
 		}
+		args = append(args, "--disk", spec)
 	}
 	for _, n := range cfg.NetworkInterfaces {
 		args = append(args, "--net", "tap:"+n.HostDevName)
 	}
+	args = append(args, haArgs(cfg.HA)...) // apiha.go
 	return args
 }
 
 // Start implements fcapi.Machine: it runs the microVM and returns once
 // its control socket answers, or why it did not start.
 func (m *apiMachine) Start(cfg fcapi.Config) error {
-	return m.launch(runArgs(cfg, m.control))
+	return m.launch(runArgs(cfg, m.control, *m.logFlags.Load()))
 }
 
 // launch runs `tandem run args` and returns once its control socket
@@ -184,6 +226,7 @@ func (m *apiMachine) LoadSnapshot(p fcapi.SnapshotLoadParams) (fcapi.Config, err
 		cfg.NetworkInterfaces[i].HostDevName = o.HostDevName
 	}
 	args := []string{"--restore", p.SnapshotPath, "--restore-mem", p.MemFile(), "--serial", "stdio", "--control", m.control}
+	args = append(args, m.logFlags.Load().args()...)
 	if !p.ResumeVM {
 		args = append(args, "--paused")
 	}

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -199,7 +201,8 @@ func TestAPIFlags(t *testing.T) {
 }
 
 // TestRunArgs: the API's configuration becomes tandem run's flags, the
-// root drive first (/dev/vda), then the others in the order given.
+// root drive first (/dev/vda), then the others in the order given, and
+// the run logs as the API process does.
 func TestRunArgs(t *testing.T) {
 	one, mem, yes := 2, 256, true
 	cfg := fcapi.Config{
@@ -209,9 +212,62 @@ func TestRunArgs(t *testing.T) {
 			{DriveID: "b", PathOnHost: "/b"}},
 		NetworkInterfaces: []fcapi.NetworkInterface{{IfaceID: "eth0", HostDevName: "tap0"}},
 	}
-	got := strings.Join(runArgs(cfg, "unix:/c"), " ")
-	want := "--kernel /k --mem 256M --vcpus 2 --serial stdio --control unix:/c --initrd /i --cmdline console=ttyS0 --dirty bitmap --disk /r,ro --disk /a --disk /b --net tap:tap0"
+	log := logFlags{level: "debug", format: "json", path: "/var/log/tandem.log", showOrigin: true}
+	got := strings.Join(runArgs(cfg, "unix:/c", log), " ")
+	want := "--kernel /k --mem 256M --vcpus 2 --serial stdio --control unix:/c" +
+		" --log-level debug --log-format json --log-show-level=false --log-show-origin=true --log-path /var/log/tandem.log --initrd /i --cmdline console=ttyS0 --dirty bitmap --disk /r,ro --disk /a --disk /b --net tap:tap0"
 	if got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
+
+// TestAPILogging: the API process's log handler switches where it logs
+// (PUT /logger), for the loggers derived from it too; the logging flags
+// choose the format, the level and what a line shows.
+func TestAPILogging(t *testing.T) {
+	var before, after bytes.Buffer
+	sw := newSwitchableHandler(slog.NewTextHandler(&before, nil))
+	log := slog.New(sw)
+	derived := log.With("vm", "vm0").WithGroup("run")
+	log.Info("one")
+	derived.Info("two", "n", 2)
+	sw.switchTo(slog.NewJSONHandler(&after, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	derived.Info("hidden")
+	derived.Warn("three", "n", 3)
+	log.Warn("four")
+	if got := before.String(); !strings.Contains(got, "msg=one") || !strings.Contains(got, "msg=two vm=vm0 run.n=2") || strings.Contains(got, "three") {
+		t.Errorf("before the switch: %q", got)
+	}
+	if got := after.String(); !strings.Contains(got, `"msg":"three","vm":"vm0","run":{"n":3}`) || !strings.Contains(got, `"msg":"four"`) || strings.Contains(got, "hidden") {
+		t.Errorf("after the switch: %q", got)
+	}
+
+	path := filepath.Join(t.TempDir(), "tandem.log")
+	for _, c := range []struct {
+		flags     logFlags
+		want, not string
+	}{
+		{logFlags{level: "info", format: "json", path: path, showLevel: true}, `"level":"INFO","msg":"logged"`, "debugged"},
+		{logFlags{level: "DEBUG", format: "text", path: path}, `msg=debugged`, "level="},
+		{logFlags{level: "warn", format: "text", path: path, showLevel: true, showOrigin: true}, `source=`, "logged"},
+		{logFlags{level: "off", format: "text", path: path, showLevel: true}, "", "logged"},
+	} {
+		os.WriteFile(path, nil, 0o600)
+		l, err := newLogger(c.flags)
+		if err != nil {
+			t.Fatalf("%+v: %v", c.flags, err)
+		}
+		l.Debug("debugged")
+		l.Info("logged")
+		l.Warn("warned")
+		b, _ := os.ReadFile(path)
+		if got := string(b); !strings.Contains(got, c.want) || strings.Contains(got, c.not) {
+			t.Errorf("%+v: the log is %q; want %q and no %q", c.flags, got, c.want, c.not)
+		}
+	}
+	for _, f := range []logFlags{{level: "loud", format: "text"}, {level: "info", format: "yaml"}, {level: "info", format: "text", path: t.TempDir()}} {
+		if _, err := newLogger(f); err == nil {
+			t.Errorf("%+v: no error", f)
+		}
 	}
 }

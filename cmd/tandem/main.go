@@ -7,6 +7,7 @@
 //	tandem demo
 //	tandem version
 //	tandem --api-sock /tmp/firecracker.socket --id vm0   (Firecracker's API)
+//	tandem --config-file vm.json                         (Firecracker's --no-api)
 package main
 
 import (
@@ -15,7 +16,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -57,7 +57,7 @@ var commands = []command{
 	{"demo", "boot the built-in counter guest and talk to it", cmdDemo},
 	{"rdma-devices", "list the RDMA devices, ports and limits the RDMA transport can use", cmdRDMADevices},
 	{"version", "print the version of tandem and of the KVM it finds", cmdVersion},
-	{"--api-sock", "PATH [--id ID]: serve Firecracker's API on a Unix socket and run the microVM it configures", cmdAPI},
+	{"--api-sock", "PATH [--id ID] [--config-file FILE]: serve Firecracker's API on a Unix socket and run the microVM it configures (tandem --config-file FILE: FILE's microVM, no API)", cmdAPI},
 }
 
 func main() {
@@ -73,8 +73,9 @@ func mainStatus(args []string) int {
 		usage(os.Stdout)
 		return 0
 	}
-	if strings.HasPrefix(args[0], "--api-sock") || strings.HasPrefix(args[0], "--id") {
-		// Started the way Firecracker is: its API on a socket.
+	if startedAsFirecracker(args[0]) {
+		// Started the way Firecracker is: its API on a socket, or its
+		// configuration in a file.
 		args = append([]string{"--api-sock"}, args...)
 	}
 	for _, c := range commands {
@@ -104,6 +105,17 @@ func mainStatus(args []string) int {
 	fmt.Fprintf(os.Stderr, "tandem: unknown command %q\n\n", args[0])
 	usage(os.Stderr)
 	return exitUsage
+}
+
+// startedAsFirecracker says whether the first argument is one of the
+// flags Firecracker is started with, which cmdAPI takes.
+func startedAsFirecracker(arg string) bool {
+	for _, flag := range []string{"--api-sock", "--id", "--config-file", "--no-api", "--log-"} {
+		if strings.HasPrefix(arg, flag) {
+			return true
+		}
+	}
+	return false
 }
 
 func usage(w io.Writer) {
@@ -137,15 +149,6 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return usagef("unexpected argument %q", fs.Arg(0))
 	}
 	return nil
-}
-
-// newLogger builds the process's logger from a --log-level value.
-func newLogger(level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, usagef("--log-level %q: want debug, info, warn or error", level)
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
 
 func version() string {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/tandemvm/tandem/cmd/tandem/internal/metrics"
 	"net"
 	"os"
 	"strconv"
@@ -93,7 +94,8 @@ func cmdReplica(ctx context.Context, args []string) error {
 	fs.Var(&disks, "disk", "this node's copy of one of the primary's disks, PATH (repeatable, in the primary's order, each the size of its disk), for when the primary names it --leader: brought to the primary's content when replication starts, then fed every committed epoch's writes")
 	timeout := fs.Duration("heartbeat-timeout", time.Second, "declare the primary failed after this long without a message, once its epochs are this long overdue, or this long after its state connection broke if it does not reconnect")
 	maxMem := fs.String("max-mem", "", "largest guest to accept (e.g. 4G); default: this host's memory")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	logf := addLogFlags(fs) // --log-level, --log-format, --log-path (main.go)
+	metricsAddr := fs.String("metrics-addr", "", metricsFlagUsage)
 	shadow := fs.Bool("shadow", false, "active backup: run a copy of the VM (a second copy of its memory, a vCPU's worth of CPU) from every committed epoch this node holds the state of, so that a primary run with --active-backup sends its link here only the pages the copy wrote differently; guests without disks or network interfaces")
 	persistDir := fs.String("persist", "", "keep this node's store in DIR (new, empty, or left by an earlier run of this node): every epoch and state it acknowledges is durable there first, so that after the whole cluster lost power the VM is recovered from the replicas' directories (start each node again with its --persist, and its --disk copies); TCP links only, without --shadow")
 	join := fs.String("join", "", "with --coordinator: offer this node to the running VM with this id (16 hex digits: tandem status shows it); its primary adds it as a link and a state holder")
@@ -102,12 +104,17 @@ func cmdReplica(ctx context.Context, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := newLogger(*logLevel)
+	log, err := newLogger(*logf)
 	if err != nil {
 		return err
 	}
 	if *listen == "" {
 		return usagef("--listen is required")
+	}
+	if *metricsAddr != "" {
+		if err := serveMetrics(ctx, *metricsAddr, log); err != nil {
+			return err
+		}
 	}
 	var recoverFrom []string
 	for _, a := range strings.Split(*replicas, ",") {
@@ -232,6 +239,9 @@ func cmdReplica(ctx context.Context, args []string) error {
 		rec     *replicate.Recovered
 		memFile *os.File
 		memPath string
+		// failedAt is when the primary was declared failed (recovery
+		// began), for the takeover's recovery time.
+		failedAt time.Time
 	)
 	for {
 		if coordinator != nil {
@@ -264,6 +274,7 @@ func cmdReplica(ctx context.Context, args []string) error {
 			}
 			log.Warn("primary failed; recovering", "reason", r.FailReason())
 		}
+		failedAt = time.Now()
 		cluster, _ = r.Cluster()
 		from := recoverFrom
 		if len(from) == 0 {
@@ -368,6 +379,13 @@ func cmdReplica(ctx context.Context, args []string) error {
 			return restore(vm)
 		}
 		spec.ready = func(vm *vmm.VM) { announceInterfaces(vm, log) }
+	}
+	resumed := spec.ready
+	spec.ready = func(vm *vmm.VM) {
+		if resumed != nil {
+			resumed(vm)
+		}
+		metrics.Failover(time.Since(failedAt).Seconds()) // the VM resumes now
 	}
 	res, err := runVM(ctx, spec)
 	if err != nil {

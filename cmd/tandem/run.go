@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/tandemvm/tandem/boot"
+	"github.com/tandemvm/tandem/cmd/tandem/internal/metrics"
 	"github.com/tandemvm/tandem/devices"
+	"github.com/tandemvm/tandem/devices/virtio"
 	"github.com/tandemvm/tandem/images"
 	"github.com/tandemvm/tandem/kvm"
 	"github.com/tandemvm/tandem/replicate"
@@ -37,7 +39,8 @@ func cmdRun(ctx context.Context, args []string) error {
 	restore := fs.String("restore", "", "restore the VM from this snapshot file instead of booting a guest")
 	restoreMem := fs.String("restore-mem", "", "with --restore: the snapshot's memory file, for a snapshot that keeps guest memory apart (the Firecracker API's)")
 	paused := fs.Bool("paused", false, "start paused, until a resume on the control socket (needs --control)")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	logf := addLogFlags(fs) // --log-level, --log-format, --log-path (main.go)
+	metricsAddr := fs.String("metrics-addr", "", metricsFlagUsage)
 	persistDir := fs.String("persist", "", "make every epoch durable in this directory (new or empty) before its output leaves, disk writes included: the VM survives a power cut with nothing acknowledged lost (continue it with --resume); with --ha, every epoch is durable here as well as replicated before its output leaves, so the whole cluster may lose power")
 	resumeDir := fs.String("resume", "", "continue the VM persisted in this directory from its newest durable epoch, persisting on into it; its disks are restored to that epoch (--disk, --net and --channel replace their host side)")
 	persistEpoch := fs.Duration("persist-epoch", 50*time.Millisecond, "with --persist or --resume: how long the VM runs between two durable epochs")
@@ -47,12 +50,17 @@ func cmdRun(ctx context.Context, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := newLogger(*logLevel)
+	log, err := newLogger(*logf)
 	if err != nil {
 		return err
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *metricsAddr != "" {
+		if err := serveMetrics(ctx, *metricsAddr, log); err != nil {
+			return err
+		}
+	}
 
 	spec := vmSpec{serial: *serial, control: *control, memFile: *memFile, log: log, paused: *paused}
 	switch {
@@ -330,6 +338,9 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var primary *replicate.Primary
+	// Set before the replication loop starts (runReplicated), which
+	// hands it every epoch.
+	var vmMetrics *metrics.VM
 	if spec.ha != nil {
 		src, err := haSource(vm, spec.virtio, spec.haDevs)
 		if err != nil {
@@ -338,6 +349,7 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 		gates := append(replicate.Gates{gate}, spec.haDevs.gates...)
 		cfg := *spec.ha
 		cfg.Disks = spec.haDevs.images
+		cfg.Observe = func(rec *replicate.EpochTrace) { vmMetrics.Observe(rec) }
 		primary, err = startPrimary(ctx, src, gates, cfg)
 		if errors.Is(err, replicate.ErrCannotProtect) {
 			// A VM just taken over whose successor refused it: it runs,
@@ -353,6 +365,16 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 		if primary != nil && spec.joins != nil {
 			go spec.joins.watch(ctx, coordVM(cfg.VMID), primary, spec.log)
 		}
+	}
+	metricSrc := metrics.Sources{Exits: vm.Exits, MemBytes: spec.memBytes, VCPUs: spec.vcpus}
+	if primary != nil {
+		metricSrc.Replication = primary.Status
+	}
+	vmMetrics = metrics.NewVM(metricSrc)
+	if unregister, err := metrics.Register(vmMetrics); err != nil {
+		spec.log.Warn("the VM's metrics are not exported", "err", err)
+	} else {
+		defer unregister()
 	}
 	if spec.control != "" {
 		ln, err := listenControl(spec.control)
@@ -378,6 +400,7 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 				return primary.AddLink(actx, addr)
 			}
 		}
+		c.UpdateDrive = driveUpdater(vm, &spec, c)
 		go func() {
 			if err := c.Serve(ctx, ln); err != nil {
 				spec.log.Error("control socket", "err", err)
@@ -406,6 +429,60 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 		return vm.Run(ctx)
 	}
 	return runReplicated(ctx, vm, primary, spec.log)
+}
+
+// driveUpdater is a run's update-drive (Controller.UpdateDrive): the
+// index-th virtio-blk device gets the file at path, opened read-only if
+// the drive is, and the file it had is closed. A snapshot taken after
+// names the new file. A replicated or persisted run refuses: its disks
+// travel with its epochs, and a disk swapped on the primary alone would
+// diverge from the replicas' and the directory's copies of it.
+func driveUpdater(vm *vmm.VM, spec *vmSpec, c *vmm.Controller) func(index int, path string) error {
+	return func(index int, path string) error {
+		switch {
+		case spec.ha != nil:
+			return errors.New("a replicated VM's drives cannot be changed (tandem run --ha): the replicas' copies of the disk would diverge from the new file")
+		case spec.persist != nil:
+			return errors.New("a persisted VM's drives cannot be changed (tandem run --persist or --resume): the directory's copy of the disk would diverge from the new file")
+		}
+		var drives []*vmm.VirtioDevice
+		for _, d := range vm.VirtioDevices() {
+			if _, ok := d.Device().(*virtio.Block); ok {
+				drives = append(drives, d)
+			}
+		}
+		if index >= len(drives) {
+			return fmt.Errorf("drive %d: the VM has %d drives", index, len(drives))
+		}
+		drive := drives[index]
+		be, err := virtio.OpenFileBackend(path, drive.Device().(*virtio.Block).ReadOnly())
+		if err != nil {
+			return fmt.Errorf("drive %d: %w", index, err)
+		}
+		old, err := drive.Transport.ReplaceBlockBackend(be)
+		if err != nil {
+			be.Close()
+			return fmt.Errorf("drive %d: %w", index, err)
+		}
+		if err := old.Close(); err != nil {
+			spec.log.Warn("closing the drive's previous file", "drive", index, "err", err)
+		}
+		// Snapshots name the drive's file (handlers run one at a time,
+		// so Meta is the Controller's alone here).
+		meta := slices.Clone(c.Meta.Virtio)
+		for i, n := 0, 0; i < len(meta); i++ {
+			if meta[i].Type == "blk" {
+				if n == index {
+					meta[i].Path = path
+					break
+				}
+				n++
+			}
+		}
+		c.Meta.Virtio = meta
+		spec.log.Info("drive updated", "drive", index, "path", path, "sectors", drive.Device().(*virtio.Block).Capacity())
+		return nil
+	}
 }
 
 func listenControl(addr string) (net.Listener, error) {

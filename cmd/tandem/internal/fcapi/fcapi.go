@@ -11,15 +11,46 @@
 // /machine-config, PUT /boot-source, PUT /drives/{id}, PUT
 // /network-interfaces/{id}) change the configuration; after it they are
 // refused with 400, as are PATCH /vm and the pause state before it.
+// PATCH /network-interfaces/{id} is for after InstanceStart, on an
+// interface configured before it; it changes rate limiters, which Tandem
+// has none of, so it accepts only null ones and changes nothing.
+// PATCH /drives/{id} is for after InstanceStart too: a path_on_host swaps
+// the running drive's backing file (DriveUpdater, drivepatch.go), and a
+// rate limiter must be null. PUT /ha (before InstanceStart) and GET /ha
+// are Tandem's own, the microVM's replication (ha.go).
 // PUT /snapshot/create needs the microVM paused, and a Diff needs
 // track_dirty_pages; PUT /snapshot/load needs a fresh microVM (nothing
-// configured, not started), which it leaves paused unless resume_vm. A
-// request body is at most MaxBody bytes of one JSON value whose fields
-// are all known and of their types; anything else is a 400 that changes
-// nothing. A field Tandem does not support with a value other than its
-// default (a rate limiter, the Async io_engine, a vhost-user socket, a
-// CPU template, huge pages, a guest MAC) is a 400 that says so, and so is
-// an endpoint of the API Tandem does not serve: never a silent ignore.
+// configured but the logger and the metrics, not started), which it
+// leaves paused unless resume_vm. A request body is at most MaxBody bytes
+// of one JSON value whose fields are all known and of their types;
+// anything else is a 400 that changes nothing. A field Tandem does not
+// support with a value other than its default (a rate limiter, the Async
+// io_engine, a vhost-user socket, a CPU template, huge pages, a guest
+// MAC, a logger module) is a 400 that says so, and so is an endpoint or
+// action of the API Tandem does not serve (SendCtrlAltDel: the guest has
+// no keyboard controller to send it to): never a silent ignore.
+//
+// # Logger and metrics
+//
+// PUT /logger and PUT /metrics are accepted once each, before
+// InstanceStart. Their log_path and metrics_path name a file or FIFO that
+// must exist; a FIFO must have a reader, or the request is a 400 that
+// says so (nothing waits for one). PUT /logger hands the file to
+// Server.RedirectLog, which sends the log of the API process and of the
+// microVM it runs there, at the level asked (Trace is slog's debug, Off
+// is no log); log_path may be left out, to change the level and what a
+// line shows only. PUT /metrics writes one JSON object a line to its file
+// (see metricsLine for the shape): on the action FlushMetrics (a 400
+// before PUT /metrics), every MetricsPeriod, and a last one on Close.
+// The metrics are those of Server.Metrics, a Prometheus Gatherer. GET
+// /metrics, which Firecracker does not have, answers the same metrics in
+// Prometheus' text exposition format, for a scraper.
+//
+// # Config file
+//
+// ParseConfigFile reads Firecracker's --config-file (the parts of
+// FullVmConfiguration Tandem serves); Server.Apply runs each part as the
+// request that configures it, then InstanceStart.
 package fcapi
 
 import (
@@ -28,11 +59,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // MaxBody bounds a request body.
@@ -85,6 +120,11 @@ type Config struct {
 	Drives            []Drive            `json:"drives"`
 	MachineConfig     MachineConfig      `json:"machine-config"`
 	NetworkInterfaces []NetworkInterface `json:"network-interfaces"`
+	Logger            *LoggerConfig      `json:"logger,omitempty"`
+	Metrics           *MetricsConfig     `json:"metrics,omitempty"`
+	// HA is PUT /ha's replication (ha.go), nil for none. Tandem's own,
+	// it is not part of Firecracker's configuration: GET /ha shows it.
+	HA *HAConfig `json:"-"`
 }
 
 // InstanceInfo is Firecracker's InstanceInfo.
@@ -115,6 +155,16 @@ type Server struct {
 	// ID and Version answer GET / and GET /version.
 	ID, Version string
 	Machine     Machine
+	// RedirectLog, if set, sends the log of the API process and of the
+	// microVM it runs as a PUT /logger asks; it owns o.File once it
+	// returns nil. Unset, PUT /logger is refused.
+	RedirectLog func(o LogOptions) error
+	// Metrics are the metrics PUT /metrics writes and GET /metrics
+	// answers; nil is none.
+	Metrics prometheus.Gatherer
+	// Log is where the server logs what no request waits for (a
+	// periodic metrics line it could not write); nil is slog's default.
+	Log *slog.Logger
 
 	mu    sync.Mutex
 	cfg   Config
@@ -122,6 +172,18 @@ type Server struct {
 	// configured says a configuration request succeeded, which rules
 	// out loading a snapshot.
 	configured bool
+	// metrics writes the lines of PUT /metrics; closed says Close ended
+	// them for good.
+	metrics       *metricsWriter
+	metricsPeriod time.Duration // MetricsPeriod unless set (by tests)
+	closed        bool
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Log == nil {
+		return slog.Default()
+	}
+	return s.Log
 }
 
 // NewServer returns a server for a microVM not yet started, with
@@ -148,12 +210,16 @@ func badRequest(format string, args ...any) error {
 var errStarted = &faultError{http.StatusBadRequest, "the microVM has started: this configuration can only be changed before InstanceStart"}
 
 // unsupported are the endpoints of Firecracker's API Tandem does not serve.
-var unsupported = []string{"/balloon", "/cpu-config", "/pmem", "/mmds", "/entropy", "/serial", "/hotplug", "/vsock", "/logger", "/metrics"}
+var unsupported = []string{"/balloon", "/cpu-config", "/pmem", "/mmds", "/entropy", "/serial", "/hotplug", "/vsock"}
 
 var idPath = regexp.MustCompile(`^/(drives|network-interfaces)/([A-Za-z0-9_-]{1,64})$`)
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet && strings.TrimSuffix(r.URL.Path, "/") == "/metrics" {
+		s.serveMetricsText(w, r)
+		return
+	}
 	status, body, err := s.route(r)
 	if err != nil {
 		var f *faultError
@@ -205,8 +271,14 @@ func (s *Server) route(r *http.Request) (int, any, error) {
 		return s.configure(func(c *Config) error { c.BootSource = &b; return nil })
 	case path == "/actions" && method == http.MethodPut:
 		return s.action(r)
+	case path == "/logger" && method == http.MethodPut:
+		return s.putLogger(r)
+	case path == "/metrics" && method == http.MethodPut:
+		return s.putMetrics(r)
 	case path == "/vm" && method == http.MethodPatch:
 		return s.vmState(r)
+	case path == "/ha":
+		return s.ha(r)
 	case path == "/snapshot/create" && method == http.MethodPut:
 		return s.createSnapshot(r)
 	case path == "/snapshot/load" && method == http.MethodPut:
@@ -222,6 +294,10 @@ func (s *Server) route(r *http.Request) (int, any, error) {
 			return s.drive(r, m[2])
 		case m[1] == "network-interfaces" && method == http.MethodPut:
 			return s.networkInterface(r, m[2])
+		case m[1] == "network-interfaces" && method == http.MethodPatch:
+			return s.patchNetworkInterface(r, m[2])
+		case m[1] == "drives" && method == http.MethodPatch:
+			return s.patchDrive(r, m[2])
 		case method == http.MethodPatch:
 			return 0, nil, badRequest("Tandem does not support PATCH %s: a %s cannot be changed after it is configured", path, strings.TrimSuffix(m[1], "s"))
 		}
@@ -248,13 +324,22 @@ func decode(r *http.Request, v any) error {
 }
 
 func decodeBytes(b []byte, v any) error {
+	if err := decodeStrict(b, v); err != nil {
+		return badRequest("malformed request body: %v", err)
+	}
+	return nil
+}
+
+// decodeStrict reads the one JSON value of b into v, refusing unknown
+// fields and trailing data.
+func decodeStrict(b []byte, v any) error {
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	if err := d.Decode(v); err != nil {
-		return badRequest("malformed request body: %v", err)
+		return err
 	}
 	if d.More() {
-		return badRequest("malformed request body: more than one JSON value")
+		return errors.New("more than one JSON value")
 	}
 	return nil
 }
@@ -372,8 +457,9 @@ func (s *Server) networkInterface(r *http.Request, id string) (int, any, error) 
 		return 0, nil, badRequest("Tandem does not support guest_mac yet: the guest's MAC is derived from the interface")
 	case n.MTU != nil:
 		return 0, nil, badRequest("Tandem does not support mtu")
-	case len(n.RxRateLimiter) > 0 && string(n.RxRateLimiter) != "null", len(n.TxRateLimiter) > 0 && string(n.TxRateLimiter) != "null":
-		return 0, nil, badRequest("Tandem does not support rate limiters on network interfaces")
+	}
+	if err := refuseRateLimits(n.RxRateLimiter, n.TxRateLimiter); err != nil {
+		return 0, nil, err
 	}
 	return s.configure(func(c *Config) error {
 		i := slices.IndexFunc(c.NetworkInterfaces, func(x NetworkInterface) bool { return x.IfaceID == id })
@@ -395,8 +481,10 @@ func (s *Server) action(r *http.Request) (int, any, error) {
 	}
 	switch a.ActionType {
 	case "InstanceStart":
-	case "SendCtrlAltDel", "FlushMetrics":
-		return 0, nil, badRequest("Tandem does not support the action %s yet", a.ActionType)
+	case "FlushMetrics":
+		return s.flushMetrics()
+	case "SendCtrlAltDel":
+		return 0, nil, badRequest("Tandem does not support the action SendCtrlAltDel: the guest has no keyboard controller (i8042) to receive it; shut the guest down from inside, or end Tandem with SIGTERM")
 	default:
 		return 0, nil, badRequest("action_type %q: want InstanceStart, SendCtrlAltDel or FlushMetrics", a.ActionType)
 	}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	yaml "go.yaml.in/yaml/v3"
 )
@@ -147,11 +148,23 @@ func TestBadRequests(t *testing.T) {
 		{"PUT", "/drives/a", `{"drive_id": "a", "path_on_host": "/x", "is_root_device": false, "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}`, 400, "rate limiters"},
 		{"PUT", "/drives/a", `{"drive_id": "a", "is_root_device": false}`, 400, "path_on_host is required"},
 		{"PUT", "/drives/a%2F..", `{}`, 400, "no such endpoint"},
-		{"PATCH", "/drives/a", `{"drive_id": "a", "path_on_host": "/y"}`, 400, "does not support PATCH"},
+		{"PATCH", "/drives/a", `{"drive_id": "a", "path_on_host": "/y"}`, 400, "has not started"},
 		{"PUT", "/network-interfaces/eth0", `{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:00:00:00:01"}`, 400, "guest_mac"},
 		{"PUT", "/network-interfaces/eth0", `{"iface_id": "eth0"}`, 400, "host_dev_name is required"},
 		{"PUT", "/actions", `{"action_type": "SendCtrlAltDel"}`, 400, "does not support the action SendCtrlAltDel"},
+		{"PUT", "/actions", `{"action_type": "SendCtrlAltDel"}`, 400, "no keyboard controller"},
+		{"PUT", "/actions", `{"action_type": "FlushMetrics"}`, 400, "PUT /metrics first"},
 		{"PUT", "/actions", `{"action_type": "Reboot"}`, 400, "want InstanceStart"},
+		{"PUT", "/logger", `{"log_path": "/l", "level": "Loud"}`, 400, "want Error, Warning, Info, Debug, Trace or Off"},
+		{"PUT", "/logger", `{"log_path": "/l", "module": "vmm"}`, 400, "does not support module"},
+		{"PUT", "/logger", `{"log_path": "/l", "show_level": "yes"}`, 400, "malformed"},
+		{"PUT", "/logger", `{"level": "Info"}`, 400, "cannot be redirected"},
+		{"PUT", "/metrics", `{}`, 400, "metrics_path is required"},
+		{"PUT", "/metrics", `{"metrics_path": "/m", "emit_ids": true}`, 400, "unknown field"},
+		{"PUT", "/metrics", `{"metrics_path": "/no/such/dir/m"}`, 400, "does not exist"},
+		{"PATCH", "/network-interfaces/eth0", `{"iface_id": "eth0"}`, 400, "has not started"},
+		{"PATCH", "/network-interfaces/eth0", `{"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}`, 400, "does not support rate limiters"},
+		{"PUT", "/network-interfaces/eth0", `{"iface_id": "eth0", "host_dev_name": "tap0", "tx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}`, 400, "does not support rate limiters"},
 		{"PUT", "/actions", `{"action_type": "InstanceStart"}`, 400, "no boot source"},
 		{"PUT", "/mmds", `{}`, 400, "does not support PUT /mmds"},
 		{"PUT", "/snapshot/create", `{"snapshot_path": "/s"}`, 400, "required"},
@@ -213,13 +226,17 @@ func TestLoadSnapshot(t *testing.T) {
 // FuzzDecode: no request body panics the server or is accepted as
 // something else than one JSON value of known fields.
 func FuzzDecode(f *testing.F) {
-	for _, seed := range []string{`{"vcpu_count": 2, "mem_size_mib": 128}`, `{"drive_id":"a","path_on_host":"/x","is_root_device":true}`, `{`, `[]`, `null`, `{"state":"Paused"}`} {
+	for _, seed := range []string{`{"vcpu_count": 2, "mem_size_mib": 128}`, `{"drive_id":"a","path_on_host":"/x","is_root_device":true}`, `{`, `[]`, `null`, `{"state":"Paused"}`,
+		`{"drive_id":"a","path_on_host":"/y","rate_limiter":null}`,
+		`{"log_path":"/l","level":"Debug","show_level":true}`, `{"metrics_path":"/m","emit_id":true}`, `{"iface_id":"a","rx_rate_limiter":{}}`, `{"replicas":["127.0.0.1:7000"],"leader":"127.0.0.1:7001","policy":"ft","mode":"async","epoch_ms":20,"auth_key_path":"/k"}`} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
 		s := NewServer("vm0", "1", &fakeMachine{})
+		s.metricsPeriod = 1000 * time.Hour // a body that opens a metrics file never writes to it
 		for _, p := range []struct{ method, path string }{{"PUT", "/machine-config"}, {"PATCH", "/machine-config"}, {"PUT", "/boot-source"},
-			{"PUT", "/drives/a"}, {"PUT", "/network-interfaces/a"}, {"PUT", "/actions"}, {"PATCH", "/vm"}, {"PUT", "/snapshot/load"}, {"PUT", "/snapshot/create"}} {
+			{"PUT", "/drives/a"}, {"PUT", "/network-interfaces/a"}, {"PUT", "/actions"}, {"PATCH", "/vm"}, {"PUT", "/snapshot/load"}, {"PUT", "/snapshot/create"},
+			{"PUT", "/ha"}, {"PATCH", "/drives/a"}, {"PUT", "/logger"}, {"PUT", "/metrics"}, {"PATCH", "/network-interfaces/a"}} {
 			status, resp := call(t, s, p.method, p.path, body)
 			if status != 204 && status != 400 {
 				t.Fatalf("%s %s %q: status %d %s", p.method, p.path, body, status, resp)
@@ -251,10 +268,28 @@ type schema struct {
 	Type       string             `yaml:"type"`
 	Required   []string           `yaml:"required"`
 	Properties map[string]*schema `yaml:"properties"`
-	Items      *schema            `yaml:"items"`
-	Enum       []string           `yaml:"enum"`
-	Minimum    *float64           `yaml:"minimum"`
-	Maximum    *float64           `yaml:"maximum"`
+	// AdditionalProperties says what an object's other fields may be.
+	AdditionalProperties *additional `yaml:"additionalProperties"`
+	Items                *schema     `yaml:"items"`
+	Enum                 []string    `yaml:"enum"`
+	Minimum              *float64    `yaml:"minimum"`
+	Maximum              *float64    `yaml:"maximum"`
+}
+
+// additional is an additionalProperties: a schema, or true (any value)
+// or false (none).
+type additional struct {
+	schema *schema
+	any    bool
+}
+
+func (a *additional) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		a.any = n.Value == "true"
+		return nil
+	}
+	a.schema = new(schema)
+	return n.Decode(a.schema)
 }
 
 func loadSpec(t *testing.T) *spec {
@@ -300,6 +335,9 @@ func (s *spec) check(sc *schema, v any, at string) error {
 		}
 		for k, fv := range x {
 			p, ok := sc.Properties[k]
+			if a := sc.AdditionalProperties; !ok && a != nil && (a.any || a.schema != nil) {
+				p, ok = a.schema, true
+			}
 			if !ok {
 				return fmt.Errorf("%s: %q is not in the spec", at, k)
 			}
@@ -349,6 +387,11 @@ func (s *spec) check(sc *schema, v any, at string) error {
 func TestAgainstSpec(t *testing.T) {
 	sp := loadSpec(t)
 	s := NewServer("vm0", "1.2.3", &fakeMachine{})
+	s.RedirectLog = (&logRecorder{}).redirect
+	defer s.Close()
+	logPath, metricsPath := filepath.Join(t.TempDir(), "log"), filepath.Join(t.TempDir(), "metrics")
+	os.WriteFile(logPath, nil, 0o600)
+	os.WriteFile(metricsPath, nil, 0o600)
 	for _, c := range []struct{ method, specPath, path, body string }{
 		{"GET", "/", "/", ""},
 		{"GET", "/version", "/version", ""},
@@ -362,7 +405,15 @@ func TestAgainstSpec(t *testing.T) {
 		{"PUT", "/network-interfaces/{iface_id}", "/network-interfaces/eth0", `{"iface_id": "eth0", "host_dev_name": "tap0"}`},
 		{"PATCH", "/vm", "/vm", `{"state": "Paused"}`},
 		{"PUT", "/actions", "/actions", `{"action_type": "FlushMetrics"}`},
+		{"PUT", "/logger", "/logger", `{"log_path": "` + logPath + `", "level": "Debug", "show_level": true, "show_log_origin": false}`},
+		{"PUT", "/logger", "/logger", `{"log_path": "` + logPath + `", "level": "Info"}`},
+		{"PUT", "/metrics", "/metrics", `{"metrics_path": "` + metricsPath + `", "emit_id": true, "properties": {"host": "h1"}}`},
+		{"PUT", "/actions", "/actions", `{"action_type": "FlushMetrics"}`},
+		{"PATCH", "/network-interfaces/{iface_id}", "/network-interfaces/eth0", `{"iface_id": "eth0"}`},
 		{"PUT", "/actions", "/actions", `{"action_type": "InstanceStart"}`},
+		{"PATCH", "/network-interfaces/{iface_id}", "/network-interfaces/eth0", `{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}`},
+		{"PATCH", "/network-interfaces/{iface_id}", "/network-interfaces/eth0", `{"iface_id": "eth0", "tx_rate_limiter": {}}`},
+		{"PUT", "/logger", "/logger", `{"level": "Warning"}`},
 		{"PATCH", "/vm", "/vm", `{"state": "Paused"}`},
 		{"PUT", "/snapshot/create", "/snapshot/create", `{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Diff"}`},
 		{"PUT", "/snapshot/load", "/snapshot/load", `{"snapshot_path": "/s", "mem_file_path": "/m"}`},
@@ -417,11 +468,15 @@ func TestAgainstSpec(t *testing.T) {
 	// The Go types name only fields the spec's definitions have.
 	for def, typ := range map[string]any{"MachineConfiguration": MachineConfig{}, "BootSource": BootSource{}, "Drive": Drive{},
 		"NetworkInterface": NetworkInterface{}, "InstanceInfo": InstanceInfo{}, "FullVmConfiguration": Config{},
+		"Logger": LoggerConfig{}, "Metrics": MetricsConfig{}, "PartialNetworkInterface": PartialNetworkInterface{},
 		"SnapshotCreateParams": SnapshotCreateParams{}, "SnapshotLoadParams": SnapshotLoadParams{}, "MemoryBackend": MemoryBackend{}, "NetworkOverride": NetworkOverride{}} {
 		props := sp.resolve(sp.Definitions[def]).Properties
 		rt := reflect.TypeOf(typ)
 		for i := range rt.NumField() {
 			name, _, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+			if name == "-" {
+				continue // Tandem's own, never in the JSON
+			}
 			if _, ok := props[name]; !ok {
 				t.Errorf("%s.%s: %q is not a property of %s", rt.Name(), rt.Field(i).Name, name, def)
 			}

@@ -135,6 +135,8 @@ func (s *Server) loadSnapshot(r *http.Request) (int, any, error) {
 	}
 	track := p.Tracking()
 	cfg.MachineConfig.TrackDirtyPages = &track
+	// The logger and the metrics are this process's, not the snapshot's.
+	cfg.Logger, cfg.Metrics = s.cfg.Logger, s.cfg.Metrics
 	s.cfg = cfg
 	s.state = Paused
 	if p.ResumeVM {
