@@ -2,14 +2,13 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -21,40 +20,49 @@ import (
 	"github.com/tandemvm/tandem/cmd/tandem/internal/fcapi"
 )
 
-// apiClient speaks HTTP over a Firecracker API socket, as curl
-// --unix-socket does.
+// apiClient sends requests to a Firecracker API socket with curl
+// --unix-socket, as Firecracker's getting-started guide does.
 type apiClient struct {
-	t *testing.T
-	c *http.Client
+	t    *testing.T
+	sock string
+	curl string
 }
 
 func newAPIClient(t *testing.T, sock string) *apiClient {
-	return &apiClient{t: t, c: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		}}}}
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Fatal("the API tests drive the VMM with curl, as Firecracker's guide does: install curl")
+	}
+	return &apiClient{t: t, sock: sock, curl: curl}
 }
 
 // do sends one request and fails the test unless the status is want; it
 // returns the body.
 func (a *apiClient) do(method, path, body string, want int) string {
 	a.t.Helper()
-	req, err := http.NewRequest(method, "http://localhost"+path, strings.NewReader(body))
+	args := []string{"--silent", "--show-error", "--max-time", "60", "--unix-socket", a.sock, "-X", method,
+		"-H", "Accept: application/json", "-H", "Content-Type: application/json", "--write-out", "\n%{http_code}", "http://localhost" + path}
+	if body != "" {
+		args = append(args, "--data", body)
+	}
+	out, err := exec.Command(a.curl, args...).Output()
 	if err != nil {
-		a.t.Fatal(err)
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			err = fmt.Errorf("%w: %s", err, exit.Stderr)
+		}
+		a.t.Fatalf("curl %s %s: %v", method, path, err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := a.c.Do(req)
+	// The body, then the status on a line of its own (--write-out).
+	i := bytes.LastIndexByte(out, '\n')
+	status, err := strconv.Atoi(string(out[i+1:]))
 	if err != nil {
-		a.t.Fatalf("%s %s: %v", method, path, err)
+		a.t.Fatalf("curl %s %s: no status in %q", method, path, out)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != want {
-		a.t.Fatalf("%s %s %s: %d %s, want %d", method, path, body, resp.StatusCode, b, want)
+	if status != want {
+		a.t.Fatalf("%s %s %s: %d %s, want %d", method, path, body, status, out[:i], want)
 	}
-	return string(b)
+	return string(out[:i])
 }
 
 // TestAPILinuxLifecycle drives a Linux guest through Firecracker's API

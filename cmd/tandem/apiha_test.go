@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -251,23 +252,73 @@ func TestAPIHA(t *testing.T) {
 	}
 }
 
-// TestAPIHALinux is TestAPIHA with the Linux test guest counting on its
-// disk: its epochs dirty memory, so the link carries bytes every pause.
+// TestAPIHALinux boots the Linux test guest the way Firecracker's
+// --config-file does, with Tandem's "ha" part: tandem --api-sock S
+// --config-file FILE and no configuration request. The guest counts on
+// its disk, replicated: GET /ha shows it protected, its epochs
+// committing, the link carrying bytes (the guest dirties memory), and
+// PATCH /drives of the replicated microVM is refused. The file's logger
+// part sends the log of the process and of the run it starts to the log
+// file (not standard error), with levels; its metrics part gets a last
+// metrics line when SIGTERM ends Tandem.
 func TestAPIHALinux(t *testing.T) {
 	k, initrd := linuxGuest(t)
 	dir := t.TempDir()
 	root := diskImage(t, filepath.Join(dir, "root.img"), 1<<20, 0)
+	logPath, metricsPath := filepath.Join(dir, "tandem.log"), filepath.Join(dir, "metrics.json")
+	os.WriteFile(logPath, nil, 0o600)
+	os.WriteFile(metricsPath, nil, 0o600)
 	n := startHANodes(t, diskImage(t, filepath.Join(dir, "leader-root.img"), 1<<20, 0))
-	p, api := startAPIProcess(t, dir)
-	api.do("PUT", "/machine-config", `{"vcpu_count": 1, "mem_size_mib": 128}`, 204)
-	api.do("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path": %q, "initrd_path": %q, "boot_args": "console=ttyS0 reboot=k panic=-1 tandem_loop=/dev/vda"}`, k.Vmlinux, initrd), 204)
-	api.do("PUT", "/drives/rootfs", fmt.Sprintf(`{"drive_id": "rootfs", "path_on_host": %q, "is_root_device": true}`, root), 204)
-	configureHA(t, api, n)
-	api.do("PUT", "/actions", `{"action_type": "InstanceStart"}`, 204)
-	pollFor(t, "the replicated guest counting", 6*time.Minute, func() bool { return strings.Contains(p.stdout.String(), "tandem-init: tick 3 ") })
+	config := map[string]any{
+		"boot-source":    map[string]any{"kernel_image_path": k.Vmlinux, "initrd_path": initrd, "boot_args": "console=ttyS0 reboot=k panic=-1 tandem_loop=/dev/vda"},
+		"drives":         []any{map[string]any{"drive_id": "rootfs", "path_on_host": root, "is_root_device": true, "is_read_only": false}},
+		"machine-config": map[string]any{"vcpu_count": 1, "mem_size_mib": 128},
+		"logger":         map[string]any{"log_path": logPath, "level": "Info", "show_level": true},
+		"metrics":        map[string]any{"metrics_path": metricsPath},
+		"ha":             map[string]any{"replicas": []string{n.replica}, "leader": n.leader, "policy": "ft", "epoch_ms": 20, "auth_key_path": n.key},
+	}
+	b, _ := json.Marshal(config)
+	file := filepath.Join(dir, "vm.json")
+	os.WriteFile(file, b, 0o600)
+	sock := filepath.Join(dir, "api.socket")
+	p := startTandem(t, "--api-sock", sock, "--config-file", file)
+	logged := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+	pollFor(t, "the replicated guest counting on its disk", 6*time.Minute, func() bool {
+		if p.exited() {
+			console := p.stdout.String()
+			t.Fatalf("tandem --config-file ended (status %d); console's end:\n%s\nstderr:\n%s\nlog file:\n%s",
+				p.wait(t, 0), console[max(0, len(console)-2000):], p.stderr.String(), logged())
+		}
+		return len(consoleTick.FindAllString(p.stdout.String(), -1)) >= 3
+	})
+	api := newAPIClient(t, sock)
+	if got := api.do("GET", "/", "", 200); !strings.Contains(got, `"state":"Running"`) {
+		t.Errorf("GET / after the config file's InstanceStart: %s", got)
+	}
 	checkProtected(t, api, n, true)
 	if got := api.do("PATCH", "/drives/rootfs", fmt.Sprintf(`{"drive_id": "rootfs", "path_on_host": %q}`, diskImage(t, filepath.Join(dir, "other.img"), 1<<20, 0)), 400); !strings.Contains(got, "replicated VM") {
 		t.Errorf("PATCH /drives under --ha: %s, want a fault naming the replication", got)
+	}
+	// The API process's line, and the run's.
+	for _, want := range []string{`level=INFO msg="starting the microVM"`, `level=INFO msg="control socket listening"`} {
+		if !strings.Contains(logged(), want) {
+			t.Errorf("the log file has no %q:\n%s", want, logged())
+		}
+	}
+	if strings.Contains(p.stderr.String(), "control socket listening") {
+		t.Errorf("the run logged to standard error, not the logger's file:\n%s", p.stderr.String())
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if status := p.wait(t, time.Minute); status != 0 {
+		t.Fatalf("tandem --config-file exited with %d after SIGTERM; stderr:\n%s", status, p.stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(func() string { b, _ := os.ReadFile(metricsPath); return string(b) }()), "\n")
+	var last map[string]any
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || last["utc_timestamp_ms"] == nil {
+		t.Fatalf("the metrics file's last line %q: %v; want utc_timestamp_ms and metrics", lines[len(lines)-1], err)
+	}
+	if v, ok := last["tandem_replication_epochs_total{result=\"committed\"}"].(float64); !ok || v < 5 {
+		t.Errorf("the metrics file's last line counts %v committed epochs, want 5 or more: %s", last["tandem_replication_epochs_total{result=\"committed\"}"], lines[len(lines)-1])
 	}
 }
 

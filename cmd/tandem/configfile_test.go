@@ -1,74 +1,17 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 )
 
 // consoleTick is the looping init's progress line on a console, which may
 // end it with \r\n.
 var consoleTick = regexp.MustCompile(`tandem-init: tick (\d+) disk (\d+)\r?\n`)
-
-// TestConfigFileLinux boots the Linux guest the way Firecracker's
-// --no-api --config-file does: tandem --config-file FILE, no API calls.
-// The guest counts on its disk as in TestAPILinuxLifecycle; the file's
-// logger part sends the log of the process and of the run it starts to
-// the log file (not standard error), with levels; its metrics part gets
-// a last metrics line when SIGTERM ends Tandem.
-func TestConfigFileLinux(t *testing.T) {
-	k, initrd := linuxGuest(t)
-	dir := t.TempDir()
-	disk, logPath, metricsPath := filepath.Join(dir, "rootfs.img"), filepath.Join(dir, "tandem.log"), filepath.Join(dir, "metrics.json")
-	os.WriteFile(disk, make([]byte, 1<<20), 0o600)
-	os.WriteFile(logPath, nil, 0o600)
-	os.WriteFile(metricsPath, nil, 0o600)
-	config := map[string]any{
-		"boot-source":    map[string]any{"kernel_image_path": k.Vmlinux, "initrd_path": initrd, "boot_args": "console=ttyS0 reboot=k panic=-1 tandem_loop=/dev/vda"},
-		"drives":         []any{map[string]any{"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true, "is_read_only": false}},
-		"machine-config": map[string]any{"vcpu_count": 1, "mem_size_mib": 128},
-		"logger":         map[string]any{"log_path": logPath, "level": "Info", "show_level": true},
-		"metrics":        map[string]any{"metrics_path": metricsPath},
-	}
-	b, _ := json.Marshal(config)
-	file := filepath.Join(dir, "vm.json")
-	os.WriteFile(file, b, 0o600)
-
-	p := startTandem(t, "--config-file", file)
-	logged := func() string { b, _ := os.ReadFile(logPath); return string(b) }
-	pollFor(t, "the guest counting on its disk", 6*time.Minute, func() bool {
-		if p.exited() {
-			console := p.stdout.String()
-			t.Fatalf("tandem --config-file ended (status %d); console's end:\n%s\nstderr:\n%s\nlog file:\n%s",
-				p.wait(t, 0), console[max(0, len(console)-2000):], p.stderr.String(), logged())
-		}
-		return len(consoleTick.FindAllString(p.stdout.String(), -1)) >= 3
-	})
-	// The API process's line, and the run's.
-	for _, want := range []string{`level=INFO msg="starting the microVM"`, `level=INFO msg="control socket listening"`} {
-		if !strings.Contains(logged(), want) {
-			t.Errorf("the log file has no %q:\n%s", want, logged())
-		}
-	}
-	if strings.Contains(p.stderr.String(), "control socket listening") {
-		t.Errorf("the run logged to standard error, not the logger's file:\n%s", p.stderr.String())
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if status := p.wait(t, time.Minute); status != 0 {
-		t.Fatalf("tandem --config-file exited with %d after SIGTERM; stderr:\n%s", status, p.stderr.String())
-	}
-	lines := strings.Split(strings.TrimSpace(func() string { b, _ := os.ReadFile(metricsPath); return string(b) }()), "\n")
-	var last map[string]any
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || last["utc_timestamp_ms"] == nil || len(last) < 2 {
-		t.Errorf("the metrics file's last line %q: %v; want utc_timestamp_ms and metrics", lines[len(lines)-1], err)
-	}
-}
 
 // TestConfigFileErrors: a config file that is missing, not
 // Firecracker's, or that its requests would refuse ends Tandem with an

@@ -371,10 +371,8 @@ func runVM(ctx context.Context, spec vmSpec) (vmm.Result, error) {
 		metricSrc.Replication = primary.Status
 	}
 	vmMetrics = metrics.NewVM(metricSrc)
-	if unregister, err := metrics.Register(vmMetrics); err != nil {
+	if err := metrics.Register(vmMetrics); err != nil {
 		spec.log.Warn("the VM's metrics are not exported", "err", err)
-	} else {
-		defer unregister()
 	}
 	if spec.control != "" {
 		ln, err := listenControl(spec.control)

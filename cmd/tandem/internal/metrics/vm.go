@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -267,21 +268,27 @@ func (l *lastEpoch) load() lastEpochFigures {
 	}
 }
 
-// current is the VM this process runs, if any.
-var current atomic.Pointer[VM]
+// current is the VM whose metrics the process exports, if any.
+var current struct {
+	sync.Mutex
+	vm *VM
+}
 
-// Register adds v to the process's metrics until the returned function
-// is called; a process runs one VM at a time.
-func Register(v *VM) (unregister func(), err error) {
-	if !current.CompareAndSwap(nil, v) {
-		return nil, fmt.Errorf("metrics: this process already exports a VM's metrics")
+// Register makes v the VM whose metrics the process exports, in place of
+// the one before it (a process runs one VM at a time). A VM's metrics
+// stay exported after it stops, with their final values, so that the
+// last metrics line a process writes at exit (PUT /metrics) and the
+// last scrape still have them.
+func Register(v *VM) error {
+	current.Lock()
+	defer current.Unlock()
+	if current.vm != nil {
+		process.Unregister(current.vm)
 	}
+	current.vm = nil
 	if err := process.Register(v); err != nil {
-		current.Store(nil)
-		return nil, fmt.Errorf("metrics: %w", err)
+		return fmt.Errorf("metrics: %w", err)
 	}
-	return func() {
-		process.Unregister(v)
-		current.CompareAndSwap(v, nil)
-	}, nil
+	current.vm = v
+	return nil
 }

@@ -140,22 +140,35 @@ func TestLastEpochIsConsistent(t *testing.T) {
 	wg.Wait()
 }
 
-// TestRegisterOneVM: a process exports one VM at a time.
-func TestRegisterOneVM(t *testing.T) {
+// TestRegisterReplaces: the process exports one VM, the newest
+// registered, whose metrics stay after it stops.
+func TestRegisterReplaces(t *testing.T) {
 	a, b := NewVM(testSources()), NewVM(testSources())
-	unregister, err := Register(a)
+	a.Observe(epochRecord(1))
+	b.Observe(epochRecord(1))
+	b.Observe(epochRecord(2))
+	for _, v := range []*VM{a, b} {
+		if err := Register(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b's two epochs, not a's one, and not three.
+	if got := testutil.ToFloat64(b.committed); got != 2 {
+		t.Fatalf("b counted %v epochs", got)
+	}
+	mfs, err := Gatherer().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Register(b); err == nil {
-		t.Fatal("a second VM registered while the first is")
+	for _, mf := range mfs {
+		if mf.GetName() == "tandem_replication_epochs_total" {
+			if n := mf.GetMetric()[0].GetCounter().GetValue(); n != 2 {
+				t.Errorf("exported %v committed epochs, want the newest VM's 2", n)
+			}
+			return
+		}
 	}
-	unregister()
-	unregister2, err := Register(b)
-	if err != nil {
-		t.Fatalf("after the first unregistered: %v", err)
-	}
-	unregister2()
+	t.Error("no tandem_replication_epochs_total exported")
 }
 
 // TestFailover counts takeovers and their recovery times.
