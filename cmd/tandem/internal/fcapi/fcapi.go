@@ -298,8 +298,6 @@ func (s *Server) route(r *http.Request) (int, any, error) {
 			return s.patchNetworkInterface(r, m[2])
 		case m[1] == "drives" && method == http.MethodPatch:
 			return s.patchDrive(r, m[2])
-		case method == http.MethodPatch:
-			return 0, nil, badRequest("Tandem does not support PATCH %s: a %s cannot be changed after it is configured", path, strings.TrimSuffix(m[1], "s"))
 		}
 	}
 	for _, u := range unsupported {
