@@ -103,6 +103,22 @@ type DirtyParams struct {
 	// Count is, for the random pattern, the pages written per pass by the
 	// whole guest, split among the vCPUs like the region; 0 means Pages.
 	Count uint64
+	// Ring is the privilege level the dirty loop runs in: 0, or 3, where
+	// hosts without hardware virtualization run guest code at hardware
+	// speed rather than in KVM's instruction emulator. In ring 3 the
+	// guest builds page tables in the pages from the end of its image
+	// (UserTablePages of them), so the region starts above them.
+	Ring uint64
+	// Bytes is how much of each dirtied page the guest writes, from the
+	// page's start: a multiple of 8 up to 4096; 0 means 8 (one u64).
+	Bytes uint64
+}
+
+// UserTablePages is how many pages from the end of the image the dirty
+// guest's ring-3 page tables take in a VM with memBytes of RAM: a PML4, a
+// PDPT and one page directory per GiB.
+func UserTablePages(memBytes uint64) uint64 {
+	return 2 + (memBytes+1<<30-1)>>30
 }
 
 const (
@@ -115,9 +131,10 @@ const (
 
 // DefaultDirtyParams are the defaults for a VM with memBytes of RAM: the
 // sequential pattern over the region from the first 2 MiB boundary at or
-// after 4 MiB to the end of RAM, at full speed, forever, with seed 1.
+// after 4 MiB (and after the ring-3 page tables) to the end of RAM, at
+// full speed, forever, with seed 1, in ring 0, one u64 per page.
 func DefaultDirtyParams(memBytes uint64) DirtyParams {
-	first := defaultFirstPage()
+	first := defaultFirstPage(memBytes)
 	var pages uint64
 	if memPages := memBytes / pageSize; memPages > first {
 		pages = memPages - first
@@ -125,9 +142,9 @@ func DefaultDirtyParams(memBytes uint64) DirtyParams {
 	return DirtyParams{Pattern: PatternSequential, FirstPage: first, Pages: pages, Seed: 1}
 }
 
-func defaultFirstPage() uint64 {
+func defaultFirstPage(memBytes uint64) uint64 {
 	const twoMiB = 2 << 20
-	start := max(uint64(4<<20), dirtyImageEnd())
+	start := max(uint64(4<<20), dirtyImageEnd()+UserTablePages(memBytes)*pageSize)
 	return (start + twoMiB - 1) / twoMiB * twoMiB / pageSize
 }
 
@@ -138,7 +155,7 @@ func dirtyImageEnd() uint64 {
 }
 
 // ParseDirtyParams parses a "key=value,..." spec with the keys pattern,
-// first, pages, rate, passes, seed and count, starting from
+// first, pages, rate, passes, seed, count, ring and bytes, starting from
 // DefaultDirtyParams(memBytes). If first is given but pages is not, the
 // region runs to the end of RAM. The result is checked with Validate.
 func ParseDirtyParams(spec string, memBytes uint64, vcpus int) (DirtyParams, error) {
@@ -166,6 +183,10 @@ func ParseDirtyParams(spec string, memBytes uint64, vcpus int) (DirtyParams, err
 			return parseUint(&p.Seed, value)
 		case "count":
 			return parseUint(&p.Count, value)
+		case "ring":
+			return parseUint(&p.Ring, value)
+		case "bytes":
+			return parseUint(&p.Bytes, value)
 		}
 		return errUnknownKey
 	})
@@ -186,18 +207,28 @@ func ParseDirtyParams(spec string, memBytes uint64, vcpus int) (DirtyParams, err
 
 // Validate checks that p fits a VM with memBytes of RAM and vcpus vCPUs:
 // the region lies between the end of the guest image and the end of RAM
-// and gives every vCPU at least one page. The guest itself checks the
-// region too and exits with ExitBadArgs.
+// (and, in ring 3, its page tables) and the end of RAM and gives every
+// vCPU at least one page. The guest itself checks its arguments too and
+// exits with ExitBadArgs.
 func (p DirtyParams) Validate(memBytes uint64, vcpus int) error {
 	memPages := memBytes / pageSize
 	lowest := dirtyImageEnd() / pageSize
+	below := "the end of the guest image"
+	if p.Ring == 3 {
+		lowest += UserTablePages(memBytes)
+		below = "the end of the guest image and its ring-3 page tables"
+	}
 	switch {
+	case p.Ring != 0 && p.Ring != 3:
+		return fmt.Errorf("dirty args: ring=%d: want 0 or 3", p.Ring)
+	case p.Bytes%8 != 0 || p.Bytes > pageSize:
+		return fmt.Errorf("dirty args: bytes=%d: want a multiple of 8 up to %d", p.Bytes, pageSize)
 	case vcpus < 1 || vcpus > maxVCPUs:
 		return fmt.Errorf("dirty args: %d vCPUs, the guest supports 1 to %d", vcpus, maxVCPUs)
 	case p.Pattern < PatternSequential || p.Pattern > PatternScattered:
 		return fmt.Errorf("dirty args: pattern: unknown pattern %d", int(p.Pattern))
 	case p.FirstPage < lowest:
-		return fmt.Errorf("dirty args: first=%d: the region must start at or above page %d (the end of the guest image)", p.FirstPage, lowest)
+		return fmt.Errorf("dirty args: first=%d: the region must start at or above page %d (%s)", p.FirstPage, lowest, below)
 	case p.FirstPage >= memPages:
 		return fmt.Errorf("dirty args: first=%d: beyond the end of RAM (%d pages)", p.FirstPage, memPages)
 	case p.Pages == 0:
@@ -215,7 +246,7 @@ func (p DirtyParams) Validate(memBytes uint64, vcpus int) error {
 
 // Args returns the parameter page's args for p.
 func (p DirtyParams) Args() []uint64 {
-	return []uint64{uint64(p.Pattern), p.FirstPage, p.Pages, p.Rate, p.Passes, p.Seed, p.Count}
+	return []uint64{uint64(p.Pattern), p.FirstPage, p.Pages, p.Rate, p.Passes, p.Seed, p.Count, p.Ring, p.Bytes}
 }
 
 // xorshift64 is the guest's PRNG step.

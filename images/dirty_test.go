@@ -45,7 +45,7 @@ func TestParseDirtyParamsDefaults(t *testing.T) {
 	if p != DefaultDirtyParams(testMem) {
 		t.Fatalf("ParseDirtyParams(\"\") = %+v, DefaultDirtyParams = %+v", p, DefaultDirtyParams(testMem))
 	}
-	if got, want := p.Args(), []uint64{0, 1024, 15360, 0, 0, 1, 0}; !slices.Equal(got, want) {
+	if got, want := p.Args(), []uint64{0, 1024, 15360, 0, 0, 1, 0, 0, 0}; !slices.Equal(got, want) {
 		t.Fatalf("Args() = %v, want %v", got, want)
 	}
 }
@@ -57,6 +57,8 @@ func TestParseDirtyParams(t *testing.T) {
 		"pattern=seq,first=2048": {FirstPage: 2048, Pages: 16384 - 2048, Seed: 1},
 		"pattern=scattered,first=0x400,pages=0x10,seed=42": {
 			Pattern: PatternScattered, FirstPage: 1024, Pages: 16, Seed: 42},
+		"ring=3,bytes=4096": {FirstPage: 1024, Pages: 16384 - 1024, Seed: 1, Ring: 3, Bytes: 4096},
+		"ring=0,bytes=64":   {FirstPage: 1024, Pages: 16384 - 1024, Seed: 1, Bytes: 64},
 	} {
 		got, err := ParseDirtyParams(spec, testMem, 2)
 		if err != nil || got != want {
@@ -79,6 +81,22 @@ func TestParseDirtyParamsImageEnd(t *testing.T) {
 	if _, err := ParseDirtyParams(spec, testMem, 1); err == nil {
 		t.Errorf("ParseDirtyParams(%q) accepted a region overlapping the image", spec)
 	}
+	// In ring 3 the page tables follow the image: a PML4, a PDPT and one
+	// page directory per GiB (64 MiB: one).
+	if got := UserTablePages(testMem); got != 3 {
+		t.Errorf("UserTablePages(64 MiB) = %d, want 3", got)
+	}
+	if got := UserTablePages(3<<30 + 1); got != 6 {
+		t.Errorf("UserTablePages(3 GiB + 1) = %d, want 6", got)
+	}
+	spec = fmt.Sprintf("ring=3,first=%d", lowest+3)
+	if _, err := ParseDirtyParams(spec, testMem, 1); err != nil {
+		t.Errorf("ParseDirtyParams(%q): %v", spec, err)
+	}
+	spec = fmt.Sprintf("ring=3,first=%d", lowest+2)
+	if _, err := ParseDirtyParams(spec, testMem, 1); err == nil || !strings.Contains(err.Error(), "ring-3 page tables") {
+		t.Errorf("ParseDirtyParams(%q) = %v, want the region refused for overlapping the page tables", spec, err)
+	}
 }
 
 func TestParseDirtyParamsErrors(t *testing.T) {
@@ -99,6 +117,9 @@ func TestParseDirtyParamsErrors(t *testing.T) {
 		{"pages=15361", testMem, 1, "pages=15361: the region [1024, 16385) ends beyond RAM"},
 		{"first=16383,pages=1", testMem, 2, "pages=1: fewer pages than the 2 vCPUs"},
 		{"count=5", testMem, 1, "count=5: only the random pattern takes a count"},
+		{"ring=1", testMem, 1, "ring=1: want 0 or 3"},
+		{"bytes=12", testMem, 1, "bytes=12: want a multiple of 8 up to 4096"},
+		{"bytes=4104", testMem, 1, "bytes=4104: want a multiple of 8 up to 4096"},
 		{"", 4 << 20, 1, "first=1024: beyond the end of RAM"},
 		{"", testMem, 0, "0 vCPUs"},
 		{"", testMem, 33, "33 vCPUs"},

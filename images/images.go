@@ -25,8 +25,8 @@
 //
 // Exit statuses shared by the long64 guests: 0 success, ExitBadParamPage
 // if the parameter page's magic or version is wrong; dirty exits
-// ExitBadArgs on bad arguments; counter exits ExitExceptionBase + vector
-// on a CPU exception.
+// ExitBadArgs on bad arguments; counter and dirty exit ExitExceptionBase +
+// vector on a CPU exception.
 package images
 
 import (
@@ -63,7 +63,7 @@ const (
 	ExitOK            = 0
 	ExitBadParamPage  = 1    // the parameter page's magic or version is wrong
 	ExitBadArgs       = 2    // dirty: the arguments do not fit the VM
-	ExitExceptionBase = 0xE0 // counter: 0xE0 + vector of a CPU exception
+	ExitExceptionBase = 0xE0 // counter, dirty: 0xE0 + vector of a CPU exception
 )
 
 // Guest is one embedded test guest.
@@ -102,7 +102,7 @@ var guests = []Guest{
 		Name:    "dirty",
 		Mode:    boot.ModeLong64,
 		Image:   dirtyImage,
-		Summary: "dirties pages in a pattern (args: pattern, first, pages, rate, passes, seed, count)",
+		Summary: "dirties pages in a pattern (args: pattern, first, pages, rate, passes, seed, count, ring, bytes)",
 		Args: func(spec string, memBytes uint64, vcpus int) ([]uint64, error) {
 			p, err := ParseDirtyParams(spec, memBytes, vcpus)
 			if err != nil {

@@ -113,8 +113,8 @@ func TestCounterArgs(t *testing.T) {
 
 func TestDirtyGuestArgs(t *testing.T) {
 	g, _ := Lookup("dirty")
-	got, err := g.Args("pattern=scattered,pages=100,seed=9", 64<<20, 2)
-	want := []uint64{2, 1024, 100, 0, 0, 9, 0}
+	got, err := g.Args("pattern=scattered,pages=100,seed=9,ring=3,bytes=4096", 64<<20, 2)
+	want := []uint64{2, 1024, 100, 0, 0, 9, 0, 3, 4096}
 	if err != nil || !slices.Equal(got, want) {
 		t.Fatalf("Args = %v, %v; want %v", got, err, want)
 	}

@@ -24,57 +24,29 @@ static u64 counter;
 
 /* ---- interrupts ---------------------------------------------------- */
 
-/* A 64-bit IDT gate. */
-struct idt_gate {
-	u16 offset_low;
-	u16 selector;
-	u8 ist;
-	u8 type_attr;
-	u16 offset_mid;
-	u32 offset_high;
-	u32 reserved;
-};
-
-#define IDT_VECTORS 48       /* 32 exceptions + 16 PIC interrupts */
-#define KERNEL_CS 0x08       /* the VMM's 64-bit code segment */
-#define GATE_INTERRUPT 0x8E  /* present, DPL 0, 64-bit interrupt gate */
+#define IDT_VECTORS 48 /* 32 exceptions + 16 PIC interrupts */
+#define IRQ_VECTORS (IDT_VECTORS - EXCEPTION_VECTORS)
 
 static struct idt_gate idt[IDT_VECTORS];
-extern const u64 vector_table[IDT_VECTORS]; /* vectors.S */
+extern const u64 irq_vectors[IRQ_VECTORS]; /* vectors.S */
 
 static void load_idt(void)
 {
-	struct {
-		u16 limit;
-		u64 base;
-	} __attribute__((packed)) idtr;
-
-	for (int v = 0; v < IDT_VECTORS; v++) {
-		u64 handler = vector_table[v];
-
-		idt[v].offset_low = (u16)handler;
-		idt[v].selector = KERNEL_CS;
-		idt[v].ist = 0;
-		idt[v].type_attr = GATE_INTERRUPT;
-		idt[v].offset_mid = (u16)(handler >> 16);
-		idt[v].offset_high = (u32)(handler >> 32);
-		idt[v].reserved = 0;
-	}
-	idtr.limit = sizeof(idt) - 1;
-	idtr.base = (u64)idt;
-	__asm__ __volatile__("lidt %0" : : "m"(idtr) : "memory");
+	idt_set_exceptions(idt);
+	for (int i = 0; i < IRQ_VECTORS; i++)
+		idt_set(idt, EXCEPTION_VECTORS + i, irq_vectors[i]);
+	idt_load(idt, IDT_VECTORS);
 }
 
-/* Called from vectors.S for vectors 0-31. */
-void counter_exception(u64 vector, u64 rip) __attribute__((noreturn));
-void counter_exception(u64 vector, u64 rip)
+/* Called from lib/traps.S for vectors 0-31. */
+void guest_exception(u64 *frame)
 {
 	uart_puts("counter: exception ");
-	uart_put_dec(vector);
+	uart_put_dec(frame[TRAP_VECTOR]);
 	uart_puts(" rip ");
-	uart_put_hex(rip);
+	uart_put_hex(frame[TRAP_RIP]);
 	uart_putc('\n');
-	exit_vm(0xE0 + (u32)vector);
+	exit_vm(0xE0 + (u32)frame[TRAP_VECTOR]);
 }
 
 /*

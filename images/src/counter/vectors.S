@@ -1,71 +1,11 @@
 /*
- * vectors.S - the counter guest's interrupt and exception entry points.
+ * vectors.S - the counter guest's interrupt entry points.
  *
- * counter.c builds a 48-entry IDT from the two address tables at the end:
- * vectors 0-31 are CPU exceptions, 0x20-0x2F the remapped 8259 PICs
+ * counter.c builds a 48-entry IDT: vectors 0-31 are the CPU exceptions of
+ * lib/traps.S, 0x20-0x2F the remapped 8259 PICs from the table at the end
  * (IRQ 0-7 on the master at 0x20-0x27, IRQ 8-15 on the slave at 0x28-0x2F).
  */
 	.text
-
-/*
- * CPU exceptions. Some push an error code, some do not; the stubs even
- * this out so the common code always sees, from the top of the stack:
- * vector, error code, RIP, CS, RFLAGS, RSP, SS.
- */
-	.macro	EXC_NOERR n
-exc\n:
-	pushq	$0		/* no error code from the CPU: push a dummy */
-	pushq	$\n
-	jmp	exception_common
-	.endm
-
-	.macro	EXC_ERR n
-exc\n:
-	pushq	$\n		/* the CPU already pushed an error code */
-	jmp	exception_common
-	.endm
-
-	EXC_NOERR 0		/* #DE divide error */
-	EXC_NOERR 1		/* #DB debug */
-	EXC_NOERR 2		/* NMI */
-	EXC_NOERR 3		/* #BP breakpoint */
-	EXC_NOERR 4		/* #OF overflow */
-	EXC_NOERR 5		/* #BR bound range */
-	EXC_NOERR 6		/* #UD invalid opcode */
-	EXC_NOERR 7		/* #NM device not available */
-	EXC_ERR   8		/* #DF double fault */
-	EXC_NOERR 9		/* coprocessor segment overrun */
-	EXC_ERR   10		/* #TS invalid TSS */
-	EXC_ERR   11		/* #NP segment not present */
-	EXC_ERR   12		/* #SS stack fault */
-	EXC_ERR   13		/* #GP general protection */
-	EXC_ERR   14		/* #PF page fault */
-	EXC_NOERR 15		/* reserved */
-	EXC_NOERR 16		/* #MF x87 error */
-	EXC_ERR   17		/* #AC alignment check */
-	EXC_NOERR 18		/* #MC machine check */
-	EXC_NOERR 19		/* #XM SIMD error */
-	EXC_NOERR 20		/* #VE virtualization exception */
-	EXC_ERR   21		/* #CP control protection */
-	EXC_NOERR 22
-	EXC_NOERR 23
-	EXC_NOERR 24
-	EXC_NOERR 25
-	EXC_NOERR 26
-	EXC_NOERR 27
-	EXC_NOERR 28
-	EXC_ERR   29		/* #VC VMM communication */
-	EXC_ERR   30		/* #SX security exception */
-	EXC_NOERR 31
-
-exception_common:
-	movq	(%rsp), %rdi	/* vector */
-	movq	16(%rsp), %rsi	/* RIP of the faulting instruction */
-	andq	$-16, %rsp	/* align the stack for the C call */
-	call	counter_exception	/* prints and stops the VM; no return */
-1:	cli
-	hlt
-	jmp	1b
 
 /*
  * 8259 interrupts. The guest only unmasks IRQ 4 (COM1); the handler has
@@ -100,12 +40,8 @@ irq_spurious_slave:		/* 0x2F: IRQ 15, also the slave's spurious vector */
 
 	.section .rodata
 	.balign	8
-	.globl	vector_table
-vector_table:			/* handler address for vectors 0-47 */
-	.quad	exc0, exc1, exc2, exc3, exc4, exc5, exc6, exc7
-	.quad	exc8, exc9, exc10, exc11, exc12, exc13, exc14, exc15
-	.quad	exc16, exc17, exc18, exc19, exc20, exc21, exc22, exc23
-	.quad	exc24, exc25, exc26, exc27, exc28, exc29, exc30, exc31
+	.globl	irq_vectors
+irq_vectors:			/* handler address for vectors 0x20-0x2F */
 	.quad	irq_master, irq_master, irq_master, irq_master
 	.quad	irq_master, irq_master, irq_master, irq_spurious_master
 	.quad	irq_slave, irq_slave, irq_slave, irq_slave

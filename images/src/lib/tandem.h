@@ -30,6 +30,10 @@ struct boot_params {
 };
 
 #define STATUS_SLOT_BYTES 64
+
+/* vCPU i's boot stack: STACK_BYTES below STACK_TOP - i * STACK_BYTES. */
+#define STACK_TOP 0x80000UL
+#define STACK_BYTES 0x2000UL
 #define PAGE_SIZE 4096UL
 
 /* Keeps the compiler from moving memory accesses across this point. */
@@ -85,6 +89,40 @@ void uart_put_hex(u64 v);
 void exit_vm(u32 code) __attribute__((noreturn));
 void halt_forever(void) __attribute__((noreturn));
 void check_params(const struct boot_params *bp, u64 cpu, const char *guest);
+
+/* The VMM's 64-bit code segment, and the selector the IDT gates use. */
+#define KERNEL_CS 0x08
+
+/*
+ * lib/traps.S and lib/idt.c, for the guests that take exceptions: the
+ * stubs for vectors 0-31 call guest_exception with the frame indexed by
+ * TRAP_*, and idt_* build and load an IDT that points at them.
+ */
+#define EXCEPTION_VECTORS 32
+#define TRAP_VECTOR 0
+#define TRAP_ERROR 1
+#define TRAP_RIP 2
+#define TRAP_CS 3
+#define TRAP_RFLAGS 4
+#define TRAP_RSP 5
+#define TRAP_SS 6
+
+/* A 64-bit IDT gate. */
+struct idt_gate {
+	u16 offset_low;
+	u16 selector;
+	u8 ist;
+	u8 type_attr;
+	u16 offset_mid;
+	u32 offset_high;
+	u32 reserved;
+};
+
+extern const u64 exception_vectors[EXCEPTION_VECTORS];
+void idt_set(struct idt_gate *idt, int vector, u64 handler);
+void idt_set_exceptions(struct idt_gate *idt);
+void idt_load(const struct idt_gate *idt, int vectors);
+void guest_exception(u64 *frame) __attribute__((noreturn));
 
 /* Each guest defines this; lib/entry.S calls it on every vCPU. */
 void guest_main(const struct boot_params *bp, u64 cpu);
