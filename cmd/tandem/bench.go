@@ -34,7 +34,8 @@ func cmdBench(ctx context.Context, args []string) error {
 	patterns := fs.String("patterns", strings.Join(full.Patterns, ","), "dirty guest patterns; the first gets the whole matrix")
 	setups := fs.String("setups", strings.Join(full.Setups, ","), "setups to run: "+strings.Join(bench.SetupNames(), ", "))
 	sgMax := fs.Int("sg-max", full.SGMax, "scatter-gather regions per epoch")
-	rate := fs.Uint64("rate", 0, "dirty guest rate in pages/s (0: as fast as it runs)")
+	rate := fs.Uint64("rate", 0, "dirty guest rate in pages/s (0: as fast as it runs; default with --smoke: "+strconv.FormatUint(bench.DefaultConfig(bench.PresetSmoke).Rate, 10)+")")
+	ring := fs.Uint64("ring", full.Ring, "privilege level of the dirty guest's loop: 3 (hardware speed even where KVM emulates ring 0) or 0 (default with --traffic: 0)")
 	writeBW := fs.Float64("write-bw", 0, "DRAM write bandwidth in bytes/s for the write-latency model (0: measure it)")
 	linux := fs.Bool("linux", false, "instead of the matrix, time the PUTs of a replicated Linux guest's client without --ha and at each --epochs (default 10ms,25ms,50ms); needs root, builds or reuses the guest")
 	puts := fs.Int("puts", 100, "with --linux: PUTs timed per configuration")
@@ -159,7 +160,10 @@ func cmdBench(ctx context.Context, args []string) error {
 	}
 	cfg.SGMax, cfg.WriteBW = *sgMax, *writeBW
 	if set["rate"] {
-		cfg.Rate = *rate // a preset may have one (--traffic --smoke)
+		cfg.Rate = *rate // a preset may have one (--smoke)
+	}
+	if set["ring"] {
+		cfg.Ring = *ring // the traffic part defaults to 0
 	}
 	if err := cfg.Validate(); err != nil {
 		return usagef("%v", err)
@@ -244,5 +248,5 @@ func factorList(fs []float64) string {
 // trafficFlags are the flags --traffic takes.
 var trafficFlags = map[string]bool{
 	"traffic": true, "quick": true, "smoke": true, "out": true, "mem": true, "epochs": true, "duration": true,
-	"warmup": true, "link-rate": true, "rate": true, "recording": true, "insecure-plaintext": true, "linux-workload": true,
+	"warmup": true, "link-rate": true, "rate": true, "ring": true, "recording": true, "insecure-plaintext": true, "linux-workload": true,
 }

@@ -32,7 +32,7 @@ func (b *bencher) runHarvest(ctx context.Context, tracking vmm.DirtyTracking, me
 		return []RawHarvest{{Tracking: tracking.String(), MemBytes: memBytes, Target: k, Error: err.Error()}}
 	}
 	params := images.DefaultDirtyParams(memBytes)
-	params.Pattern, params.Pages = images.PatternSequential, k
+	params.Pattern, params.Pages, params.Ring = images.PatternSequential, k, b.cfg.Ring
 	if err := params.Validate(memBytes, guestVCPUs); err != nil {
 		return fail(err)
 	}

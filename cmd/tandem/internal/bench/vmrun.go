@@ -164,7 +164,7 @@ func (b *bencher) dirtyVM(mem uint64, pattern string, rate uint64, tracking vmm.
 	if err != nil {
 		return nil, err
 	}
-	params.Pattern, params.Rate = pat, rate
+	params.Pattern, params.Rate, params.Ring = pat, rate, b.cfg.Ring
 	if err := params.Validate(mem, guestVCPUs); err != nil {
 		return nil, err
 	}
