@@ -43,6 +43,7 @@ func cmdBench(ctx context.Context, args []string) error {
 	traffic := fs.Bool("traffic", false, "instead of the matrix, compare the techniques of traffic reduction: record each dirty guest pattern's epochs, replay them through every technique, run the random and scattered patterns live with the main ones; takes --quick, --smoke, --out, --mem and --epochs (one each), --duration, --warmup, --link-rate, --rate, --recording")
 	linuxWork := fs.Int("linux-workload", 0, "with --traffic: first record this many seconds of the Linux test guest's memory-writing workload (text, records, zeroed buffers, code copies) replicated on loopback, and add it as the workload \"linux\"; builds or reuses the guest")
 	recordings := fs.String("recording", "", "with --traffic: further workloads to replay, NAME=FILE,... (epoch recordings, as replicate.EpochRecorder writes them, e.g. of a Linux guest)")
+	peer := fs.String("peer", "", "instead of the matrix, compare with another VMM moving the same guest memory over loopback: qemu (QEMU's precopy migration, 1 channel and multifd, against Tandem's initial full copy and recovery over as many links; --mem one size, default 512M); takes --quick, --smoke, --out, --mem and --insecure-plaintext")
 	plaintext := fs.Bool("insecure-plaintext", false, "carry the bench's replication connections unencrypted (still authenticated, with a key made for the run); default: encrypted, as tandem run --ha")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -97,6 +98,19 @@ func cmdBench(ctx context.Context, args []string) error {
 			if !trafficFlags[name] {
 				return usagef("--traffic takes --quick, --smoke, --out, --mem, --epochs, --duration, --warmup, --link-rate, --rate, --recording, --linux-workload and --insecure-plaintext only (--%s)", name)
 			}
+		}
+	}
+	if set["peer"] {
+		if *peer != "qemu" {
+			return usagef("--peer %q: the peer Tandem compares with is qemu", *peer)
+		}
+		for name := range set {
+			if !peerFlags[name] {
+				return usagef("--peer takes --quick, --smoke, --out, --mem and --insecure-plaintext only (--%s)", name)
+			}
+		}
+		if *persistFlag || *traffic || *linux {
+			return usagef("--peer excludes --persist, --traffic and --linux")
 		}
 	}
 	preset := bench.PresetFull
@@ -185,7 +199,10 @@ func cmdBench(ctx context.Context, args []string) error {
 			return usagef("%v", err)
 		}
 	}
-	opt := bench.Options{Version: version(), Out: os.Stdout, Plots: benchPlotter(cfg.Out)}
+	opt := bench.Options{Version: version(), Out: os.Stdout}
+	if !set["peer"] {
+		opt.Plots = benchPlotter(cfg.Out) // the peer comparison draws none
+	}
 	if *plaintext {
 		// The bench's connections join its own in-process replicas and
 		// primaries: a key made for the run serves them; no key file.
@@ -196,6 +213,20 @@ func cmdBench(ctx context.Context, args []string) error {
 		if opt.Auth, err = auth.NewCredentials(k, auth.Plaintext); err != nil {
 			return err
 		}
+	}
+	if set["peer"] {
+		pcfg := bench.DefaultPeerConfig(preset)
+		if set["out"] {
+			pcfg.Out = *out
+		}
+		if set["mem"] {
+			if len(cfg.Mems) != 1 {
+				return usagef("--peer moves one --mem size, not %d", len(cfg.Mems))
+			}
+			pcfg.MemBytes = cfg.Mems[0]
+		}
+		_, err := bench.RunPeer(ctx, pcfg, opt)
+		return err
 	}
 	if *traffic {
 		if *linuxWork > 0 {
@@ -244,6 +275,9 @@ func factorList(fs []float64) string {
 	}
 	return strings.Join(s, ",")
 }
+
+// peerFlags are the flags --peer takes.
+var peerFlags = map[string]bool{"peer": true, "quick": true, "smoke": true, "out": true, "mem": true, "insecure-plaintext": true}
 
 // trafficFlags are the flags --traffic takes.
 var trafficFlags = map[string]bool{

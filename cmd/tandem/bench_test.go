@@ -30,6 +30,11 @@ func TestBenchFlags(t *testing.T) {
 		{"bench", "--persist", "--traffic"},
 		{"bench", "--persist", "--linux"},
 		{"bench", "--persist", "--factors", "0.5"},
+		{"bench", "--peer", "firecracker"},
+		{"bench", "--peer", "qemu", "--factors", "2"},
+		{"bench", "--peer", "qemu", "--traffic"},
+		{"bench", "--peer", "qemu", "--mem", "64M,128M"},
+		{"bench", "--ring", "1"},
 	} {
 		_, stderr, status := runTandem(t, args...)
 		if status != exitUsage {
@@ -165,6 +170,59 @@ func TestBenchSmoke(t *testing.T) {
 		t.Error("--analyze wrote different results from the same raw data")
 	}
 	checkAnalyzeWithoutPlotter(t, dir, b)
+}
+
+// TestBenchPeerSmoke runs tandem bench --peer qemu at its smallest (64
+// MiB, one repetition): QEMU's migration with one channel and with
+// multifd(4), Tandem's full copy and recovery over 1 and 4 links, in both
+// connection modes; every move succeeds, QEMU sends at least the memory
+// (no zero page skipped), every recovered image is checked, and the report
+// has a row per stream count. It needs Debian's qemu-system-x86, which
+// .ci/run installs (TANDEM_REQUIRE_QEMU=1 there).
+func TestBenchPeerSmoke(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		if os.Getenv("TANDEM_REQUIRE_QEMU") == "1" {
+			t.Fatal(err)
+		}
+		t.Skip("no qemu-system-x86_64 (apt-get install --no-install-recommends qemu-system-x86)")
+	}
+	dir := t.TempDir()
+	out, _ := runBench(t, "--peer", "qemu", "--smoke", "--out", dir)
+	for _, want := range []string{"qemu precopy, 1 channel(s)", "qemu multifd(4), 4 channel(s)", "tandem plaintext, 4 link(s): full copy"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "peer.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res bench.PeerResults
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Runs) != 10 {
+		t.Errorf("%d runs, want 10 (per stream count: QEMU, and full copy and recovery in two modes)", len(res.Runs))
+	}
+	for _, r := range res.Runs {
+		switch {
+		case r.Error != "" || r.Took <= 0:
+			t.Errorf("%+v", r)
+		case r.System == "qemu" && r.Bytes < res.Mem:
+			t.Errorf("QEMU sent %d bytes of a %d-byte memory: pages were skipped", r.Bytes, res.Mem)
+		case r.What == "recovery" && !r.Verified:
+			t.Errorf("recovery not verified: %+v", r)
+		}
+	}
+	md, err := os.ReadFile(filepath.Join(dir, "peer.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| 1 | ", "| 4 | ", "QEMU emulator version"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("peer.md lacks %q:\n%s", want, md)
+		}
+	}
 }
 
 // checkAnalyzeWithoutPlotter runs tandem bench --analyze on dir with no
