@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -49,7 +48,7 @@ func (m *apiMachine) HAStatus() (fcapi.HAReplication, error) {
 		return fcapi.HAReplication{}, err
 	}
 	if len(st.Replication) == 0 {
-		return fcapi.HAReplication{}, errors.New("the run reports no replication: it runs unprotected")
+		return fcapi.HAReplication{}, fmt.Errorf("the run reports none: %w", fcapi.ErrNotReplicating)
 	}
 	var rs replicate.Status
 	if err := json.Unmarshal(st.Replication, &rs); err != nil {

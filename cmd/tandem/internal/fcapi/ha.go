@@ -1,6 +1,7 @@
 package fcapi
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -116,9 +117,15 @@ type HAPause struct {
 // HAReporter is a Machine that reports its replication: GET /ha of a
 // started, replicated microVM is refused for a Machine that is not one.
 type HAReporter interface {
-	// HAStatus is the running microVM's replication now.
+	// HAStatus is the running microVM's replication now, or
+	// ErrNotReplicating while it runs without (before its initial copy
+	// has reached the replicas, or after replication stopped).
 	HAStatus() (HAReplication, error)
 }
+
+// ErrNotReplicating is an HAReporter's answer for a microVM configured for
+// HA whose replication is not running now: GET /ha shows it unprotected.
+var ErrNotReplicating = errors.New("the microVM runs without replication now")
 
 func (s *Server) ha(r *http.Request) (int, any, error) {
 	switch r.Method {
@@ -228,7 +235,10 @@ func (s *Server) getHA() (int, any, error) {
 		return 0, nil, badRequest("this microVM does not report its replication")
 	}
 	st, err := rep.HAStatus()
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrNotReplicating):
+		st = HAReplication{Policy: cfg.Policy}
+	case err != nil:
 		return 0, nil, fmt.Errorf("reading the replication status: %w", err)
 	}
 	if st.Links == nil {

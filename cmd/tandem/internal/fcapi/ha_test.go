@@ -3,6 +3,7 @@ package fcapi
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -108,6 +109,9 @@ func TestHA(t *testing.T) {
 	}
 	m.fail = errors.New("control socket gone")
 	run(t, s, []step{{"GET", "/ha", "", 500, "control socket gone"}})
+	// Configured for HA but replicating nothing now: unprotected, not an error.
+	m.fail = fmt.Errorf("the run reports none: %w", ErrNotReplicating)
+	run(t, s, []step{{"GET", "/ha", "", 200, `"generation":0,"committed_epoch":0,"leader":"","leader_connected":false,"policy":"fast","protected":false,"degraded":false,"links":[]`}})
 }
 
 // TestHAStatusNeedsReporter: a replicated microVM whose Machine does not
