@@ -35,6 +35,7 @@ func cmdAPI(ctx context.Context, args []string) error {
 	id := fs.String("id", "anonymous-instance", "the microVM's id, as GET / reports it")
 	configFile := fs.String("config-file", "", "configure the microVM as this JSON file (Firecracker's --config-file) says and start it")
 	noAPI := fs.Bool("no-api", false, "serve no API: run the microVM of --config-file (Firecracker's flag; the default without --api-sock)")
+	metricsAddr := fs.String("metrics-addr", "", metricsFlagUsage+" (the API socket serves them too, at GET /metrics)")
 	logf := addLogFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -50,6 +51,11 @@ func cmdAPI(ctx context.Context, args []string) error {
 		return usagef("--no-api and --api-sock exclude each other")
 	case *sock == "" && *configFile == "":
 		return usagef("--api-sock PATH is required, or --config-file FILE to run a microVM without the API")
+	}
+	if *metricsAddr != "" {
+		if err := serveMetrics(ctx, *metricsAddr, log); err != nil {
+			return err
+		}
 	}
 	work, err := os.MkdirTemp("", "tandem-api-")
 	if err != nil {

@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -88,10 +90,10 @@ func haltingKernel(t *testing.T) string {
 
 // startAPIProcess runs tandem --api-sock in dir and returns it and a
 // client, once the socket answers.
-func startAPIProcess(t *testing.T, dir string) (*process, *apiClient) {
+func startAPIProcess(t *testing.T, dir string, flags ...string) (*process, *apiClient) {
 	t.Helper()
 	sock := filepath.Join(dir, "api.socket")
-	p := startCommand(t, tandemBin, "--api-sock", sock)
+	p := startCommand(t, tandemBin, append([]string{"--api-sock", sock}, flags...)...)
 	pollFor(t, "the API socket", 30*time.Second, func() bool {
 		c, err := net.Dial("unix", sock)
 		if err == nil {
@@ -233,12 +235,27 @@ func TestAPIHA(t *testing.T) {
 	dir := t.TempDir()
 	root := diskImage(t, filepath.Join(dir, "root.img"), 1<<20, 0)
 	n := startHANodes(t, diskImage(t, filepath.Join(dir, "leader-root.img"), 1<<20, 0))
-	p, api := startAPIProcess(t, dir)
+	ports, err := freePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, api := startAPIProcess(t, dir, "--metrics-addr", ports[0])
 	api.do("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path": %q, "boot_args": "console=ttyS0"}`, haltingKernel(t)), 204)
 	api.do("PUT", "/drives/rootfs", fmt.Sprintf(`{"drive_id": "rootfs", "path_on_host": %q, "is_root_device": true}`, root), 204)
 	configureHA(t, api, n)
 	api.do("PUT", "/actions", `{"action_type": "InstanceStart"}`, 204)
 	checkProtected(t, api, n, false)
+	// --metrics-addr serves what GET /metrics on the socket does: the
+	// microVM's replication.
+	resp, err := http.Get("http://" + ports[0] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scrape, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(scrape), "tandem_replication_committed_epoch") {
+		t.Errorf("--metrics-addr of tandem --api-sock serves no replication metrics:\n%s", scrape)
+	}
 	api.do("PUT", "/ha", fmt.Sprintf(`{"replicas": [%q], "leader": %q, "auth_key_path": %q}`, n.replica, n.leader, n.key), 400)
 	other := diskImage(t, filepath.Join(dir, "other.img"), 2<<20, 0)
 	if got := api.do("PATCH", "/drives/rootfs", fmt.Sprintf(`{"drive_id": "rootfs", "path_on_host": %q}`, other), 400); !strings.Contains(got, "replicated VM") {

@@ -110,7 +110,7 @@ func mainStatus(args []string) int {
 // startedAsFirecracker says whether the first argument is one of the
 // flags Firecracker is started with, which cmdAPI takes.
 func startedAsFirecracker(arg string) bool {
-	for _, flag := range []string{"--api-sock", "--id", "--config-file", "--no-api", "--log-"} {
+	for _, flag := range []string{"--api-sock", "--id", "--config-file", "--no-api", "--log-", "--metrics-addr"} {
 		if strings.HasPrefix(arg, flag) {
 			return true
 		}
