@@ -31,7 +31,7 @@ func cmdBench(ctx context.Context, args []string) error {
 	duration := fs.Duration("duration", full.Duration, "measured time of each guest run (default with --quick: "+bench.DefaultConfig(bench.PresetQuick).Duration.String()+")")
 	warmup := fs.Duration("warmup", full.Warmup, "time each guest runs, after the initial copy, before measuring")
 	factors := fs.String("factors", "1,2,20", "write-latency factors to emulate (seed 003 Table I: 1 DRAM, 2 ST-MRAM, 20 3D XPoint)")
-	patterns := fs.String("patterns", strings.Join(full.Patterns, ","), "dirty guest patterns; the first gets the whole matrix")
+	patterns := fs.String("patterns", strings.Join(full.Patterns, ","), "dirty guest patterns (scattered, sequential, random), or linux: the Linux test guest's memory-writing workload, booted once and restored for every run; the first gets the whole matrix")
 	setups := fs.String("setups", strings.Join(full.Setups, ","), "setups to run: "+strings.Join(bench.SetupNames(), ", "))
 	sgMax := fs.Int("sg-max", full.SGMax, "scatter-gather regions per epoch")
 	rate := fs.Uint64("rate", 0, "dirty guest rate in pages/s (0: as fast as it runs; default with --smoke: "+strconv.FormatUint(bench.DefaultConfig(bench.PresetSmoke).Rate, 10)+")")

@@ -47,8 +47,10 @@
 // into text written as a log, records (counters, timestamps, names and
 // pointers) updated in place, buffers zero-filled and partly refilled,
 // and copies of the init's own code, copied around. It prints
-// "tandem-init: work <seconds>" every second, and stops like the loop
-// ("stop" on /dev/hvc0) with "tandem-init: work stopped".
+// "tandem-init: work <seconds> <iterations>" every second (an iteration:
+// 40 records, 2 KiB of log, every 8th a buffer, every 16th a code copy,
+// then a 1 ms sleep), and stops like the loop ("stop" on /dev/hvc0) with
+// "tandem-init: work stopped".
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -644,7 +646,7 @@ static void work_loop(int mib) {
 		nanosleep(&nap, NULL);
 		if (now.tv_sec - t0.tv_sec > said) {
 			said = now.tv_sec - t0.tv_sec;
-			say("work %lld", said);
+			say("work %lld %llu", said, it);
 			if (stop_asked(hvc)) {
 				say("work stopped");
 				return;

@@ -94,14 +94,14 @@ type RunResult struct {
 	// ms (see the report), computed from dirty pages; BoundSent from the
 	// pages grouping actually sends. Efficiency = sum(bound) / sum(pause);
 	// OverBound is its inverse, measured / bound.
-	Bound      Stat             `json:"bound_ms"`
-	BoundSent  Stat             `json:"bound_sent_ms"`
-	Efficiency float64          `json:"efficiency"`
-	OverBound  float64          `json:"measured_over_bound"`
+	Bound      Stat    `json:"bound_ms"`
+	BoundSent  Stat    `json:"bound_sent_ms"`
+	Efficiency float64 `json:"efficiency"`
+	OverBound  float64 `json:"measured_over_bound"`
 	// OverModel is measured / (bound + harvest): issue 15's model of a
 	// pause, the data movement plus the measured harvest, which includes
 	// stopping the vCPUs and capturing their state. The target is 1.1.
-	OverModel float64 `json:"measured_over_model"`
+	OverModel  float64          `json:"measured_over_model"`
 	StateBytes float64          `json:"state_bytes"`
 	Timeline   []ProgressSample `json:"timeline,omitempty"` // pages/s per interval
 	// Durable is, with local persistence, how long each epoch took to be

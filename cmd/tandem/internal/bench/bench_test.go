@@ -135,9 +135,10 @@ func TestMatrix(t *testing.T) {
 		runs int
 	}{
 		// per memory size: 4 baselines + 4 setups x 3 epochs x 3 factors
-		// for the first pattern, 1 baseline + 4 setups for each other.
-		{PresetFull, 2 * (4 + 36 + 2*5)},
-		{PresetQuick, 4 + 36 + 2*5},
+		// for the first pattern, 1 baseline + 4 setups for each other
+		// (two more of the dirty guest, and linux).
+		{PresetFull, 2 * (4 + 36 + 3*5)},
+		{PresetQuick, 4 + 36 + 3*5},
 		{PresetSmoke, 2 + 4},
 	} {
 		cfg := DefaultConfig(c.p)
@@ -164,7 +165,7 @@ func TestMatrix(t *testing.T) {
 	}
 	cfg := DefaultConfig(PresetQuick)
 	cfg.Setups = []string{"fast4"}
-	if m := cfg.Matrix(); len(m) != 9+2 || slices.ContainsFunc(m, func(r RunSpec) bool { return r.Setup != "fast4" }) {
+	if m := cfg.Matrix(); len(m) != 9+3 || slices.ContainsFunc(m, func(r RunSpec) bool { return r.Setup != "fast4" }) {
 		t.Errorf("--setups fast4: %d runs", len(m))
 	}
 	// tandem bench --persist: persistence alone is a protected setup with

@@ -34,7 +34,7 @@ type Config struct {
 	Duration time.Duration   // measured time of each replication run
 	Warmup   time.Duration   // run time before measuring starts
 	Factors  []float64       // write-latency factors (seed 003 Table I)
-	Patterns []string        // dirty guest patterns; the first gets the whole matrix
+	Patterns []string        // dirty guest patterns, or "linux" (linuxwork.go); the first gets the whole matrix
 	Setups   []string        // replication setups to run (names of Setups)
 	SGMax    int             // scatter-gather regions per epoch
 	Rate     uint64          // dirty guest rate, pages/s; 0 = as fast as it can
@@ -73,7 +73,7 @@ func DefaultConfig(p Preset) Config {
 		Duration:      10 * time.Second,
 		Warmup:        time.Second,
 		Factors:       []float64{1, 2, 20},
-		Patterns:      []string{"scattered", "sequential", "random"},
+		Patterns:      []string{"scattered", "sequential", "random", linuxPattern},
 		Setups:        slices.Clone(DefaultSetups),
 		SGMax:         32,
 		RecoveryReps:  3,
@@ -145,8 +145,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, p := range c.Patterns {
-		if p != "scattered" && p != "sequential" && p != "random" {
-			return fmt.Errorf("pattern %q: want scattered, sequential or random", p)
+		if p != "scattered" && p != "sequential" && p != "random" && p != linuxPattern {
+			return fmt.Errorf("pattern %q: want scattered, sequential, random or linux", p)
 		}
 	}
 	for _, s := range c.Setups {

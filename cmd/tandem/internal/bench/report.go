@@ -143,8 +143,8 @@ func Markdown(res *Results, plots Plots) string {
 	// Table III.
 	w("## Seed 003 Table III, side by side\n\n")
 	if len(res.TableIII) > 0 {
-		w("Seed 003: kernel compile on a 512 MiB, 2-vCPU guest, 100 ms epochs, 10 Gbit/s RoCE links. Measured: the `%s` dirty guest, %d MiB, %.0f ms epochs, %s links. Time %% is relative to no replication (seed 003: native qemu; measured: progress of the baseline ÷ progress). Pause is seed 003's average downtime and the measured mean pause per epoch. Rank: by time among the replicated setups, 1 = least slowdown.\n\n",
-			cfg.Patterns[0], cfg.Mems[0]>>20, res.TableIII[0].Epoch, FormatRate(cfg.LinkRate))
+		w("Seed 003: kernel compile on a 512 MiB, 2-vCPU guest, 100 ms epochs, 10 Gbit/s RoCE links. Measured: %s, %d MiB, %.0f ms epochs, %s links. Time %% is relative to no replication (seed 003: native qemu; measured: progress of the baseline ÷ progress). Pause is seed 003's average downtime and the measured mean pause per epoch. Rank: by time among the replicated setups, 1 = least slowdown.\n\n",
+			workloadName(cfg.Patterns[0], cfg.Ring), cfg.Mems[0]>>20, res.TableIII[0].Epoch, FormatRate(cfg.LinkRate))
 		t := newTable(&b, "memory", "setup", "time % of none: seed 003", "measured", "time % of fast(4): seed 003", "measured", "pause ms: seed 003", "measured", "pause % of fast(4): seed 003", "measured", "rank: seed 003", "measured")
 		for _, r := range res.TableIII {
 			setup := r.Setup
@@ -175,7 +175,7 @@ func Markdown(res *Results, plots Plots) string {
 
 	// All runs.
 	w("## Slowdown and pause, every run\n\n")
-	w("Pauses in ms (mean / p50 / p99 / max of the total; then the mean of each step). For async, transfer and ack are in the background (shown in brackets). Bound and efficiency as defined above.\n\n")
+	w("Pauses in ms (mean / p50 / p99 / max of the total; then the mean of each step). For async, transfer and ack are in the background (shown in brackets). Bound and efficiency as defined above. The linux runs' progress is the Linux workload's iterations per second, not pages.\n\n")
 	t = newTable(&b, "run", "pages/s", "progress ratio", "epochs", "period ms", "time paused", "pause mean", "p50", "p99", "max", "harvest", "group", "transfer", "ack", "bound", "bound (sent)", "measured/bound", "measured/model", "efficiency")
 	for _, r := range res.Runs {
 		name := runLabel(r)

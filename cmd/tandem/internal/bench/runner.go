@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,6 +31,9 @@ type bencher struct {
 	out   io.Writer // progress lines
 	plots DrawPlots
 	start time.Time
+	// linuxSnaps are the booted Linux workload's snapshots, by memory
+	// size (linuxwork.go).
+	linuxSnaps map[uint64]linuxSnap
 }
 
 func (b *bencher) progress(format string, args ...any) {
@@ -183,7 +187,7 @@ func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
 		}
 		rr, _ := analyzeRun(cfg.Out, &env, *raw)
 		left := time.Duration(len(matrix)-i-1) * perRun
-		line := fmt.Sprintf("run %d/%d %s: %.0f pages/s", i+1, len(matrix), spec.ID, rr.Progress)
+		line := fmt.Sprintf("run %d/%d %s: %.0f %s", i+1, len(matrix), spec.ID, rr.Progress, progressUnit(spec.Pattern))
 		if rr.Epochs > 0 {
 			line += fmt.Sprintf(", %d epochs, pause mean %.1f ms p99 %.1f ms, %.0f dirty / %.0f sent pages per epoch",
 				rr.Epochs, rr.Pause.Total.Mean, rr.Pause.Total.P99, rr.Dirty.Mean, rr.Transferred.Mean)
@@ -283,6 +287,9 @@ func (b *bencher) probeLinks() ([]float64, error) {
 
 func estimate(cfg Config) time.Duration {
 	d := time.Duration(len(cfg.Matrix())) * (cfg.Warmup + cfg.Duration + 700*time.Millisecond)
+	if slices.Contains(cfg.Patterns, linuxPattern) {
+		d += time.Duration(len(cfg.Mems)) * time.Minute // a boot per memory size, emulated on PVM hosts
+	}
 	if cfg.MatrixOnly {
 		return d + 10*time.Second
 	}

@@ -283,11 +283,32 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 	if setup.Protected() {
 		tracking = vmm.DirtyBitmap // what tandem run --ha and --persist use
 	}
-	vm, err := b.dirtyVM(spec.MemBytes, spec.Pattern, b.cfg.Rate, tracking)
+	// The console: the Linux workload reports its progress there, behind
+	// the output gate when the run is protected.
+	console := &workProgress{}
+	var gate *replicate.OutputGate
+	var serial io.Writer = console
+	if setup.Protected() {
+		gate = replicate.NewOutputGate(console, 16<<20)
+		defer gate.Close()
+		serial = gate
+	}
+	var vm *vmm.VM
+	var err error
+	if spec.Pattern == linuxPattern {
+		vm, err = b.linuxVM(ctx, spec.MemBytes, tracking, serial)
+	} else {
+		vm, err = b.dirtyVM(spec.MemBytes, spec.Pattern, b.cfg.Rate, tracking)
+	}
 	if err != nil {
 		return err
 	}
 	defer vm.Close()
+	mem := vm.Memory().Bytes()
+	progress := func() (uint64, bool) { return pagesWritten(mem) }
+	if spec.Pattern == linuxPattern {
+		progress = console.progress
+	}
 
 	var prot protection
 	if setup.Protected() {
@@ -302,8 +323,6 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 		if err != nil {
 			return err
 		}
-		gate := replicate.NewOutputGate(io.Discard, 16<<20)
-		defer gate.Close()
 		var epochs replicate.LocalPersister
 		if setup.Persist {
 			var remove func()
@@ -334,9 +353,8 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 		return err
 	}
 
-	mem := vm.Memory().Bytes()
 	sample := func() uint64 {
-		n, _ := pagesWritten(mem)
+		n, _ := progress()
 		raw.Samples = append(raw.Samples, ProgressSample{T: time.Since(raw.Start).Seconds(), Pages: n})
 		return n
 	}
@@ -367,7 +385,7 @@ func (b *bencher) runGuestErr(ctx context.Context, spec RunSpec, raw *RawRun) er
 			}
 			switch phase {
 			case 0:
-				_, started := pagesWritten(mem)
+				_, started := progress()
 				if started && (prot == nil || prot.Committed() >= 1) {
 					phase, windowStart = 1, now.Add(b.cfg.Warmup)
 				} else if now.After(deadline) {
