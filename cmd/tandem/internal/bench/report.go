@@ -228,7 +228,7 @@ func Markdown(res *Results, plots Plots) string {
 	w("\n")
 
 	w("## Dirty ring against dirty bitmap\n\n")
-	w("The dirty guest rewrites a working set of the given size; every %s+ the VM is paused and its dirty pages harvested exactly as the primary does (`vmm.ReplicationSource.HarvestDirty`: KVM's log or rings, re-arming, listing the pages). Ring: %d KiB per vCPU. On PVM the emulator pushes a ring entry per store, not per page (see the README), so the ring's cost follows the stores, not the dirty set; a harvest that finds a ring overflowed reports all of memory dirty (the *max* column shows it).\n\n", harvestInterval(0), harvestRingBytes>>10)
+	w("The dirty guest rewrites a working set of the given size; every %s+ the VM is paused and its dirty pages harvested exactly as the primary does (`vmm.ReplicationSource.HarvestDirty`: KVM's log or rings, re-arming, listing the pages). Ring: %d KiB per vCPU. The guest's loop runs in ring %d. On PVM hosts the emulator that runs guest ring 0 pushes a ring entry per store, not per page (see the README), so with the loop in ring 0 the ring's cost follows the stores, not the dirty set; in ring 3 the stores run on the hardware and reach the ring through write-protection faults, one entry per page. A harvest that finds a ring overflowed reports all of memory dirty (the *max* column shows it).\n\n", harvestInterval(0), harvestRingBytes>>10, cfg.Ring)
 	t = newTable(&b, "tracking", "memory", "working set", "dirty pages harvested: mean", "max", "harvest µs: mean", "p50", "p99", "max", "ns per dirty page")
 	for _, h := range res.Harvest {
 		if h.Error != "" && h.Dirty.N == 0 {
