@@ -381,7 +381,10 @@ func TestAPIDrive(t *testing.T) {
 	api.do("PATCH", "/vm", `{"state": "Paused"}`, 204)
 	api.do("PATCH", "/drives/rootfs", fmt.Sprintf(`{"drive_id": "rootfs", "path_on_host": %q}`, data), 204)
 	api.do("PATCH", "/vm", `{"state": "Resumed"}`, 204)
-	time.Sleep(200 * time.Millisecond)
+	// A run that survived the swaps pauses and resumes again: its vCPUs
+	// and control loop answer.
+	api.do("PATCH", "/vm", `{"state": "Paused"}`, 204)
+	api.do("PATCH", "/vm", `{"state": "Resumed"}`, 204)
 	if got := api.do("GET", "/", "", 200); !strings.Contains(got, `"state":"Running"`) || p.exited() {
 		t.Fatalf("after the swaps: %s, exited %v; stderr:\n%s", got, p.exited(), p.stderr.String())
 	}
