@@ -2,12 +2,14 @@ package replicate
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tandemvm/tandem/replicate/auth"
@@ -66,6 +68,8 @@ type tcpLink struct {
 	// element is what one more slice costs the link, measured by the
 	// probe when it connected (probe.go).
 	element time.Duration
+	// records is writeBuffers' scratch record, kept across epochs.
+	records []byte
 }
 
 // sendDeadliner is implemented by links whose sends can be bounded in
@@ -191,22 +195,22 @@ func (l *tcpLink) WriteSG(sg [][]byte) error {
 	epoch := l.epochOfMap()
 	// Data headers go to their own small buffer so the map slice above
 	// stays valid.
+	hdr := func(n int) []byte {
+		return appendHeader(nil, Header{Type: MsgData, VMID: l.c.vmID, Generation: l.c.gen, Epoch: epoch, Length: uint32(n)})
+	}
 	for len(sg) > 0 {
-		n := 0
-		var part [][]byte
-		for len(sg) > 0 && n+len(sg[0]) <= maxDataMessage {
-			n += len(sg[0])
-			part = append(part, sg[0])
-			sg = sg[1:]
+		n, k := 0, 0
+		for k < len(sg) && n+len(sg[k]) <= maxDataMessage {
+			n += len(sg[k])
+			k++
 		}
-		if len(part) == 0 { // one slice larger than a message: split it
-			part, sg[0] = [][]byte{sg[0][:maxDataMessage]}, sg[0][maxDataMessage:]
-			n = maxDataMessage
+		if k == 0 { // one slice larger than a message: split it
+			l.bufs = append(l.bufs, hdr(maxDataMessage), sg[0][:maxDataMessage])
+			sg[0] = sg[0][maxDataMessage:]
+			continue
 		}
-		l.bufs = append(l.bufs, appendHeader(nil, Header{Type: MsgData, VMID: l.c.vmID, Generation: l.c.gen, Epoch: epoch, Length: uint32(n)}))
-		for _, p := range part {
-			l.bufs = append(l.bufs, p)
-		}
+		l.bufs = append(append(l.bufs, hdr(n)), sg[:k]...)
+		sg = sg[k:]
 	}
 	return nil
 }
@@ -255,8 +259,7 @@ func (l *tcpLink) send(epoch uint64) error {
 		l.deadline = time.Time{}
 	}
 	if l.chunk == 0 {
-		_, err := bufs.WriteTo(l.c.c)
-		return err
+		return writeBuffers(l.c.c, bufs, &l.records)
 	}
 	for _, b := range bufs {
 		for len(b) > 0 {
@@ -269,6 +272,79 @@ func (l *tcpLink) send(epoch uint64) error {
 		}
 	}
 	return nil
+}
+
+// tlsRecord is the most plaintext one TLS record carries: crypto/tls
+// seals a record, and makes a write, for every Write call or every
+// tlsRecord bytes of it.
+const tlsRecord = 16 << 10
+
+// writeBuffers writes bufs to c. A plain TCP connection takes them as they
+// are, in one writev. On an encrypted one they are gathered into whole
+// records first: a slice of less than a record (a header, the pages of a
+// short region, the ends of a long one) is copied into scratch with its
+// neighbours instead of costing a record, its seal and a write of its
+// own, and the whole records of a longer slice go straight from its
+// memory. TCP_CORK meanwhile holds the socket's segments back until they
+// are full, not one per record. scratch is reused across calls.
+func writeBuffers(c net.Conn, bufs net.Buffers, scratch *[]byte) error {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		_, err := bufs.WriteTo(c)
+		return err
+	}
+	setCork(tc.NetConn(), true)
+	defer setCork(tc.NetConn(), false) // sends what the cork held
+	rec := (*scratch)[:0]
+	if cap(rec) < tlsRecord {
+		rec = make([]byte, 0, tlsRecord)
+	}
+	defer func() { *scratch = rec[:0] }()
+	for _, b := range bufs {
+		for len(b) > 0 {
+			if len(rec) == 0 && len(b) >= tlsRecord {
+				n := len(b) - len(b)%tlsRecord
+				if _, err := tc.Write(b[:n]); err != nil {
+					return err
+				}
+				b = b[n:]
+				continue
+			}
+			n := min(tlsRecord-len(rec), len(b))
+			rec, b = append(rec, b[:n]...), b[n:]
+			if len(rec) == tlsRecord {
+				if _, err := tc.Write(rec); err != nil {
+					return err
+				}
+				rec = rec[:0]
+			}
+		}
+	}
+	if len(rec) > 0 {
+		if _, err := tc.Write(rec); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setCork sets or clears TCP_CORK on c, if it is a TCP connection. It is
+// only an optimisation: a socket that refuses it sends the same bytes in
+// more segments, so errors are ignored.
+func setCork(c net.Conn, on bool) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return
+	}
+	v := 0
+	if on {
+		v = 1
+	}
+	rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_CORK, v) })
 }
 
 // WriteCommit sends a commit, bounded by commitSendTimeout: a replica

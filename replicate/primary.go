@@ -286,6 +286,9 @@ type Primary struct {
 	pages   []uint64
 	regions []Region
 	perLink [][]Region
+	// sgs holds each link's slices of the epoch in transfer, kept
+	// across epochs.
+	sgs     [][][]byte
 	staging []byte
 	// red reduces the links' traffic (nil: raw data); sent is what each
 	// link that completed the epoch carried, which its cache learns once
@@ -1039,7 +1042,8 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 	}
 	p.perLink = p.assigner.Assign(p.perLink, regions)
 	rec.LinkBytes = make([]uint64, len(p.links))
-	sgs := make([][][]byte, len(alive))
+	p.sgs = slices.Grow(p.sgs[:0], len(alive))[:len(alive)]
+	sgs := p.sgs
 	exts := make([][]Region, len(alive))
 	for slot, li := range alive {
 		l := p.links[li]
@@ -1048,10 +1052,11 @@ func (p *Primary) transfer(ctx context.Context, e uint64, regions []Region, catc
 			ext = unionRegions(ext, []Region{s})
 		}
 		exts[slot] = ext
-		sgs[slot] = make([][]byte, len(ext))
-		for i, x := range ext {
-			sgs[slot][i] = src(x)
-			rec.LinkBytes[l.index] += uint64(len(sgs[slot][i]))
+		sgs[slot] = sgs[slot][:0]
+		for _, x := range ext {
+			b := src(x)
+			sgs[slot] = append(sgs[slot], b)
+			rec.LinkBytes[l.index] += uint64(len(b))
 		}
 	}
 	// Every deadline is set before anything is sent: a link's sends and

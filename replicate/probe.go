@@ -14,10 +14,11 @@ import (
 // each until the replica's answer. The replica discards the payload and
 // answers with an empty MsgProbe of the same epoch. The least time of each
 // shape over the rounds, their difference spread over the extra slices, is
-// the element cost the link states (elementCoster): writev's per-iovec
-// work on a plain connection, a record and a write per slice on an
-// encrypted one. A probe after the link's first map, or one larger than
-// probeBytes, is a protocol error.
+// the element cost the link states (elementCoster). The probe writes as
+// an epoch's sends do (writeBuffers), so the cost is writev's per-iovec
+// work on a plain connection, and on an encrypted one the copy of a short
+// slice into a record shared with its neighbours. A probe after the
+// link's first map, or one larger than probeBytes, is a protocol error.
 const (
 	probeBytes  = 64 << 10
 	probeSlices = 1024 // one writev: IOV_MAX
@@ -49,7 +50,7 @@ func (l *tcpLink) probe(deadline time.Time) error {
 				}
 			}
 			start := time.Now()
-			if _, err := bufs.WriteTo(l.c.c); err != nil {
+			if err := writeBuffers(l.c.c, bufs, &l.records); err != nil {
 				return l.c.errorf("link %d: probe: %w", l.index, err)
 			}
 			h, err := l.c.readHeader()
