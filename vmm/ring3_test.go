@@ -56,18 +56,7 @@ func TestDirtyGuestRing3(t *testing.T) {
 					t.Fatal(err)
 				}
 				setupFirst, setupEnd := ring3Setup(ram)
-				var high []uint64
-				stacks := stackPages(vcpus)
-				for _, pg := range got.AppendPages(nil) {
-					switch {
-					case pg >= setupFirst && pg < setupEnd:
-					case pg >= boot.FlatLoadAddr/PageSize:
-						high = append(high, pg)
-					case pg == boot.StatusPageGPA/PageSize || stacks[pg]:
-					default:
-						t.Errorf("page %#x dirtied, outside the status page and the stacks", pg)
-					}
-				}
+				high := pagesAbove1MiB(t, got, vcpus, setupFirst, setupEnd)
 				if !equalPages(high, want) {
 					t.Errorf("dirty pages above the page tables differ from the pattern: got %d pages, want %d; first difference %s",
 						len(high), len(want), firstDifference(high, want))
@@ -117,7 +106,6 @@ func TestDirtyGuestRing3Epochs(t *testing.T) {
 	poll(t, "both vCPUs to finish a pass", 30*time.Second, func() bool { return twoMore([vcpus]uint64{}) })
 	set := NewDirtySet(tv.Memory().Pages())
 	want := p.PassPages(vcpus)
-	stacks := stackPages(vcpus)
 	for epoch := range 20 {
 		if err := tv.Pause(); err != nil {
 			t.Fatal(err)
@@ -131,24 +119,15 @@ func TestDirtyGuestRing3Epochs(t *testing.T) {
 		// Epoch 0 holds the set-up and the first passes; from then on, a
 		// harvest follows two whole passes.
 		if epoch > 0 {
-			checkOnePass(t, epoch, set, want, stacks)
+			checkOnePass(t, epoch, set, want, vcpus)
 		}
 		poll(t, "two more passes on each vCPU", 30*time.Second, func() bool { return twoMore(from) })
 	}
 }
 
-func checkOnePass(t *testing.T, epoch int, set *DirtySet, want []uint64, stacks map[uint64]bool) {
+func checkOnePass(t *testing.T, epoch int, set *DirtySet, want []uint64, vcpus int) {
 	t.Helper()
-	var high []uint64
-	for _, pg := range set.AppendPages(nil) {
-		switch {
-		case pg >= boot.FlatLoadAddr/PageSize:
-			high = append(high, pg)
-		case pg == boot.StatusPageGPA/PageSize || stacks[pg]:
-		default:
-			t.Fatalf("epoch %d: page %#x dirtied, outside the status page and the stacks", epoch, pg)
-		}
-	}
+	high := pagesAbove1MiB(t, set, vcpus, 0, 0)
 	if !equalPages(high, want) {
 		t.Fatalf("epoch %d: dirty pages above 1 MiB differ from one pass: got %d pages, want %d; first difference %s",
 			epoch, len(high), len(want), firstDifference(high, want))

@@ -265,6 +265,27 @@ func TestStopInterruptsHaltedGuest(t *testing.T) {
 	}
 }
 
+// pagesAbove1MiB returns the pages of set at or above 1 MiB, except
+// those in [skipFirst, skipEnd), and fails t for a page below 1 MiB other
+// than the status page and the stacks of vcpus vCPUs: all that the dirty
+// guest may write there.
+func pagesAbove1MiB(t *testing.T, set *DirtySet, vcpus int, skipFirst, skipEnd uint64) []uint64 {
+	t.Helper()
+	var high []uint64
+	stacks := stackPages(vcpus)
+	for _, pg := range set.AppendPages(nil) {
+		switch {
+		case pg >= skipFirst && pg < skipEnd:
+		case pg >= boot.FlatLoadAddr/PageSize:
+			high = append(high, pg)
+		case pg == boot.StatusPageGPA/PageSize || stacks[pg]:
+		default:
+			t.Errorf("page %#x dirtied, outside the status page and the stacks", pg)
+		}
+	}
+	return high
+}
+
 // stackPages are the pages holding vCPU stacks of a flat guest.
 func stackPages(vcpus int) map[uint64]bool {
 	m := map[uint64]bool{}
@@ -307,17 +328,7 @@ func TestDirtyGuestPagesMatchPattern(t *testing.T) {
 						t.Fatal(err)
 					}
 					want := p.PassPages(vcpus)
-					var high []uint64
-					stacks := stackPages(vcpus)
-					for _, pg := range got.AppendPages(nil) {
-						switch {
-						case pg >= boot.FlatLoadAddr/PageSize:
-							high = append(high, pg)
-						case pg == boot.StatusPageGPA/PageSize || stacks[pg]:
-						default:
-							t.Errorf("page %#x dirtied, outside the status page and the stacks", pg)
-						}
-					}
+					high := pagesAbove1MiB(t, got, vcpus, 0, 0)
 					if !equalPages(high, want) {
 						t.Errorf("dirty pages above 1 MiB differ from the pattern: got %d pages, want %d; first difference %s",
 							len(high), len(want), firstDifference(high, want))
