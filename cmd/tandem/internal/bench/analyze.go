@@ -147,8 +147,11 @@ type PipelineResult struct {
 	SentGBs  float64    `json:"sent_GBps"`  // grouped bytes (once) per second
 	WireGBs  float64    `json:"wire_GBps"`  // bytes on all links per second
 	Loopback float64    `json:"loopback_GBps"`
-	Fraction float64    `json:"fraction_of_loopback"` // wire / loopback with as many streams
-	Error    string     `json:"error,omitempty"`
+	// LoopbackTLS says Loopback is TLS loopback: the connections were
+	// encrypted.
+	LoopbackTLS bool    `json:"loopback_tls,omitempty"`
+	Fraction    float64 `json:"fraction_of_loopback"` // wire / loopback with as many streams
+	Error       string  `json:"error,omitempty"`
 }
 
 // Headline compares sync fast(4) with async at one factor.
@@ -525,7 +528,12 @@ func analyzeHarvest(hs []RawHarvest) []HarvestResult {
 
 func analyzePipeline(dir string, env Env, p RawPipeline) (PipelineResult, error) {
 	pr := PipelineResult{Name: p.Name, Links: p.Links, Policy: p.Policy, Error: p.Error}
+	// The baseline carries bytes as the data path's connections do: over
+	// TLS when they are encrypted (runs that measured it).
 	pr.Loopback = env.Loopback[p.Links] / 1e9
+	if tls := env.LoopbackTLS[p.Links]; tls > 0 {
+		pr.Loopback, pr.LoopbackTLS = tls/1e9, true
+	}
 	if p.Trace == "" {
 		return pr, nil
 	}

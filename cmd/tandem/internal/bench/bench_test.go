@@ -683,3 +683,26 @@ func TestApplyBaselines(t *testing.T) {
 		t.Errorf("ratios %v %v %v", runs[1].ProgressRatio, runs[1].TimeRatio, runs[3].ProgressRatio)
 	}
 }
+
+// TestPipelineBaseline: a data-path result is compared with loopback over
+// TLS when the run measured it (its connections were encrypted), and with
+// plain loopback TCP otherwise, as runs from before TLS loopback was
+// measured were.
+func TestPipelineBaseline(t *testing.T) {
+	plain := map[int]float64{4: 6e9}
+	for _, c := range []struct {
+		name string
+		env  Env
+		want float64
+		tls  bool
+	}{
+		{"encrypted", Env{Loopback: plain, LoopbackTLS: map[int]float64{4: 2e9}, Connections: "encrypted"}, 2, true},
+		{"plaintext", Env{Loopback: plain, Connections: "plaintext"}, 6, false},
+		{"before TLS loopback", Env{Loopback: plain}, 6, false},
+	} {
+		pr, err := analyzePipeline(t.TempDir(), c.env, RawPipeline{Name: "fast(4)", Links: 4})
+		if err != nil || pr.Loopback != c.want || pr.LoopbackTLS != c.tls || loopbackKind(pr) != map[bool]string{true: "TLS", false: "TCP"}[c.tls] {
+			t.Errorf("%s: loopback %v GB/s, TLS %v, %v; want %v GB/s, TLS %v", c.name, pr.Loopback, pr.LoopbackTLS, err, c.want, c.tls)
+		}
+	}
+}

@@ -476,14 +476,18 @@ func pipelineFigure(res *Results) (figure.Figure, bool) {
 	}
 	p := newPanel("Data path over loopback, no guest", "", "GB/s")
 	var wire, loop []float64
+	baseline := "loopback TCP, as many streams"
 	for _, r := range res.Pipeline {
 		p.X.Categories = append(p.X.Categories, r.Name)
 		wire = append(wire, r.WireGBs)
 		loop = append(loop, r.Loopback)
+		if r.LoopbackTLS {
+			baseline = "loopback TLS, as many streams"
+		}
 	}
 	const width = 14
 	for i, v := range [][]float64{wire, loop} {
-		p.Series = append(p.Series, figure.Series{Kind: figure.Bars, Name: []string{"pipeline (bytes on the wire)", "loopback TCP, as many streams"}[i],
+		p.Series = append(p.Series, figure.Series{Kind: figure.Bars, Name: []string{"pipeline (bytes on the wire)", baseline}[i],
 			Color: seriesColor[i], Values: v, Width: width, Offset: barOffset(i, 2, width)})
 	}
 	p.Y.Min = figure.Value(0)

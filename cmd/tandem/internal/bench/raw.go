@@ -44,6 +44,10 @@ type Env struct {
 	LinkTCP []float64 `json:"link_tcp_Bps"`
 	// Loopback is loopback TCP bandwidth with 1, 2 and 4 streams (bytes/s).
 	Loopback map[int]float64 `json:"loopback_Bps"`
+	// LoopbackTLS is the same over the bench's encrypted connections (TLS
+	// 1.3), when they are encrypted; Connections is their mode.
+	LoopbackTLS map[int]float64 `json:"loopback_tls_Bps,omitempty"`
+	Connections string          `json:"connections,omitempty"`
 	// Guest: the dirty guest's vCPUs and dirty tracking in replicated runs.
 	GuestVCPUs int      `json:"guest_vcpus"`
 	Tracking   string   `json:"tracking"`

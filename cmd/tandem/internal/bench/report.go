@@ -80,8 +80,8 @@ func Markdown(res *Results, plots Plots) string {
 	}
 	for _, p := range res.Pipeline {
 		if p.Name == "fast(4)" && p.Error == "" {
-			w("Data path alone (fast(4), no guest, loopback): **%.2f GB/s** on the wire = **%.0f%%** of loopback TCP with 4 streams (%.2f GB/s) measured in the same run.\n\n",
-				p.WireGBs, 100*p.Fraction, p.Loopback)
+			w("Data path alone (fast(4), no guest, loopback): **%.2f GB/s** on the wire = **%.0f%%** of loopback %s with 4 streams (%.2f GB/s) measured in the same run.\n\n",
+				p.WireGBs, 100*p.Fraction, loopbackKind(p), p.Loopback)
 		}
 	}
 	m := res.Model
@@ -112,6 +112,9 @@ func Markdown(res *Results, plots Plots) string {
 	t.row("links", fmt.Sprintf("%d veth pairs, one network namespace each, tbf %s each way", cfg.MaxLinks(), FormatRate(cfg.LinkRate)))
 	t.row("TCP goodput per link, all at once", rates(env.LinkTCP))
 	t.row("loopback TCP (1 / 2 / 4 streams)", fmt.Sprintf("%.2f / %.2f / %.2f GB/s", env.Loopback[1]/1e9, env.Loopback[2]/1e9, env.Loopback[4]/1e9))
+	if env.LoopbackTLS != nil {
+		t.row("loopback TLS 1.3, as the encrypted connections (1 / 2 / 4 streams)", fmt.Sprintf("%.2f / %.2f / %.2f GB/s", env.LoopbackTLS[1]/1e9, env.LoopbackTLS[2]/1e9, env.LoopbackTLS[4]/1e9))
+	}
 	t.row("guest", fmt.Sprintf("dirty, %d vCPU, loop in ring %d (%s), rate %d pages/s (0 = flat out), whole RAM above 4 MiB", env.GuestVCPUs, cfg.Ring, ringSpeed(cfg.Ring), cfg.Rate))
 	t.row("guest memory", memList(cfg.Mems))
 	t.row("patterns", strings.Join(cfg.Patterns, ", ")+" (the first gets the whole matrix, the others the middle epoch and first factor)")
@@ -241,7 +244,7 @@ func Markdown(res *Results, plots Plots) string {
 	w("\n")
 
 	w("## Data path without a guest\n\n")
-	w("A synthetic scattered dirty set of %d pages in %d MiB (every page holding data) goes epoch after epoch, with no pause between, through grouping (%d regions), assignment, TCP over loopback to replicas in this process, and their apply; sync mode, no emulated latency. GB/s per second of pause (10^9 bytes); *wire* counts every link's bytes (ft sends everything on every link); the fraction compares with loopback TCP with as many streams, measured at the start of this run.\n\n",
+	w("A synthetic scattered dirty set of %d pages in %d MiB (every page holding data) goes epoch after epoch, with no pause between, through grouping (%d regions), assignment, TCP over loopback to replicas in this process, and their apply; sync mode, no emulated latency. GB/s per second of pause (10^9 bytes); *wire* counts every link's bytes (ft sends everything on every link); the fraction compares with loopback TCP with as many streams, measured at the start of this run, over TLS 1.3 as the bench's connections when they are encrypted (the machine's table gives both).\n\n",
 		cfg.PipelineDirty, cfg.PipelineMem>>20, cfg.SGMax)
 	t = newTable(&b, "setup", "epochs", "dirty pages/epoch", "sent pages/epoch", "pause ms: mean", "group", "transfer", "ack", "dirty GB/s", "sent GB/s", "wire GB/s", "loopback GB/s", "fraction of loopback")
 	for _, p := range res.Pipeline {
@@ -433,4 +436,12 @@ func ringSpeed(ring uint64) string {
 		return "hardware speed"
 	}
 	return "KVM's emulator on PVM hosts"
+}
+
+// loopbackKind names the baseline a data-path result was compared with.
+func loopbackKind(p PipelineResult) string {
+	if p.LoopbackTLS {
+		return "TLS"
+	}
+	return "TCP"
 }

@@ -140,15 +140,28 @@ func Run(ctx context.Context, cfg Config, opt Options) (*Results, error) {
 	b.progress("links: %d veth pairs in namespaces %s-*, tbf %s each way; TCP goodput, all at once: %s",
 		len(b.lab.Links), b.lab.Prefix, FormatRate(cfg.LinkRate), rates(env.LinkTCP))
 	env.Loopback = map[int]float64{}
+	env.Connections = b.auth.Mode().String()
+	if b.auth.Mode() == auth.Encrypted {
+		env.LoopbackTLS = map[int]float64{}
+	}
 	for _, n := range []int{1, 2, 4} {
-		r, err := loopbackRate(n, 700*time.Millisecond)
+		r, err := loopbackRate(n, 700*time.Millisecond, nil)
 		if err != nil {
 			return nil, fmt.Errorf("bench: loopback: %w", err)
 		}
 		env.Loopback[n] = r
+		if env.LoopbackTLS != nil {
+			if env.LoopbackTLS[n], err = loopbackRate(n, 700*time.Millisecond, b.auth); err != nil {
+				return nil, fmt.Errorf("bench: loopback over TLS: %w", err)
+			}
+		}
 	}
 	b.progress("loopback TCP: 1 stream %.2f GB/s, 2 streams %.2f GB/s, 4 streams %.2f GB/s",
 		env.Loopback[1]/1e9, env.Loopback[2]/1e9, env.Loopback[4]/1e9)
+	if env.LoopbackTLS != nil {
+		b.progress("loopback TLS (the bench's encrypted connections): 1 stream %.2f GB/s, 2 streams %.2f GB/s, 4 streams %.2f GB/s",
+			env.LoopbackTLS[1]/1e9, env.LoopbackTLS[2]/1e9, env.LoopbackTLS[4]/1e9)
+	}
 	if err := writeJSON(cfg.Out, envFile, env); err != nil {
 		return nil, err
 	}
@@ -282,7 +295,7 @@ func (b *bencher) probeLinks() ([]float64, error) {
 		}
 		lns = append(lns, ln)
 	}
-	return tcpRates(lns, time.Second)
+	return tcpRates(lns, time.Second, nil)
 }
 
 func estimate(cfg Config) time.Duration {
