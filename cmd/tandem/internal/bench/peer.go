@@ -141,7 +141,7 @@ func RunPeer(ctx context.Context, cfg PeerConfig, opt Options) (*PeerResults, er
 			r := migrateQEMU(ctx, qemu, cfg.Accel, scratch, image, cfg.MemBytes, n)
 			r.Rep = rep
 			res.Runs = append(res.Runs, r)
-			b.progress("qemu %s, %d channel(s): %s%s", r.Mode, n, seconds(r.Took), errNote(r.Error))
+			b.progress("qemu %s, %d channel(s): %s%s", r.Mode, n, secs(r.Took.Seconds()), errNote(r.Error))
 			for _, creds := range modes {
 				b.auth = creds
 				mode := creds.Mode().String()
@@ -149,7 +149,7 @@ func RunPeer(ctx context.Context, cfg PeerConfig, opt Options) (*PeerResults, er
 					res.Runs = append(res.Runs,
 						PeerRun{System: "tandem", What: "full copy", Streams: n, Mode: mode, Rep: rep, Took: rec.SyncTook, Bytes: cfg.MemBytes, Error: rec.Error},
 						PeerRun{System: "tandem", What: "recovery", Streams: n, Mode: mode, Rep: rep, Took: rec.Took, Bytes: cfg.MemBytes, Verified: rec.Verified, Error: rec.Error})
-					b.progress("tandem %s, %d link(s): full copy %s, recovery %s%s", mode, n, seconds(rec.SyncTook), seconds(rec.Took), errNote(rec.Error))
+					b.progress("tandem %s, %d link(s): full copy %s, recovery %s%s", mode, n, secs(rec.SyncTook.Seconds()), secs(rec.Took.Seconds()), errNote(rec.Error))
 				}
 			}
 		}
@@ -165,8 +165,6 @@ func RunPeer(ctx context.Context, cfg PeerConfig, opt Options) (*PeerResults, er
 	b.progress("wrote %s and %s", filepath.Join(cfg.Out, peerReport), filepath.Join(cfg.Out, peerRaw))
 	return res, nil
 }
-
-func seconds(d time.Duration) string { return fmt.Sprintf("%.3f s", d.Seconds()) }
 
 // peerScratchRoot is where the source image lives: tmpfs when there is
 // one, so that neither side waits on a disk.
@@ -343,6 +341,8 @@ func (res *PeerResults) Markdown() string {
 	return sb.String()
 }
 
+// secs formats seconds for the progress lines and the report; "–" for
+// none (a run that failed).
 func secs(s float64) string {
 	if s <= 0 {
 		return "–"
